@@ -1,0 +1,1 @@
+"""harness: prune-then-evaluate through lmms-eval, run records, tables."""

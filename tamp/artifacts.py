@@ -1,0 +1,107 @@
+"""Pruned artifacts: a directory `from_pretrained` loads, plus pruning.json describing how it was made."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+PRUNING_JSON = "pruning.json"
+FORMAT_VERSION = 1
+
+
+def sparsity_report(linears: dict[str, nn.Linear], targets: dict[str, float]) -> dict[str, Any]:
+    """Per-matrix exact zero counts and totals, read from the weights themselves."""
+    per_matrix, zeros_total, numel_total = {}, 0, 0
+    for name, mod in linears.items():
+        w = mod.weight
+        zeros = int((w == 0).sum())
+        per_matrix[name] = {"shape": list(w.shape), "numel": w.numel(), "zeros": zeros,
+                            "sparsity": zeros / w.numel(), "target": targets.get(name, 0.0)}
+        zeros_total += zeros
+        numel_total += w.numel()
+    return {"per_matrix": per_matrix,
+            "totals": {"matrices": len(per_matrix), "numel": numel_total, "zeros": zeros_total,
+                       "sparsity": zeros_total / max(numel_total, 1)}}
+
+
+def git_commit() -> str | None:
+    """The commit of the tamp checkout (None when not run from a git checkout)."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("tamp-harness", "torch", "transformers", "accelerate", "gguf", "lmms_eval"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: Path, overwrite: bool) -> Path:
+    """Save weights + processor + pruning.json into a temp dir next to `out`, then move it into place."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        from tamp.errors import TampError
+
+        raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        write_json_atomic(tmp / PRUNING_JSON, info)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_pruning_json(path: Path) -> dict[str, Any]:
+    from tamp.errors import TampError
+
+    path = Path(path)
+    file = path / PRUNING_JSON if path.is_dir() else path
+    if not file.is_file():
+        raise TampError(f"no {PRUNING_JSON} in {path}: is it a tamp artifact?")
+    return json.loads(file.read_text())

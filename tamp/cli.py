@@ -1,0 +1,93 @@
+"""The `tamp` command: build-tiny, prune, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tamp.errors import TampError
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tamp.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="tamp", description="Prune (multimodal) LLMs layer by layer.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build-tiny", help="write a tiny random model of a family (offline, deterministic)")
+    b.add_argument("--family", required=True)
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--seed", type=int, default=0)
+
+    r = sub.add_parser("prune", help="prune a model and write an artifact directory")
+    r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
+    r.add_argument("--method", default="wanda", help=f"one of: {', '.join(PRESETS)}")
+    r.add_argument("--sparsity", type=float, default=0.5)
+    r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (N zeroed of every M)")
+    r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | synthetic | text:FILE[,FILE...]")
+    r.add_argument("--nsamples", type=int, default=128)
+    r.add_argument("--seqlen", type=int, default=2048, help="tokens per text calibration segment")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    r.add_argument("--offload", action="store_true", help="keep only the current block on the device")
+    r.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    r.add_argument("--revision", default=None)
+    r.add_argument("--prune-vision", action="store_true", help="also prune the vision tower's linears")
+    r.add_argument("--blocksize", type=int, default=None, help="SparseGPT lazy-update block (default 128)")
+    r.add_argument("--percdamp", type=float, default=None, help="SparseGPT dampening (default 0.01)")
+    r.add_argument("--out", required=True, type=Path)
+    r.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("inspect", help="print an artifact's sparsity report")
+    i.add_argument("dir", type=Path)
+    i.add_argument("--summary", action="store_true", help="totals only, no per-matrix table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except TampError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "build-tiny":
+        from tamp.tiny import build_tiny
+
+        try:
+            out = build_tiny(args.family, args.out, seed=args.seed)
+        except ValueError as exc:
+            raise TampError(str(exc)) from None
+        print(f"wrote tiny {args.family} model to {out}")
+        return 0
+    if args.command == "prune":
+        from tamp.config import PruneConfig
+        from tamp.inspect_report import format_report
+        from tamp.pipeline import prune
+
+        if not 0.0 <= args.sparsity < 1.0:
+            raise TampError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+        cfg = PruneConfig.from_preset(
+            args.method, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
+            seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, blocksize=args.blocksize,
+            percdamp=args.percdamp,
+        )
+        info = prune(args.model, cfg, args.out, device=args.device, offload=args.offload, dtype=args.dtype,
+                     revision=args.revision, overwrite=args.overwrite)
+        print(format_report(info, per_matrix=False))
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "inspect":
+        from tamp.inspect_report import inspect_artifact
+
+        print(inspect_artifact(args.dir, per_matrix=not args.summary))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

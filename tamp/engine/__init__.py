@@ -1,0 +1,1 @@
+"""The one sequential engine that serves every method."""

@@ -1,0 +1,92 @@
+"""Capture what the model feeds its first block, for every calibration batch.
+
+A forward pre-hook on block 0 records the block's positional and keyword arguments exactly as the model
+built them (position embeddings, causal mask, 3-D mrope position ids, cu_seqlens ...) and then stops the
+forward, so nothing past the embeddings / vision tower runs. Replaying those arguments runs any block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@dataclass
+class Captured:
+    """One calibration batch's inputs to the current block (replaced by its outputs after each block)."""
+
+    hidden: torch.Tensor
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    token_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> bool [B, T]
+
+
+def move(obj: Any, device: torch.device | str) -> Any:
+    """Move every tensor inside nested tuples / lists / dicts to `device` (other objects unchanged)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, tuple):
+        return tuple(move(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [move(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: move(v, device) for k, v in obj.items()}
+    return obj
+
+
+def capture_block_inputs(
+    model: nn.Module,
+    first_block: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    store_device: torch.device,
+    token_masks: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+    desc: str = "capture",
+) -> list[Captured]:
+    """Run the model on each batch until `first_block` and keep its inputs on `store_device`."""
+    captured: list[Captured] = []
+    slot: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        slot["value"] = Captured(move(hidden, store_device), move(tuple(args[1:]), store_device), move(kw, store_device))
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(list(batches), desc=desc, leave=False):
+                inputs = move(batch, device)
+                slot.clear()
+                try:
+                    model(**inputs, use_cache=False)
+                except _StopForward:
+                    pass
+                if "value" not in slot:
+                    raise RuntimeError("the model never reached its first block; is this batch valid for the model?")
+                item = slot["value"]
+                if token_masks is not None and "input_ids" in batch:
+                    item.token_masks = {k: v.to(store_device) for k, v in token_masks(batch).items()}
+                captured.append(item)
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_block(block: nn.Module, item: Captured, device: torch.device) -> torch.Tensor:
+    """Run one block on one captured batch; returns the block's hidden-state output."""
+    out = block(move(item.hidden, device), *move(item.args, device), **move(item.kwargs, device))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out

@@ -1,0 +1,136 @@
+"""Per-family knowledge: where the decoder layers are, which linears to prune, which token is which modality.
+
+Running a layer needs no per-family code: the engine captures every argument the model itself passes to
+the first layer (position embeddings, masks, 3-D mrope position ids, cache position ...) and replays them,
+so it follows whatever the installed transformers version does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tamp.errors import TampError
+
+MODALITIES = ("image", "video", "audio", "text")
+# config attributes that carry the special token id standing for each media modality
+_TOKEN_ATTRS = {
+    "image": ("image_token_id", "image_token_index"),
+    "video": ("video_token_id", "video_token_index"),
+    "audio": ("audio_token_id", "audio_token_index"),
+}
+
+
+@dataclass
+class Stack:
+    """A sequence of transformer blocks that the engine prunes one block at a time."""
+
+    name: str  # module path prefix, e.g. "model.language_model.layers"
+    layers: nn.ModuleList
+    is_language_model: bool
+
+
+@dataclass
+class ModelAdapter:
+    """Where things are in one model family."""
+
+    family: str
+    text_model_paths: tuple[str, ...]  # candidates, first that exists wins
+    vision_layer_paths: tuple[str, ...] = ()
+    media_token_ids: dict[str, list[int]] = field(default_factory=dict)
+
+    def _find(self, model: nn.Module, paths: tuple[str, ...]) -> tuple[str, nn.Module] | None:
+        for path in paths:
+            try:
+                return path, model.get_submodule(path)
+            except AttributeError:
+                continue
+        return None
+
+    def language_stack(self, model: nn.Module) -> Stack:
+        found = self._find(model, tuple(p + ".layers" for p in self.text_model_paths))
+        if found is None:
+            raise TampError(f"cannot find the decoder layers of this {self.family} model; is it a supported family?")
+        return Stack(found[0], found[1], True)
+
+    def vision_stack(self, model: nn.Module) -> Stack | None:
+        found = self._find(model, self.vision_layer_paths)
+        return None if found is None else Stack(found[0], found[1], False)
+
+    def stacks(self, model: nn.Module, prune_vision: bool) -> list[Stack]:
+        """Stacks to prune, in forward order (the vision tower feeds the language model)."""
+        stacks = []
+        if prune_vision:
+            vision = self.vision_stack(model)
+            if vision is None:
+                raise TampError(f"--prune-vision: this {self.family} model has no vision tower")
+            stacks.append(vision)
+        stacks.append(self.language_stack(model))
+        return stacks
+
+    def token_masks(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Boolean masks (same shape as input_ids) per modality; text = every token that is no media token."""
+        masks: dict[str, torch.Tensor] = {}
+        media_any = torch.zeros_like(input_ids, dtype=torch.bool)
+        for modality, ids in self.media_token_ids.items():
+            mask = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
+            if bool(mask.any()):
+                masks[modality] = mask
+            media_any |= mask
+        masks["text"] = ~media_any
+        return masks
+
+
+def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear inside one block (q, k, v, o, gate, up, down for a decoder layer)."""
+    return {name: mod for name, mod in layer.named_modules() if isinstance(mod, nn.Linear)}
+
+
+_LANGUAGE_PATHS = ("model.language_model", "model", "language_model.model", "model.thinker.model")
+_VISION_PATHS = (
+    "model.vision_tower.encoder.layers",  # CLIP / SigLIP vision transformer (LLaVA family)
+    "model.vision_tower.vision_model.encoder.layers",
+    "model.visual.blocks",  # Qwen2-VL / Qwen2.5-VL
+    "vision_tower.vision_model.encoder.layers",
+    "visual.blocks",
+)
+
+# model_type -> family name
+FAMILIES = {
+    "llava": "llava",
+    "llava_next": "llava-next",
+    "llava_onevision": "llava-onevision",
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen2_audio": "qwen2-audio",
+}
+CAUSAL_LM_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo", "granite")
+
+
+def media_token_ids(config) -> dict[str, list[int]]:
+    """Special token ids per media modality, read from the model config (top level and text config)."""
+    ids: dict[str, list[int]] = {}
+    for modality, attrs in _TOKEN_ATTRS.items():
+        for attr in attrs:
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value >= 0:
+                ids.setdefault(modality, [])
+                if value not in ids[modality]:
+                    ids[modality].append(value)
+    return ids
+
+
+def get_adapter(model: nn.Module) -> ModelAdapter:
+    """The adapter for a loaded model, chosen by its config's model_type."""
+    config = model.config
+    model_type = getattr(config, "model_type", "")
+    if model_type in FAMILIES:
+        family = FAMILIES[model_type]
+        return ModelAdapter(family, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config))
+    if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(getattr(model, "model"), "layers"):
+        return ModelAdapter(model_type or "causal-lm", ("model",), (), {})
+    raise TampError(
+        f"unsupported model type '{model_type}'; supported: {', '.join([*FAMILIES, *CAUSAL_LM_TYPES])}"
+    )

@@ -1,0 +1,104 @@
+"""prune = load -> calibrate -> sequential engine -> artifact with pruning.json. Thin by design."""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tamp import __version__
+from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions
+from tamp.calibration.loader import build_calibration
+from tamp.config import PruneConfig
+from tamp.engine.sequential import matrices_to_prune, prune_model
+from tamp.errors import TampError
+from tamp.models.adapters import get_adapter
+from tamp.models.loading import load_model
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TampError("--device cuda requested but no CUDA device is visible; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise TampError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
+    return torch.device(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", offload: bool = False,
+          dtype: str = "auto", revision: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content."""
+    cfg.validate()
+    dev = pick_device(device)
+    out = Path(out)
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT reference numerics
+        torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    loaded = load_model(model_name, dtype=dtype, revision=revision)
+    timings["load"] = time.perf_counter() - start
+    adapter = get_adapter(loaded.model)
+    calib = None
+    warnings: list[str] = []
+    needs_data = cfg.sparsity > 0 or cfg.nm is not None
+    if needs_data and cfg.scoring != "magnitude":
+        t = time.perf_counter()
+        calib = build_calibration(cfg.calib, loaded, cfg.nsamples, cfg.seqlen, cfg.seed)
+        timings["calibration"] = time.perf_counter() - t
+        warnings += calib.warnings
+    if cfg.nm is not None and cfg.allocation != "uniform":
+        warnings.append(f"pattern {cfg.pattern}: the '{cfg.allocation}' allocation cannot apply under N:M; "
+                        "every matrix is pruned with the uniform N:M pattern")
+    for w in warnings:
+        print(f"warning: {w}")
+    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, dev, offload)
+    timings.update(result.timings)
+    stacks = adapter.stacks(loaded.model, cfg.prune_vision)
+    report = sparsity_report(matrices_to_prune(loaded.model, stacks), result.targets)
+    all_params = sum(p.numel() for p in loaded.model.parameters())
+    all_zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "tamp_version": __version__,
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": model_name, "id": loaded.model_id, "revision": revision, "family": adapter.family,
+                  "from_gguf": loaded.from_gguf, "dtype": str(next(loaded.model.parameters()).dtype)},
+        "config": cfg.to_dict(),
+        "calibration": None if calib is None else {
+            "spec": calib.spec, "fingerprint": calib.fingerprint, "samples": calib.samples,
+            "batches": len(calib.batches), "token_counts": dict(result.token_counts), **calib.details},
+        "device": str(dev),
+        "offload": offload,
+        "sparsity": {"target": cfg.sparsity, "pattern": cfg.pattern, **report["totals"],
+                     "model_params": all_params, "model_zeros": all_zeros},
+        "per_matrix": report["per_matrix"],
+        "warnings": warnings + result.warnings,
+        "versions": versions(),
+    }
+    t = time.perf_counter()
+    info["timings"] = {**timings, "total_before_save": time.perf_counter() - start}
+    info["peak_memory"] = peak_memory(dev)
+    save_artifact(loaded.model, loaded.processor, info, out, overwrite)
+    info["timings"]["save"] = time.perf_counter() - t
+    from tamp.artifacts import PRUNING_JSON, write_json_atomic
+
+    write_json_atomic(out / PRUNING_JSON, info)
+    return info

@@ -1,0 +1,43 @@
+"""Small helpers shared by tests (not fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Parameters by module name, loaded through transformers (on-disk key names can differ)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(directory)
+    auto = AutoModelForImageTextToText if hasattr(config, "vision_config") else AutoModelForCausalLM
+    return {k: v.detach().clone() for k, v in auto.from_pretrained(directory).state_dict().items()}
+
+
+def load_for_generation(path: Path, family: str):
+    """Plain transformers loading, as a user of the artifact would do it."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if family in MULTIMODAL:
+        return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def generate_once(path: Path, family: str, new_tokens: int = 3) -> torch.Tensor:
+    from PIL import Image
+
+    model, proc = load_for_generation(path, family)
+    if family in MULTIMODAL:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is red?"}]}]
+        prompt = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        image = Image.new("RGB", (64, 64), (200, 30, 30))
+        inputs = proc(text=[prompt], images=[image], return_tensors="pt")
+    else:
+        inputs = proc("the red house", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
+    return out
