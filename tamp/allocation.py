@@ -1,20 +1,28 @@
 """Allocations fill the per-matrix sparsity map that the engine consumes.
 
-`uniform` gives every pruned matrix the target; later allocations (OWL, ECoFLaP, DAS) register here.
+Each takes the engine Context and returns {full matrix name: sparsity}. Those that need statistics of
+the dense model (OWL, DAS) run one observing sweep per stack before anything is pruned; ECoFLaP runs
+zeroth-order loss differences on the whole model.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from tamp.config import PruneConfig
+if TYPE_CHECKING:
+    from tamp.engine.sequential import Context
 
-# allocation name -> (config, {matrix name: numel}) -> {matrix name: sparsity}
-Allocation = Callable[[PruneConfig, dict[str, int]], dict[str, float]]
-
-
-def uniform(cfg: PruneConfig, numels: dict[str, int]) -> dict[str, float]:
-    return {name: cfg.sparsity for name in numels}
+Allocation = Callable[["Context"], dict[str, float]]
 
 
-ALLOCATORS: dict[str, Allocation] = {"uniform": uniform}
+def uniform(ctx: "Context") -> dict[str, float]:
+    return {name: ctx.cfg.sparsity for name in ctx.linears}
+
+
+def get_allocator(name: str) -> Allocation:
+    """The allocation function for a config's `allocation` field (validated by PruneConfig)."""
+    if name == "uniform":
+        return uniform
+    from tamp import allocators
+
+    return {"owl": allocators.owl, "ecoflap": allocators.ecoflap, "das": allocators.das}[name]

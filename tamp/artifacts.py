@@ -83,6 +83,11 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
+            if type(processor).__name__.endswith("ImageOnlyProcessor"):
+                # the torchvision-free stand-in must not leak into the artifact: name the stock processor
+                from tamp.tiny import restore_stock_processor_files
+
+                restore_stock_processor_files(tmp, model.config.model_type)
         write_json_atomic(tmp / PRUNING_JSON, info)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -12,8 +12,8 @@ from typing import Any
 
 from tamp.errors import TampError
 
-ALLOCATIONS = ("uniform",)
-TOKEN_SELECTIONS = ("all",)
+ALLOCATIONS = ("uniform", "owl", "ecoflap", "das")
+TOKEN_SELECTIONS = ("all", "amia")
 SCORINGS = ("magnitude", "wanda", "sparsegpt")
 
 # preset name -> the composition it stands for
@@ -22,7 +22,14 @@ PRESETS: dict[str, dict[str, str]] = {
     "magnitude": {"allocation": "uniform", "token_selection": "all", "scoring": "magnitude"},
     "wanda": {"allocation": "uniform", "token_selection": "all", "scoring": "wanda"},
     "sparsegpt": {"allocation": "uniform", "token_selection": "all", "scoring": "sparsegpt"},
+    "owl": {"allocation": "owl", "token_selection": "all", "scoring": "wanda"},
+    "ecoflap": {"allocation": "ecoflap", "token_selection": "all", "scoring": "wanda"},
+    "das": {"allocation": "das", "token_selection": "all", "scoring": "wanda"},
+    "amia": {"allocation": "uniform", "token_selection": "amia", "scoring": "wanda"},
+    "tamp": {"allocation": "das", "token_selection": "amia", "scoring": "wanda"},
 }
+DAS_MODES = ("released", "paper")
+AMIA_SCOPES = ("module", "layer")
 
 
 @dataclass
@@ -45,6 +52,26 @@ class PruneConfig:
     percdamp: float = 0.01
     # scope: only the language model's decoder linears by default
     prune_vision: bool = False
+    # OWL (reference luuyin/OWL: M = 5, lambda = 0.08; one ratio per decoder block)
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
+    owl_released_sign: bool = False  # True: TAMP's copy (more outliers -> MORE sparsity)
+    # ECoFLaP zeroth-order block scores (eps = 1e-3, one noise draw per batch, max = target + 0.1)
+    ecoflap_eps: float = 1e-3
+    ecoflap_samples: int = 128
+    ecoflap_max_delta: float = 0.1
+    # DAS (released: diversity of each linear's output tokens, keep budget by score, max = target + 0.1)
+    das_mode: str = "released"  # released | paper (per-layer output diversity, sparsity ~ 1 / importance)
+    das_max_delta: float = 0.1
+    das_positive_only: bool = True  # released: within-modality means over positive similarities only
+    allocation_overshoot_bug: bool = False  # True: the released keep-budget fix-up that adds instead of removing
+    # AMIA (released constants: k = 3, edge exp(-1.0 d), suppression exp(-0.2 d), MMD^2 < 0.1 sqrt(1 - density))
+    amia_k: int = 3
+    amia_edge_temp: float = 1.0
+    amia_suppress_temp: float = 0.2
+    amia_mmd_factor: float = 0.1
+    amia_sigma: float = 1.0
+    amia_scope: str = "module"  # module (released: per linear output) | layer (one selection per block)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -69,6 +96,12 @@ class PruneConfig:
             raise TampError(f"unknown token selection '{self.token_selection}'; choose one of: {', '.join(TOKEN_SELECTIONS)}")
         if self.scoring not in SCORINGS:
             raise TampError(f"unknown scoring '{self.scoring}'; choose one of: {', '.join(SCORINGS)}")
+        if self.das_mode not in DAS_MODES:
+            raise TampError(f"unknown das_mode '{self.das_mode}'; choose one of: {', '.join(DAS_MODES)}")
+        if self.amia_scope not in AMIA_SCOPES:
+            raise TampError(f"unknown amia_scope '{self.amia_scope}'; choose one of: {', '.join(AMIA_SCOPES)}")
+        if self.amia_k < 1:
+            raise TampError(f"amia_k must be at least 1, got {self.amia_k}")
         if self.nsamples < 1:
             raise TampError(f"--nsamples must be at least 1, got {self.nsamples}")
         if self.seqlen < 2:

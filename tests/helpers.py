@@ -20,10 +20,12 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def load_for_generation(path: Path, family: str):
     """Plain transformers loading, as a user of the artifact would do it."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+    from tamp.tiny import load_processor  # AutoProcessor, but Qwen-VL also works without torchvision
 
     if family in MULTIMODAL:
-        return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+        return AutoModelForImageTextToText.from_pretrained(path), load_processor(path)
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 

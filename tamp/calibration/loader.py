@@ -35,6 +35,9 @@ def build_calibration(spec: str, loaded: LoadedModel, nsamples: int, seqlen: int
     else:
         raise TampError(f"unknown --calib '{spec}': give a LLaVA-format .json[:IMAGE_DIR], text:FILE[,FILE...] or synthetic")
     warnings = []
+    if spec == "synthetic" and sum(p.numel() for p in loaded.model.parameters()) > 50_000_000:
+        warnings.append("synthetic calibration on a full-size model: random images and words are meant for tiny "
+                        "models; pass --calib with real data for numbers you can trust")
     if multimodal and without_media:
         warnings.append(
             f"{without_media} of {nsamples} calibration samples carry no image/video/audio although the model is "

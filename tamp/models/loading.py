@@ -64,10 +64,12 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
     multimodal = _is_multimodal(config)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype}
     if multimodal:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        from tamp.tiny import load_processor
 
         model = _from_pretrained(AutoModelForImageTextToText, model_id, config, kwargs)
-        processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+        processor = load_processor(model_id, revision=revision)
         tokenizer = getattr(processor, "tokenizer", processor)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer

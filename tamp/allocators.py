@@ -1,0 +1,214 @@
+"""OWL, ECoFLaP and DAS allocations: statistics of the dense model -> per-matrix sparsity.
+
+The arithmetic lives in tamp.algorithms.allocations (pure functions); this file only gathers the
+statistics with the engine's sweep and maps blocks / matrices to names.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tamp.algorithms.allocations import (
+    das_allocation,
+    keep_budget_allocation,
+    outlier_ratio,
+    owl_block_sparsities,
+    sparsities_from_keep,
+    zeroth_order_grad,
+)
+from tamp.engine.capture import Captured, run_block
+from tamp.engine.stats import StatsCollector
+from tamp.models.adapters import Stack, prunable_linears
+from tamp.selection import sample_masks
+
+if TYPE_CHECKING:
+    from tamp.engine.sequential import Context
+
+
+def _block_names(stack: Stack, i: int, layer: nn.Module) -> list[str]:
+    return [f"{stack.name}.{i}.{name}" for name in prunable_linears(layer)]
+
+
+# ----------------------------------------------------------------------------------------------- OWL
+def owl(ctx: "Context") -> dict[str, float]:
+    """One sparsity per decoder block from its share of outlier Wanda metrics (more outliers -> less)."""
+    from tamp.engine.sequential import sweep
+
+    cfg = ctx.cfg
+    targets: dict[str, float] = {}
+    for stack in ctx.stacks:
+        ratios: list[float] = []
+        blocks: list[list[str]] = []
+
+        def observe(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack) -> None:
+            linears = prunable_linears(layer)
+            collector = StatsCollector(linears, need_sq=True, need_hessian=False)
+            with torch.inference_mode():
+                for item in items:
+                    collector.next_batch(item)
+                    item.hidden = run_block(layer, item, ctx.device)
+            collector.remove()
+            metric = torch.cat([(mod.weight.abs().float() * collector.result(n).col_sq.sqrt()).flatten()
+                                for n, mod in linears.items()])
+            ratios.append(outlier_ratio(metric, cfg.owl_m))
+            blocks.append(_block_names(stack, i, layer))
+
+        sweep(ctx, stack, observe, desc=f"OWL outliers {stack.name}")
+        sparsities = owl_block_sparsities(ratios, cfg.sparsity, cfg.owl_lambda, released_tamp_sign=cfg.owl_released_sign)
+        ctx.result.details.setdefault("owl_outlier_ratios", {})[stack.name] = ratios
+        for names, s in zip(blocks, sparsities):
+            targets.update({n: s for n in names})
+    return targets
+
+
+# ------------------------------------------------------------------------------------------- ECoFLaP
+def _lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], media_ids: list[int]) -> float:
+    labels = batch["input_ids"].clone()
+    if media_ids:
+        labels[torch.isin(labels, torch.tensor(media_ids, device=labels.device))] = -100
+    if "attention_mask" in batch:
+        labels[batch["attention_mask"] == 0] = -100
+    return float(model(**batch, labels=labels, use_cache=False).loss)
+
+
+def ecoflap(ctx: "Context") -> dict[str, float]:
+    """Zeroth-order importance |(L(w + eps z) - L(w - eps z)) / 2 eps| per matrix, summed per block, then
+    the keep budget spread over blocks in proportion to the scores with max sparsity target + delta."""
+    from tamp.engine.capture import move
+
+    cfg, model, device = ctx.cfg, ctx.model, ctx.device
+    if ctx.offload:
+        model.to(device)  # the loss needs whole-model forwards
+    media_ids = [i for ids in ctx.adapter.media_token_ids.values() for i in ids]
+    batches, seen = [], 0
+    for batch in ctx.batches:
+        if seen >= cfg.ecoflap_samples:
+            break
+        batches.append(move(batch, device))
+        seen += int(batch["input_ids"].shape[0])
+    scores: dict[str, float] = {}
+    generator = torch.Generator(device=device)
+    with torch.inference_mode():
+        for index, (name, mod) in enumerate(ctx.linears.items()):
+            original = mod.weight.data
+            total = 0.0
+            for b, batch in enumerate(batches):
+                generator.manual_seed(cfg.seed * 1_000_003 + index * 10_007 + b)
+                z = torch.randn(original.shape, generator=generator, device=device, dtype=torch.float32)
+                step = (cfg.ecoflap_eps * z).to(original.dtype)
+                mod.weight.data = original + step
+                plus = _lm_loss(model, batch, media_ids)
+                mod.weight.data = original - step
+                minus = _lm_loss(model, batch, media_ids)
+                total += zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
+            mod.weight.data = original  # the untouched tensor itself: restored bit-exactly
+            scores[name] = total
+    if ctx.offload:
+        model.to("cpu")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in ctx.linears:
+        groups[name.rsplit(".", 2)[0] if _is_block_member(name) else name].append(name)
+    group_names = list(groups)
+    numels = [sum(ctx.linears[n].weight.numel() for n in groups[g]) for g in group_names]
+    group_scores = [sum(scores[n] for n in groups[g]) for g in group_names]
+    total_keep = int(sum(numels) * (1 - cfg.sparsity))
+    keep = keep_budget_allocation(group_scores, numels, total_keep, cfg.sparsity + cfg.ecoflap_max_delta,
+                                  released_overshoot_bug=cfg.allocation_overshoot_bug)
+    sparsity = sparsities_from_keep(keep, numels)
+    ctx.result.details["ecoflap_block_scores"] = dict(zip(group_names, group_scores))
+    return {n: s for g, s in zip(group_names, sparsity) for n in groups[g]}
+
+
+def _is_block_member(name: str) -> bool:
+    return name.count(".") >= 2
+
+
+def _block_of(name: str, stacks: list[Stack]) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `model.layers.3` (the decoder block a matrix belongs to)."""
+    for stack in stacks:
+        prefix = stack.name + "."
+        if name.startswith(prefix):
+            return prefix + name[len(prefix):].split(".", 1)[0]
+    raise KeyError(name)
+
+
+# ----------------------------------------------------------------------------------------------- DAS
+class _RunningTerms:
+    """Per-key running means of similarity terms over the samples in which each term exists."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, key: str, terms: dict[str, torch.Tensor]) -> None:
+        for term, value in terms.items():
+            v = float(value)
+            if v == v:  # skip NaN (a term absent from this sample)
+                self.sums[key][term] += v
+                self.counts[key][term] += 1
+
+    def means(self, key: str) -> dict[str, float]:
+        return {t: self.sums[key][t] / self.counts[key][t] for t in self.sums[key]}
+
+
+def _similarities(out: torch.Tensor, item: Captured, positive_only: bool) -> list[dict[str, torch.Tensor]]:
+    from tamp.algorithms.amia import modality_similarities
+
+    terms = []
+    for b in range(out.shape[0]):
+        x = F.normalize(out[b].float(), dim=-1)
+        terms.append(modality_similarities(x, sample_masks(item, b, out.shape[1], out.device),
+                                           positive_only=positive_only))
+    return terms
+
+
+def das(ctx: "Context") -> dict[str, float]:
+    """Diversity-aware sparsity. released: each linear's output diversity, keep budget spread over matrices
+    in proportion to it (floor 1 - (target + delta)); paper: each block's output diversity, sparsity
+    inversely proportional to it."""
+    from tamp.algorithms.allocations import das_scores
+    from tamp.engine.sequential import sweep
+
+    cfg = ctx.cfg
+    running = _RunningTerms()
+    block_members: dict[str, list[str]] = {}
+    for stack in ctx.stacks:
+        def observe(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack) -> None:
+            block = f"{stack.name}.{i}"
+            block_members[block] = _block_names(stack, i, layer)
+            current: dict[str, Captured] = {}
+            handles = []
+            if cfg.das_mode == "released":
+                for name, mod in prunable_linears(layer).items():
+                    key = f"{block}.{name}"
+                    handles.append(mod.register_forward_hook(
+                        lambda m, a, o, key=key: [running.add(key, t) for t in
+                                                  _similarities(o, current["item"], cfg.das_positive_only)] and None))
+            with torch.inference_mode():
+                for item in items:
+                    current["item"] = item
+                    item.hidden = run_block(layer, item, ctx.device)
+                    if cfg.das_mode == "paper":
+                        for t in _similarities(item.hidden, item, cfg.das_positive_only):
+                            running.add(block, t)
+            for h in handles:
+                h.remove()
+
+        sweep(ctx, stack, observe, desc=f"DAS diversity {stack.name}")
+    target, max_s = cfg.sparsity, cfg.sparsity + cfg.das_max_delta
+    if cfg.das_mode == "released":
+        scores = das_scores({name: running.means(name) for name in ctx.linears})
+        numels = {name: mod.weight.numel() for name, mod in ctx.linears.items()}
+        ctx.result.details["das_scores"] = scores
+        return das_allocation(scores, numels, target, max_s, mode="released",
+                              released_overshoot_bug=cfg.allocation_overshoot_bug)
+    scores = das_scores({block: running.means(block) for block in block_members})
+    numels = {block: sum(ctx.linears[n].weight.numel() for n in names) for block, names in block_members.items()}
+    ctx.result.details["das_scores"] = scores
+    per_block = das_allocation(scores, numels, target, max_s, mode="per-layer-inverse")
+    return {n: per_block[block] for block, names in block_members.items() for n in names}
