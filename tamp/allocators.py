@@ -139,21 +139,33 @@ def _block_of(name: str, stacks: list[Stack]) -> str:
 
 # ----------------------------------------------------------------------------------------------- DAS
 class _RunningTerms:
-    """Per-key running means of similarity terms over the samples in which each term exists."""
+    """Per-key running means of similarity terms over the samples in which each term exists.
+
+    Sums stay on the device (no host sync per sample and module); NaN marks a term absent from a sample.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.sums: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+        self.counts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
 
     def add(self, key: str, terms: dict[str, torch.Tensor]) -> None:
         for term, value in terms.items():
-            v = float(value)
-            if v == v:  # skip NaN (a term absent from this sample)
+            present = ~torch.isnan(value)
+            v = torch.where(present, value.double(), torch.zeros((), dtype=torch.float64, device=value.device))
+            if term in self.sums[key]:
                 self.sums[key][term] += v
-                self.counts[key][term] += 1
+                self.counts[key][term] += present
+            else:
+                self.sums[key][term] = v
+                self.counts[key][term] = present.long()
 
     def means(self, key: str) -> dict[str, float]:
-        return {t: self.sums[key][t] / self.counts[key][t] for t in self.sums[key]}
+        out = {}
+        for term, total in self.sums[key].items():
+            count = int(self.counts[key][term])
+            if count:
+                out[term] = float(total) / count
+        return out
 
 
 def _similarities(out: torch.Tensor, item: Captured, positive_only: bool) -> list[dict[str, torch.Tensor]]:
@@ -183,12 +195,14 @@ def das(ctx: "Context") -> dict[str, float]:
             block_members[block] = _block_names(stack, i, layer)
             current: dict[str, Captured] = {}
             handles = []
+            def hook(key: str, output: torch.Tensor) -> None:
+                for terms in _similarities(output, current["item"], cfg.das_positive_only):
+                    running.add(key, terms)
+
             if cfg.das_mode == "released":
                 for name, mod in prunable_linears(layer).items():
-                    key = f"{block}.{name}"
                     handles.append(mod.register_forward_hook(
-                        lambda m, a, o, key=key: [running.add(key, t) for t in
-                                                  _similarities(o, current["item"], cfg.das_positive_only)] and None))
+                        lambda m, a, o, key=f"{block}.{name}": hook(key, o)))
             with torch.inference_mode():
                 for item in items:
                     current["item"] = item

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--prune-vision", action="store_true", help="also prune the vision tower's linears")
     r.add_argument("--blocksize", type=int, default=None, help="SparseGPT lazy-update block (default 128)")
     r.add_argument("--percdamp", type=float, default=None, help="SparseGPT dampening (default 0.01)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any PruneConfig field, e.g. --set owl_lambda=0.1 --set das_mode=paper (see docs/fidelity.md)")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--overwrite", action="store_true")
 
@@ -74,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = PruneConfig.from_preset(
             args.method, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
             seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, blocksize=args.blocksize,
-            percdamp=args.percdamp,
+            percdamp=args.percdamp, **PruneConfig.parse_overrides(args.overrides),
         )
         info = prune(args.model, cfg, args.out, device=args.device, offload=args.offload, dtype=args.dtype,
                      revision=args.revision, overwrite=args.overwrite)

@@ -123,5 +123,32 @@ class PruneConfig:
 
         return parse_pattern(self.pattern)
 
+    @classmethod
+    def parse_overrides(cls, items: list[str]) -> dict[str, Any]:
+        """`FIELD=VALUE` strings (from `--set`) -> typed values; unknown fields are a clear error."""
+        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "extra"}
+        out: dict[str, Any] = {}
+        for item in items:
+            if "=" not in item:
+                raise TampError(f"--set expects FIELD=VALUE, got '{item}'")
+            key, raw = (part.strip() for part in item.split("=", 1))
+            if key not in types:
+                raise TampError(f"unknown config field '{key}'; fields: {', '.join(sorted(types))}")
+            kind = str(types[key])
+            try:
+                if kind == "bool":
+                    if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(raw)
+                    out[key] = raw.lower() in ("true", "1", "yes")
+                elif kind == "int":
+                    out[key] = int(raw)
+                elif kind == "float":
+                    out[key] = float(raw)
+                else:
+                    out[key] = raw
+            except ValueError:
+                raise TampError(f"--set {key}: '{raw}' is not a valid {kind}") from None
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -90,6 +90,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         "sparsity": {"target": cfg.sparsity, "pattern": cfg.pattern, **report["totals"],
                      "model_params": all_params, "model_zeros": all_zeros},
         "per_matrix": report["per_matrix"],
+        "engine": result.details,
         "warnings": warnings + result.warnings,
         "versions": versions(),
     }

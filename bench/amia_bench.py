@@ -1,0 +1,161 @@
+"""Section 1: AMIA token selection, fast path vs the reference loop vs the pairwise-similarity compute floor.
+
+Inputs mimic one module's output tokens in a LLaVA sample: a few clusters plus noise for the image tokens
+(neighbouring patches look alike), other clusters for the text tokens, and an attention score that is a softmax
+of random logits.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import Phase, TimeLimit, measured, repeat, time_limit
+
+SECTION = "amia"
+FLOOR_TARGET = 2.0  # fast AMIA should cost at most twice the similarity matmul it cannot avoid
+
+
+@dataclass
+class AmiaCase:
+    """One benchmark input shape: image tokens, text tokens, feature width."""
+
+    n_image: int
+    n_text: int
+    dim: int
+    mmd_factor: float = 0.1  # released constant; smaller = more tokens selected (a longer greedy loop)
+
+    @property
+    def tokens(self) -> int:
+        return self.n_image + self.n_text
+
+    @property
+    def label(self) -> str:
+        stress = "" if self.mmd_factor == 0.1 else f", mmd_factor={self.mmd_factor:g}"
+        return f"T={self.tokens} ({self.n_image} img + {self.n_text} txt), D={self.dim}{stress}"
+
+
+def make_inputs(case: AmiaCase, seed: int = 0, device: torch.device | str = "cpu",
+                clusters: int = 12, noise: float = 0.35) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(out (T, D), scores (T,), masks) with a LLaVA-like layout: a short text prefix, the image, the question."""
+    g = torch.Generator().manual_seed(seed)
+    t, d = case.tokens, case.dim
+    prefix = min(case.n_text, max(1, case.n_text // 8))
+    is_image = torch.zeros(t, dtype=torch.bool)
+    is_image[prefix:prefix + case.n_image] = True
+    img_centres = torch.randn(clusters, d, generator=g)
+    txt_centres = torch.randn(max(2, clusters // 3), d, generator=g)
+    # image clusters come in spatial runs (patches of one object), text picks clusters freely
+    run = max(1, case.n_image // (4 * clusters))
+    img_assign = torch.randint(0, clusters, ((case.n_image + run - 1) // run,), generator=g).repeat_interleave(run)
+    txt_assign = torch.randint(0, txt_centres.shape[0], (case.n_text,), generator=g)
+    out = torch.empty(t, d)
+    out[is_image] = img_centres[img_assign[: case.n_image]]
+    out[~is_image] = txt_centres[txt_assign]
+    out += noise * torch.randn(t, d, generator=g)
+    out *= torch.rand(t, 1, generator=g) * 2 + 0.5  # token norms vary; AMIA normalises them away
+    scores = torch.softmax(2.0 * torch.randn(t, generator=g), dim=0)
+    masks = {"image": is_image.to(device), "text": (~is_image).to(device)}
+    return out.to(device), scores.to(device), masks
+
+
+def similarity_floor(out: torch.Tensor) -> torch.Tensor:
+    """The compute floor: fp32 row normalisation and the T x T cosine-similarity matmul."""
+    x = F.normalize(out.float(), dim=-1)
+    return x @ x.T
+
+
+def bench_case(case: AmiaCase, repeats: int, ref_repeats: int, ref_limit_s: float | None,
+               device: torch.device, seed: int = 0) -> list[Phase]:
+    """Time floor, fast and reference on one input; returns the three phases (plus preparation when available)."""
+    from tamp.algorithms.amia import amia_select, amia_select_reference
+
+    out, scores, masks = make_inputs(case, seed, device)
+    common = {"tokens": case.tokens, "n_image": case.n_image, "n_text": case.n_text, "dim": case.dim,
+              "mmd_factor": case.mmd_factor}
+    kw = {"mmd_factor": case.mmd_factor}
+    phases: list[Phase] = []
+
+    floor = Phase(SECTION, f"floor x@x.T  {case.label}", details=dict(common))
+    with measured(floor, device, record_time=False):
+        times, _ = repeat(lambda: similarity_floor(out), repeats, device, warmup=1)
+        floor.times_s, floor.wall_s = times, statistics.median(times)
+    phases.append(floor)
+
+    fast = Phase(SECTION, f"amia_select   {case.label}", details=dict(common))
+    chosen = None
+    with measured(fast, device, record_time=False):
+        times, chosen = repeat(lambda: amia_select(out, scores, masks, **kw), repeats, device, warmup=1)
+        fast.times_s, fast.wall_s = times, statistics.median(times)
+        fast.details["selected_tokens"] = int(chosen.sum())
+        fast.set_ratio(floor.wall_s, "floor", FLOOR_TARGET)
+    phases.append(fast)
+
+    prep = _time_prepare(out, scores, masks, repeats, device, case) if case.mmd_factor == 0.1 else None
+    if prep is not None:
+        prep.set_ratio(floor.wall_s, "floor")
+        if fast.wall_s and prep.wall_s is not None:
+            fast.details["prepare_s"] = prep.wall_s
+            fast.details["greedy_s"] = max(fast.wall_s - prep.wall_s, 0.0)
+        phases.append(prep)
+
+    ref = Phase(SECTION, f"reference     {case.label}", details=dict(common))
+    ref_sel = None
+    with measured(ref, device, record_time=False):
+        try:
+            for _ in range(max(1, ref_repeats)):
+                start = time.perf_counter()
+                with time_limit(ref_limit_s):
+                    ref_sel = amia_select_reference(out, scores, masks, **kw)
+                ref.times_s.append(time.perf_counter() - start)
+        except TimeLimit as exc:
+            ref.status, ref.reason = "partial", f"{exc}; reference stopped before finishing"
+            ref.details["time_limit_s"] = ref_limit_s
+    if ref.times_s:
+        ref.wall_s = statistics.median(ref.times_s)
+    if ref.status == "partial":
+        ref.details["lower_bound_s"] = ref_limit_s
+        if fast.wall_s:
+            ref.details["speedup_lower_bound"] = ref_limit_s / fast.wall_s if ref_limit_s else None
+    phases.append(ref)
+    if ref_sel is not None and chosen is not None:
+        identical = bool(torch.equal(ref_sel.cpu(), chosen.cpu()))
+        for p in (fast, ref):
+            p.details["identical"] = identical
+            p.details["reference_selected_tokens"] = int(ref_sel.sum())
+        if ref.wall_s and fast.wall_s:
+            fast.details["speedup_vs_reference"] = ref.wall_s / fast.wall_s
+            ref.set_ratio(fast.wall_s, "amia_select")
+    return phases
+
+
+def _time_prepare(out: torch.Tensor, scores: torch.Tensor, masks: dict[str, torch.Tensor], repeats: int,
+                  device: torch.device, case: AmiaCase) -> Phase | None:
+    """AMIA's shared preparation step alone (private API; skipped silently if it changed)."""
+    try:
+        from tamp.algorithms.amia import _prepare
+    except ImportError:
+        return None
+    phase = Phase(SECTION, f"  prepare     {case.label}",
+                  details={"what": "amia._prepare: normalise, gram, density, kNN graph, kernel (no greedy loop)"})
+    with measured(phase, device, record_time=False):
+        times, _ = repeat(lambda: _prepare(out, scores, masks, 3, 1.0, 0.2, 0.1, 1.0), repeats, device, warmup=1)
+        phase.times_s, phase.wall_s = times, statistics.median(times)
+    return phase if phase.status == "ok" else None
+
+
+def run(size: str, device: torch.device, repeats: int = 5, ref_limit_s: float | None = 120.0,
+        cases: list[AmiaCase] | None = None) -> list[Phase]:
+    """The AMIA section for `size` (cpu: D=128, 8b: D=4096); the last case stresses the greedy loop."""
+    dim = 4096 if size == "8b" else 128
+    cases = cases or [AmiaCase(576, 40, dim), AmiaCase(2880, 100, dim), AmiaCase(2880, 100, dim, mmd_factor=0.01)]
+    phases: list[Phase] = []
+    for i, case in enumerate(cases):
+        big = case.tokens > 1000
+        phases += bench_case(case, repeats=max(1, repeats - 2) if big else repeats,
+                             ref_repeats=1 if big else 3, ref_limit_s=ref_limit_s, device=device, seed=i)
+    return phases

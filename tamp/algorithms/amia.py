@@ -1,0 +1,391 @@
+"""AMIA: attention-guided, MMD-stopped token selection for Wanda's input statistic (TAMP).
+
+For one calibration sample and one linear module, AMIA picks the tokens whose module *inputs* feed Wanda's
+activation norm. It works on the module's *output* tokens ``out`` (T x D) and a per-token attention score
+``a`` (T,):
+
+1. rows of ``out`` are L2-normalised (fp32);
+2. a modality "density" (mean of within-modality positive similarities and cross-modality similarities)
+   sets the stopping threshold ``mmd_factor * sqrt(1 - density)``;
+3. every token gets a graph score ``a_i + sum_{j in kNN(i)} exp(-edge_temp * d_ij) a_j`` (``d = 1 - cos``);
+4. a greedy loop repeatedly takes the best-scoring token, suppresses its neighbours' scores, and stops
+   once the Gaussian-kernel MMD^2 between all tokens and the selected ones falls below the threshold.
+
+This reproduces the released TAMP code's semantics with these deliberate differences:
+
+* everything runs in fp32 (the release used fp16); the MMD sums are accumulated in fp64, which is *exact*
+  here (see the note above ``_FIRST_CHUNK``), so the incremental fast path and the recomputing reference
+  agree bit for bit;
+* guards against endless loops: at most T greedy steps, a selected token can never be re-picked,
+  ``1 - density`` is clamped at 0, non-finite scores count as 0 and non-finite output rows as zero vectors.
+
+Details kept from the release: kNN drops topk's column 0 even when, with duplicate tokens, it is not the token
+itself (then the token can be its own neighbour); the suppression uses the picked token's score as it was
+when picked; selected scores are reset to ``min(g) - 1`` (with the re-pick guard that reset has no effect).
+
+Two implementations share the (deterministic) preparation step ``_prepare``:
+
+* ``amia_select_reference``: one token per step, a Python ``set``, kernel means recomputed every step. It is
+  written for clarity and is the test oracle / benchmark baseline.
+* ``amia_select`` / ``amia_select_batched``: the greedy loop runs for M modules in lock-step with vectorised
+  argmax/gather/scatter, running MMD sums (O(T) per step), and one host sync per chunk of steps. Because the
+  selection order does not depend on the stopping rule, the chunk is simply truncated at the first step that
+  satisfies it, which gives exactly the reference's selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "amia_select",
+    "amia_select_batched",
+    "amia_select_reference",
+    "density",
+    "modality_similarities",
+]
+
+# Why the fp64 MMD sums are exact: with sigma = 1 and unit (or zero) rows every kernel value lies in
+# [exp(-2) - eps, 1 + eps] within [0.125, 2), where every fp32 number is a multiple of 2**-26. Any partial sum
+# of fewer than 2**27 such values is then a multiple of 2**-26 below 2**27, which fits fp64's 53-bit mantissa,
+# whatever the summation order. So for T up to ~11,000 the incremental sums equal the recomputed ones bit for
+# bit. Outside that regime (other sigma, larger T) they agree to ~1e-16 relative.
+
+# Greedy chunking: the first chunk is short because real selections are usually small (tens of tokens).
+_FIRST_CHUNK = 8
+_MAX_CHUNK = 256
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Modality similarity terms (shared with DAS)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _normalise_rows(out: Tensor) -> Tensor:
+    """fp32 L2-normalised rows; a non-finite row becomes a zero vector so NaNs cannot poison the whole sample."""
+    x = F.normalize(out.float(), dim=-1)
+    finite = torch.isfinite(x).all(dim=-1, keepdim=True)
+    return torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _check_masks(masks: Mapping[str, Tensor], t: int, device: torch.device) -> dict[str, Tensor]:
+    """Bool (T,) masks on ``device``; a wrong shape would silently mix modalities, so it fails loudly."""
+    checked: dict[str, Tensor] = {}
+    for name, m in masks.items():
+        if "|" in name:
+            raise ValueError(f"modality name {name!r} may not contain '|' (used for cross-term keys)")
+        m = torch.as_tensor(m)
+        if m.dim() != 1 or m.shape[0] != t:
+            raise ValueError(f"mask {name!r} must have shape ({t},), got {tuple(m.shape)}")
+        checked[name] = m.to(device=device, dtype=torch.bool)
+    return checked
+
+
+def _ratio(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` as a 0-d fp32 tensor, NaN when the count is 0 (term absent); no host sync."""
+    nan = torch.full((), float("nan"), dtype=total.dtype, device=total.device)
+    return torch.where(count > 0, total / count.clamp(min=1), nan)
+
+
+def _terms_from_gram(gram: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
+    """Within (positive upper-triangle entries only) and cross (all entries) mean similarities; NaN = absent.
+
+    Block sums are quadratic forms ``m_a^T G m_b`` (two mat-vecs each), so a term costs no T x T temporary.
+    """
+    if positive_only:
+        pos_upper = torch.triu(gram.clamp(min=0.0), diagonal=1)  # gram is finite (rows were sanitised)
+        keep_f = torch.sign(pos_upper)  # 1 where an entry counts, else 0; integer counts < 2**24 add exactly in fp32
+    else:  # the paper's words: every pair counts
+        pos_upper = torch.triu(gram, diagonal=1)
+        keep_f = torch.triu(torch.ones_like(gram), diagonal=1)
+    ind = {name: m.to(gram.dtype) for name, m in masks.items()}
+    names = list(masks)
+    terms: dict[str, Tensor] = {}
+    for name in names:
+        m = ind[name]
+        terms[name] = _ratio(m @ (pos_upper @ m), m @ (keep_f @ m))
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            terms[f"{a}|{b}"] = _ratio(ind[a] @ (gram @ ind[b]), ind[a].sum() * ind[b].sum())
+    return terms
+
+
+def modality_similarities(x: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
+    """Per-modality cosine-similarity terms of the tokens ``x`` (T, D); rows are L2-normalised here (fp32).
+
+    Keys: each modality name (within term: mean of the *positive* entries of ``triu(x_m x_m^T, 1)``) and
+    ``"a|b"`` for each pair in ``masks`` order (cross term: mean of *all* entries of ``x_a x_b^T``).
+    A term with nothing to average (modality with < 2 tokens, empty pair, no positive entry) is a NaN
+    0-d tensor, so callers can drop it without a host sync (``density``; DAS sums ``1 - term`` over the rest).
+    ``positive_only=False`` averages every within-modality pair (the paper's "average cosine distance").
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (tokens, features), got shape {tuple(x.shape)}")
+    xn = _normalise_rows(x)
+    return _terms_from_gram(xn @ xn.T, _check_masks(masks, xn.shape[0], xn.device), positive_only)
+
+
+def density(terms: Mapping[str, Tensor | float]) -> Tensor:
+    """Mean of the present (non-NaN) similarity terms, 0 when none is present (then the threshold is mmd_factor)."""
+    values = list(terms.values())
+    if not values:
+        return torch.zeros(())
+    device = next((v.device for v in values if isinstance(v, Tensor)), torch.device("cpu"))
+    v = torch.stack([torch.as_tensor(t, dtype=torch.float32, device=device).reshape(()) for t in values])
+    present = ~torch.isnan(v)
+    count = present.sum()
+    total = torch.where(present, v, torch.zeros((), dtype=v.dtype, device=device)).sum()
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros((), dtype=v.dtype, device=device))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared preparation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything the greedy loop needs for one (sample, module); identical bits for fast and reference paths."""
+
+    kernel: Tensor  # (T, T) fp32; not assumed symmetric bitwise (GEMM and exp's scalar tail path may differ)
+    col_sums: Tensor  # (T,) fp64, sum_i K[i, j]; exact
+    neighbours: Tensor  # (T, k) int64, kNN of each token (column 0 of topk dropped, as released)
+    suppress: Tensor  # (T, k) fp32, exp(-suppress_temp * d[i, neighbours[i]])
+    graph: Tensor  # (T,) fp32 initial graph scores
+    threshold: Tensor  # 0-d fp64, mmd_factor * sqrt(max(1 - density, 0))
+
+
+def _check_common(k: int, sigma: float) -> None:
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
+def _prepare(
+    out: Tensor,
+    scores: Tensor,
+    masks: Mapping[str, Tensor],
+    k: int,
+    edge_temp: float,
+    suppress_temp: float,
+    mmd_factor: float,
+    sigma: float,
+    kernel_out: Tensor | None = None,
+) -> _Prepared:
+    """Normalise, threshold, kNN graph, graph scores and kernel for one module (T >= 1).
+
+    ``kernel_out`` (T, T) receives the kernel, so the batched path fills its (M, T, T) buffer without a copy
+    (exp on a fresh tensor, then an exact copy: the bits do not depend on where the kernel lives).
+    """
+    if out.dim() != 2:
+        raise ValueError(f"out must be 2-D (tokens, features), got shape {tuple(out.shape)}")
+    t = out.shape[0]
+    if scores.shape != (t,):
+        raise ValueError(f"scores must have shape ({t},), got {tuple(scores.shape)}")
+    x = _normalise_rows(out)
+    gram = x @ x.T
+
+    dens = density(_terms_from_gram(gram, _check_masks(masks, t, x.device)))
+    threshold = mmd_factor * (1.0 - dens.double()).clamp(min=0.0).sqrt()
+
+    dist = 1.0 - gram
+    kk = min(k, t - 1)
+    # Column 0 is assumed to be the token itself, exactly as released (with duplicates it may not be).
+    neighbours = dist.topk(kk + 1, dim=1, largest=False).indices[:, 1:]
+    d_nb = dist.gather(1, neighbours)
+
+    a = scores.to(device=x.device, dtype=torch.float32)
+    a = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
+    graph = a + (torch.exp(-edge_temp * d_nb) * a[neighbours]).sum(dim=1)
+    suppress = torch.exp(-suppress_temp * d_nb)
+
+    sq = (x * x).sum(dim=1)
+    # exp(-(|x_i|^2 + |x_j|^2 - 2 x_i.x_j) / (2 sigma^2)), in place to spare T x T temporaries
+    kernel = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).mul_(-1.0 / (2.0 * sigma**2)).exp_()
+    if kernel_out is not None:
+        kernel = kernel_out.copy_(kernel)
+    col_sums = kernel.sum(dim=0, dtype=torch.float64)
+    return _Prepared(kernel, col_sums, neighbours, suppress, graph, threshold)
+
+
+def _pick(graph: Tensor, selected: Tensor) -> Tensor:
+    """argmax over unselected tokens (first index on ties); -inf scores are lifted so a new token is always taken."""
+    floor = torch.finfo(graph.dtype).min
+    return graph.clamp(min=floor).masked_fill(selected, float("-inf")).argmax(dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reference (oracle)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def amia_select_reference(
+    out: Tensor,
+    scores: Tensor,
+    masks: Mapping[str, Tensor],
+    k: int = 3,
+    edge_temp: float = 1.0,
+    suppress_temp: float = 0.2,
+    mmd_factor: float = 0.1,
+    sigma: float = 1.0,
+) -> Tensor:
+    """Straightforward AMIA (one token per step, MMD^2 recomputed from scratch); the oracle for the fast path."""
+    _check_common(k, sigma)
+    t = out.shape[0]
+    if t == 0:
+        return torch.zeros(0, dtype=torch.bool, device=out.device)
+    p = _prepare(out, scores, masks, k, edge_temp, suppress_temp, mmd_factor, sigma)
+    kernel, g = p.kernel, p.graph.clone()
+    mean_all = kernel.sum(dtype=torch.float64) / (t * t)
+
+    selected: set[int] = set()
+    idx = torch.zeros(0, dtype=torch.long, device=kernel.device)
+    for _ in range(t):  # at most T steps: every step adds a new token
+        mask = torch.zeros(t, dtype=torch.bool, device=kernel.device)
+        mask[idx] = True
+        s = int(_pick(g, mask))
+        gs = g[s].clamp(min=0.0)  # g[s] before any update of this step
+        nb = p.neighbours[s]
+        g[nb] = g[nb] - p.suppress[s] * gs
+        selected.add(s)
+        idx = torch.tensor(sorted(selected), dtype=torch.long, device=kernel.device)
+        g[idx] = g.min() - 1.0
+
+        n = len(selected)
+        mean_yy = kernel[idx][:, idx].sum(dtype=torch.float64) / (n * n)
+        mean_xy = kernel[:, idx].sum(dtype=torch.float64) / (t * n)
+        mmd2 = mean_all + mean_yy - 2.0 * mean_xy
+        if bool(mmd2 < p.threshold) or n == t:
+            break
+
+    result = torch.zeros(t, dtype=torch.bool, device=out.device)
+    result[idx.to(out.device)] = True
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fast, batched
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
+    """Run M greedy selections in lock-step; returns (M, T) bool. One host sync per chunk of steps.
+
+    ``kernel`` is the (M, T, T) buffer the preps' kernels live in.
+    """
+    m, t, _ = kernel.shape
+    device = kernel.device
+    neighbours = torch.stack([p.neighbours for p in preps])  # (M, T, k)
+    suppress = torch.stack([p.suppress for p in preps])  # (M, T, k)
+    g = torch.stack([p.graph for p in preps])  # (M, T), a fresh copy
+    threshold = torch.stack([p.threshold for p in preps])  # (M,)
+
+    f64 = torch.float64
+    col_sums = torch.stack([p.col_sums for p in preps])  # (M, T) sum_i K[i, y]
+    mean_all = col_sums.sum(dim=1) / (t * t)  # exact, so equal to the reference's K.sum() / T^2
+    acc_rows = torch.zeros(m, t, dtype=f64, device=device)  # sum_{y in Y} K[y, :]
+    acc_cols = torch.zeros(m, t, dtype=f64, device=device)  # sum_{y in Y} K[:, y]
+    sum_yy = torch.zeros(m, dtype=f64, device=device)
+    sum_xy = torch.zeros(m, dtype=f64, device=device)
+    selected = torch.zeros(m, t, dtype=torch.bool, device=device)
+    order = torch.empty(m, t, dtype=torch.long, device=device)
+    mmd2 = torch.empty(m, t, dtype=f64, device=device)
+    rows = torch.arange(m, device=device)
+
+    step, chunk = 0, _FIRST_CHUNK
+    while step < t:
+        end = min(t, step + chunk)
+        for i in range(step, end):
+            s = _pick(g, selected)  # (M,)
+            gs = g[rows, s].clamp(min=0.0)
+            g.scatter_add_(1, neighbours[rows, s], -(suppress[rows, s] * gs[:, None]))  # == g[nb] - w * gs
+            selected[rows, s] = True
+            g = torch.where(selected, g.amin(dim=1, keepdim=True) - 1.0, g)
+
+            n = i + 1
+            k_row = kernel[rows, s]  # (M, T): K[s, :]
+            k_col = kernel[rows, :, s]  # (M, T): K[:, s]
+            # new entries of K[Y, Y]: K[Y_old, s], K[s, Y_old] and K[s, s]
+            sum_yy = sum_yy + acc_rows[rows, s] + acc_cols[rows, s] + k_row[rows, s].to(f64)
+            acc_rows += k_row
+            acc_cols += k_col
+            sum_xy = sum_xy + col_sums[rows, s]
+            mmd2[:, i] = mean_all + sum_yy / (n * n) - 2.0 * (sum_xy / (t * n))
+            order[:, i] = s
+        if bool((mmd2[:, :end] < threshold[:, None]).any(dim=1).all()):
+            break
+        step, chunk = end, min(2 * chunk, _MAX_CHUNK)
+
+    done = end
+    hit = mmd2[:, :done] < threshold[:, None]
+    steps = torch.arange(done, device=device)
+    count = torch.where(hit, steps, done - 1).amin(dim=1) + 1  # first step meeting the rule, else all computed
+    keep = steps[None, :] < count[:, None]
+    result = torch.zeros(m, t, dtype=torch.bool, device=device)
+    result.scatter_(1, order[:, :done], keep)  # order rows hold distinct indices
+    return result
+
+
+def amia_select_batched(
+    out: Tensor | Sequence[Tensor],
+    scores: Tensor,
+    masks: Mapping[str, Tensor],
+    k: int = 3,
+    edge_temp: float = 1.0,
+    suppress_temp: float = 0.2,
+    mmd_factor: float = 0.1,
+    sigma: float = 1.0,
+) -> Tensor:
+    """AMIA for M modules of one sample at once (what the engine calls); returns (M, T) bool.
+
+    ``out`` is (M, T, D) or a sequence of M (T, D_m) tensors (modules differ in width). ``scores`` is the
+    sample's (T,) attention score, or (M, T). Each module stops at its own step; selections equal
+    ``amia_select_reference`` exactly. Preparation runs per module (a matmul-sized job each); only the
+    latency-bound greedy loop is batched.
+    """
+    _check_common(k, sigma)
+    outs = list(out.unbind(0)) if isinstance(out, Tensor) else list(out)
+    if isinstance(out, Tensor) and out.dim() != 3:
+        raise ValueError(f"out must be (M, T, D) or a sequence of (T, D) tensors, got shape {tuple(out.shape)}")
+    if not outs:
+        raise ValueError("out holds no module")
+    t = outs[0].shape[0]
+    if any(o.dim() != 2 or o.shape[0] != t for o in outs):
+        raise ValueError(f"every module output must be 2-D with {t} tokens, got {[tuple(o.shape) for o in outs]}")
+    m = len(outs)
+    if scores.dim() == 1:
+        per_module = [scores] * m
+    elif scores.dim() == 2 and scores.shape[0] == m:
+        per_module = list(scores.unbind(0))
+    else:
+        raise ValueError(f"scores must be (T,) or (M, T) with M={m}, got shape {tuple(scores.shape)}")
+    if t == 0:
+        return torch.zeros(m, 0, dtype=torch.bool, device=outs[0].device)
+    kernel = torch.empty(m, t, t, dtype=torch.float32, device=outs[0].device)
+    preps = [
+        _prepare(o, a, masks, k, edge_temp, suppress_temp, mmd_factor, sigma, kernel_out=kernel[i])
+        for i, (o, a) in enumerate(zip(outs, per_module))
+    ]
+    return _greedy_lockstep(preps, kernel)
+
+
+def amia_select(
+    out: Tensor,
+    scores: Tensor,
+    masks: Mapping[str, Tensor],
+    k: int = 3,
+    edge_temp: float = 1.0,
+    suppress_temp: float = 0.2,
+    mmd_factor: float = 0.1,
+    sigma: float = 1.0,
+) -> Tensor:
+    """Fast AMIA for one module: (T,) bool mask of the tokens whose inputs feed Wanda's statistic."""
+    if out.dim() != 2:
+        raise ValueError(f"out must be 2-D (tokens, features), got shape {tuple(out.shape)}")
+    return amia_select_batched([out], scores, masks, k, edge_temp, suppress_temp, mmd_factor, sigma)[0]
