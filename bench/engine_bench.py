@@ -257,29 +257,113 @@ def run_dense(ctx: SmolLM2, repeats: int) -> list[Phase]:
     return phases
 
 
-def run_method(ctx: SmolLM2, method: str, repeats: int = 1) -> Phase:
-    """Prune a fresh copy of the dense weights with a tamp preset at 50%; time, per-phase timings, perplexity."""
+class LayerProgress:
+    """Forward pre-hooks on the decoder layers: when each engine sweep first reaches each layer."""
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.n = len(layers)
+        self.sweep_starts: list[float] = []
+        self.reached: list[dict[int, float]] = []  # per sweep: layer index -> first time it ran
+        self._last: int | None = None
+        self._handles = [layer.register_forward_pre_hook(self._hook(i)) for i, layer in enumerate(layers)]
+
+    def _hook(self, i: int):
+        def fn(_mod: nn.Module, _args: tuple) -> None:
+            now = time.perf_counter()
+            if self._last is None or i < self._last:
+                self.sweep_starts.append(now)
+                self.reached.append({})
+            self.reached[-1].setdefault(i, now)
+            self._last = i
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def estimate_total(self, start: float, sweeps_expected: int) -> dict[str, Any]:
+        """Where the engine was, and the whole prune's time extrapolated from the last sweep's per-layer rate."""
+        out: dict[str, Any] = {"sweeps_started": len(self.sweep_starts), "sweeps_expected": sweeps_expected,
+                               "layers": self.n}
+        if not self.reached:
+            return out
+        last = self.reached[-1]
+        done = max(last) if last else 0  # layers completed in the current sweep (the highest one is running)
+        out["layers_done_in_current_sweep"] = done
+        if done >= 1:
+            sweep_start = self.sweep_starts[-1]
+            per_layer = (last[done] - sweep_start) / done
+            out["per_layer_s"] = per_layer
+            out["current_sweep_estimated_s"] = per_layer * self.n
+            if len(self.sweep_starts) == sweeps_expected:
+                out["estimated_total_s"] = (sweep_start - start) + per_layer * self.n
+        return out
+
+
+def _recording_result_class() -> type:
+    """An EngineResult subclass that remembers its instances, so a time-limited prune keeps its phase timings."""
+    from tamp.engine.sequential import EngineResult
+
+    class Recording(EngineResult):
+        instances: list[EngineResult] = []
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            Recording.instances.append(self)
+
+    return Recording
+
+
+def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | None = None) -> Phase:
+    """Prune a fresh copy of the dense weights with a tamp preset at 50%; time, per-phase timings, perplexity.
+
+    With `limit_s`, a prune still running after that many seconds is stopped: the phase is `partial`, with the
+    engine timings so far and the total extrapolated from the per-layer rate of the last sweep.
+    """
+    from unittest import mock
+
     from tamp.config import PruneConfig
+    from tamp.engine import sequential
     from tamp.engine.sequential import matrices_to_prune, prune_model
+
+    from bench.common import TimeLimit, time_limit
 
     cfg = PruneConfig.from_preset(method, sparsity=0.5, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
                                   seqlen=int(ctx.ids.shape[1]), seed=0)
+    sweeps_expected = 1 + int(cfg.allocation in ("owl", "das"))
     phase = Phase("smollm2", f"tamp {method} 50%", details={"preset": method})
     linears = matrices_to_prune(ctx.model, ctx.adapter.stacks(ctx.model, False))
     result = None
+    recording = _recording_result_class()
     for _ in range(max(1, repeats)):
         ctx.restore()
-        with measured(phase, ctx.device):
-            result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, ctx.device)
+        progress = LayerProgress(ctx.adapter.language_stack(ctx.model).layers)
+        start = time.perf_counter()
+        try:
+            with measured(phase, ctx.device), mock.patch.object(sequential, "EngineResult", recording):
+                try:
+                    with time_limit(limit_s):
+                        result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, ctx.device)
+                except TimeLimit as exc:
+                    phase.status, phase.reason = "partial", f"stopped at the {limit_s:g} s limit ({exc})"
+                    result = recording.instances[-1] if recording.instances else None
+                    phase.details.update(progress.estimate_total(start, sweeps_expected))
+                    phase.details["elapsed_s"] = time.perf_counter() - start
+        finally:
+            progress.remove()
         if phase.status != "ok":
             break
-    if phase.status == "ok" and result is not None:
+    if phase.status == "partial":
+        phase.times_s, phase.wall_s = [], None
+    if phase.status in ("ok", "partial") and result is not None:
         timings = {k: round(v, 4) for k, v in result.timings.items()}
         phase.details["engine_timings"] = timings
-        phase.details["unattributed_s"] = phase.wall_s - sum(result.timings.values()) if phase.wall_s else None
+        if phase.wall_s:
+            phase.details["unattributed_s"] = phase.wall_s - sum(result.timings.values())
         if ctx.dense_forward_s:
             phase.details["engine_timings_x_forward"] = {k: v / ctx.dense_forward_s for k, v in timings.items()}
         phase.details.update(_scalars(result.details))
+    if phase.status == "ok":
         phase.details["sparsity"] = sparsity_of(linears)
         phase.set_ratio(ctx.dense_forward_s, "dense forward", TARGETS.get(method))
         if ctx.eval_ppl:
@@ -287,18 +371,22 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1) -> Phase:
             phase.details.update({"ppl": ppl, "ppl_s": secs})
             if method in REFERENCE_PPL:
                 phase.details["reference_ppl"] = REFERENCE_PPL[method]
+    elif phase.status == "partial" and ctx.dense_forward_s and phase.details.get("estimated_total_s"):
+        phase.ratio = phase.details["estimated_total_s"] / ctx.dense_forward_s
+        phase.ratio_to = "dense forward (estimated)"
     ctx.restore()
     return phase
 
 
-def run_smollm2(ctx: SmolLM2, methods: Sequence[str], dense_repeats: int, prune_repeats: int) -> list[Phase]:
+def run_smollm2(ctx: SmolLM2, methods: Sequence[str], dense_repeats: int, prune_repeats: int,
+                limits: dict[str, float] | None = None) -> list[Phase]:
     phases = run_dense(ctx, dense_repeats)
     for method in methods:
-        phases.append(run_method(ctx, method, prune_repeats))
+        phases.append(run_method(ctx, method, prune_repeats, (limits or {}).get(method)))
     return phases
 
 
-def run_smollm2_naive(ctx: SmolLM2, samples: int = 4, seqlen: int = 64) -> list[Phase]:
+def run_smollm2_naive(ctx: SmolLM2, samples: int = 2, seqlen: int = 64) -> list[Phase]:
     """Section 2 on the real SmolLM2 (30 layers) with a reduced calibration so the O(L^2) side stays cheap."""
     ids = ctx.ids[:samples, :seqlen].clone()
     phases = engine_vs_naive(ctx.model, ctx.adapter, text_batches(ids), f"SmolLM2 {samples}x{seqlen}", ctx.device)

@@ -114,14 +114,24 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     from tamp.eval.perplexity import perplexity
     from tamp.models.gguf import load_gguf
 
-    model, tok = load_gguf(gguf, dtype=torch.float32)
+    from transformers import AutoModelForCausalLM
+
+    gguf_model, tok = load_gguf(gguf, dtype=torch.float32)
+    # oneshot re-reads the config from model.config.name_or_path: give it a plain checkpoint folder
+    folder = out.parent / "smollm2-fp32"
+    gguf_model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    del gguf_model
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = text_segments(tok, CALIB_FILES, 32, 256)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
-    recipe = cls(sparsity=0.5, targets=["Linear"], ignore=["lm_head"])
+    # "re:.*lm_head": a plain "lm_head" does not match (llmcompressor names it "lm_head." and would prune it,
+    # and with SmolLM2's tied embeddings the embedding table with it)
+    recipe = cls(sparsity=0.5, targets=["Linear"], ignore=["re:.*lm_head"])
     reset_peak_memory()
     start = time.perf_counter()
-    oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=int(ids.shape[0]),
+    oneshot(model=model, processor=tok, dataset=data, recipe=recipe, num_calibration_samples=int(ids.shape[0]),
             max_seq_length=int(ids.shape[1]), batch_size=BATCH_SIZE, shuffle_calibration_samples=False,
             pipeline="sequential")
     wall = time.perf_counter() - start
@@ -130,7 +140,8 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
     result: dict[str, Any] = {"wall_s": wall, "peak_cpu_rss_mb": rss, "matrices": len(linears),
                               "sparsity": zeros / max(1, sum(m.weight.numel() for m in linears.values())),
-                              "torch_threads": torch.get_num_threads()}
+                              "torch_threads": torch.get_num_threads(),
+                              "lm_head_zeros": int((model.get_output_embeddings().weight == 0).sum())}
     import importlib.metadata as md
 
     result["versions"] = {d: md.version(d) for d in ("llmcompressor", "transformers", "torch", "compressed-tensors")}

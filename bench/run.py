@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
 SECTIONS = ("amia", "engine", "smollm2", "peers", "8b")
 DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers"), "8b": ("amia", "8b")}
 SMOLLM2_METHODS = ("wanda", "sparsegpt", "amia", "tamp")
+LIMITED_PRESETS = ("amia", "tamp")  # AMIA's per-sample statistics take ~15x a dense forward on 2 cores
 CPU_8B_MESSAGE = ("bench: --size 8b needs a CUDA GPU (none visible); use --size 8b --dry (or --layers 2 --samples 2 "
                   "--tokens 300) for the scaled-down CPU variant of the same code path")
 
@@ -54,9 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-repeats", type=int, default=3, help="repeats of the SmolLM2 dense forward (median)")
     p.add_argument("--prune-repeats", type=int, default=1, help="repeats of each SmolLM2 prune (median)")
     p.add_argument("--methods", default=",".join(SMOLLM2_METHODS), help="tamp presets to run on SmolLM2")
+    p.add_argument("--preset-limit", type=float, default=180.0,
+                   help="seconds allowed to the slow SmolLM2 presets (amia, tamp) before they are stopped and "
+                        "extrapolated (status partial); 0 = no limit")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity evaluations")
     p.add_argument("--no-naive-smollm2", action="store_true", help="engine section on the tiny model only")
-    p.add_argument("--peer-python", help="interpreter with llmcompressor installed (another venv)")
+    p.add_argument("--peer-python", default=os.environ.get("BENCH_PEER_PYTHON") or None,
+                   help="interpreter with llmcompressor installed, another venv (default: $BENCH_PEER_PYTHON)")
     p.add_argument("--tiny-samples", type=int, default=16)
     p.add_argument("--tiny-seqlen", type=int, default=64)
     p.add_argument("--tiny-root", type=Path, help="where to build the tiny model (default: a temporary folder)")
@@ -92,8 +97,12 @@ def amia_cases(args: argparse.Namespace, size: str) -> list[Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple[str, ...],
-                 log: Any = print) -> list[Phase]:
+                 log: Any = _log) -> list[Phase]:
     """Run the requested sections in order; a failing section is recorded, the others still run."""
     phases: list[Phase] = []
     ctx = None
@@ -134,7 +143,9 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
                 add(engine_bench.run_dense(ctx, args.dense_repeats))
             if "smollm2" in sections:
                 for method in [m for m in args.methods.split(",") if m]:
-                    add([engine_bench.run_method(ctx, method, args.prune_repeats)])
+                    limit = args.preset_limit if method in LIMITED_PRESETS and args.preset_limit > 0 else None
+                    add([engine_bench.run_method(ctx, method, args.prune_repeats, limit)])
+    _combine_tamp_estimate(phases)
     if "peers" in sections:
         from bench import peers
 
@@ -147,6 +158,23 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
         log(f"[5/5] 8b: {synthetic_8b.describe(shape)} on {device}")
         add(synthetic_8b.run(device, shape, args.method, offload=not args.no_offload))
     return phases
+
+
+def _combine_tamp_estimate(phases: list[Phase]) -> None:
+    """A TAMP prune stopped in its DAS sweep: DAS sweep extrapolated + the AMIA preset's (estimated) total."""
+    by_name = {p.details.get("preset"): p for p in phases if p.section == "smollm2" and "preset" in p.details}
+    tamp, amia = by_name.get("tamp"), by_name.get("amia")
+    if tamp is None or amia is None or tamp.status != "partial" or "estimated_total_s" in tamp.details:
+        return
+    das = tamp.details.get("current_sweep_estimated_s")
+    amia_total = amia.wall_s if amia.status == "ok" else amia.details.get("estimated_total_s")
+    if tamp.details.get("sweeps_started") != 1 or das is None or amia_total is None:
+        return
+    tamp.details["estimated_total_s"] = das + amia_total
+    tamp.details["estimate_basis"] = "DAS sweep extrapolated from its first layers + the amia preset's total"
+    unit = next((p.wall_s for p in phases if p.name.startswith("UNIT dense forward")), None)
+    if unit:
+        tamp.ratio, tamp.ratio_to = tamp.details["estimated_total_s"] / unit, "dense forward (estimated)"
 
 
 def summarise(phases: list[Phase]) -> dict[str, Any]:
@@ -183,6 +211,12 @@ def _notes(p: Phase) -> str:
     if "engine_timings" in d:
         short = {"allocation": "alloc", "capture": "cap", "statistics": "stats", "masks": "masks", "rerun": "rerun"}
         parts.append(" ".join(f"{short.get(k, k)}={v:.1f}" for k, v in d["engine_timings"].items() if v >= 0.05))
+    if "estimated_total_s" in d:
+        parts.append(f"est. total {d['estimated_total_s']:.0f}s from {d.get('layers_done_in_current_sweep')} layers "
+                     f"of sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}")
+    elif p.status == "partial" and "sweeps_started" in d:
+        parts.append(f"no estimate: sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}, "
+                     f"{d.get('layers_done_in_current_sweep')} layers done")
     if "unattributed_s" in d and d["unattributed_s"] is not None and d["unattributed_s"] >= 0.5:
         parts.append(f"other={d['unattributed_s']:.1f}")
     if "ppl" in d:
@@ -230,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     print(f"bench --size {args.size} on {device_info(device)['name']} ({torch.get_num_threads()} torch threads); "
-          f"sections: {', '.join(sections)}")
+          f"sections: {', '.join(sections)}", flush=True)
     phases = run_sections(args, device, sections)
     total = time.perf_counter() - start
     summary = summarise(phases)
@@ -278,11 +312,12 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
     if "engine" in sections:
         out["engine_tiny"] = {"samples": args.tiny_samples, "seqlen": args.tiny_seqlen}
         if not args.no_naive_smollm2:
-            out["engine_smollm2"] = {"samples": 4, "seqlen": 64}
+            out["engine_smollm2"] = {"samples": 2, "seqlen": 64}
     if "smollm2" in sections or "peers" in sections:
         out["smollm2"] = {"calibration": "32 x 256 (GPL-2, LGPL-2.1, MPL-2.0, Apache-2.0)", "batch_size": 8,
                           "eval": None if args.no_ppl else "GPL-3 + GFDL-1.3, 256-token windows",
-                          "methods": args.methods.split(","), "sparsity": 0.5}
+                          "methods": args.methods.split(","), "sparsity": 0.5,
+                          "preset_limit_s": {m: args.preset_limit for m in LIMITED_PRESETS if args.preset_limit > 0}}
     if "8b" in sections:
         from dataclasses import asdict
 

@@ -67,52 +67,101 @@ def owl(ctx: "Context") -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------- ECoFLaP
-def _lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], media_ids: list[int]) -> float:
+def lm_labels(batch: dict[str, torch.Tensor], media_ids: list[int]) -> torch.Tensor:
+    """Next-token targets for the LM loss: media placeholder tokens and padding are ignored (-100)."""
     labels = batch["input_ids"].clone()
     if media_ids:
         labels[torch.isin(labels, torch.tensor(media_ids, device=labels.device))] = -100
     if "attention_mask" in batch:
-        labels[batch["attention_mask"] == 0] = -100
+        labels[batch["attention_mask"].to(labels.device) == 0] = -100
+    return labels
+
+
+def _full_loss(model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
     return float(model(**batch, labels=labels, use_cache=False).loss)
+
+
+def _suffix_loss(ctx: "Context", stack: Stack, start: int, item: Captured, labels: torch.Tensor) -> float:
+    """The model's LM loss computed from block `start`'s captured input: blocks start.., final norm, head.
+
+    Equal to the whole-model loss (the blocks before `start` are not perturbed), at a fraction of the cost.
+    """
+    hidden = item.hidden
+    for layer in stack.layers[start:]:
+        hidden = run_block(layer, Captured(hidden, item.args, item.kwargs), ctx.device)
+    norm = ctx.model.get_submodule(stack.name.rsplit(".", 1)[0]).norm
+    logits = ctx.model.get_output_embeddings()(norm(hidden)).float()
+    return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
+                                 ignore_index=-100))
 
 
 def ecoflap(ctx: "Context") -> dict[str, float]:
     """Zeroth-order importance |(L(w + eps z) - L(w - eps z)) / 2 eps| per matrix, summed per block, then
-    the keep budget spread over blocks in proportion to the scores with max sparsity target + delta."""
+    the keep budget spread over blocks in proportion to the scores with max sparsity target + delta.
+
+    For the language model's matrices the loss is computed from the perturbed block's captured input (one
+    sequential sweep), so each evaluation skips the unchanged blocks before it; other stacks (a pruned vision
+    tower) use whole-model forwards. The whole model must fit on the device.
+    """
+    from dataclasses import replace
+
     from tamp.engine.capture import move
+    from tamp.engine.sequential import sweep
 
     cfg, model, device = ctx.cfg, ctx.model, ctx.device
     if ctx.offload:
-        model.to(device)  # the loss needs whole-model forwards
+        model.to(device)
     media_ids = [i for ids in ctx.adapter.media_token_ids.values() for i in ids]
-    batches, seen = [], 0
+    nbatches, seen = 0, 0
     for batch in ctx.batches:
         if seen >= cfg.ecoflap_samples:
             break
-        batches.append(move(batch, device))
+        nbatches += 1
         seen += int(batch["input_ids"].shape[0])
+    batches = [move(b, device) for b in ctx.batches[:nbatches]]
+    labels = [lm_labels(b, media_ids) for b in batches]
+    index = {name: i for i, name in enumerate(ctx.linears)}
     scores: dict[str, float] = {}
     generator = torch.Generator(device=device)
-    with torch.inference_mode():
-        for index, (name, mod) in enumerate(ctx.linears.items()):
-            original = mod.weight.data
-            total = 0.0
-            for b, batch in enumerate(batches):
-                generator.manual_seed(cfg.seed * 1_000_003 + index * 10_007 + b)
-                z = torch.randn(original.shape, generator=generator, device=device, dtype=torch.float32)
-                step = (cfg.ecoflap_eps * z).to(original.dtype)
-                mod.weight.data = original + step
-                plus = _lm_loss(model, batch, media_ids)
-                mod.weight.data = original - step
-                minus = _lm_loss(model, batch, media_ids)
-                total += zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
-            mod.weight.data = original  # the untouched tensor itself: restored bit-exactly
-            scores[name] = total
+
+    def score(name: str, mod: nn.Module, loss_fn) -> None:
+        original = mod.weight.data
+        total = 0.0
+        for b in range(nbatches):
+            generator.manual_seed(cfg.seed * 1_000_003 + index[name] * 10_007 + b)
+            z = torch.randn(original.shape, generator=generator, device=original.device, dtype=torch.float32)
+            step = (cfg.ecoflap_eps * z).to(original.dtype)
+            mod.weight.data = original + step
+            plus = loss_fn(b)
+            mod.weight.data = original - step
+            minus = loss_fn(b)
+            total += zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
+        mod.weight.data = original  # the untouched tensor itself: restored bit-exactly
+        scores[name] = total
+
+    on_device = replace(ctx, offload=False, batches=ctx.batches[:nbatches])
+    for stack in ctx.stacks:
+        if not stack.is_language_model:
+            with torch.inference_mode():
+                for name, mod in ctx.linears.items():
+                    if name.startswith(stack.name + "."):
+                        score(name, mod, lambda b: _full_loss(model, batches[b], labels[b]))
+            continue
+
+        def on_block(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack) -> None:
+            with torch.inference_mode():
+                for local, mod in prunable_linears(layer).items():
+                    score(f"{stack.name}.{i}.{local}", mod,
+                          lambda b: _suffix_loss(ctx, stack, i, items[b], labels[b]))
+                for item in items:
+                    item.hidden = run_block(layer, item, device)
+
+        sweep(on_device, stack, on_block, desc=f"ECoFLaP scores {stack.name}")
     if ctx.offload:
         model.to("cpu")
     groups: dict[str, list[str]] = defaultdict(list)
     for name in ctx.linears:
-        groups[name.rsplit(".", 2)[0] if _is_block_member(name) else name].append(name)
+        groups[_block_of(name, ctx.stacks)].append(name)
     group_names = list(groups)
     numels = [sum(ctx.linears[n].weight.numel() for n in groups[g]) for g in group_names]
     group_scores = [sum(scores[n] for n in groups[g]) for g in group_names]
@@ -122,10 +171,6 @@ def ecoflap(ctx: "Context") -> dict[str, float]:
     sparsity = sparsities_from_keep(keep, numels)
     ctx.result.details["ecoflap_block_scores"] = dict(zip(group_names, group_scores))
     return {n: s for g, s in zip(group_names, sparsity) for n in groups[g]}
-
-
-def _is_block_member(name: str) -> bool:
-    return name.count(".") >= 2
 
 
 def _block_of(name: str, stacks: list[Stack]) -> str:

@@ -384,3 +384,18 @@ def test_hand_example() -> None:
         assert mmd[n - 1] < factor * scale <= (mmd[n - 2] if n > 1 else math.inf)
         assert amia_select(out, scores, masks, mmd_factor=factor).tolist() == want, factor
         assert amia_select_reference(out, scores, masks, mmd_factor=factor).tolist() == want, factor
+
+
+def test_all_pairs_reading_averages_every_within_pair():
+    """positive_only=False (the paper's words) averages all within-modality pairs, negatives included."""
+    torch.manual_seed(3)
+    x = torch.randn(9, 5)
+    masks = {"image": torch.tensor([True] * 5 + [False] * 4), "text": torch.tensor([False] * 5 + [True] * 4)}
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    for name, mask in masks.items():
+        idx = mask.nonzero().flatten().tolist()
+        pairs = [float(xn[i] @ xn[j]) for a, i in enumerate(idx) for j in idx[a + 1:]]
+        got = modality_similarities(x, masks, positive_only=False)[name]
+        assert float(got) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+        positive = [p for p in pairs if p > 0]
+        assert float(modality_similarities(x, masks)[name]) == pytest.approx(sum(positive) / len(positive), abs=1e-6)

@@ -122,3 +122,45 @@ def test_attention_capture_matches_eager_attention_weights(tiny_model):
     for got, attn in zip(sink, want):
         torch.testing.assert_close(got, attn[:, :, -1, :].float().mean(1), rtol=1e-5, atol=1e-6)
     assert sdpa.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", ("llama", "llava-next"))
+def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
+    """ECoFLaP's scores from block-suffix losses match the obvious whole-model-forward re-statement."""
+    from tamp.algorithms.allocations import zeroth_order_grad
+    from tamp.allocators import _full_loss, ecoflap, lm_labels
+    from tamp.calibration.loader import build_calibration
+    from tamp.engine.sequential import Context, EngineResult, PhaseTimer, matrices_to_prune
+    from tamp.models.adapters import get_adapter
+    from tamp.models.loading import load_model
+
+    loaded = load_model(str(tiny_model(family)))
+    model, adapter = loaded.model, get_adapter(loaded.model)
+    batches = build_calibration("synthetic", loaded, 2, 24, seed=0).batches
+    cfg = PruneConfig.from_preset("ecoflap", sparsity=0.5)
+    stacks = adapter.stacks(model, False)
+    linears = matrices_to_prune(model, stacks)
+    result = EngineResult()
+    ctx = Context(model, adapter, stacks, linears, batches, cfg, torch.device("cpu"), False, result,
+                  PhaseTimer(result.timings, torch.device("cpu")))
+    ecoflap(ctx)
+    media = [i for ids in adapter.media_token_ids.values() for i in ids]
+    expected: dict[str, float] = {}
+    generator = torch.Generator()
+    with torch.inference_mode():
+        for index, (name, mod) in enumerate(linears.items()):
+            original = mod.weight.data
+            for b, batch in enumerate(batches):
+                generator.manual_seed(cfg.seed * 1_000_003 + index * 10_007 + b)
+                step = cfg.ecoflap_eps * torch.randn(original.shape, generator=generator)
+                mod.weight.data = original + step
+                plus = _full_loss(model, batch, lm_labels(batch, media))
+                mod.weight.data = original - step
+                minus = _full_loss(model, batch, lm_labels(batch, media))
+                block = name.split(".self_attn")[0].split(".mlp")[0]
+                expected[block] = expected.get(block, 0.0) + zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
+            mod.weight.data = original
+    got = result.details["ecoflap_block_scores"]
+    assert set(got) == set(expected)
+    for block in got:
+        assert got[block] == pytest.approx(expected[block], rel=0.02), block

@@ -1,0 +1,161 @@
+"""Content-addressed artifact cache: results/artifacts/<key>/, key = sha256 of everything that shapes the weights.
+
+The key covers the model (HF id + resolved revision, or the content of a local directory), the full
+method config, a calibration fingerprint (spec + content of the files it reads), the seed, the dtype
+and the tamp code (version + hash of its sources, so an edited checkout never reuses stale weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.registry import ModelSpec
+
+KEY_FILE = "cache_key.json"
+BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
+CHUNK = 2**20
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if size <= BIG_FILE:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                h.update(block)
+        else:
+            h.update(f"sampled:{size}".encode())
+            for i in range(16):
+                fh.seek((size - CHUNK) * i // 15)
+                h.update(fh.read(CHUNK))
+    return h.hexdigest()
+
+
+def dir_content_hash(directory: Path) -> str:
+    """sha256 over the relative names and contents of every file (big weight files sampled)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel.startswith(".") or rel == KEY_FILE:
+            continue
+        h.update(rel.encode() + b"\0" + _sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def tamp_code_fingerprint() -> dict[str, str]:
+    """tamp's version and a hash of its source files (covers uncommitted edits)."""
+    import tamp
+
+    root = Path(tamp.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"version": tamp.__version__, "source_sha256": h.hexdigest()}
+
+
+def _hf_revision(repo_id: str, revision: str | None) -> str | None:
+    """The commit a cached HF model resolves to (None when it is not in the local cache)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # a malformed id or cache: the id alone still keys the artifact
+        return None
+    if isinstance(found, str):
+        return Path(found).parent.name  # .../snapshots/<commit>/config.json
+    return None
+
+
+def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
+    if spec.source.startswith("tiny-"):
+        return {"tiny": spec.source}  # built deterministically by the tamp code hashed below
+    path = Path(spec.source)
+    if path.is_dir():
+        return {"dir_sha256": dir_content_hash(path)}
+    return {"hf_id": spec.source, "revision": revision, "commit": _hf_revision(spec.source, revision)}
+
+
+def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed: int) -> dict[str, Any] | None:
+    """What the calibration data is, without loading a model: spec + contents of the files it reads."""
+    if calib is None:
+        return None
+    out: dict[str, Any] = {"spec": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    if calib.startswith("text:"):
+        files = [Path(p.strip()) for p in calib[5:].split(",") if p.strip()]
+        out["files"] = {str(p): _sha256_file(p) for p in files}
+    elif ".json" in calib:
+        from tamp.calibration.llava_json import parse_llava_spec
+
+        json_path, image_dir = parse_llava_spec(calib)
+        out["json_sha256"] = _sha256_file(json_path)
+        out["images"] = _drawn_images_hash(json_path, image_dir, nsamples, seed)
+    return out
+
+
+def _drawn_images_hash(json_path: Path, image_dir: Path, nsamples: int, seed: int) -> str:
+    """Hash of the images of the samples tamp draws (numpy RandomState(seed) without replacement, as tamp does)."""
+    import numpy as np
+
+    data = json.loads(json_path.read_text())
+    order = np.random.RandomState(seed).choice(len(data), min(nsamples, len(data)), replace=False)
+    h = hashlib.sha256()
+    for index in order:
+        names = data[int(index)].get("image") or []
+        for name in [names] if isinstance(names, str) else names:
+            path = image_dir / name
+            h.update(name.encode() + b"\0" + (_sha256_file(path).encode() if path.is_file() else b"missing"))
+    return h.hexdigest()
+
+
+def artifact_key(spec: ModelSpec, config: dict[str, Any], calib_fp: dict[str, Any] | None, dtype: str,
+                 revision: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(short key, the inputs it hashes). Equal inputs -> equal key -> the cached artifact is reused."""
+    inputs = {"model": model_fingerprint(spec, revision), "config": config, "calibration": calib_fp,
+              "seed": config.get("seed"), "dtype": dtype, "tamp": tamp_code_fingerprint()}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:20], inputs
+
+
+def valid_artifact(path: Path, key: str) -> bool:
+    """A finished artifact: config + weights + a readable pruning.json + our key file with this key."""
+    try:
+        info = json.loads((path / "pruning.json").read_text())
+        stored = json.loads((path / KEY_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return (path / "config.json").is_file() and has_weights and isinstance(info.get("per_matrix"), dict) \
+        and stored.get("key") == key
+
+
+def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, cfg: Any, device: str,
+                    dtype: str, revision: str | None = None) -> tuple[Path, bool, float]:
+    """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place."""
+    from tamp.errors import TampError
+    from tamp.pipeline import prune
+
+    final = root / key
+    if valid_artifact(final, key):
+        return final, True, 0.0
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision)
+        (tmp / KEY_FILE).write_text(json.dumps({"key": key, "inputs": inputs}, indent=2, default=str) + "\n")
+        if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except TampError as exc:
+        raise HarnessError(str(exc)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final, False, time.perf_counter() - start

@@ -1,0 +1,104 @@
+"""Run records: one JSON per (model, method, sparsity, pattern, task) plus its samples JSONL, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = 1
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        try:
+            return obj.item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temp file in the same folder + os.replace: a reader never sees half a file, a crash leaves none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    _write_atomic(path, json.dumps(data, indent=2, default=_default) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _write_atomic(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
+
+
+def record_path(output: Path, model: str, method: str, sparsity: float, pattern: str, task: str,
+                limit: int | None) -> Path:
+    """<output>/<model>/<method>_s<sparsity>_<pattern>/<task>[_limitN].json"""
+    run = f"{method}_s{sparsity:.2f}_{pattern.replace(':', 'of')}"
+    name = task + (f"_limit{limit}" if limit else "")
+    return Path(output) / model.replace("/", "__") / run / f"{name}.json"
+
+
+def samples_path(record: Path) -> Path:
+    return record.with_name(record.stem + ".samples.jsonl")
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    """A finished record, or None (missing or unreadable: then the run is simply done again)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+
+
+def sample_rows(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """lmms-eval's logged samples (docs come without media), the prompt as "input" as lmms-eval writes it."""
+    rows = []
+    for task, items in samples.items():
+        for s in items:
+            row = {"task": task, **{k: v for k, v in s.items() if k != "arguments"}}
+            args = s.get("arguments")
+            if "input" not in row and isinstance(args, list) and args and isinstance(args[0], str):
+                row["input"] = args[0]
+            rows.append(row)
+    return rows
+
+
+def _strings(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _strings(v)]
+    return [value]
+
+
+def empty_answers(samples: dict[str, list[dict[str, Any]]], output_types: dict[str, str | None]) -> dict[str, int] | None:
+    """Empty answers among generation samples: {"empty", "total"}; None for a task without generation."""
+    empty = total = 0
+    for task, items in samples.items():
+        if output_types.get(task) not in ("generate_until", "generate_until_multi_round"):
+            continue
+        for s in items:
+            answers = _strings(s.get("resps", s.get("filtered_resps")))
+            total += 1
+            empty += int(all(not isinstance(a, str) or not a.strip() for a in answers))
+    return {"empty": empty, "total": total} if total else None
+
+
+def headline(metrics: dict[str, Any]) -> tuple[str, Any]:
+    """The first real metric of a task's results ("metric,filter" -> value), for summaries."""
+    for key, value in metrics.items():
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float)):
+            return key, value
+    return "-", None

@@ -1,0 +1,111 @@
+"""Short model names -> HF id, tamp family, lmms-eval wrapper, default calibration and tasks.
+
+A local directory or an HF id of a supported family also resolves: its family comes from the
+config's model_type, its defaults from the first registry entry of that family.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+SMOKE_TASKS: tuple[str, ...] = ("tamp_smoke_vqa", "tamp_smoke_mc")
+# model_type -> (tamp family, registered lmms-eval wrapper id)
+WRAPPERS: dict[str, tuple[str, str]] = {
+    "llava": ("llava", "tamp_llava_hf"),
+    "llava_next": ("llava-next", "tamp_llava_hf"),
+    "llava_onevision": ("llava-onevision", "tamp_llava_hf"),
+    "qwen2_vl": ("qwen2-vl", "tamp_qwen2_vl"),
+    "qwen2_5_vl": ("qwen2.5-vl", "tamp_qwen2_5_vl"),
+    "qwen2_audio": ("qwen2-audio", "tamp_qwen2_audio"),
+}
+# The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
+# $TAMP_DATA (default ./data) holds it; pass --calib to use anything else.
+SHAREGPT4V = "$TAMP_DATA/sharegpt4v/llava_next_sharegpt4v.json:$TAMP_DATA/sharegpt4v/images"
+IMAGE_TASKS = ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "muirbench")
+VIDEO_TASKS = ("mvbench", "videomme", "nextqa_mc_test", "egoschema_subset")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the harness needs to know about one model it can prune and evaluate."""
+
+    name: str  # the name run records are filed under
+    source: str  # what tamp loads: an HF id, a local directory or tiny-<family>
+    family: str  # tamp adapter family
+    wrapper: str  # lmms-eval model id (registered through our entry point)
+    calib: str | None  # default --calib (None: no default, --calib is required)
+    tasks: tuple[str, ...] = field(default=SMOKE_TASKS)
+    nsamples: int = 128
+    seqlen: int = 2048
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).exists()
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("llava-next", "llava-hf/llama3-llava-next-8b-hf", "llava-next", "tamp_llava_hf", SHAREGPT4V,
+                  (*IMAGE_TASKS, *VIDEO_TASKS)),
+        ModelSpec("llava-1.5", "llava-hf/llava-1.5-7b-hf", "llava", "tamp_llava_hf", SHAREGPT4V,
+                  ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "gqa")),
+        ModelSpec("llava-onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-onevision", "tamp_llava_hf",
+                  SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS)),
+        ModelSpec("qwen2-vl", "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl", "tamp_qwen2_vl", SHAREGPT4V,
+                  (*IMAGE_TASKS, *VIDEO_TASKS)),
+        ModelSpec("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
+                  (*IMAGE_TASKS, *VIDEO_TASKS)),
+        ModelSpec("qwen2-audio", "Qwen/Qwen2-Audio-7B-Instruct", "qwen2-audio", "tamp_qwen2_audio", None,
+                  ("clotho_aqa_test", "vocalsound_test")),
+        # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
+        ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 8, 64),
+        ModelSpec("tiny-llava-next", "tiny-llava-next", "llava-next", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 8, 64),
+        ModelSpec("tiny-qwen2-vl", "tiny-qwen2-vl", "qwen2-vl", "tamp_qwen2_vl", "synthetic", SMOKE_TASKS, 8, 64),
+        ModelSpec("tiny-qwen2.5-vl", "tiny-qwen2.5-vl", "qwen2.5-vl", "tamp_qwen2_5_vl", "synthetic", SMOKE_TASKS, 8, 64),
+    )
+}
+
+
+def expand_calib(spec: str | None) -> str | None:
+    """Fill $TAMP_DATA (default ./data) into a default calibration spec."""
+    if spec is None:
+        return None
+    return spec.replace("$TAMP_DATA", os.environ.get("TAMP_DATA", "data"))
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """A registry name, a local checkpoint directory or an HF id of a supported family -> ModelSpec."""
+    if name in MODELS:
+        return MODELS[name]
+    path = Path(name)
+    looks_like_hf_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not path.exists()
+    if not path.is_dir() and not looks_like_hf_id:
+        raise HarnessError(f"unknown model '{name}': give a name from `harness models`, a local checkpoint "
+                           "directory or an HF id (org/name)")
+    model_type = _model_type(name)
+    if model_type not in WRAPPERS:
+        supported = ", ".join(sorted(WRAPPERS))
+        raise HarnessError(f"model '{name}' has model_type '{model_type}', which has no lmms-eval wrapper here; "
+                           f"supported model types: {supported}")
+    family, wrapper = WRAPPERS[model_type]
+    base = next((s for s in MODELS.values() if s.family == family and not s.name.startswith("tiny-")), None)
+    label = path.resolve().name if path.is_dir() else name.replace("/", "__")
+    return ModelSpec(label, str(path.resolve()) if path.is_dir() else name, family, wrapper,
+                     base.calib if base else None, base.tasks if base else SMOKE_TASKS)
+
+
+def _model_type(name: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HarnessError(f"cannot read the config of '{name}' ({first}); for an HF id download it first with "
+                           f"`hf download {name}`") from None

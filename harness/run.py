@@ -1,0 +1,260 @@
+"""harness run: prune (or reuse a cached artifact), evaluate each task through lmms-eval, write run records.
+
+Every bad input is rejected before any model is loaded. Each finished task is written at once, so an
+interrupted run loses nothing already done and a re-run skips it (unless --force).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata as md
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import EvaluationError, HarnessError
+from harness.records import (SCHEMA, empty_answers, headline, load_record, record_path, sample_rows, samples_path,
+                             write_json, write_jsonl)
+from harness.registry import ModelSpec, expand_calib, resolve_model
+
+
+@dataclass
+class RunOptions:
+    """What `harness run` was asked to do."""
+
+    model: str
+    sparsity: float | None
+    method: str = "tamp"
+    pattern: str = "unstructured"
+    tasks: list[str] | None = None
+    limit: int | None = None
+    calib: str | None = None
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 42
+    overrides: list[str] = field(default_factory=list)
+    output: Path = Path("results/runs")
+    artifacts: Path = Path("results/artifacts")
+    gpus: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    force: bool = False
+    max_empty_fraction: float = 0.5
+
+
+@dataclass
+class Plan:
+    """The validated run: model, tamp config, tasks, cache key and the record of each task."""
+
+    spec: ModelSpec
+    cfg: Any
+    tasks: list[str]
+    key: str
+    key_inputs: dict[str, Any]
+    records: dict[str, Path]
+    pending: list[str]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for label, dist in (("tamp", "tamp-harness"), ("torch", "torch"), ("transformers", "transformers"),
+                        ("lmms-eval", "lmms_eval"), ("datasets", "datasets"), ("accelerate", "accelerate")):
+        try:
+            out[label] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[label] = "not installed"
+    return out
+
+
+def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
+    """The tamp PruneConfig; --sparsity 0 and --method dense both give the dense preset (no calibration)."""
+    from tamp.config import PRESETS, PruneConfig
+    from tamp.errors import TampError
+
+    if opts.method not in PRESETS:
+        raise HarnessError(f"unknown method '{opts.method}'; choose one of: {', '.join(PRESETS)}")
+    if opts.method == "dense" and opts.sparsity not in (None, 0, 0.0):
+        raise HarnessError(f"--method dense evaluates the unpruned model; it takes --sparsity 0, not {opts.sparsity}")
+    if opts.sparsity is None and opts.method != "dense":
+        raise HarnessError("--sparsity is required (0 evaluates the dense model)")
+    if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
+        raise HarnessError(f"--sparsity must be in [0, 1), got {opts.sparsity}")
+    try:
+        if opts.method == "dense" or opts.sparsity == 0:
+            return PruneConfig.from_preset("dense")
+        calib = opts.calib or expand_calib(spec.calib)
+        cfg = PruneConfig.from_preset(
+            opts.method, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
+            nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
+            **PruneConfig.parse_overrides(opts.overrides))
+    except TampError as exc:
+        raise HarnessError(str(exc)) from None
+    if cfg.scoring != "magnitude":
+        if calib is None:
+            raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
+        check_calibration(calib)
+    return cfg
+
+
+def check_calibration(spec: str) -> None:
+    """The files a calibration spec names exist (checked before any model is loaded)."""
+    if spec == "synthetic":
+        return
+    if spec.startswith("text:"):
+        files = [Path(p.strip()) for p in spec[5:].split(",") if p.strip()]
+        missing = [str(p) for p in files if not p.is_file()] or ([] if files else ["(no file named)"])
+        if missing:
+            raise HarnessError(f"calibration text file not found: {missing[0]}")
+        return
+    if ".json" in spec:
+        from tamp.calibration.llava_json import parse_llava_spec
+
+        json_path, image_dir = parse_llava_spec(spec)
+        if not json_path.is_file():
+            raise HarnessError(f"calibration file not found: {json_path} (pass --calib FILE.json[:IMAGE_DIR])")
+        if not image_dir.is_dir():
+            raise HarnessError(f"calibration image folder not found: {image_dir}")
+        return
+    raise HarnessError(f"unknown --calib '{spec}': give a LLaVA-format .json[:IMAGE_DIR], text:FILE[,FILE...] or synthetic")
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate everything and work out what is left to do; loads no model."""
+    if opts.limit is not None and opts.limit < 1:
+        raise HarnessError(f"--limit must be at least 1, got {opts.limit}")
+    if opts.gpus < 1:
+        raise HarnessError(f"--gpus must be at least 1, got {opts.gpus}")
+    if not 0.0 <= opts.max_empty_fraction <= 1.0:
+        raise HarnessError(f"--max-empty-fraction must be in [0, 1], got {opts.max_empty_fraction}")
+    if opts.gpus > 1:
+        import torch
+
+        if torch.cuda.device_count() < opts.gpus:
+            raise HarnessError(f"--gpus {opts.gpus} needs {opts.gpus} CUDA devices; {torch.cuda.device_count()} visible")
+    spec = resolve_model(opts.model)
+    cfg = build_config(opts, spec)
+    from harness.tasks_catalog import check_datasets, task_manager, validate_tasks
+
+    tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
+    tm = task_manager(spec.wrapper)
+    validate_tasks(tasks, tm)
+    check_datasets(tasks, tm)
+    from harness.cache import artifact_key, calibration_fingerprint
+
+    needs_data = cfg.sparsity > 0 and cfg.scoring != "magnitude"
+    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_data else None
+    key, inputs = artifact_key(spec, cfg.to_dict(), calib_fp, opts.dtype)
+    records, pending = {}, []
+    for task in tasks:
+        path = record_path(opts.output, spec.name, cfg.method, cfg.sparsity, cfg.pattern, task, opts.limit)
+        records[task] = path
+        old = load_record(path)
+        if old is None or opts.force:
+            pending.append(task)
+        elif old.get("artifact_key") != key:
+            raise HarnessError(f"{path} exists but was made from a different artifact (model, method config, "
+                               f"calibration or tamp code changed: key {old.get('artifact_key')} != {key}); "
+                               "pass --force to replace it, or choose another --output")
+    return Plan(spec, cfg, tasks, key, inputs, records, pending)
+
+
+def run(opts: RunOptions) -> list[dict[str, Any]]:
+    """Do the run; returns one summary row per task (finished now or skipped as already done)."""
+    p = plan(opts)
+    for task in p.tasks:
+        if task not in p.pending:
+            print(f"skip {task}: {p.records[task]} is done (--force reruns it)")
+    if p.pending:
+        _prune_and_evaluate(opts, p)
+    return [summary_row(load_record(p.records[t]) or {}, t, t in p.pending) for t in p.tasks]
+
+
+def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
+    from harness.cache import ensure_artifact
+    from harness.sparsity import SparsityMismatch
+    from harness.tasks_catalog import output_type, task_manager
+    from harness.wrappers.common import EmptyAnswers
+    from tamp.artifacts import git_commit
+
+    device = opts.device
+    artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.cfg,
+                                                device, opts.dtype)
+    artifact = artifact.resolve()
+    print(f"{'reusing' if reused else 'wrote'} artifact {artifact}" + ("" if reused else f" ({prune_s:.1f}s)"))
+    info = json.loads((artifact / "pruning.json").read_text())
+    if reused:
+        prune_s = float(info.get("timings", {}).get("total_before_save", 0.0))
+    model_args = f"pretrained={artifact},max_empty_fraction={opts.max_empty_fraction}"
+    tm = task_manager(p.spec.wrapper)
+    lm, load_s = None, 0.0
+    for task in p.pending:
+        start = time.perf_counter()
+        try:
+            if opts.gpus > 1:
+                from harness.evaluate import evaluate_with_accelerate
+
+                result = evaluate_with_accelerate(opts.gpus, p.spec.wrapper, model_args, task, opts.limit,
+                                                  p.records[task].parent / f".{task}.lmms-eval")
+            else:
+                from harness.evaluate import evaluate_in_process, load_wrapper
+
+                if lm is None:
+                    lm = load_wrapper(p.spec.wrapper, model_args, None if device == "auto" else device)
+                    load_s = time.perf_counter() - start
+                    start = time.perf_counter()
+                result = evaluate_in_process(lm, task, opts.limit, tm)
+        except SparsityMismatch as exc:
+            raise EvaluationError(f"{exc} (delete {artifact} to prune it again)") from None
+        except EmptyAnswers as exc:
+            raise EvaluationError(str(exc)) from None
+        eval_s = time.perf_counter() - start
+        samples = result.get("samples") or {}
+        types = {leaf: output_type(leaf, tm) for leaf in samples}
+        empties = empty_answers(samples, types)
+        if empties and empties["empty"] / empties["total"] > opts.max_empty_fraction:
+            raise EvaluationError(f"{empties['empty']} of {empties['total']} answers to task '{task}' are empty; "
+                                  "the model or its wrapper fails to generate (see the log above)")
+        results = result.get("results", {})
+        metrics = results.get(task) or (result.get("groups") or {}).get(task) or {}
+        record = {
+            "schema": SCHEMA,
+            "artifact_key": p.key,
+            "model": {"name": p.spec.name, "source": p.spec.source, "family": p.spec.family,
+                      "wrapper": p.spec.wrapper},
+            "method": p.cfg.method, "sparsity": p.cfg.sparsity, "pattern": p.cfg.pattern, "task": task,
+            "limit": opts.limit,
+            "metrics": metrics,
+            "results": results,
+            "groups": result.get("groups"),
+            "n_samples": result.get("n-samples"),
+            "higher_is_better": result.get("higher_is_better"),
+            "task_versions": result.get("versions"),
+            "lmms_eval_config": result.get("config"),
+            "samples_file": samples_path(p.records[task]).name,
+            "empty_answers": empties,
+            "artifact": {"path": str(artifact), "reused": reused, "cache_inputs": p.key_inputs},
+            "pruning": info,
+            "timings": {"prune_s": prune_s, "prune_reused": reused, "model_load_s": load_s, "eval_s": eval_s},
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": sys.argv,
+            "gpus": opts.gpus,
+        }
+        write_jsonl(samples_path(p.records[task]), sample_rows(samples))
+        write_json(p.records[task], record)
+        metric, value = headline(metrics)
+        print(f"done {task}: {metric} = {value} ({eval_s:.1f}s) -> {p.records[task]}", flush=True)
+
+
+def summary_row(record: dict[str, Any], task: str, ran: bool) -> dict[str, Any]:
+    metric, value = headline(record.get("metrics") or {})
+    empties = record.get("empty_answers")
+    return {"model": (record.get("model") or {}).get("name"), "method": record.get("method"),
+            "sparsity": record.get("sparsity"), "pattern": record.get("pattern"), "task": task, "metric": metric,
+            "value": value, "empty": f"{empties['empty']}/{empties['total']}" if empties else "-",
+            "status": "ran" if ran else "cached"}

@@ -1,0 +1,29 @@
+"""lmms-eval model wrappers for tamp artifacts, registered through the `lmms_eval.models` entry point.
+
+pyproject.toml points the entry point at `manifests`, so after `make install`
+`python -m lmms_eval --model tamp_llava_hf --model_args pretrained=DIR ...` finds them. This module
+imports nothing from lmms-eval at import time: lmms-eval loads its entry points while
+`lmms_eval.models` is being imported, so a top-level import here would be circular whenever a
+wrapper module is imported first. Each wrapper module (and the stock wrapper it subclasses) is
+imported only when lmms-eval first asks for that model. All are simple (non-chat) models: they serve
+generation and multiple-choice tasks alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# model id -> class path
+WRAPPERS: dict[str, str] = {
+    "tamp_llava_hf": "harness.wrappers.llava_hf.TampLlavaHf",
+    "tamp_qwen2_vl": "harness.wrappers.qwen_vl.TampQwen2VL",
+    "tamp_qwen2_5_vl": "harness.wrappers.qwen_vl.TampQwen2_5VL",
+    "tamp_qwen2_audio": "harness.wrappers.qwen2_audio.TampQwen2Audio",
+}
+
+
+def manifests() -> list[Any]:
+    """The entry point's payload: one simple-model ModelManifest per wrapper."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id=model_id, simple_class_path=path) for model_id, path in WRAPPERS.items()]

@@ -1,0 +1,183 @@
+"""Behaviour shared by the tamp_* wrappers, mixed in front of lmms-eval's own wrappers.
+
+What it adds to the stock wrappers:
+- the device is chosen here (CUDA when visible, else CPU; one GPU per process under accelerate);
+- at load, the zeros of every matrix listed in pruning.json are recounted (`harness.sparsity`);
+- answers are counted per task and a run whose answers are mostly empty fails loudly: the stock
+  wrappers catch generation errors and return "", which would otherwise score as a bad model;
+- `loglikelihood` returns `GenerationResult((loss, greedy))`: lmms-eval 0.7.3 turns a plain tuple
+  into a string and then fails in multiple-choice scoring (and the stock LLaVA implementation calls
+  the processor with an image token but no image, which transformers 5 rejects);
+- `clean()` keeps the model: lmms-eval deletes every nn.Module attribute after each evaluation,
+  which would make a wrapper single-use.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from loguru import logger
+from PIL import Image
+
+from harness.sparsity import SparsityCheck, read_pruning_info, verify_sparsity
+
+
+class EmptyAnswers(RuntimeError):
+    """Most answers of a task came back empty."""
+
+
+def distributed() -> bool:
+    """True inside `accelerate launch` / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def pick_device(device: str | None) -> str:
+    """None/auto -> this process's GPU when CUDA is visible, else cpu; an explicit choice is checked."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but no CUDA device is visible; use device=cpu or leave it unset")
+    return str(device)
+
+
+@contextmanager
+def patched(module: Any, name: str, value: Any) -> Iterator[None]:
+    """Temporarily replace a module global (used to swap how a stock wrapper builds its processor)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def _flatten(visuals: Any) -> list[Any]:
+    if visuals is None:
+        return []
+    if not isinstance(visuals, (list, tuple)):
+        return [visuals]
+    out: list[Any] = []
+    for v in visuals:
+        out.extend(_flatten(v) if isinstance(v, (list, tuple)) else [v])
+    return out
+
+
+class TampWrapperMixin:
+    """Put first in the bases: `class TampX(TampWrapperMixin, StockX)`."""
+
+    tamp_info: dict[str, Any] | None
+    sparsity_check: SparsityCheck | None
+    max_empty_fraction: float
+    answer_counts: dict[str, list[int]]
+    generation_errors: list[str]
+
+    # ---- loading ----------------------------------------------------------------------------------
+    def _tamp_before_load(self, pretrained: str, verify: bool, max_empty_fraction: float) -> None:
+        """Read pruning.json first, so a broken artifact fails before minutes of weight loading."""
+        self.tamp_pretrained = str(pretrained)
+        self.verify_sparsity = bool(verify)
+        self.max_empty_fraction = float(max_empty_fraction)
+        self.answer_counts = {}
+        self.generation_errors = []
+        self.sparsity_check = None
+        self.tamp_info = read_pruning_info(pretrained)
+        if self.tamp_info is None:
+            logger.warning(f"{pretrained} has no pruning.json: evaluating it as a dense model (no sparsity check)")
+
+    def _tamp_after_load(self) -> None:
+        if self.tamp_info is None or not self.verify_sparsity:
+            return
+        self.sparsity_check = verify_sparsity(self.model, self.tamp_pretrained, self.tamp_info)
+        c = self.sparsity_check
+        logger.info(f"{self.tamp_pretrained}: {c.matrices} pruned matrices at {c.sparsity:.2%} sparsity, as pruning.json records")
+
+    # ---- lmms-eval hooks --------------------------------------------------------------------------
+    def clean(self) -> None:
+        """Free cached memory but keep the model, so one wrapper serves several evaluations."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def generate_until(self, requests: list[Any]) -> list[Any]:
+        errors: list[str] = []
+        model = self.model
+        original = model.generate
+
+        def recording_generate(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(*args, **kwargs)
+            except Exception as exc:  # recorded, then re-raised for the stock wrapper to handle
+                errors.append(f"{type(exc).__name__}: {exc}")
+                raise
+
+        model.generate = recording_generate
+        try:
+            results = super().generate_until(requests)  # type: ignore[misc]
+        finally:
+            model.__dict__.pop("generate", None)
+        self.generation_errors.extend(errors)
+        for req, out in zip(requests, results):
+            text = getattr(out, "text", out)
+            counts = self.answer_counts.setdefault(req.task_name, [0, 0])
+            counts[1] += 1
+            counts[0] += int(not isinstance(text, str) or not text.strip())
+        self._fail_on_empty_answers(errors)
+        return results
+
+    def _fail_on_empty_answers(self, errors: list[str]) -> None:
+        for task, (empty, total) in self.answer_counts.items():
+            if total and empty / total > self.max_empty_fraction:
+                hint = f"; first generation error: {errors[0]}" if errors else ""
+                raise EmptyAnswers(
+                    f"{empty} of {total} answers to task '{task}' are empty (more than {self.max_empty_fraction:.0%}): "
+                    f"the model or its wrapper fails to generate{hint}. Pass max_empty_fraction=1 to accept such a run")
+
+    def loglikelihood(self, requests: list[Any]) -> list[Any]:
+        """Mean negative log-likelihood of each continuation (lower = more likely: lmms-eval takes argmin)."""
+        from lmms_eval.api.instance import GenerationResult
+        from tqdm import tqdm
+
+        out = []
+        for req in tqdm(requests, disable=self.rank != 0, desc="Scoring choices"):
+            ctx, target, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            continuation = target if isinstance(target, str) else str(target(doc))
+            visuals = _flatten(doc_to_visual(doc)) if doc_to_visual is not None else []
+            if any(not isinstance(v, Image.Image) for v in visuals):
+                raise NotImplementedError(f"{type(self).__name__}: loglikelihood supports image and text inputs only")
+            loss, greedy = self._continuation_loss(self._mc_prompt(ctx, len(visuals)), continuation, visuals)
+            # GenerationResult: lmms-eval 0.7.3 would turn a bare (loss, greedy) tuple into a string
+            out.append(GenerationResult(text=(loss, greedy)))
+        return out
+
+    # ---- per family --------------------------------------------------------------------------------
+    def _mc_prompt(self, context: str, n_images: int) -> str:
+        """The chat-formatted prompt that ends where the answer starts."""
+        raise NotImplementedError
+
+    def _mc_processor(self) -> Any:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def _continuation_loss(self, prompt: str, continuation: str, images: list[Image.Image]) -> tuple[float, bool]:
+        proc = self._mc_processor()
+        kwargs = {"images": images} if images else {}
+        full = proc(text=[prompt + continuation], return_tensors="pt", **kwargs)
+        ctx_len = proc(text=[prompt], return_tensors="pt", **kwargs)["input_ids"].shape[1]
+        dtype = self.model.dtype
+        inputs = {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in full.items() if isinstance(v, torch.Tensor)}
+        ids = inputs["input_ids"]
+        if ids.shape[1] <= ctx_len:
+            raise ValueError(f"continuation {continuation!r} adds no token to the prompt")
+        logits = self.model(**inputs).logits[:, ctx_len - 1 : -1].float()
+        target = ids[:, ctx_len:]
+        logp = torch.log_softmax(logits, dim=-1)
+        token_logp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return float(-token_logp.mean()), bool((logp.argmax(-1) == target).all())

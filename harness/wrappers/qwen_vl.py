@@ -1,0 +1,132 @@
+"""tamp_qwen2_vl / tamp_qwen2_5_vl: lmms-eval's qwen2_vl and qwen2_5_vl for tamp artifacts.
+
+Two gaps of a torchvision-free install are filled here (a GPU install with torchvision and
+qwen-vl-utils keeps the stock behaviour):
+- the stock processor always builds a video processor, which needs torchvision: the wrappers build
+  it through `tamp.tiny.load_processor`, with the pixel bounds the stock call passes;
+- `qwen_vl_utils.process_vision_info` imports torchvision: when it is missing, an image-only
+  replacement (same resize rule) stands in; video inputs then raise a clear error.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import lmms_eval.models.simple.qwen2_5_vl as stock_qwen2_5_vl
+import lmms_eval.models.simple.qwen2_vl as stock_qwen2_vl
+from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL
+from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
+from PIL import Image
+
+from harness.wrappers.common import TampWrapperMixin, patched, pick_device
+
+FACTOR = 28  # patch 14 x spatial merge 2: one language-model token per 28 x 28 pixels
+
+
+def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
+    """The size Qwen-VL resizes an image to: multiples of `factor`, area within [min_pixels, max_pixels]."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * scale / factor) * factor
+        w = math.ceil(width * scale / factor) * factor
+    return h, w
+
+
+def _open_image(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str) and value.startswith("data:image"):
+        return Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1])))
+    if isinstance(value, str):
+        return Image.open(Path(value.removeprefix("file://")))
+    raise ValueError(f"unsupported image input of type {type(value).__name__}")
+
+
+def image_only_vision_info(conversations: list[Any], **_: Any) -> tuple[list[Image.Image] | None, None]:
+    """`qwen_vl_utils.process_vision_info` for images only: decode and resize every image entry."""
+    if conversations and isinstance(conversations[0], dict):
+        conversations = [conversations]
+    images = []
+    for messages in conversations:
+        for message in messages:
+            content = message.get("content")
+            for item in content if isinstance(content, list) else []:
+                if "video" in item or item.get("type") == "video":
+                    raise RuntimeError("video inputs need qwen-vl-utils with torchvision installed")
+                if "image" in item or "image_url" in item:
+                    image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
+                    h, w = smart_resize(image.height, image.width, item.get("min_pixels", 56 * 56),
+                                        item.get("max_pixels", 28 * 28 * 1280))
+                    images.append(image.resize((w, h), Image.BICUBIC))
+    return (images or None), None
+
+
+for _module in (stock_qwen2_vl, stock_qwen2_5_vl):
+    if getattr(_module, "process_vision_info", None) is None:
+        _module.process_vision_info = image_only_vision_info
+
+
+class _ProcessorLoader:
+    """Stands in for AutoProcessor inside the stock wrappers' __init__."""
+
+    @staticmethod
+    def from_pretrained(path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any) -> Any:
+        from tamp.tiny import load_processor
+
+        processor = load_processor(path, revision=kwargs.get("revision"))
+        image_processor = processor.image_processor
+        size = dict(getattr(image_processor, "size", None) or {})
+        if min_pixels:
+            size["shortest_edge"] = min_pixels
+            if hasattr(image_processor, "min_pixels"):
+                image_processor.min_pixels = min_pixels
+        if max_pixels:
+            size["longest_edge"] = max_pixels
+            if hasattr(image_processor, "max_pixels"):
+                image_processor.max_pixels = max_pixels
+        image_processor.size = size
+        return processor
+
+
+class _QwenVLMixin(TampWrapperMixin):
+    def _mc_prompt(self, context: str, n_images: int) -> str:
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _mc_processor(self) -> Any:
+        return self.processor
+
+
+class TampQwen2VL(_QwenVLMixin, Qwen2_VL):
+    """`pretrained` = an artifact directory (or any Qwen2-VL checkpoint, evaluated as dense)."""
+
+    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
+                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
+        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
+        dev = pick_device(device)
+        with patched(stock_qwen2_vl, "AutoProcessor", _ProcessorLoader):
+            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
+        self._tamp_after_load()
+
+
+class TampQwen2_5VL(_QwenVLMixin, Qwen2_5_VL):
+    """`pretrained` = an artifact directory (or any Qwen2.5-VL checkpoint, evaluated as dense)."""
+
+    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
+                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
+        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
+        dev = pick_device(device)
+        with patched(stock_qwen2_5_vl, "AutoProcessor", _ProcessorLoader):
+            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
+        self._tamp_after_load()

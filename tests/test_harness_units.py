@@ -1,0 +1,136 @@
+"""Pieces of the harness that need no model: registry, cache keys, records, accelerate command, smoke data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_registry_resolves_names_and_local_dirs(tiny_model) -> None:
+    from harness.registry import MODELS, resolve_model
+
+    spec = resolve_model("llava-next")
+    assert spec.source == "llava-hf/llama3-llava-next-8b-hf" and spec.wrapper == "tamp_llava_hf"
+    assert spec.tasks[:2] == ("textvqa_val", "vizwiz_vqa_val") and "egoschema_subset" in spec.tasks
+    assert MODELS["qwen2-audio"].tasks == ("clotho_aqa_test", "vocalsound_test")
+    local = resolve_model(str(tiny_model("qwen2-vl")))
+    assert local.family == "qwen2-vl" and local.wrapper == "tamp_qwen2_vl"
+    with pytest.raises(HarnessError, match="no lmms-eval wrapper"):
+        resolve_model(str(tiny_model("llama")))
+
+
+def test_entry_point_lists_our_wrappers() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="lmms_eval.models") if e.name == "tamp"]
+    ids = {m.model_id for m in ep.load()()}
+    assert ids == {"tamp_llava_hf", "tamp_qwen2_vl", "tamp_qwen2_5_vl", "tamp_qwen2_audio"}
+
+
+def test_accelerate_command() -> None:
+    from harness.evaluate import accelerate_command
+
+    cmd = accelerate_command(4, "tamp_llava_hf", "pretrained=/a/b,max_empty_fraction=0.5", "mme", 10, Path("/o"))
+    tail = cmd[cmd.index("--num_processes"):]
+    assert tail == ["--num_processes", "4", "-m", "lmms_eval", "--model", "tamp_llava_hf", "--model_args",
+                    "pretrained=/a/b,max_empty_fraction=0.5", "--tasks", "mme", "--include_path",
+                    str(ROOT / "tasks"), "--batch_size", "1", "--output_path", "/o", "--log_samples", "--limit", "10"]
+    assert cmd[:2] == [str(Path(sys.executable).with_name("accelerate")), "launch"] or "accelerate.commands.launch" in cmd
+    assert "--limit" not in accelerate_command(2, "tamp_qwen2_vl", "pretrained=/x", "pope", None, Path("/o"))
+
+
+def test_gpus_needs_cuda_devices(tmp_path: Path) -> None:
+    from harness.run import RunOptions, plan
+
+    with pytest.raises(HarnessError, match="--gpus 2 needs 2 CUDA devices"):
+        plan(RunOptions(model="tiny-llava-next", sparsity=0.5, gpus=2, output=tmp_path))
+
+
+def test_artifact_key_tracks_config_and_calibration(tmp_path: Path) -> None:
+    from harness.cache import artifact_key, calibration_fingerprint
+    from harness.registry import MODELS
+    from tamp.config import PruneConfig
+
+    spec = MODELS["tiny-llava-next"]
+    text = tmp_path / "calib.txt"
+    text.write_text("some words")
+    fp = calibration_fingerprint(f"text:{text}", 8, 64, 42)
+    cfg = PruneConfig.from_preset("wanda", sparsity=0.5).to_dict()
+    key, inputs = artifact_key(spec, cfg, fp, "auto")
+    assert key == artifact_key(spec, cfg, fp, "auto")[0] and inputs["tamp"]["source_sha256"]
+    assert key != artifact_key(spec, PruneConfig.from_preset("wanda", sparsity=0.6).to_dict(), fp, "auto")[0]
+    text.write_text("other words")
+    assert key != artifact_key(spec, cfg, calibration_fingerprint(f"text:{text}", 8, 64, 42), "auto")[0]
+
+
+def test_empty_answer_count_and_records(tmp_path: Path) -> None:
+    from harness.records import empty_answers, load_record, record_path, write_json
+
+    samples = {"a": [{"resps": [["x"]]}, {"resps": [["  "]]}, {"resps": [[""]]}], "b": [{"resps": [[(1.0, True)]]}]}
+    assert empty_answers(samples, {"a": "generate_until", "b": "multiple_choice"}) == {"empty": 2, "total": 3}
+    assert empty_answers({"b": samples["b"]}, {"b": "multiple_choice"}) is None
+    path = record_path(tmp_path, "m/x", "wanda", 0.5, "2:4", "mme", 8)
+    assert path == tmp_path / "m__x" / "wanda_s0.50_2of4" / "mme_limit8.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "half')  # an interrupted writer's leftover is not a finished record
+    assert load_record(path) is None
+    write_json(path, {"schema": 1, "value": __import__("numpy").float64(0.25)})
+    assert load_record(path) == {"schema": 1, "value": 0.25}
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_smoke_data_is_what_the_generator_writes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tasks" / "tamp_smoke"))
+    try:
+        import generate
+        import utils
+    finally:
+        sys.path.pop(0)
+    generate.write(tmp_path)
+    for name in ("vqa.jsonl", "mc.jsonl"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "tasks" / "tamp_smoke" / "data" / name).read_bytes()
+    row = json.loads((tmp_path / "vqa.jsonl").read_text().splitlines()[0])
+    img = utils.render(row)
+    assert img.size == (64, 64) and img.getpixel((32, 20)) == utils.RGB[row["colour"]]
+    assert utils.process_results(row, [f" {row['answer'].upper()}."]) == {"exact_match": 1.0}
+    assert utils.process_results(row, [""]) == {"exact_match": 0.0}
+
+
+def test_qwen_image_resize_rule() -> None:
+    from harness.wrappers.qwen_vl import smart_resize  # imported before lmms_eval.models: no import cycle
+
+    from lmms_eval.models import get_model
+
+    assert get_model("tamp_qwen2_vl").__name__ == "TampQwen2VL"
+
+    assert smart_resize(64, 64, 56 * 56, 28 * 28 * 64) == (56, 56)
+    h, w = smart_resize(1000, 2000, 56 * 56, 28 * 28 * 64)
+    assert h % 28 == 0 and w % 28 == 0 and h * w <= 28 * 28 * 64
+    assert smart_resize(10, 10, 56 * 56, 28 * 28 * 64) == (56, 56)
+
+
+def test_accelerate_results_are_read_back(tmp_path: Path, monkeypatch) -> None:
+    """lmms-eval's CLI output (results JSON + samples JSONL) becomes the same dict simple_evaluate returns."""
+    import harness.evaluate as ev
+    from harness.errors import EvaluationError
+
+    def fake_call(cmd: list[str]) -> int:
+        out = Path(cmd[cmd.index("--output_path") + 1]) / "some__model"
+        out.mkdir(parents=True)
+        (out / "20260101_000000_results.json").write_text(json.dumps({"results": {"mme": {"acc,none": 0.5}}}))
+        (out / "20260101_000000_samples_mme.jsonl").write_text(json.dumps({"doc_id": 0, "resps": [["a"]]}) + "\n")
+        return 0
+
+    monkeypatch.setattr(ev.subprocess, "call", fake_call)
+    result = ev.evaluate_with_accelerate(2, "tamp_llava_hf", "pretrained=/a", "mme", None, tmp_path / "work")
+    assert result["results"]["mme"]["acc,none"] == 0.5 and result["samples"]["mme"] == [{"doc_id": 0, "resps": [["a"]]}]
+    monkeypatch.setattr(ev.subprocess, "call", lambda cmd: 0)  # exit 0 but nothing written: lmms-eval failed
+    with pytest.raises(EvaluationError, match="lmms-eval wrote no results for task 'mme'"):
+        ev.evaluate_with_accelerate(2, "tamp_llava_hf", "pretrained=/a", "mme", None, tmp_path / "work")
