@@ -64,10 +64,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("qwen2-audio", "Qwen/Qwen2-Audio-7B-Instruct", "qwen2-audio", "tamp_qwen2_audio", None,
                   ("clotho_aqa_test", "vocalsound_test")),
         # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
-        ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 8, 64),
-        ModelSpec("tiny-llava-next", "tiny-llava-next", "llava-next", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 8, 64),
-        ModelSpec("tiny-qwen2-vl", "tiny-qwen2-vl", "qwen2-vl", "tamp_qwen2_vl", "synthetic", SMOKE_TASKS, 8, 64),
-        ModelSpec("tiny-qwen2.5-vl", "tiny-qwen2.5-vl", "qwen2.5-vl", "tamp_qwen2_5_vl", "synthetic", SMOKE_TASKS, 8, 64),
+        ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
+        ModelSpec("tiny-llava-next", "tiny-llava-next", "llava-next", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
+        ModelSpec("tiny-qwen2-vl", "tiny-qwen2-vl", "qwen2-vl", "tamp_qwen2_vl", "synthetic", SMOKE_TASKS, 4, 64),
+        ModelSpec("tiny-qwen2.5-vl", "tiny-qwen2.5-vl", "qwen2.5-vl", "tamp_qwen2_5_vl", "synthetic", SMOKE_TASKS, 4, 64),
     )
 }
 
