@@ -81,6 +81,21 @@ def peak_cpu_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_vm_hwm_mb() -> float:
+    """VmHWM of /proc/self/status (the mm's own high-water mark); falls back to ru_maxrss.
+
+    A subprocess's ru_maxrss starts at its *parent's* RSS (Linux carries the pre-exec mm's peak into the new
+    process's signal struct), so children measure with this instead.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_cpu_rss_mb()
+
+
 def peak_gpu_mb(device: torch.device | None) -> float | None:
     if device is None or device.type != "cuda":
         return None
@@ -106,6 +121,10 @@ def measured(phase: Phase, device: torch.device | None = None, record_time: bool
     An exception inside the body marks the phase as an error instead of propagating.
     """
     reset = reset_peak_memory(device)
+    try:
+        phase.details.setdefault("load_avg_1m_at_start", round(os.getloadavg()[0], 2))
+    except OSError:
+        pass
     sync(device)
     start = time.perf_counter()
     try:

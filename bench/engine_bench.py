@@ -290,6 +290,7 @@ class LayerProgress:
         last = self.reached[-1]
         done = max(last) if last else 0  # layers completed in the current sweep (the highest one is running)
         out["layers_done_in_current_sweep"] = done
+        out["current_sweep_started_s"] = self.sweep_starts[-1] - start
         if done >= 1:
             sweep_start = self.sweep_starts[-1]
             per_layer = (last[done] - sweep_start) / done
@@ -314,11 +315,13 @@ def _recording_result_class() -> type:
     return Recording
 
 
-def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | None = None) -> Phase:
+def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | None = None,
+               adjacent_unit: bool = False) -> Phase:
     """Prune a fresh copy of the dense weights with a tamp preset at 50%; time, per-phase timings, perplexity.
 
     With `limit_s`, a prune still running after that many seconds is stopped: the phase is `partial`, with the
-    engine timings so far and the total extrapolated from the per-layer rate of the last sweep.
+    engine timings so far and the total extrapolated from the per-layer rate of the last sweep. With
+    `adjacent_unit`, one more dense forward right before the prune gives `ratio_adjacent` (robust to load drift).
     """
     from unittest import mock
 
@@ -335,6 +338,11 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
     linears = matrices_to_prune(ctx.model, ctx.adapter.stacks(ctx.model, False))
     result = None
     recording = _recording_result_class()
+    if adjacent_unit:
+        ctx.restore()
+        start = time.perf_counter()
+        dense_forward(ctx.model, ctx.batches, ctx.device)
+        phase.details["dense_forward_adjacent_s"] = time.perf_counter() - start
     for _ in range(max(1, repeats)):
         ctx.restore()
         progress = LayerProgress(ctx.adapter.language_stack(ctx.model).layers)
@@ -366,6 +374,8 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
     if phase.status == "ok":
         phase.details["sparsity"] = sparsity_of(linears)
         phase.set_ratio(ctx.dense_forward_s, "dense forward", TARGETS.get(method))
+        if phase.details.get("dense_forward_adjacent_s") and phase.wall_s:
+            phase.details["ratio_adjacent"] = phase.wall_s / phase.details["dense_forward_adjacent_s"]
         if ctx.eval_ppl:
             ppl, secs = ctx.perplexity()
             phase.details.update({"ppl": ppl, "ppl_s": secs})
@@ -376,14 +386,6 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
         phase.ratio_to = "dense forward (estimated)"
     ctx.restore()
     return phase
-
-
-def run_smollm2(ctx: SmolLM2, methods: Sequence[str], dense_repeats: int, prune_repeats: int,
-                limits: dict[str, float] | None = None) -> list[Phase]:
-    phases = run_dense(ctx, dense_repeats)
-    for method in methods:
-        phases.append(run_method(ctx, method, prune_repeats, (limits or {}).get(method)))
-    return phases
 
 
 def run_smollm2_naive(ctx: SmolLM2, samples: int = 2, seqlen: int = 64) -> list[Phase]:

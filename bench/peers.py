@@ -66,6 +66,7 @@ def run(ctx: Any, peer_python: str | None, methods: tuple[str, ...] = ("wanda", 
     for method in methods:
         phase = Phase(SECTION, f"llm-compressor {method} 50%",
                       details={"llmcompressor": version, "python": python, "modifier": MODIFIERS[method]})
+        phase.details["load_avg_1m_at_start"] = round(os.getloadavg()[0], 2)
         with tempfile.TemporaryDirectory(prefix="tamp-bench-peer-") as tmp:
             out_json = Path(tmp) / "peer.json"
             cmd = [python, "-m", "bench.peers", "--method", method, "--gguf", gguf, "--json", str(out_json)]
@@ -108,8 +109,8 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
-    from bench.common import peak_cpu_rss_mb, reset_peak_memory
-    from bench.engine_bench import BATCH_SIZE, CALIB_FILES, EVAL_FILES
+    from bench.common import peak_vm_hwm_mb, reset_peak_memory
+    from bench.engine_bench import BATCH_SIZE, CALIB_FILES, EVAL_FILES, dense_forward, text_batches
     from tamp.calibration.text import text_segments
     from tamp.eval.perplexity import perplexity
     from tamp.models.gguf import load_gguf
@@ -124,6 +125,10 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     del gguf_model
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = text_segments(tok, CALIB_FILES, 32, 256)
+    # a dense forward in this very process, right before oneshot: the peer's own unit (machine load drifts)
+    start = time.perf_counter()
+    dense_forward(model, text_batches(ids), torch.device("cpu"))
+    dense_s = time.perf_counter() - start
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
     # "re:.*lm_head": a plain "lm_head" does not match (llmcompressor names it "lm_head." and would prune it,
@@ -135,10 +140,11 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
             max_seq_length=int(ids.shape[1]), batch_size=BATCH_SIZE, shuffle_calibration_samples=False,
             pipeline="sequential")
     wall = time.perf_counter() - start
-    rss = peak_cpu_rss_mb()
+    rss = peak_vm_hwm_mb()
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in n}
     zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
     result: dict[str, Any] = {"wall_s": wall, "peak_cpu_rss_mb": rss, "matrices": len(linears),
+                              "dense_forward_local_s": dense_s, "ratio_local": wall / dense_s,
                               "sparsity": zeros / max(1, sum(m.weight.numel() for m in linears.values())),
                               "torch_threads": torch.get_num_threads(),
                               "lm_head_zeros": int((model.get_output_embeddings().weight == 0).sum())}

@@ -144,7 +144,8 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
             if "smollm2" in sections:
                 for method in [m for m in args.methods.split(",") if m]:
                     limit = args.preset_limit if method in LIMITED_PRESETS and args.preset_limit > 0 else None
-                    add([engine_bench.run_method(ctx, method, args.prune_repeats, limit)])
+                    add([engine_bench.run_method(ctx, method, args.prune_repeats, limit,
+                                                 adjacent_unit=method in engine_bench.TARGETS)])
     _combine_tamp_estimate(phases)
     if "peers" in sections:
         from bench import peers
@@ -161,20 +162,29 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
 
 
 def _combine_tamp_estimate(phases: list[Phase]) -> None:
-    """A TAMP prune stopped in its DAS sweep: DAS sweep extrapolated + the AMIA preset's (estimated) total."""
+    """A TAMP prune stopped before its AMIA sweep gave a per-layer rate: DAS part + the amia preset's total.
+
+    The DAS part is its sweep extrapolated (stopped in sweep 1) or the time until sweep 2 began (stopped there).
+    """
     by_name = {p.details.get("preset"): p for p in phases if p.section == "smollm2" and "preset" in p.details}
     tamp, amia = by_name.get("tamp"), by_name.get("amia")
     if tamp is None or amia is None or tamp.status != "partial" or "estimated_total_s" in tamp.details:
         return
-    das = tamp.details.get("current_sweep_estimated_s")
+    d = tamp.details
     amia_total = amia.wall_s if amia.status == "ok" else amia.details.get("estimated_total_s")
-    if tamp.details.get("sweeps_started") != 1 or das is None or amia_total is None:
+    if d.get("sweeps_started") == 1:
+        das = d.get("current_sweep_estimated_s")
+    elif d.get("sweeps_started") == 2:
+        das = d.get("current_sweep_started_s")
+    else:
+        das = None
+    if das is None or amia_total is None:
         return
-    tamp.details["estimated_total_s"] = das + amia_total
-    tamp.details["estimate_basis"] = "DAS sweep extrapolated from its first layers + the amia preset's total"
+    d["estimated_total_s"] = das + amia_total
+    d["estimate_basis"] = "DAS allocation sweep (measured or extrapolated) + the amia preset's (estimated) total"
     unit = next((p.wall_s for p in phases if p.name.startswith("UNIT dense forward")), None)
     if unit:
-        tamp.ratio, tamp.ratio_to = tamp.details["estimated_total_s"] / unit, "dense forward (estimated)"
+        tamp.ratio, tamp.ratio_to = d["estimated_total_s"] / unit, "dense forward (estimated)"
 
 
 def summarise(phases: list[Phase]) -> dict[str, Any]:
@@ -212,13 +222,18 @@ def _notes(p: Phase) -> str:
         short = {"allocation": "alloc", "capture": "cap", "statistics": "stats", "masks": "masks", "rerun": "rerun"}
         parts.append(" ".join(f"{short.get(k, k)}={v:.1f}" for k, v in d["engine_timings"].items() if v >= 0.05))
     if "estimated_total_s" in d:
-        parts.append(f"est. total {d['estimated_total_s']:.0f}s from {d.get('layers_done_in_current_sweep')} layers "
-                     f"of sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}")
+        basis = "DAS + amia preset" if "estimate_basis" in d else \
+            f"{d.get('layers_done_in_current_sweep')} layers of sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}"
+        parts.append(f"est. total {d['estimated_total_s']:.0f}s ({basis})")
     elif p.status == "partial" and "sweeps_started" in d:
         parts.append(f"no estimate: sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}, "
                      f"{d.get('layers_done_in_current_sweep')} layers done")
     if "unattributed_s" in d and d["unattributed_s"] is not None and d["unattributed_s"] >= 0.5:
         parts.append(f"other={d['unattributed_s']:.1f}")
+    if "ratio_adjacent" in d:
+        parts.append(f"{d['ratio_adjacent']:.2f}x an adjacent dense fwd ({d['dense_forward_adjacent_s']:.1f}s)")
+    if "ratio_local" in d:
+        parts.append(f"{d['ratio_local']:.2f}x its own adjacent dense fwd ({d['dense_forward_local_s']:.1f}s)")
     if "ppl" in d:
         ref = f" (ref {d['reference_ppl']})" if "reference_ppl" in d else ""
         parts.append(f"ppl={d['ppl']:.2f}{ref}")
