@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from tamp.artifacts import git_commit  # noqa: F401  (re-exported for the bench modules)
+
 SCHEMA = "tamp-bench/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,20 +229,6 @@ def versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             out[key] = None
     return out
-
-
-def git_commit() -> str | None:
-    """`git rev-parse HEAD` of the checkout, with `-dirty` when tracked files are modified."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def utc_stamp() -> str:
