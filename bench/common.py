@@ -9,7 +9,6 @@ import platform
 import resource
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
