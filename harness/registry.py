@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
+from tamp.models.registry import HF_MODELS
 
 SMOKE_TASKS: tuple[str, ...] = ("tamp_smoke_vqa", "tamp_smoke_mc")
 # model_type -> (tamp family, registered lmms-eval wrapper id)
@@ -48,20 +49,21 @@ class ModelSpec:
         return Path(self.source).exists()
 
 
+# HF ids come from tamp's registry, so `tamp prune --model NAME` and `harness run --model NAME` agree
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("llava-next", "llava-hf/llama3-llava-next-8b-hf", "llava-next", "tamp_llava_hf", SHAREGPT4V,
+        ModelSpec("llava-next", HF_MODELS["llava-next"], "llava-next", "tamp_llava_hf", SHAREGPT4V,
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("llava-1.5", "llava-hf/llava-1.5-7b-hf", "llava", "tamp_llava_hf", SHAREGPT4V,
+        ModelSpec("llava-1.5", HF_MODELS["llava-1.5"], "llava", "tamp_llava_hf", SHAREGPT4V,
                   ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "gqa")),
-        ModelSpec("llava-onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-onevision", "tamp_llava_hf",
+        ModelSpec("llava-onevision", HF_MODELS["llava-onevision"], "llava-onevision", "tamp_llava_hf",
                   SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2-vl", "Qwen/Qwen2-VL-7B-Instruct", "qwen2-vl", "tamp_qwen2_vl", SHAREGPT4V,
+        ModelSpec("qwen2-vl", HF_MODELS["qwen2-vl"], "qwen2-vl", "tamp_qwen2_vl", SHAREGPT4V,
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2.5-vl", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
+        ModelSpec("qwen2.5-vl", HF_MODELS["qwen2.5-vl"], "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2-audio", "Qwen/Qwen2-Audio-7B-Instruct", "qwen2-audio", "tamp_qwen2_audio", None,
+        ModelSpec("qwen2-audio", HF_MODELS["qwen2-audio"], "qwen2-audio", "tamp_qwen2_audio", None,
                   ("clotho_aqa_test", "vocalsound_test")),
         # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
         ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
