@@ -220,7 +220,9 @@ def _notes(p: Phase) -> str:
         parts.append(f"masks identical={d['masks_identical']} agree={d['mask_agreement']:.6f}")
     if "engine_timings" in d:
         short = {"allocation": "alloc", "capture": "cap", "statistics": "stats", "masks": "masks", "rerun": "rerun"}
-        parts.append(" ".join(f"{short.get(k, k)}={v:.1f}" for k, v in d["engine_timings"].items() if v >= 0.05))
+        shown = " ".join(f"{short.get(k, k)}={v:.1f}" for k, v in d["engine_timings"].items() if v >= 0.05)
+        if shown:
+            parts.append(shown)
     if "estimated_total_s" in d:
         basis = "DAS + amia preset" if "estimate_basis" in d else \
             f"{d.get('layers_done_in_current_sweep')} layers of sweep {d.get('sweeps_started')}/{d.get('sweeps_expected')}"
