@@ -34,3 +34,21 @@ clean:
 SIZE ?= cpu
 bench:
 	$(PY) -m bench.run --size $(SIZE)
+
+# The paper's main table (grids/table1.yaml): `make reproduce-table1 DRY_RUN=1` prints the plan only.
+# LIMIT=N evaluates the first N documents of each task (a quick look; records are kept apart).
+DRY_RUN ?=
+LIMIT ?=
+GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT))
+.PHONY: reproduce-table1 sweep
+reproduce-table1:
+	$(VENV)/bin/harness grid grids/table1.yaml $(GRID_FLAGS)
+
+# A sparsity sweep: `make sweep MODEL=llava-next METHODS=wanda,owl,tamp [SPARSITIES=...] [TASKS=a,b] [DRY_RUN=1]`
+MODEL ?= llava-next
+METHODS ?= magnitude,wanda,sparsegpt,owl,tamp
+SPARSITIES ?= 0.3,0.4,0.5,0.6,0.7
+TASKS ?=
+sweep:
+	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(METHODS) --sparsities $(SPARSITIES) \
+		$(if $(TASKS),--tasks $(TASKS)) $(GRID_FLAGS)

@@ -1,4 +1,5 @@
-"""The `harness` command: `models` (the registry), `tasks` (our offline tasks) and `run` (prune -> evaluate)."""
+"""The `harness` command: `models`, `tasks`, `run` (prune -> evaluate), and the reports built from run records:
+`table`, `plot`, `export`, plus `grid` / `sweep` (many runs, then all three reports)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,68 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-evaluate tasks that already have a run record")
     r.add_argument("--max-empty-fraction", type=float, default=0.5,
                    help="fail when more than this fraction of a task's answers is empty (default 0.5)")
+    t = sub.add_parser("table", help="the paper's table from run records: methods x benchmarks + average")
+    _runs_arg(t)
+    t.add_argument("--model", default=None, help="only this model (the name its records are filed under)")
+    t.add_argument("--sparsity", type=float, default=None, help="only this sparsity (dense rows always shown)")
+    t.add_argument("--pattern", default=None, help="only this pattern: unstructured, 2:4, 4:8")
+    t.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
+    t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
+    t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
+    pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
+    _runs_arg(pl)
+    pl.add_argument("--out", type=Path, required=True, help="FILE.png (FILE.svg is written too)")
+    pl.add_argument("--model", default=None)
+    pl.add_argument("--pattern", default=None)
+    pl.add_argument("--allocation", type=Path, action="append", default=None, metavar="ARTIFACT",
+                    help="plot per-layer sparsity of this artifact dir or pruning.json instead (repeat to compare)")
+    e = sub.add_parser("export", help="write/merge the leaderboard CSV (one row per task metric)")
+    _runs_arg(e)
+    e.add_argument("--csv", type=Path, required=True, help="the leaderboard file (merged if it exists)")
+    g = sub.add_parser("grid", help="run a grid file (grids/*.yaml) cell by cell, then write table, plot and CSV")
+    g.add_argument("file", type=Path, help="the grid YAML, e.g. grids/table1.yaml")
+    _grid_args(g)
+    sw = sub.add_parser("sweep", help="one model, some methods, a range of sparsities (+ dense), then the reports")
+    sw.add_argument("--model", required=True)
+    sw.add_argument("--methods", default="magnitude,wanda,sparsegpt,owl,tamp", help="comma-separated tamp presets")
+    sw.add_argument("--sparsities", default="0.3,0.4,0.5,0.6,0.7", help="comma-separated, each in (0, 1)")
+    sw.add_argument("--tasks", default=None, help="comma-separated tasks (default: the model's)")
+    sw.add_argument("--pattern", default="unstructured")
+    sw.add_argument("--calib", default=None)
+    sw.add_argument("--nsamples", type=int, default=None)
+    sw.add_argument("--seed", type=int, default=42)
+    sw.add_argument("--out-dir", type=Path, default=Path("results/sweeps"), help="where the table and plot go")
+    sw.add_argument("--csv", type=Path, default=Path("results/leaderboard.csv"), help="the leaderboard to merge into")
+    _grid_args(sw)
     return p
+
+
+def _runs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=Path, default=Path("results/runs"), help="the run records folder")
+    p.add_argument("--published", type=Path, default=None,
+                   help="published numbers to show beside ours (default results/reference/published.csv)")
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cached? data present?) and run nothing")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N documents of each task")
+    p.add_argument("--output", type=Path, default=Path("results/runs"), help="where run records go")
+    p.add_argument("--artifacts", type=Path, default=Path("results/artifacts"), help="the pruned-artifact cache")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--force", action="store_true", help="re-evaluate tasks that already have a run record")
+    p.add_argument("--published", type=Path, default=None, help="published numbers (default results/reference/published.csv)")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HarnessError(f"--{what} takes comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise HarnessError(f"--{what} is empty")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +143,90 @@ def _dispatch(args: argparse.Namespace) -> int:
         print()
         print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4f"))
         return 0
+    if args.command in ("table", "plot", "export"):
+        return _reports(args)
+    if args.command in ("grid", "sweep"):
+        return _grid(args)
     raise AssertionError(args.command)
+
+
+def _reports(args: argparse.Namespace) -> int:
+    if args.command == "plot" and args.allocation:
+        from harness.plots import plot_allocation
+
+        for path in plot_allocation(args.allocation, args.out):
+            print(f"wrote {path}")
+        return 0
+    from harness.collect import headline_frame, load_published
+
+    if args.command == "export":
+        from harness.leaderboard import export
+
+        total, new = export(args.runs, args.csv)
+        print(f"wrote {args.csv}: {total} rows ({new} from the records in {args.runs})")
+        return 0
+    df, pub = headline_frame(args.runs), load_published(args.published)
+    if df.empty:
+        raise HarnessError(f"no finished run records under {args.runs} (run `harness run` first)")
+    if args.command == "table":
+        from harness.tables import build_tables, render
+
+        tables = build_tables(df, pub, model=args.model, sparsity=args.sparsity, pattern=args.pattern,
+                              relative=args.relative)
+        if not tables:
+            raise HarnessError("no run records match --model/--sparsity/--pattern; `harness table` alone shows all")
+        text = render(tables, args.format)
+        print(text)
+        if args.out:
+            from harness.records import _write_atomic
+
+            _write_atomic(args.out, text)
+            print(f"wrote {args.out}")
+        return 0
+    from harness.plots import plot_curves
+
+    for path in plot_curves(df, pub, args.out, model=args.model, pattern=args.pattern):
+        print(f"wrote {path}")
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from harness.grid import Settings, dry_run, load_grid, run_grid, sweep_grid, write_reports
+
+    if args.command == "grid":
+        grid = load_grid(args.file)
+    else:
+        grid = sweep_grid(args.model, [m.strip() for m in args.methods.split(",") if m.strip()],
+                          _floats(args.sparsities, "sparsities"),
+                          [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+                          args.pattern, args.out_dir, args.csv, calib=args.calib, nsamples=args.nsamples,
+                          seed=args.seed)
+    settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
+                        dtype=args.dtype, gpus=args.gpus, force=args.force)
+    _quiet_loguru(os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
+    if args.dry_run:
+        plan = dry_run(grid, settings)
+        print(f"plan for {grid.name}: {len(plan.cells)} cells, {plan.evaluations} task evaluations, "
+              f"{plan.cached} already cached (nothing is run in a dry run)\n")
+        print(tabulate(plan.cells, headers="keys", tablefmt="github"))
+        print()
+        print(tabulate(plan.data, headers="keys", tablefmt="github"))
+        print("\nmissing before it can run:" if plan.missing else "\nall data present")
+        for line in plan.missing:
+            print(f"  - {line}")
+        print(f"outputs: {', '.join(str(p) for p in grid.outputs.values()) or '(none)'}")
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    failed = run_grid(grid, settings)
+    for path in write_reports(grid, settings, args.published):
+        print(f"wrote {path}")
+    if failed:
+        print(f"\n{len(failed)} cell(s) failed (the others are done and cached; fix and run again to resume):",
+              file=sys.stderr)
+        for cell, why in failed:
+            print(f"  - {cell.label}: {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _quiet_loguru(level: str) -> None:

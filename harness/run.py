@@ -70,8 +70,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
-    """The tamp PruneConfig; --sparsity 0 and --method dense both give the dense preset (no calibration)."""
+def build_config(opts: RunOptions, spec: ModelSpec, check_files: bool = True) -> Any:
+    """The tamp PruneConfig; --sparsity 0 and --method dense both give the dense preset (no calibration).
+
+    ``check_files=False`` (dry runs) skips checking that the calibration files exist.
+    """
     from tamp.config import PRESETS, PruneConfig
     from tamp.errors import TampError
 
@@ -96,7 +99,8 @@ def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
     if cfg.scoring != "magnitude":
         if calib is None:
             raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
-        check_calibration(calib)
+        if check_files:
+            check_calibration(calib)
     return cfg
 
 

@@ -1,0 +1,317 @@
+"""Experiment grids (grids/*.yaml, `make reproduce-table1`, `make sweep`): plan, run through `harness run`, report.
+
+A grid is models x methods x sparsities on a list of tasks. Running it calls `harness run` once per
+cell, so every cell is resumable (finished tasks are skipped, cached artifacts reused); a failing cell
+is reported and the others still run. At the end the table, the plot and the leaderboard CSV are
+written from the records of the grid's own cells. A dry run loads no model and writes nothing: it
+lists every cell, whether its artifact and results are cached, and what data must be present.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import HarnessError
+
+GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
+             "seqlen", "seed", "overrides", "outputs"}
+OUTPUT_KEYS = {"table", "plot", "csv"}
+
+
+@dataclass
+class Grid:
+    name: str
+    models: list[str]
+    methods: list[str]
+    sparsities: list[float]
+    tasks: list[str] | None = None  # None: each model's default tasks
+    pattern: str = "unstructured"
+    calib: str | None = None
+    nsamples: int | None = None
+    seqlen: int | None = None
+    seed: int = 42
+    overrides: list[str] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    method: str
+    sparsity: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.method} {self.sparsity:.0%}"
+
+
+def _list(value: Any, what: str, path: Path) -> list[Any]:
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise HarnessError(f"{path}: '{what}' must be a non-empty list")
+    return value
+
+
+def load_grid(path: Path) -> Grid:
+    """Read and validate a grid YAML (unknown keys are errors: a typo must not silently change the grid)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"grid file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: a grid is a YAML mapping with models, methods, sparsities, tasks")
+    unknown = sorted(set(data) - GRID_KEYS)
+    if unknown:
+        raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(GRID_KEYS))}")
+    for key in ("models", "methods", "sparsities"):
+        if key not in data:
+            raise HarnessError(f"{path}: '{key}' is required")
+    outputs = data.get("outputs") or {}
+    if not isinstance(outputs, dict) or set(outputs) - OUTPUT_KEYS:
+        raise HarnessError(f"{path}: 'outputs' maps {', '.join(sorted(OUTPUT_KEYS))} to file names")
+    try:
+        sparsities = [float(s) for s in _list(data["sparsities"], "sparsities", path)]
+    except (TypeError, ValueError):
+        raise HarnessError(f"{path}: sparsities must be numbers in [0, 1)") from None
+    return Grid(
+        name=str(data.get("name") or path.stem), models=[str(m) for m in _list(data["models"], "models", path)],
+        methods=[str(m) for m in _list(data["methods"], "methods", path)], sparsities=sparsities,
+        tasks=[str(t) for t in _list(data["tasks"], "tasks", path)] if data.get("tasks") else None,
+        pattern=str(data.get("pattern", "unstructured")), calib=data.get("calib"), nsamples=data.get("nsamples"),
+        seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
+        outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")))
+
+
+def cells(grid: Grid) -> list[Cell]:
+    """Every (model, method, sparsity); dense is one cell per model whatever the sparsities."""
+    out: list[Cell] = []
+    for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
+        cell = Cell(model, "dense", 0.0) if method == "dense" or sparsity == 0 else Cell(model, method, sparsity)
+        if cell not in out:
+            out.append(cell)
+    return out
+
+
+@dataclass
+class Settings:
+    """Where and how a grid runs (command-line options, not part of the experiment)."""
+
+    output: Path = Path("results/runs")
+    artifacts: Path = Path("results/artifacts")
+    limit: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    gpus: int = 1
+    force: bool = False
+
+
+def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
+    from harness.run import RunOptions
+
+    return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method, pattern=grid.pattern,
+                      tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
+                      seqlen=grid.seqlen, seed=grid.seed, overrides=list(grid.overrides), output=settings.output,
+                      artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
+                      force=settings.force)
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def _model_status(spec: Any) -> str:
+    if spec.source.startswith("tiny-"):
+        return "built offline on first use"
+    if Path(spec.source).is_dir():
+        return "local directory"
+    from harness.cache import _hf_revision
+
+    return "in the HF cache" if _hf_revision(spec.source, None) else f"MISSING: `hf download {spec.source}`"
+
+
+def _calibration_status(cfg: Any) -> tuple[str, bool]:
+    """(what the calibration needs, whether it is all present)."""
+    from harness.run import check_calibration
+
+    if cfg.sparsity == 0 or cfg.scoring == "magnitude":
+        return "none needed", True
+    try:
+        check_calibration(cfg.calib)
+    except HarnessError as exc:
+        return f"MISSING: {exc}", False
+    return f"present ({cfg.calib})", True
+
+
+def _dataset_status(task: str, tm: Any) -> str:
+    from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache
+
+    missing = sorted({p for p in dataset_paths(task, tm).values()
+                      if p not in LOCAL_BUILDERS and not Path(p).exists() and not in_local_cache(p)})
+    if missing:
+        return "MISSING: " + "; ".join(f"`hf download --repo-type dataset {p}`" for p in missing)
+    return "present"
+
+
+@dataclass
+class DryRun:
+    """The plan: a row per cell, a row per piece of data, the missing pieces in the order to fetch them."""
+
+    cells: list[dict[str, str]]
+    data: list[dict[str, str]]
+    missing: list[str]
+    evaluations: int
+    cached: int
+
+
+def dry_run(grid: Grid, settings: Settings) -> DryRun:
+    """What running the grid would do, loading no model and writing nothing."""
+    from harness.cache import artifact_key, calibration_fingerprint, valid_artifact
+    from harness.records import load_record, record_path
+    from harness.registry import resolve_model
+    from harness.run import build_config
+    from harness.tasks_catalog import task_manager
+
+    cell_rows: list[dict[str, str]] = []
+    data: dict[tuple[str, str], str] = {}
+    evaluations = cached = 0
+    for cell in cells(grid):
+        opts = run_options(grid, cell, settings)
+        spec = resolve_model(cell.model)
+        cfg = build_config(opts, spec, check_files=False)
+        data[("model weights", spec.source)] = _model_status(spec)
+        calib_status, calib_ok = _calibration_status(cfg)
+        if cfg.sparsity > 0 and cfg.scoring != "magnitude":
+            data[("calibration", str(cfg.calib))] = calib_status
+        key = None
+        if calib_ok:
+            needs = cfg.sparsity > 0 and cfg.scoring != "magnitude"
+            fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs else None
+            key, _ = artifact_key(spec, cfg.to_dict(), fp, settings.dtype)
+            todo = "to save (unpruned copy)" if cfg.sparsity == 0 else "to prune"
+            artifact = f"cached ({key})" if valid_artifact(settings.artifacts / key, key) else f"{todo} ({key})"
+        else:
+            artifact = "to prune, once the calibration data is present"
+        tm = task_manager(spec.wrapper)
+        states: dict[str, list[str]] = {}
+        for task in grid.tasks or list(spec.tasks):
+            evaluations += 1
+            if task not in tm.all_tasks:
+                data[("task", task)] = "MISSING: unknown task (`python -m lmms_eval tasks list`)"
+                states.setdefault("unknown task", []).append(task)
+                continue
+            data[("dataset", task)] = _dataset_status(task, tm)
+            rec = load_record(record_path(settings.output, spec.name, cfg.method, cfg.sparsity, cfg.pattern,
+                                          task, settings.limit))
+            if rec is None:
+                state = "to evaluate"
+            elif key is None or rec.get("artifact_key") == key:
+                state = "cached"
+            else:
+                state = "stale (made from another artifact; --force)"
+            cached += state == "cached"
+            states.setdefault(state, []).append(task)
+        if len(states) == 1:
+            summary = f"{next(iter(states))}: all {len(next(iter(states.values())))}"
+        else:
+            summary = "; ".join(f"{state}: {len(ts)}" + ("" if state == "cached" else f" ({', '.join(ts)})")
+                                for state, ts in states.items())
+        cell_rows.append({"model": spec.name, "method": cfg.method, "sparsity": f"{cfg.sparsity:.2f}",
+                          "pattern": cfg.pattern, "artifact": artifact, "results": summary})
+    data_rows = [{"what": what, "name": name, "status": status} for (what, name), status in data.items()]
+    missing = [f"{r['what']} {r['name']}: {r['status'][len('MISSING: '):]}" for r in data_rows
+               if r["status"].startswith("MISSING")]
+    return DryRun(cell_rows, data_rows, missing, evaluations, cached)
+
+
+# ---------------------------------------------------------------- run + report
+
+
+def validate(grid: Grid, settings: Settings) -> None:
+    """Typos (model, method, task, --set field) fail before anything runs; missing data fails per cell later."""
+    from harness.registry import resolve_model
+    from harness.run import build_config
+    from harness.tasks_catalog import task_manager, validate_tasks
+
+    for cell in cells(grid):
+        spec = resolve_model(cell.model)
+        build_config(run_options(grid, cell, settings), spec, check_files=False)
+        validate_tasks(list(grid.tasks or spec.tasks), task_manager(spec.wrapper))
+
+
+def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:
+    """Run every cell through `harness run`; returns the failed cells with their one-line reasons."""
+    from harness.run import run
+
+    validate(grid, settings)
+    failed: list[tuple[Cell, str]] = []
+    todo = cells(grid)
+    for i, cell in enumerate(todo, 1):
+        print(f"\n=== [{i}/{len(todo)}] {cell.label} ===", flush=True)
+        try:
+            run(run_options(grid, cell, settings))
+        except HarnessError as exc:
+            print(f"error: {cell.label}: {exc}", flush=True)
+            failed.append((cell, str(exc)))
+    return failed
+
+
+def grid_frame(grid: Grid, settings: Settings) -> Any:
+    """The headline rows of the grid's own cells (other runs in the same folder stay out of its table)."""
+    from harness.collect import headline_frame
+    from harness.registry import resolve_model
+
+    df = headline_frame(settings.output)
+    names = {resolve_model(m).name for m in grid.models}
+    wanted = {(c.method, round(c.sparsity, 4)) for c in cells(grid)}
+    keep = [m in names and (meth, round(s, 4)) in wanted and (meth == "dense" or p == grid.pattern)
+            and lim == (settings.limit or 0) and (grid.tasks is None or t in grid.tasks)
+            for m, meth, s, p, lim, t in zip(df["model"], df["method"], df["sparsity"], df["pattern"], df["limit"],
+                                            df["task"])]
+    return df[keep]
+
+
+def write_reports(grid: Grid, settings: Settings, published: Path | None = None) -> list[Path]:
+    """Table (scores + % of dense, markdown), plot (PNG + SVG) and the merged leaderboard CSV."""
+    from harness.collect import load_published
+    from harness.leaderboard import export
+    from harness.plots import plot_curves
+    from harness.records import _write_atomic
+    from harness.tables import build_tables, render
+
+    df = grid_frame(grid, settings)
+    if df.empty:
+        print("no finished cells yet: no table, plot or CSV written")
+        return []
+    pub = load_published(published)
+    written: list[Path] = []
+    if "table" in grid.outputs:
+        header = f"# {grid.name}\n\n" + (f"{grid.description.strip()}\n\n" if grid.description else "")
+        text = header + render(build_tables(df, pub, pattern=grid.pattern)) + "\n" + \
+            render(build_tables(df, pub, pattern=grid.pattern, relative=True))
+        _write_atomic(grid.outputs["table"], text)
+        written.append(grid.outputs["table"])
+    if "plot" in grid.outputs:
+        written += plot_curves(df, pub, grid.outputs["plot"], pattern=grid.pattern)
+    if "csv" in grid.outputs:
+        export(settings.output, grid.outputs["csv"])
+        written.append(grid.outputs["csv"])
+    return written
+
+
+def sweep_grid(model: str, methods: list[str], sparsities: list[float], tasks: list[str] | None, pattern: str,
+               out_dir: Path, csv: Path, **run_fields: Any) -> Grid:
+    """`make sweep`: one model, the chosen methods (+ dense as the reference) over a range of sparsities."""
+    slug = f"{model.replace('/', '__')}_{pattern.replace(':', 'of')}"
+    return Grid(name=f"sweep: {model}, {pattern}", models=[model],
+                methods=["dense", *[m for m in methods if m != "dense"]], sparsities=sparsities, tasks=tasks,
+                pattern=pattern, outputs={"table": out_dir / f"{slug}.md", "plot": out_dir / f"{slug}.png", "csv": csv},
+                **run_fields)

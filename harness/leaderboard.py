@@ -1,0 +1,114 @@
+"""`harness export --csv FILE`: the leaderboard, one row per (model, method, sparsity, pattern, limit, task, metric).
+
+Column order (stable; documented in the README):
+  model, method, sparsity, pattern, limit (0 = the whole task), task, metric ("<metric>,<filter>" as
+  lmms-eval names it), value (as lmms-eval reports it), stderr, dense_value (the same model, task and
+  metric unpruned), relative_pct (value / dense_value * 100), headline (the metric our tables show),
+  run_id (the record's path under the runs folder), artifact_key, git_commit, lmms_eval_version,
+  tamp_version, date (UTC, when the task was evaluated).
+
+Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
+record, other old rows are kept, so the file accumulates without duplicates.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.benchmarks import benchmark, raw_value
+from harness.collect import iter_records
+from harness.errors import HarnessError
+from harness.records import _write_atomic
+from harness.tables import method_rank
+
+KEY = ["model", "method", "sparsity", "pattern", "limit", "task", "metric"]
+COLUMNS = [*KEY, "value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key",
+           "git_commit", "lmms_eval_version", "tamp_version", "date"]
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every numeric metric of every task in one record (a group's subtasks too), plus derived headlines."""
+    versions = rec.get("versions") or {}
+    base = {"model": (rec.get("model") or {}).get("name"), "method": rec["method"],
+            "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
+            "limit": int(rec.get("limit") or 0), "run_id": run_id, "artifact_key": rec.get("artifact_key"),
+            "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),
+            "tamp_version": versions.get("tamp"), "date": rec.get("date")}
+    results = dict(rec.get("results") or {})
+    results.setdefault(rec["task"], rec.get("metrics") or {})
+    head_metric, head_value = raw_value(rec)
+    rows = []
+    for task, metrics in results.items():
+        if not isinstance(metrics, dict):
+            continue
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not _numeric(value):
+                continue
+            name, _, filt = key.partition(",")
+            stderr = metrics.get(f"{name}_stderr,{filt}")
+            rows.append({**base, "task": task, "metric": key, "value": float(value),
+                         "stderr": float(stderr) if _numeric(stderr) else None,
+                         "headline": task == rec["task"] and key == head_metric})
+    if head_value is not None and not any(r["headline"] for r in rows):  # e.g. MVBench's mean of subtasks
+        rows.append({**base, "task": rec["task"], "metric": head_metric, "value": head_value, "stderr": None,
+                     "headline": True})
+    return rows
+
+
+def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill dense_value / relative_pct from the dense rows of the same frame."""
+    dense = df[df["method"] == "dense"].set_index(["model", "limit", "task", "metric"])["value"]
+    dense = dense[~dense.index.duplicated(keep="last")]
+    idx = pd.MultiIndex.from_frame(df[["model", "limit", "task", "metric"]])
+    df = df.copy()
+    df["dense_value"] = dense.reindex(idx).to_numpy()
+    rel = df["value"] / df["dense_value"].where(df["dense_value"] != 0) * 100.0
+    df["relative_pct"] = rel
+    return df
+
+
+def leaderboard(runs: Path) -> pd.DataFrame:
+    rows = [row for run_id, rec in iter_records(runs) for row in record_rows(run_id, rec)]
+    return pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("dense_value", "relative_pct")])
+
+
+def read_leaderboard(path: Path) -> pd.DataFrame:
+    try:
+        old = pd.read_csv(path, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"cannot read the existing leaderboard {path} ({str(exc).splitlines()[0]}); "
+                           "move it away or choose another --csv") from None
+    if list(old.columns) != COLUMNS:
+        raise HarnessError(f"{path} is not a leaderboard written by `harness export` (its columns differ); "
+                           "move it away or choose another --csv")
+    return old
+
+
+def export(runs: Path, csv: Path) -> tuple[int, int]:
+    """Write/merge the leaderboard CSV atomically; returns (rows in the file, rows from these records)."""
+    new = leaderboard(runs)
+    csv = Path(csv)
+    frames = [read_leaderboard(csv)] if csv.is_file() else []
+    merged = pd.concat([*frames, new], ignore_index=True) if frames else new
+    merged["sparsity"] = merged["sparsity"].astype(float).round(4)
+    merged["limit"] = merged["limit"].astype(int)
+    merged = merged.drop_duplicates(subset=KEY, keep="last")
+    merged = _with_dense(merged)
+    ranks = merged["method"].map(lambda m: method_rank(m)[0])
+    task_rank = merged["task"].map(lambda t: (benchmark(t).label, t))
+    merged = merged.assign(_r=ranks, _t=task_rank).sort_values(
+        ["model", "limit", "sparsity", "pattern", "_r", "method", "_t", "metric"], kind="stable")
+    merged = merged.drop(columns=["_r", "_t"])[COLUMNS]
+    buf = io.StringIO()
+    merged.to_csv(buf, index=False)
+    _write_atomic(csv, buf.getvalue())
+    return len(merged), len(new)

@@ -1,0 +1,187 @@
+"""Sparsity-performance curves and per-layer allocation plots (matplotlib, written as PNG and SVG)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window (also on machines without a display)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.benchmarks import benchmark, order  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
+from harness.tables import method_label, method_rank  # noqa: E402
+
+AVERAGE = "Average"
+
+
+def _outputs(out: Path, suffix: str = "") -> list[Path]:
+    """FILE.png|.svg|(no suffix) -> both FILE.png and FILE.svg (with an optional name suffix)."""
+    out = Path(out)
+    if out.suffix.lower() not in ("", ".png", ".svg"):
+        raise HarnessError(f"--out {out}: give a .png or .svg file name (both are written)")
+    stem = out.with_suffix("") if out.suffix else out
+    stem = stem.with_name(stem.name + suffix)
+    return [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+
+
+def _save(fig: Any, paths: list[Path]) -> list[Path]:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+        tmp.replace(path)
+    plt.close(fig)
+    return paths
+
+
+def _average_curve(rows: pd.DataFrame, tasks: list[str]) -> pd.Series:
+    """Per sparsity: mean on a 0-100 scale, only where every scaled benchmark is present."""
+    scaled = [t for t in tasks if not math.isnan(benchmark(t).percent_scale)]
+    if not scaled:
+        return pd.Series(dtype=float)
+    wide = rows.pivot_table(index="sparsity", columns="task", values="percent", aggfunc="last")
+    wide = wide.reindex(columns=scaled)
+    return wide.dropna().mean(axis=1)
+
+
+def plot_curves(ours: pd.DataFrame, published: pd.DataFrame | None, out: Path, *, model: str | None = None,
+                pattern: str | None = None) -> list[Path]:
+    """One figure per (model, pattern, limit): a panel per benchmark plus the average, a line per method."""
+    if model is not None:
+        ours = ours[ours["model"] == model]
+    if pattern is not None:
+        ours = ours[(ours["pattern"] == pattern) | (ours["method"] == "dense")]
+    ours = ours[ours["value"].notna()]
+    if ours.empty:
+        raise HarnessError("no run records with a score match; nothing to plot (check --runs, --model, --pattern)")
+    groups = sorted({(m, p, int(lim)) for m, p, lim, meth in
+                     zip(ours["model"], ours["pattern"], ours["limit"], ours["method"]) if meth != "dense"})
+    if not groups:
+        groups = sorted({(m, "unstructured", int(lim)) for m, lim in zip(ours["model"], ours["limit"])})
+    written: list[Path] = []
+    for m, p, lim in groups:
+        rows = ours[(ours["model"] == m) & (ours["limit"] == lim) & ((ours["pattern"] == p) | (ours["method"] == "dense"))]
+        pubs = None
+        if published is not None and len(published):
+            pubs = published[(published["model"] == m) & ((published["pattern"] == p) | (published["method"] == "dense"))]
+        suffix = "" if len(groups) == 1 else "_" + re.sub(r"[^\w.-]+", "-", f"{m}_{p}" + (f"_limit{lim}" if lim else ""))
+        fig = _curves_figure(rows, pubs, f"{m}, {p}" + (f" (first {lim} documents per task)" if lim else ""))
+        written += _save(fig, _outputs(out, suffix))
+    return written
+
+
+def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) -> Any:
+    tasks = order(list(rows["task"]))
+    panels = [*tasks, AVERAGE]
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    methods = sorted({m for m in rows["method"] if m != "dense"}, key=method_rank)
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    dense = rows[rows["method"] == "dense"]
+    for ax, panel in zip(axes.flat, panels):
+        if panel == AVERAGE:
+            ax.set_title("Average (0-100 scale, complete points only)", fontsize=10)
+            for method in methods:
+                curve = _average_curve(rows[rows["method"] == method], tasks)
+                if len(curve):
+                    ax.plot(curve.index, curve.values, marker="o", color=colours[method], label=method_label(method))
+            dense_avg = _average_curve(dense, tasks)
+            if len(dense_avg):
+                ax.axhline(float(dense_avg.iloc[-1]), color="black", linestyle="--", linewidth=1, label="Dense")
+        else:
+            bench = benchmark(panel)
+            ax.set_title(bench.label, fontsize=10)
+            for method in methods:
+                sub = rows[(rows["method"] == method) & (rows["task"] == panel)].sort_values("sparsity")
+                if len(sub):
+                    ax.plot(sub["sparsity"], sub["value"], marker="o", color=colours[method],
+                            label=method_label(method))
+                if pubs is not None:
+                    ps = pubs[(pubs["method"] == method) & (pubs["task"] == panel)]
+                    if len(ps):
+                        ax.scatter(ps["sparsity"], ps["value"], marker="D", facecolors="none",
+                                   edgecolors=[colours[method]], s=45, label=f"{method_label(method)} (published)")
+            ref = dense[dense["task"] == panel]
+            if len(ref):
+                ax.axhline(float(ref["value"].iloc[-1]), color="black", linestyle="--", linewidth=1, label="Dense")
+        ax.set_xlabel("sparsity")
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0, decimals=0))
+    for row in axes:
+        row[0].set_ylabel("score")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, max(1, len(handles))),
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    return fig
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
+
+
+def allocation_frame(pruning: dict[str, Any]) -> pd.DataFrame:
+    """pruning.json's per_matrix -> rows (block, matrix, numel, target, sparsity)."""
+    rows = []
+    for name, entry in (pruning.get("per_matrix") or {}).items():
+        match = _LAYER.search(name)
+        if not match:
+            continue
+        rows.append({"block": int(match.group(1)), "matrix": match.group(2).split(".")[-1],
+                     "stack": name[:match.start()], "numel": entry["numel"], "target": entry.get("target"),
+                     "sparsity": entry["sparsity"]})
+    return pd.DataFrame(rows, columns=["block", "matrix", "stack", "numel", "target", "sparsity"])
+
+
+def read_pruning(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / "pruning.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{file} not found: give a pruned artifact directory or its pruning.json") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("per_matrix"), dict):
+        raise HarnessError(f"{file} is not a tamp pruning.json (no per_matrix section)")
+    return data
+
+
+def plot_allocation(paths: list[Path], out: Path) -> list[Path]:
+    """Per-layer sparsity of one or more artifacts side by side: a line per matrix type, the block mean in black."""
+    infos = [read_pruning(p) for p in paths]
+    fig, axes = plt.subplots(1, len(infos), figsize=(6 * len(infos), 4), squeeze=False, sharey=True)
+    for ax, info, path in zip(axes.flat, infos, paths):
+        frame = allocation_frame(info)
+        if frame.empty:
+            raise HarnessError(f"{path}: no decoder-layer matrices in per_matrix")
+        frame = frame[frame["stack"] == frame["stack"].iloc[0]]  # the language model (first stack)
+        for matrix in sorted(set(frame["matrix"])):
+            sub = frame[frame["matrix"] == matrix].sort_values("block")
+            ax.plot(sub["block"], sub["sparsity"], marker=".", linewidth=1, label=matrix)
+        weighted = frame.assign(z=frame["sparsity"] * frame["numel"]).groupby("block")[["z", "numel"]].sum()
+        ax.plot(weighted.index, weighted["z"] / weighted["numel"], color="black", linewidth=2, label="block mean")
+        cfg = info.get("config") or {}
+        total = (info.get("sparsity") or {}).get("sparsity")
+        ax.set_title(f"{cfg.get('method', '?')} ({cfg.get('allocation', '?')} allocation), "
+                     f"target {cfg.get('sparsity', 0):.0%}, actual {total or 0:.1%}", fontsize=10)
+        ax.set_xlabel("decoder block")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0, decimals=0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    axes.flat[0].set_ylabel("sparsity of the matrix")
+    fig.tight_layout()
+    return _save(fig, _outputs(out))

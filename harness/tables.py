@@ -1,0 +1,175 @@
+"""The paper's table layout: methods as rows (dense first), benchmarks as columns plus an average.
+
+One table per (model, sparsity, pattern, limit). A cell with no run record stays missing (never 0),
+and the average is given only for a row that has every benchmark of the table, since an average over
+a different subset of benchmarks is not comparable across rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.benchmarks import BY_TASK, benchmark, order
+
+METHOD_ORDER = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")
+METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "sparsegpt": "SparseGPT", "wanda": "Wanda",
+                 "owl": "OWL", "ecoflap": "ECoFLaP", "das": "DAS", "amia": "AMIA", "tamp": "TAMP"}
+AVG = "Avg"
+MISSING = "–"
+FORMATS = ("markdown", "latex", "csv")
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+@dataclass
+class Table:
+    """One (model, sparsity, pattern, limit) table: numbers, plus what a reader needs to read them."""
+
+    model: str
+    sparsity: float
+    pattern: str
+    limit: int
+    relative: bool
+    data: pd.DataFrame  # rows = row labels, columns = benchmark labels + Avg; NaN = missing
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        what = "% of dense" if self.relative else "scores"
+        limit = f", first {self.limit} documents per task" if self.limit else ""
+        return f"{self.model}: {self.pattern}, {self.sparsity:.0%} sparsity ({what}{limit})"
+
+
+def _pick(df: pd.DataFrame, model: str | None, sparsity: float | None, pattern: str | None) -> pd.DataFrame:
+    if model is not None:
+        df = df[df["model"] == model]
+    if pattern is not None:
+        df = df[(df["pattern"] == pattern) | (df["method"] == "dense")]
+    if sparsity is not None:
+        df = df[(df["sparsity"].round(4) == round(sparsity, 4)) | (df["method"] == "dense")]
+    return df
+
+
+def _row_frame(rows: pd.DataFrame, tasks: list[str], column: str) -> pd.Series:
+    values = {t: float("nan") for t in tasks}
+    for task, value in zip(rows["task"], rows[column]):
+        if task in values and value is not None and not (isinstance(value, float) and math.isnan(value)):
+            values[task] = float(value)
+    return pd.Series(values, dtype=float)
+
+
+def _average(percent: pd.Series, tasks: list[str]) -> float:
+    """Mean on a 0-100 scale over the benchmarks that have one; NaN unless the row has all of them."""
+    scaled = [t for t in tasks if not math.isnan(benchmark(t).percent_scale)]
+    if not scaled or percent[scaled].isna().any():
+        return float("nan")
+    return float(percent[scaled].mean())
+
+
+def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, model: str | None = None,
+                 sparsity: float | None = None, pattern: str | None = None,
+                 relative: bool = False) -> list[Table]:
+    """The tables for every (model, sparsity, pattern, limit) of our records that match the filters."""
+    ours = _pick(ours, model, sparsity, pattern)
+    pub = _pick(published, model, sparsity, pattern) if published is not None and len(published) else None
+    tables = []
+    sparse = ours[ours["method"] != "dense"]
+    keys = sorted({(m, round(s, 4), p, int(lim)) for m, s, p, lim in
+                   zip(sparse["model"], sparse["sparsity"], sparse["pattern"], sparse["limit"])})
+    dense_only = ours[ours["method"] == "dense"]
+    if not keys:  # only dense runs: still worth a table
+        keys = sorted({(m, 0.0, "unstructured", int(lim)) for m, lim in zip(dense_only["model"], dense_only["limit"])})
+    for m, s, p, lim in keys:
+        mine = ours[(ours["model"] == m) & (ours["limit"] == lim)
+                    & (((ours["sparsity"] == s) & (ours["pattern"] == p)) | (ours["method"] == "dense"))]
+        theirs = None
+        if pub is not None:
+            theirs = pub[(pub["model"] == m) & (((pub["sparsity"] == s) & (pub["pattern"] == p))
+                                                | (pub["method"] == "dense"))]
+        tables.append(_one_table(mine, theirs, m, s, p, lim, relative))
+    return tables
+
+
+def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, sparsity: float, pattern: str,
+               limit: int, relative: bool) -> Table:
+    tasks = order(list(mine["task"]))
+    labels = [benchmark(t).label for t in tasks]
+    # several tasks can share a label (mmbench_en_dev and its static variant): keep them apart
+    labels = [lab if labels.count(lab) == 1 else f"{lab} ({t})" for lab, t in zip(labels, tasks)]
+    rows: dict[str, tuple[pd.Series, pd.Series, str]] = {}
+    for method in sorted(set(mine["method"]) | (set(theirs["method"]) if theirs is not None else set()),
+                         key=method_rank):
+        sub = mine[mine["method"] == method]
+        if len(sub):
+            rows[method_label(method)] = (_row_frame(sub, tasks, "value"), _row_frame(sub, tasks, "percent"), "ours")
+        if theirs is not None:
+            pubs = theirs[theirs["method"] == method]
+            if len(pubs):
+                rows[f"{method_label(method)} (published)"] = (
+                    _row_frame(pubs, tasks, "value"), _row_frame(pubs, tasks, "percent"), "published")
+    data = {}
+    dense = {src: rows.get(f"Dense{'' if src == 'ours' else ' (published)'}") for src in ("ours", "published")}
+    for label, (values, percent, src) in rows.items():
+        if relative:
+            ref = dense[src]
+            rel = values / ref[0] * 100.0 if ref is not None else pd.Series(float("nan"), index=tasks)
+            rel = rel.where(rel.notna() & ~rel.isin([float("inf"), float("-inf")]))
+            scaled = [t for t in tasks if not math.isnan(benchmark(t).percent_scale)]
+            avg = float(rel[scaled].mean()) if scaled and not rel[scaled].isna().any() else float("nan")
+            data[label] = [*rel.tolist(), avg]
+        else:
+            data[label] = [*values.tolist(), _average(percent, tasks)]
+    frame = pd.DataFrame.from_dict(data, orient="index", columns=[*labels, AVG])
+    return Table(model, sparsity, pattern, limit, relative, frame, _notes(tasks, theirs, relative))
+
+
+def _notes(tasks: list[str], theirs: pd.DataFrame | None, relative: bool) -> list[str]:
+    notes = [f"{BY_TASK[t].label}: {BY_TASK[t].note}" for t in tasks if t in BY_TASK and BY_TASK[t].note]
+    unscaled = [t for t in tasks if math.isnan(benchmark(t).percent_scale)]
+    if unscaled:
+        notes.append(f"not in the average (scale unknown to the harness): {', '.join(unscaled)}")
+    notes.append(f"{AVG}: " + ("mean of the per-benchmark % of dense" if relative else
+                               "mean over the benchmarks on a 0-100 scale") + "; given only for complete rows")
+    if theirs is not None and len(theirs):
+        for (method, source) in sorted({(m, s) for m, s in zip(theirs["method"], theirs["source"])}):
+            notes.append(f"{method_label(method)} (published): {source}")
+    return notes
+
+
+def _cells(table: Table, missing: str) -> list[list[str]]:
+    return [[label, *[missing if math.isnan(v) else f"{v:.2f}" for v in row]]
+            for label, row in zip(table.data.index, table.data.itertuples(index=False))]
+
+
+def render(tables: list[Table], fmt: str = "markdown") -> str:
+    """All tables as one document: markdown (GitHub), LaTeX (booktabs) or CSV (one block per table)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}")
+    parts = []
+    for table in tables:
+        headers = ["Method", *table.data.columns]
+        if fmt == "csv":
+            frame = table.data.copy()
+            frame.index.name = "method"
+            parts.append(f"# {table.title}\n" + frame.to_csv(float_format="%.4f", na_rep=""))
+            continue
+        body = tabulate(_cells(table, MISSING), headers=headers,
+                        tablefmt="github" if fmt == "markdown" else "latex_booktabs",
+                        disable_numparse=True, colalign=["left"] + ["right"] * (len(headers) - 1))
+        if fmt == "markdown":
+            notes = "".join(f"- {n}\n" for n in table.notes)
+            parts.append(f"### {table.title}\n\n{body}\n\n{notes}")
+        else:
+            notes = "".join(f"% {n}\n" for n in table.notes)
+            parts.append(f"% {table.title}\n{body}\n{notes}")
+    return "\n".join(parts)
