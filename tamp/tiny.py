@@ -10,10 +10,15 @@ Every family has the same language model shape: hidden 64, 4 decoder layers,
 MLP intermediate 128 (gate/up/down), 4 query heads and 2 KV heads (head_dim 16).
 Vision towers are as small as the architectures allow (width 32, 2 layers).
 
-Qwen-VL note: the stock Qwen2-VL / Qwen2.5-VL processors always construct a
-video processor, which needs torchvision. The saved files are the upstream
-layout (so ``AutoProcessor`` works wherever torchvision is installed); use
-:func:`load_processor` to get a working image+text processor either way.
+Audio and video families: ``qwen2-audio`` (Whisper-style encoder, 4 s feature
+window), ``llava-onevision`` (SigLIP tower, 32 px tiles, image + video) and
+``qwen2.5-omni`` (the thinker only: audio encoder, vision encoder, language
+model; no talker / token2wav, ``enable_audio_output`` is false).
+
+Video note: transformers' video processors need torchvision. The saved files
+are the upstream layout under the stock class names (so ``AutoProcessor`` works
+wherever torchvision is installed); use :func:`load_processor`, which falls back
+to the numpy video processors of :mod:`tamp.processors` where it is missing.
 """
 
 from __future__ import annotations
@@ -24,8 +29,6 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    AutoConfig,
-    AutoProcessor,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     GenerationConfig,
@@ -37,6 +40,10 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -44,6 +51,12 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2_5OmniConfig,
+    Qwen2_5OmniForConditionalGeneration,
+    Qwen2_5OmniProcessor,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
@@ -51,8 +64,11 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
+    SiglipVisionConfig,
+    WhisperFeatureExtractor,
 )
-from transformers.utils import is_torchvision_available
+
+from tamp.processors import LlavaOnevisionVideoProcessorNumpy, QwenVideoProcessorNumpy, load_processor
 
 __all__ = [
     "TINY_FAMILIES",
@@ -62,10 +78,14 @@ __all__ = [
     "load_processor",
 ]
 
-TINY_FAMILIES: tuple[str, ...] = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2")
+TINY_FAMILIES: tuple[str, ...] = (
+    "llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", "qwen2-audio", "llava-onevision", "qwen2.5-omni",
+)
+
+OMNI_SPEAKER_FILE = "spk_dict.pt"
 
 _LLAMA_LIKE = ("llava", "llava-next", "llama")
-_QWEN_LIKE = ("qwen2-vl", "qwen2.5-vl", "qwen2")
+_QWEN_LIKE = ("qwen2-vl", "qwen2.5-vl", "qwen2", "qwen2-audio", "llava-onevision", "qwen2.5-omni")
 
 # ---------------------------------------------------------------------------
 # Sizes
@@ -105,6 +125,22 @@ _LLAVA_NEXT_PINPOINTS = ((32, 64), (64, 32), (64, 64))  # multiples of the tile
 _QWEN_MIN_PIXELS = 56 * 56
 _QWEN_MAX_PIXELS = 28 * 28 * 64  # at most 64 tokens per image
 _QWEN_VIDEO_MAX_PIXELS = 28 * 28 * 16  # at most 16 tokens per frame pair
+
+# SigLIP tower of LLaVA-OneVision: 32 px tiles of 4 x 4 patches -> 16 tokens per tile, 4 per video frame.
+_SIGLIP_SHAPE: dict = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           patch_size=8, image_size=32)
+_SIGLIP_MEAN = (0.5, 0.5, 0.5)
+_ONEVISION_TILE = 32
+_ONEVISION_PINPOINTS = tuple((a * 32, b * 32) for a in range(1, 4) for b in range(1, 4))
+
+# Audio: 16 kHz Whisper log-mel features (128 bins, as the real models) over a 4 s window -> 400 frames,
+# 100 encoder positions after the stride-2 conv; one LM token per 40 ms of actual audio.
+_SAMPLING_RATE = 16_000
+_MEL_BINS = 128
+_AUDIO_WINDOW_S = 4
+_AUDIO_FRAMES = _AUDIO_WINDOW_S * 100
+_AUDIO_ENCODER: dict = dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                            num_mel_bins=_MEL_BINS)
 
 # ---------------------------------------------------------------------------
 # Tokenizer
@@ -156,6 +192,19 @@ _LLAMA_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 _LLAVA_SPECIALS = _LLAMA_SPECIALS + ("<image>",)
 _QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 _QWEN_VL_SPECIALS = _QWEN_SPECIALS + ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_AUDIO_SPECIALS = _QWEN_SPECIALS + ("<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>")
+_ONEVISION_SPECIALS = _QWEN_SPECIALS + ("<image>", "<video>")
+# Qwen2.5-Omni's own names; the processor reads them as tokenizer attributes (image_token, ...)
+_OMNI_TOKENS = {
+    "image_token": "<|IMAGE|>",
+    "video_token": "<|VIDEO|>",
+    "audio_token": "<|AUDIO|>",
+    "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+    "audio_bos_token": "<|audio_bos|>",
+    "audio_eos_token": "<|audio_eos|>",
+}
+_OMNI_SPECIALS = _QWEN_SPECIALS + tuple(_OMNI_TOKENS.values())
 
 # Chat templates. Every tag strips surrounding whitespace, so layout here is free and
 # newlines are emitted explicitly; __IMAGE__ / __VIDEO__ become Jinja string literals.
@@ -168,11 +217,15 @@ _CONTENT = r"""
                 {{- __IMAGE__ -}}
             {%- elif item['type'] == 'video' -%}
                 {{- __VIDEO__ -}}
-            {%- elif item['type'] == 'text' -%}
+__AUDIO_BRANCH__            {%- elif item['type'] == 'text' -%}
                 {{- item['text'] -}}
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
+"""
+
+_AUDIO_BRANCH = r"""            {%- elif item['type'] == 'audio' -%}
+                {{- __AUDIO__ -}}
 """
 
 # Vicuna / LLaVA-1.5 style: "<s>system\nUSER: <image>\nquestion\nASSISTANT: answer</s>\n".
@@ -213,9 +266,11 @@ _CHATML_TEMPLATE = r"""
 """
 
 
-def _chat_template(skeleton: str, image: str, video: str) -> str:
-    """Fill a template skeleton; ``image``/``video`` are Jinja literals for one media item."""
-    content = _CONTENT.replace("__IMAGE__", image).replace("__VIDEO__", video)
+def _chat_template(skeleton: str, image: str, video: str, audio: str = "''") -> str:
+    """Fill a template skeleton; ``image``/``video``/``audio`` are Jinja literals for one media item."""
+    # the audio branch only where a family takes audio, so the older families' templates stay byte-identical
+    branch = "" if audio == "''" else _AUDIO_BRANCH.replace("__AUDIO__", audio)
+    content = _CONTENT.replace("__IMAGE__", image).replace("__VIDEO__", video).replace("__AUDIO_BRANCH__", branch)
     return skeleton.replace("__CONTENT__", content.strip()).strip() + "\n"
 
 
@@ -269,25 +324,29 @@ def _make_tokenizer(family: str) -> PreTrainedTokenizerFast:
             model_max_length=_MAX_LENGTH,
             chat_template=template,
         )
-    multimodal = family != "qwen2"
-    if multimodal:
-        template = _chat_template(
-            _CHATML_TEMPLATE,
-            "'<|vision_start|><|image_pad|><|vision_end|>'",
-            "'<|vision_start|><|video_pad|><|vision_end|>'",
-        )
-    else:
-        template = _chat_template(_CHATML_TEMPLATE, "''", "''")
+    specials, media, extra = _QWEN_SPECIALS, ("''", "''", "''"), {}
+    if family in ("qwen2-vl", "qwen2.5-vl"):
+        specials = _QWEN_VL_SPECIALS
+        media = ("'<|vision_start|><|image_pad|><|vision_end|>'", "'<|vision_start|><|video_pad|><|vision_end|>'", "''")
+    elif family == "qwen2-audio":
+        specials = _QWEN_AUDIO_SPECIALS
+        media = ("''", "''", "'<|audio_bos|><|AUDIO|><|audio_eos|>'")
+    elif family == "llava-onevision":
+        specials = _ONEVISION_SPECIALS
+        media = (r"'<image>\n'", r"'<video>\n'", "''")
+    elif family == "qwen2.5-omni":
+        specials, extra = _OMNI_SPECIALS, {"extra_special_tokens": dict(_OMNI_TOKENS)}
+        media = ("'<|vision_bos|><|IMAGE|><|vision_eos|>'", "'<|vision_bos|><|VIDEO|><|vision_eos|>'",
+                 "'<|audio_bos|><|AUDIO|><|audio_eos|>'")
     # As upstream Qwen: no bos token; eos is <|im_end|>, padding with <|endoftext|>.
     return PreTrainedTokenizerFast(
-        tokenizer_object=_train_bpe(
-            _QWEN_VL_SPECIALS if multimodal else _QWEN_SPECIALS, prepend_bos=None, qwen_style=True
-        ),
+        tokenizer_object=_train_bpe(specials, prepend_bos=None, qwen_style=True),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         padding_side="left",
         model_max_length=_MAX_LENGTH,
-        chat_template=template,
+        chat_template=_chat_template(_CHATML_TEMPLATE, *media),
+        **extra,
     )
 
 
@@ -318,7 +377,9 @@ class _QwenImageOnlyInit:
 
     The stock processors list ``video_processor`` among their parts, and video processors
     need torchvision; these subclasses declare only ``(image_processor, tokenizer)`` so
-    images and text work on a torchvision-free install. Videos are not supported.
+    images and text work on a torchvision-free install. Videos are not supported; they are
+    only what the older tiny Qwen-VL builders save through (``load_processor`` now returns the
+    stock class with a numpy video processor instead).
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
@@ -389,19 +450,6 @@ def restore_stock_processor_files(out: Path, model_type: str) -> None:
     _rewrite_json(out / "tokenizer_config.json", {"processor_class": stock_name})
 
 
-def load_processor(path: str | Path, revision: str | None = None):
-    """Load the processor saved by :func:`build_tiny` (the tokenizer for text-only families).
-
-    This is ``AutoProcessor.from_pretrained(path)``, except for Qwen-VL checkpoints on an
-    install without torchvision, where the stock processor cannot be built and the
-    image-only stand-in is returned instead.
-    """
-    model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
-    if model_type in _QWEN_VL_PROCESSORS and not is_torchvision_available():
-        return _QWEN_VL_PROCESSORS[model_type][1].from_pretrained(path, revision=revision)
-    return AutoProcessor.from_pretrained(path, revision=revision)
-
-
 # ---------------------------------------------------------------------------
 # Per-family builders: (model, processor or None)
 # ---------------------------------------------------------------------------
@@ -411,13 +459,16 @@ def _llama_config(tok: PreTrainedTokenizerFast, family: str) -> LlamaConfig:
     return LlamaConfig(**_TEXT_SHAPE, **_special_ids(tok, family), vocab_size=len(tok))
 
 
-def _qwen_text_kwargs(tok: PreTrainedTokenizerFast, family: str) -> dict:
+def _qwen_text_kwargs(tok: PreTrainedTokenizerFast, family: str, mrope: bool = True) -> dict:
+    rope = {"rope_type": "default", "rope_theta": 1e6}
+    if mrope:
+        rope["mrope_section"] = list(_MROPE_SECTION)
     return dict(
         **_TEXT_SHAPE,
         **_special_ids(tok, family),
         vocab_size=len(tok),
         max_window_layers=_TEXT_SHAPE["num_hidden_layers"],
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(_MROPE_SECTION)},
+        rope_parameters=rope,
     )
 
 
@@ -542,6 +593,97 @@ def _build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, None]:
     return Qwen2ForCausalLM(config), None
 
 
+def _whisper_features() -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(feature_size=_MEL_BINS, sampling_rate=_SAMPLING_RATE, hop_length=160,
+                                   chunk_length=_AUDIO_WINDOW_S, n_fft=400, padding_value=0.0)
+
+
+def _qwen_video_processor() -> QwenVideoProcessorNumpy:
+    """Saved under the stock name (Qwen2VLVideoProcessor); see tamp.processors."""
+    return QwenVideoProcessorNumpy(
+        size={"shortest_edge": _QWEN_MIN_PIXELS, "longest_edge": _QWEN_VIDEO_MAX_PIXELS},
+        patch_size=14, temporal_patch_size=2, merge_size=2,
+        image_mean=list(_CLIP_MEAN), image_std=list(_CLIP_STD),
+    )
+
+
+def _build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+    config = Qwen2AudioConfig(
+        audio_config=dict(**_AUDIO_ENCODER, max_source_positions=_AUDIO_FRAMES // 2),
+        text_config=dict(model_type="qwen2", **_qwen_text_kwargs(tok, "qwen2-audio", mrope=False)),
+        audio_token_index=_token_id(tok, "<|AUDIO|>"),
+    )
+    config.tie_word_embeddings = False
+    processor = Qwen2AudioProcessor(_whisper_features(), tok, chat_template=tok.chat_template)
+    return Qwen2AudioForConditionalGeneration(config), processor
+
+
+def _build_llava_onevision(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+    pinpoints = [list(p) for p in _ONEVISION_PINPOINTS]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**_SIGLIP_SHAPE),
+        text_config=dict(model_type="qwen2", **_qwen_text_kwargs(tok, "llava-onevision", mrope=False)),
+        image_token_index=_token_id(tok, "<image>"),
+        video_token_index=_token_id(tok, "<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+        tie_word_embeddings=False,
+    )
+    side = {"height": _ONEVISION_TILE, "width": _ONEVISION_TILE}
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size=side, image_grid_pinpoints=pinpoints, image_mean=list(_SIGLIP_MEAN), image_std=list(_SIGLIP_MEAN),
+    )
+    video_processor = LlavaOnevisionVideoProcessorNumpy(
+        size=side, image_mean=list(_SIGLIP_MEAN), image_std=list(_SIGLIP_MEAN),
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+        num_image_tokens=(_ONEVISION_TILE // _SIGLIP_SHAPE["patch_size"]) ** 2,
+        vision_feature_select_strategy="full", chat_template=tok.chat_template, vision_aspect_ratio="anyres_max_9",
+    )
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+    ids = {name: _token_id(tok, token) for name, token in _OMNI_TOKENS.items()}
+    thinker = dict(
+        audio_config=dict(**_AUDIO_ENCODER, max_source_positions=_AUDIO_FRAMES // 2, n_window=50,
+                          output_dim=_TEXT_SHAPE["hidden_size"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                           out_hidden_size=_TEXT_SHAPE["hidden_size"], patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1]),
+        text_config=_qwen_text_kwargs(tok, "qwen2.5-omni"),
+        audio_token_index=ids["audio_token"],
+        image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"],
+        audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"],
+        vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+        user_token_id=_token_id(tok, "<|im_start|>"),
+        position_id_per_seconds=25,
+        seconds_per_chunk=2,
+        tie_word_embeddings=False,
+    )
+    # The talker is never built (enable_audio_output=False); its config only gets ids inside this vocabulary.
+    pad = _token_id(tok, "<|endoftext|>")
+    talker = dict(
+        tts_text_start_token_id=pad, tts_text_end_token_id=pad, tts_text_pad_token_id=pad,
+        audio_token_index=ids["audio_token"], image_token_index=ids["image_token"],
+        video_token_index=ids["video_token"], audio_start_token_id=ids["audio_bos_token"],
+        audio_end_token_id=ids["audio_eos_token"], vision_start_token_id=ids["vision_bos_token"],
+        vision_end_token_id=ids["vision_eos_token"],
+    )
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker, enable_audio_output=False)
+    processor = Qwen2_5OmniProcessor(
+        image_processor=_qwen_image_processor(), video_processor=_qwen_video_processor(),
+        feature_extractor=_whisper_features(), tokenizer=tok, chat_template=tok.chat_template,
+    )
+    return Qwen2_5OmniForConditionalGeneration(config), processor
+
+
 _BUILDERS = {
     "llava": _build_llava,
     "llava-next": _build_llava_next,
@@ -549,6 +691,9 @@ _BUILDERS = {
     "qwen2.5-vl": _build_qwen2_5_vl,
     "llama": _build_llama,
     "qwen2": _build_qwen2,
+    "qwen2-audio": _build_qwen2_audio,
+    "llava-onevision": _build_llava_onevision,
+    "qwen2.5-omni": _build_qwen2_5_omni,
 }
 
 
@@ -591,4 +736,10 @@ def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
         processor.save_pretrained(out)
         if model.config.model_type in _QWEN_VL_PROCESSORS:
             restore_stock_processor_files(out, model.config.model_type)
+    if family == "qwen2.5-omni":
+        # Qwen2_5OmniForConditionalGeneration.from_pretrained insists on the talker's speaker file and generate()
+        # on a known speaker, even with the talker disabled; placeholders do (only the talker reads them).
+        speakers = {name: {"cond": torch.zeros(1, 4), "ref_mel": torch.zeros(1, 4, 4), "bos_token": 0}
+                    for name in ("Chelsie", "Ethan")}
+        torch.save(speakers, out / OMNI_SPEAKER_FILE)
     return out

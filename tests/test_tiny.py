@@ -21,6 +21,7 @@ from transformers.utils import is_torchvision_available
 from tamp.tiny import TINY_FAMILIES, build_tiny, load_processor
 
 MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
+AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
@@ -85,7 +86,7 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def test_families_constant() -> None:
-    assert TINY_FAMILIES == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2")
+    assert TINY_FAMILIES == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO)
 
 
 def test_unknown_family_raises(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_files_and_config(built: dict[str, Path], family: str) -> None:
     out = built[family]
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
-    assert ("processor_config.json" in names) == (family in MULTIMODAL)
+    assert ("processor_config.json" in names) == (family in MULTIMODAL + AUDIO_VIDEO)
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
 
