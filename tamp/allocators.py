@@ -90,7 +90,7 @@ def _suffix_loss(ctx: "Context", stack: Stack, start: int, item: Captured, label
     for layer in stack.layers[start:]:
         hidden = run_block(layer, Captured(hidden, item.args, item.kwargs), ctx.device)
     norm = ctx.model.get_submodule(stack.name.rsplit(".", 1)[0]).norm
-    logits = ctx.model.get_output_embeddings()(norm(hidden)).float()
+    logits = ctx.adapter.runner(ctx.model).get_output_embeddings()(norm(hidden)).float()
     return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
                                  ignore_index=-100))
 
@@ -109,6 +109,7 @@ def ecoflap(ctx: "Context") -> dict[str, float]:
     from tamp.engine.sequential import sweep
 
     cfg, model, device = ctx.cfg, ctx.model, ctx.device
+    runner = ctx.adapter.runner(model)
     if ctx.offload:
         model.to(device)
     media_ids = [i for ids in ctx.adapter.media_token_ids.values() for i in ids]
@@ -145,7 +146,7 @@ def ecoflap(ctx: "Context") -> dict[str, float]:
             with torch.inference_mode():
                 for name, mod in ctx.linears.items():
                     if name.startswith(stack.name + "."):
-                        score(name, mod, lambda b: _full_loss(model, batches[b], labels[b]))
+                        score(name, mod, lambda b: _full_loss(runner, batches[b], labels[b]))
             continue
 
         def on_block(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack) -> None:

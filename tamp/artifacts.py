@@ -70,8 +70,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: Path, overwrite: bool) -> Path:
-    """Save weights + processor + pruning.json into a temp dir next to `out`, then move it into place."""
+def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: Path, overwrite: bool,
+                  extra_files: dict[str, Path] | None = None) -> Path:
+    """Save weights + processor + pruning.json into a temp dir next to `out`, then move it into place.
+
+    ``extra_files`` (name -> source path) are copied beside the weights: files from_pretrained needs that
+    save_pretrained does not write (Qwen2.5-Omni's speaker file).
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         from tamp.errors import TampError
@@ -88,6 +93,8 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
                 from tamp.tiny import restore_stock_processor_files
 
                 restore_stock_processor_files(tmp, model.config.model_type)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
         write_json_atomic(tmp / PRUNING_JSON, info)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

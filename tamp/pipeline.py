@@ -37,6 +37,19 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
+def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
+    """Resolve the adapter's extra files in the source checkpoint (local folder or Hub cache)."""
+    from transformers.utils import cached_file
+
+    found: dict[str, Path] = {}
+    for name in names:
+        path = cached_file(loaded.source, name, revision=loaded.revision, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            raise TampError(f"{loaded.source} lacks {name}, which loading the pruned model will need")
+        found[name] = Path(path)
+    return found
+
+
 def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", offload: bool = False,
           dtype: str = "auto", revision: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content."""
@@ -97,7 +110,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     t = time.perf_counter()
     info["timings"] = {**timings, "total_before_save": time.perf_counter() - start}
     info["peak_memory"] = peak_memory(dev)
-    save_artifact(loaded.model, loaded.processor, info, out, overwrite)
+    save_artifact(loaded.model, loaded.processor, info, out, overwrite, _extra_files(loaded, adapter.extra_files))
     info["timings"]["save"] = time.perf_counter() - t
     from tamp.artifacts import PRUNING_JSON, write_json_atomic
 

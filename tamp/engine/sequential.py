@@ -109,7 +109,8 @@ def sweep(ctx: Context, stack: Stack, on_block: BlockFn, desc: str) -> None:
     with ctx.timer("capture"):
         _place_for_capture(ctx.model, stack, ctx.device, ctx.offload)
         masks_fn = (lambda b: ctx.adapter.token_masks(b["input_ids"])) if stack.is_language_model else None
-        items = capture_block_inputs(ctx.model, stack.layers[0], ctx.batches, ctx.device, ctx.device, masks_fn,
+        items = capture_block_inputs(ctx.adapter.runner(ctx.model), stack.layers[0], ctx.batches, ctx.device,
+                                     ctx.device, masks_fn,
                                      desc=f"capture {stack.name}")
         if ctx.offload:
             ctx.model.to("cpu")
@@ -170,10 +171,14 @@ def prune_model(
 
 
 def _count_tokens(ctx: Context, stack: Stack) -> None:
+    """Tokens per modality over the calibration set, and in how many samples each modality occurs (a modality
+    with fewer than two tokens in a sample has no within-modality diversity term there)."""
+    samples = ctx.result.details.setdefault("samples_with_modality", {})
     for batch in ctx.batches:
         if "input_ids" in batch:
             for modality, mask in ctx.adapter.token_masks(batch["input_ids"]).items():
                 ctx.result.token_counts[modality] += int(mask.sum())
+                samples[modality] = samples.get(modality, 0) + int(mask.any(dim=-1).sum())
 
 
 def _prune_block(ctx: Context, stack: Stack, i: int, layer: nn.Module, items: list[Captured],

@@ -40,6 +40,15 @@ class ModelAdapter:
     text_model_paths: tuple[str, ...]  # candidates, first that exists wins
     vision_layer_paths: tuple[str, ...] = ()
     media_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    # the submodule to call with a processor batch ("" = the model itself). Qwen2.5-Omni's top-level model has
+    # no forward (only generate, which also drives the talker); its thinker is the multimodal LM.
+    forward_path: str = ""
+    # files beside the weights that from_pretrained needs and save_pretrained does not write
+    extra_files: tuple[str, ...] = ()
+
+    def runner(self, model: nn.Module) -> nn.Module:
+        """The module that takes ``model(**batch)`` calls and owns the LM head."""
+        return model.get_submodule(self.forward_path) if self.forward_path else model
 
     def _find(self, model: nn.Module, paths: tuple[str, ...]) -> tuple[str, nn.Module] | None:
         for path in paths:
@@ -88,13 +97,14 @@ def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {name: mod for name, mod in layer.named_modules() if isinstance(mod, nn.Linear)}
 
 
-_LANGUAGE_PATHS = ("model.language_model", "model", "language_model.model", "model.thinker.model")
+_LANGUAGE_PATHS = ("model.language_model", "model", "language_model.model", "thinker.model.language_model")
 _VISION_PATHS = (
     "model.vision_tower.encoder.layers",  # CLIP / SigLIP vision transformer (LLaVA family)
     "model.vision_tower.vision_model.encoder.layers",
     "model.visual.blocks",  # Qwen2-VL / Qwen2.5-VL
     "vision_tower.vision_model.encoder.layers",
     "visual.blocks",
+    "thinker.model.visual.blocks",  # Qwen2.5-Omni
 )
 
 # model_type -> family name
@@ -105,20 +115,25 @@ FAMILIES = {
     "qwen2_vl": "qwen2-vl",
     "qwen2_5_vl": "qwen2.5-vl",
     "qwen2_audio": "qwen2-audio",
+    "qwen2_5_omni": "qwen2.5-omni",
 }
+# model_type -> (forward_path, extra_files)
+_RUNNERS = {"qwen2_5_omni": ("thinker", ("spk_dict.pt",))}
 CAUSAL_LM_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo", "granite")
 
 
 def media_token_ids(config) -> dict[str, list[int]]:
-    """Special token ids per media modality, read from the model config (top level and text config)."""
+    """Special token ids per media modality, read from the model config (top level, or Qwen2.5-Omni's thinker)."""
     ids: dict[str, list[int]] = {}
+    sources = [config] + [c for c in (getattr(config, "thinker_config", None),) if c is not None]
     for modality, attrs in _TOKEN_ATTRS.items():
-        for attr in attrs:
-            value = getattr(config, attr, None)
-            if isinstance(value, int) and value >= 0:
-                ids.setdefault(modality, [])
-                if value not in ids[modality]:
-                    ids[modality].append(value)
+        for source in sources:
+            for attr in attrs:
+                value = getattr(source, attr, None)
+                if isinstance(value, int) and value >= 0:
+                    ids.setdefault(modality, [])
+                    if value not in ids[modality]:
+                        ids[modality].append(value)
     return ids
 
 
@@ -128,7 +143,9 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     model_type = getattr(config, "model_type", "")
     if model_type in FAMILIES:
         family = FAMILIES[model_type]
-        return ModelAdapter(family, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config))
+        forward_path, extra_files = _RUNNERS.get(model_type, ("", ()))
+        return ModelAdapter(family, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config), forward_path,
+                            extra_files)
     if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(getattr(model, "model"), "layers"):
         return ModelAdapter(model_type or "causal-lm", ("model",), (), {})
     raise TampError(

@@ -64,11 +64,12 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
     multimodal = _is_multimodal(config)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype}
     if multimodal:
-        from transformers import AutoModelForImageTextToText
+        # the multimodal-LM mapping is the image-text-to-text one plus audio LMs and Qwen2.5-Omni
+        from transformers import AutoModelForMultimodalLM
 
-        from tamp.tiny import load_processor
+        from tamp.processors import load_processor
 
-        model = _from_pretrained(AutoModelForImageTextToText, model_id, config, kwargs)
+        model = _from_pretrained(AutoModelForMultimodalLM, model_id, config, kwargs)
         processor = load_processor(model_id, revision=revision)
         tokenizer = getattr(processor, "tokenizer", processor)
     else:
