@@ -1,4 +1,10 @@
-"""LLaVA-format JSON (the ShareGPT4V subset of LLaVA-NeXT-Data) plus an image folder.
+"""LLaVA-format JSON (the ShareGPT4V subset of LLaVA-NeXT-Data) plus a media folder.
+
+A sample names its media with "image", "video" and/or "audio" (each a file name or a list of them, relative
+to the media folder), as LLaVA, VideoLLaMA2 and AVInstruct-style audio-visual data do; `<image>`, `<video>` and
+`<audio>` placeholders in the turns place them. Videos are decoded and their frames sampled with the model
+processor's defaults; audio is resampled to the feature extractor's rate (tamp.calibration.media). An audio-
+text JSON for audio LLMs is the same format with "audio" only.
 
 Sample choice follows the released TAMP code: numpy's legacy RandomState(seed).choice without
 replacement, one whole conversation per sample, batch size 1.
@@ -15,7 +21,10 @@ import torch
 from PIL import Image
 
 from tamp.calibration.chat import render, to_messages
+from tamp.calibration.media import decode_video, load_audio, media_modalities
 from tamp.errors import TampError
+
+MEDIA_KEYS = ("image", "video", "audio")
 
 
 def parse_llava_spec(spec: str) -> tuple[Path, Path]:
@@ -42,27 +51,53 @@ def load_llava_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def _names(sample: dict[str, Any], key: str) -> list[str]:
+    value = sample.get(key) or []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _media_path(media_dir: Path, name: str, kind: str, sample_id: Any) -> Path:
+    path = media_dir / name
+    if not path.exists():
+        raise TampError(f"{kind} '{name}' of calibration sample {sample_id} not found under {media_dir}")
+    return path
+
+
 def llava_batches(spec: str, processor: Any, tokenizer: Any, nsamples: int, seed: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """Draw `nsamples` conversations with `seed` and render each with the model's processor."""
-    json_path, image_dir = parse_llava_spec(spec)
+    json_path, media_dir = parse_llava_spec(spec)
     data = load_llava_json(json_path)
     n = min(nsamples, len(data))
     order = np.random.RandomState(seed).choice(len(data), n, replace=False)
+    accepted = media_modalities(processor) if processor is not tokenizer else ()
     batches, without_media = [], 0
+    media_items = {kind: 0 for kind in MEDIA_KEYS}
     for index in order:
         sample = data[int(index)]
-        names = sample.get("image") or []
-        names = [names] if isinstance(names, str) else list(names)
-        images = []
-        for name in names:
-            image_path = image_dir / name
-            if not image_path.is_file():
-                raise TampError(f"image '{name}' of calibration sample {sample.get('id', index)} not found under {image_dir}")
-            images.append(Image.open(image_path).convert("RGB"))
-        if not images:
+        sample_id = sample.get("id", index)
+        names = {kind: _names(sample, kind) for kind in MEDIA_KEYS}
+        for kind, listed in names.items():
+            if listed and kind not in accepted:
+                raise TampError(f"calibration sample {sample_id} has {kind} but this model takes "
+                                f"{', '.join(accepted) or 'text only'}; choose calibration data for this model")
+        images = [Image.open(_media_path(media_dir, name, "image", sample_id)).convert("RGB")
+                  for name in names["image"]]
+        videos, metadata = [], []
+        for name in names["video"]:
+            frames, meta = decode_video(_media_path(media_dir, name, "video", sample_id), processor)
+            videos.append(frames)
+            metadata.append(meta)
+        audio = []
+        if names["audio"]:
+            rate = int(processor.feature_extractor.sampling_rate)
+            audio = [load_audio(_media_path(media_dir, name, "audio", sample_id), rate) for name in names["audio"]]
+        for kind, items in (("image", images), ("video", videos), ("audio", audio)):
+            media_items[kind] += len(items)
+        if not (images or videos or audio):
             without_media += 1
-        messages = to_messages(sample["conversations"], len(images))
-        batches.append(render(processor, tokenizer, messages, images))
-    details = {"json": str(json_path), "image_dir": str(image_dir), "available": len(data), "drawn": n,
-               "indices": [int(i) for i in order], "samples_without_media": without_media}
+        messages = to_messages(sample["conversations"], len(images), len(videos), len(audio))
+        batches.append(render(processor, tokenizer, messages, images, videos, audio, metadata or None))
+    details = {"json": str(json_path), "image_dir": str(media_dir), "available": len(data), "drawn": n,
+               "indices": [int(i) for i in order], "samples_without_media": without_media,
+               "media_items": media_items}
     return batches, details

@@ -1,4 +1,4 @@
-"""`--calib` spec -> Calibration: LLaVA JSON + images, text:FILE[,FILE...], or synthetic."""
+"""`--calib` spec -> Calibration: LLaVA JSON + media (images, videos, audio), text:FILE[,FILE...], or synthetic."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def build_calibration(spec: str, loaded: LoadedModel, nsamples: int, seqlen: int
     multimodal = _is_multimodal(loaded.model.config)
     details: dict = {}
     if spec == "synthetic":
-        batches = synthetic_batches(loaded.processor, loaded.tokenizer, multimodal, nsamples, seqlen, seed)
+        batches = synthetic_batches(loaded.processor, loaded.tokenizer, multimodal, nsamples, seqlen, seed,
+                                    model_type=getattr(loaded.model.config, "model_type", ""))
         without_media = 0
     elif spec.startswith("text:"):
         from tamp.calibration.text import parse_text_spec, text_segments
