@@ -23,12 +23,17 @@ WRAPPERS: dict[str, tuple[str, str]] = {
     "qwen2_vl": ("qwen2-vl", "tamp_qwen2_vl"),
     "qwen2_5_vl": ("qwen2.5-vl", "tamp_qwen2_5_vl"),
     "qwen2_audio": ("qwen2-audio", "tamp_qwen2_audio"),
+    "qwen2_5_omni": ("qwen2.5-omni", "tamp_qwen2_5_omni"),
 }
 # The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
 # $TAMP_DATA (default ./data) holds it; pass --calib to use anything else.
 SHAREGPT4V = "$TAMP_DATA/sharegpt4v/llava_next_sharegpt4v.json:$TAMP_DATA/sharegpt4v/images"
 IMAGE_TASKS = ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "muirbench")
 VIDEO_TASKS = ("mvbench", "videomme", "nextqa_mc_test", "egoschema_subset")
+AUDIO_TASKS = ("clotho_aqa_test", "vocalsound_test")
+# offline audio / video smoke tasks (tasks/tamp_smoke_av) for the tiny audio and video families
+SMOKE_AUDIO = ("tamp_smoke_audio",)
+SMOKE_VIDEO = ("tamp_smoke_video", "tamp_smoke_video_mc")
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,22 @@ MODELS: dict[str, ModelSpec] = {
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
         ModelSpec("qwen2.5-vl", HF_MODELS["qwen2.5-vl"], "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2-audio", HF_MODELS["qwen2-audio"], "qwen2-audio", "tamp_qwen2_audio", None,
-                  ("clotho_aqa_test", "vocalsound_test")),
+        ModelSpec("qwen2-audio", HF_MODELS["qwen2-audio"], "qwen2-audio", "tamp_qwen2_audio", None, AUDIO_TASKS),
+        # audio-visual: no default calibration (the paper's AVInstruct AVQA-music JSON is not redistributable);
+        # pass --calib FILE.json:MEDIA_DIR with "video" / "audio" entries
+        ModelSpec("qwen2.5-omni", HF_MODELS["qwen2.5-omni"], "qwen2.5-omni", "tamp_qwen2_5_omni", None,
+                  (*AUDIO_TASKS, *VIDEO_TASKS)),
         # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
         ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
         ModelSpec("tiny-llava-next", "tiny-llava-next", "llava-next", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
         ModelSpec("tiny-qwen2-vl", "tiny-qwen2-vl", "qwen2-vl", "tamp_qwen2_vl", "synthetic", SMOKE_TASKS, 4, 64),
         ModelSpec("tiny-qwen2.5-vl", "tiny-qwen2.5-vl", "qwen2.5-vl", "tamp_qwen2_5_vl", "synthetic", SMOKE_TASKS, 4, 64),
+        ModelSpec("tiny-qwen2-audio", "tiny-qwen2-audio", "qwen2-audio", "tamp_qwen2_audio", "synthetic", SMOKE_AUDIO,
+                  4, 64),
+        ModelSpec("tiny-llava-onevision", "tiny-llava-onevision", "llava-onevision", "tamp_llava_hf", "synthetic",
+                  (*SMOKE_TASKS, *SMOKE_VIDEO), 4, 64),
+        ModelSpec("tiny-qwen2.5-omni", "tiny-qwen2.5-omni", "qwen2.5-omni", "tamp_qwen2_5_omni", "synthetic",
+                  (*SMOKE_AUDIO, SMOKE_VIDEO[0]), 4, 64),
     )
 }
 

@@ -19,6 +19,7 @@ WRAPPERS: dict[str, str] = {
     "tamp_qwen2_vl": "harness.wrappers.qwen_vl.TampQwen2VL",
     "tamp_qwen2_5_vl": "harness.wrappers.qwen_vl.TampQwen2_5VL",
     "tamp_qwen2_audio": "harness.wrappers.qwen2_audio.TampQwen2Audio",
+    "tamp_qwen2_5_omni": "harness.wrappers.qwen2_5_omni.TampQwen2_5Omni",
 }
 
 

@@ -1,12 +1,28 @@
-"""tamp_llava_hf: lmms-eval's llava_hf (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision `-hf` checkpoints) for tamp artifacts."""
+"""tamp_llava_hf: lmms-eval's llava_hf (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision `-hf` checkpoints) for tamp artifacts.
+
+Video requests (a file path from the task) go through the stock wrapper: decord samples `max_frames_num` (32)
+frames and the processor takes them. Where torchvision is missing, LLaVA-OneVision's processor is built by
+`tamp.processors.load_processor` with the numpy video processor (the stock one needs torchvision).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import lmms_eval.models.simple.llava_hf as stock_llava_hf
 from lmms_eval.models.simple.llava_hf import VICUNA_CHAT_TEMPLATE, LlavaHf
 
-from harness.wrappers.common import TampWrapperMixin, distributed, pick_device
+from harness.wrappers.common import TampWrapperMixin, distributed, patched, pick_device
+
+
+class _ProcessorLoader:
+    """Stands in for AutoProcessor inside the stock wrapper's __init__."""
+
+    @staticmethod
+    def from_pretrained(path: str, revision: str | None = None, **_: Any) -> Any:
+        from tamp.processors import load_processor
+
+        return load_processor(path, revision=revision)
 
 
 class TampLlavaHf(TampWrapperMixin, LlavaHf):
@@ -20,7 +36,8 @@ class TampLlavaHf(TampWrapperMixin, LlavaHf):
             # "" lets the stock wrapper put each accelerate process on its own GPU; transformers 5
             # rejects "" itself, so a single process gets the device name.
             device_map = "" if distributed() else dev
-        super().__init__(pretrained=pretrained, device=dev, device_map=device_map, **kwargs)
+        with patched(stock_llava_hf, "AutoProcessor", _ProcessorLoader):
+            super().__init__(pretrained=pretrained, device=dev, device_map=device_map, **kwargs)
         self._tamp_after_load()
 
     def _mc_prompt(self, context: str, n_images: int) -> str:

@@ -22,6 +22,9 @@ class TampQwen2Audio(TampWrapperMixin, Qwen2_Audio):
         # the stock wrapper honours `device` only with device_map="auto" in a single process
         super().__init__(pretrained=pretrained, device=dev, device_map=device_map or ("" if distributed() else "auto"),
                          **kwargs)
+        if self.device_map == "auto" and not str(dev).startswith("cuda"):
+            # the stock generate_until sends inputs to "cuda" whenever device_map is "auto"; the model is on dev
+            self.device_map = str(dev)
         self._tamp_after_load()
 
     def loglikelihood(self, requests: list[Any]) -> list[Any]:

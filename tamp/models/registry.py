@@ -13,6 +13,8 @@ HF_MODELS: dict[str, str] = {
     "qwen2-vl": "Qwen/Qwen2-VL-7B-Instruct",
     "qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2-audio": "Qwen/Qwen2-Audio-7B-Instruct",
+    # the transformers-native audio-visual model nearest to the paper's VideoLLaMA2-AV (not transformers-native)
+    "qwen2.5-omni": "Qwen/Qwen2.5-Omni-7B",
 }
 # short names served from a GGUF file shipped inside a PyPI package
 GGUF_MODELS: tuple[str, ...] = ("smollm2",)
