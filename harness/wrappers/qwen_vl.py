@@ -4,8 +4,9 @@ Two gaps of a torchvision-free install are filled here (a GPU install with torch
 qwen-vl-utils keeps the stock behaviour):
 - the stock processor always builds a video processor, which needs torchvision: the wrappers build
   it through `tamp.tiny.load_processor`, with the pixel bounds the stock call passes;
-- `qwen_vl_utils.process_vision_info` imports torchvision: when it is missing, an image-only
-  replacement (same resize rule) stands in; video inputs then raise a clear error.
+- `qwen_vl_utils.process_vision_info` imports torchvision: when it is missing, a replacement stands in that
+  resizes images with the same rule and decodes videos with decord (frames sampled at 2 fps, 4 to 768 of
+  them, an even count, as qwen-vl-utils does; each frame resized within the video pixel bounds).
 """
 
 from __future__ import annotations
@@ -52,28 +53,54 @@ def _open_image(value: Any) -> Image.Image:
     raise ValueError(f"unsupported image input of type {type(value).__name__}")
 
 
-def image_only_vision_info(conversations: list[Any], **_: Any) -> tuple[list[Image.Image] | None, None]:
-    """`qwen_vl_utils.process_vision_info` for images only: decode and resize every image entry."""
+VIDEO_MIN_PIXELS = 128 * 28 * 28  # qwen-vl-utils' defaults for video frames
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+def _video_frames(item: dict[str, Any]) -> Any:
+    """A video entry -> (T, C, H, W) float tensor of sampled, resized frames (what qwen-vl-utils returns)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from tamp.calibration.media import decode_video
+
+    value = item.get("video")
+    if not isinstance(value, (str, Path)):
+        raise RuntimeError("without torchvision, video entries must be file paths")
+    sampling = SimpleNamespace(video_processor=SimpleNamespace(
+        temporal_patch_size=2, fps=item.get("fps", 2.0), min_frames=item.get("min_frames", 4),
+        max_frames=item.get("max_frames", 768)))
+    frames, _ = decode_video(Path(str(value).removeprefix("file://")), sampling)
+    h, w = smart_resize(frames.shape[1], frames.shape[2], item.get("min_pixels", VIDEO_MIN_PIXELS),
+                        item.get("max_pixels", VIDEO_MAX_PIXELS))
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
+    return torch.from_numpy(resized).permute(0, 3, 1, 2).float()
+
+
+def vision_info_without_torchvision(conversations: list[Any], **_: Any) -> tuple[list[Image.Image] | None, list[Any] | None]:
+    """`qwen_vl_utils.process_vision_info` without torchvision: decode and resize every image and video entry."""
     if conversations and isinstance(conversations[0], dict):
         conversations = [conversations]
-    images = []
+    images, videos = [], []
     for messages in conversations:
         for message in messages:
             content = message.get("content")
             for item in content if isinstance(content, list) else []:
                 if "video" in item or item.get("type") == "video":
-                    raise RuntimeError("video inputs need qwen-vl-utils with torchvision installed")
-                if "image" in item or "image_url" in item:
+                    videos.append(_video_frames(item))
+                elif "image" in item or "image_url" in item:
                     image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
                     h, w = smart_resize(image.height, image.width, item.get("min_pixels", 56 * 56),
                                         item.get("max_pixels", 28 * 28 * 1280))
                     images.append(image.resize((w, h), Image.BICUBIC))
-    return (images or None), None
+    return (images or None), (videos or None)
 
 
 for _module in (stock_qwen2_vl, stock_qwen2_5_vl):
     if getattr(_module, "process_vision_info", None) is None:
-        _module.process_vision_info = image_only_vision_info
+        _module.process_vision_info = vision_info_without_torchvision
 
 
 class _ProcessorLoader:
