@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+import transformers.processing_utils
 from PIL import Image
 from transformers import AutoConfig, AutoProcessor
 from transformers.feature_extraction_utils import BatchFeature
@@ -46,8 +47,10 @@ __all__ = [
 
 # ProcessorMixin checks a video processor against ``transformers.VideoProcessorMixin``, which transformers only
 # exports where torchvision is installed; without it no processor that has a video part can be built at all.
-if not hasattr(transformers, "VideoProcessorMixin"):
-    transformers.VideoProcessorMixin = VideoProcessorMixin
+# processing_utils looks it up on its own handle of the package, which need not be ``sys.modules["transformers"]``.
+for _package in (transformers, transformers.processing_utils.transformers_module):
+    if not hasattr(_package, "VideoProcessorMixin"):
+        _package.VideoProcessorMixin = VideoProcessorMixin
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
