@@ -40,9 +40,13 @@ bench:
 DRY_RUN ?=
 LIMIT ?=
 GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT))
-.PHONY: reproduce-table1 sweep
+.PHONY: reproduce-table1 reproduce-table2 sweep
 reproduce-table1:
 	$(VENV)/bin/harness grid grids/table1.yaml $(GRID_FLAGS)
+
+# The audio-visual table (grids/table2.yaml): Qwen2.5-Omni for VideoLLaMA2-AV, ClothoAQA, VocalSound, video QA.
+reproduce-table2:
+	$(VENV)/bin/harness grid grids/table2.yaml $(GRID_FLAGS)
 
 # A sparsity sweep: `make sweep MODEL=llava-next METHODS=wanda,owl,tamp [SPARSITIES=...] [TASKS=a,b] [DRY_RUN=1]`
 MODEL ?= llava-next

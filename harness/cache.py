@@ -100,17 +100,20 @@ def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed:
 
 
 def _drawn_images_hash(json_path: Path, image_dir: Path, nsamples: int, seed: int) -> str:
-    """Hash of the images of the samples tamp draws (numpy RandomState(seed) without replacement, as tamp does)."""
+    """Hash of the media files (image, video, audio) of the samples tamp draws (numpy RandomState(seed) without
+    replacement, as tamp does), so replacing a picture or a clip changes the artifact key."""
     import numpy as np
 
     data = json.loads(json_path.read_text())
     order = np.random.RandomState(seed).choice(len(data), min(nsamples, len(data)), replace=False)
     h = hashlib.sha256()
     for index in order:
-        names = data[int(index)].get("image") or []
-        for name in [names] if isinstance(names, str) else names:
-            path = image_dir / name
-            h.update(name.encode() + b"\0" + (_sha256_file(path).encode() if path.is_file() else b"missing"))
+        for kind in ("image", "video", "audio"):
+            names = data[int(index)].get(kind) or []
+            for name in [names] if isinstance(names, str) else names:
+                path = image_dir / name
+                h.update(f"{kind}:{name}".encode() + b"\0" +
+                         (_sha256_file(path).encode() if path.is_file() else b"missing"))
     return h.hexdigest()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
+from harness.registry import expand_calib
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
              "seqlen", "seed", "overrides", "outputs"}
@@ -87,7 +88,8 @@ def load_grid(path: Path) -> Grid:
         name=str(data.get("name") or path.stem), models=[str(m) for m in _list(data["models"], "models", path)],
         methods=[str(m) for m in _list(data["methods"], "methods", path)], sparsities=sparsities,
         tasks=[str(t) for t in _list(data["tasks"], "tasks", path)] if data.get("tasks") else None,
-        pattern=str(data.get("pattern", "unstructured")), calib=data.get("calib"), nsamples=data.get("nsamples"),
+        pattern=str(data.get("pattern", "unstructured")), calib=expand_calib(data.get("calib")),
+        nsamples=data.get("nsamples"),
         seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
         outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")))
 

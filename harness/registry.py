@@ -28,6 +28,8 @@ WRAPPERS: dict[str, tuple[str, str]] = {
 # The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
 # $TAMP_DATA (default ./data) holds it; pass --calib to use anything else.
 SHAREGPT4V = "$TAMP_DATA/sharegpt4v/llava_next_sharegpt4v.json:$TAMP_DATA/sharegpt4v/images"
+# The paper's audio-visual calibration: AVInstruct's AVQA-music split (samples name a "video" and an "audio" file).
+AVINSTRUCT = "$TAMP_DATA/avinstruct/avinstruct_avqa_music.json:$TAMP_DATA/avinstruct/media"
 IMAGE_TASKS = ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "muirbench")
 VIDEO_TASKS = ("mvbench", "videomme", "nextqa_mc_test", "egoschema_subset")
 AUDIO_TASKS = ("clotho_aqa_test", "vocalsound_test")
@@ -69,9 +71,9 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("qwen2.5-vl", HF_MODELS["qwen2.5-vl"], "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
                   (*IMAGE_TASKS, *VIDEO_TASKS)),
         ModelSpec("qwen2-audio", HF_MODELS["qwen2-audio"], "qwen2-audio", "tamp_qwen2_audio", None, AUDIO_TASKS),
-        # audio-visual: no default calibration (the paper's AVInstruct AVQA-music JSON is not redistributable);
-        # pass --calib FILE.json:MEDIA_DIR with "video" / "audio" entries
-        ModelSpec("qwen2.5-omni", HF_MODELS["qwen2.5-omni"], "qwen2.5-omni", "tamp_qwen2_5_omni", None,
+        # audio-visual: the paper's AVInstruct AVQA-music JSON + media under $TAMP_DATA/avinstruct (fetch it yourself;
+        # any LLaVA-format JSON whose samples name "video" / "audio" files works with --calib FILE.json:MEDIA_DIR)
+        ModelSpec("qwen2.5-omni", HF_MODELS["qwen2.5-omni"], "qwen2.5-omni", "tamp_qwen2_5_omni", AVINSTRUCT,
                   (*AUDIO_TASKS, *VIDEO_TASKS)),
         # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
         ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),

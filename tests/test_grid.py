@@ -56,21 +56,57 @@ def test_grid_file_errors(tmp_path: Path, text: str, match: str) -> None:
         load_grid(tmp_path / "missing.yaml")
 
 
-def test_make_reproduce_table1_dry_run(tmp_path: Path) -> None:
+def test_table2_grid_is_the_audio_visual_experiment() -> None:
+    grid = load_grid(ROOT / "grids" / "table2.yaml")
+    assert grid.models == ["qwen2.5-omni"] and grid.sparsities == [0.5] and grid.seed == 42 and grid.nsamples == 128
+    assert grid.methods == ["dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "tamp"]
+    assert grid.tasks == ["clotho_aqa_test", "vocalsound_test", "mvbench", "videomme", "nextqa_mc_test",
+                          "egoschema_subset"]
+    from harness.registry import MODELS
+
+    assert MODELS["qwen2.5-omni"].source == "Qwen/Qwen2.5-Omni-7B"
+    assert "avinstruct_avqa_music.json" in (MODELS["qwen2.5-omni"].calib or "")
+
+
+@pytest.mark.parametrize("target,expect", [
+    ("reproduce-table1", ["7 cells, 77 task evaluations, 0 already cached", "hf download llava-hf/llama3-llava-next-8b-hf",
+                          "hf download --repo-type dataset lmms-lab-encoder/POPE", "llava_next_sharegpt4v.json"]),
+    ("reproduce-table2", ["7 cells, 42 task evaluations, 0 already cached", "hf download Qwen/Qwen2.5-Omni-7B",
+                          "hf download --repo-type dataset lmms-lab-audio/ClothoAQA", "avinstruct_avqa_music.json"]),
+])
+def test_make_reproduce_dry_run(tmp_path: Path, target: str, expect: list[str]) -> None:
     """The Makefile target prints the plan and writes nothing (here nothing is cached and no data is present)."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
            "TAMP_DATA": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(["make", "-s", "-C", str(ROOT), "reproduce-table1", "DRY_RUN=1"], capture_output=True,
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), target, "DRY_RUN=1"], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    assert "7 cells, 77 task evaluations, 0 already cached" in text
     for method in ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "tamp"):
         assert f"| {method} " in text
-    assert "hf download llava-hf/llama3-llava-next-8b-hf" in text
-    assert "hf download --repo-type dataset lmms-lab-encoder/POPE" in text
-    assert "llava_next_sharegpt4v.json" in text and "missing before it can run" in text
-    assert not (ROOT / "results" / "table1.md").exists()
+    for line in expect:
+        assert line in text
+    assert str(tmp_path / "data") in text and "missing before it can run" in text  # $TAMP_DATA honoured
+    assert not (ROOT / "results" / f"table{target[-1]}.md").exists()
+
+
+def test_calibration_fingerprint_covers_video_and_audio(tmp_path: Path) -> None:
+    """Replacing a clip used for calibration must change the artifact key, as replacing an image does."""
+    import json
+
+    from harness.cache import calibration_fingerprint
+
+    (tmp_path / "a.mp4").write_bytes(b"video-1")
+    (tmp_path / "a.wav").write_bytes(b"audio-1")
+    (tmp_path / "cal.json").write_text(json.dumps([{"id": "0", "video": "a.mp4", "audio": "a.wav", "conversations": [
+        {"from": "human", "value": "<video>\n<audio>\nWhat plays?"}, {"from": "gpt", "value": "A piano."}]}]))
+    spec = f"{tmp_path / 'cal.json'}:{tmp_path}"
+    first = calibration_fingerprint(spec, 1, 64, 0)
+    (tmp_path / "a.wav").write_bytes(b"audio-2")
+    second = calibration_fingerprint(spec, 1, 64, 0)
+    (tmp_path / "a.mp4").write_bytes(b"video-2")
+    third = calibration_fingerprint(spec, 1, 64, 0)
+    assert len({first["images"], second["images"], third["images"]}) == 3
 
 
 GRID = """
