@@ -163,7 +163,7 @@ def render(tables: list[Table], fmt: str = "markdown") -> str:
             frame.index.name = "method"
             parts.append(f"# {table.title}\n" + frame.to_csv(float_format="%.4f", na_rep=""))
             continue
-        body = tabulate(_cells(table, MISSING), headers=headers,
+        body = tabulate(_cells(table, MISSING if fmt == "markdown" else "--"), headers=headers,
                         tablefmt="github" if fmt == "markdown" else "latex_booktabs",
                         disable_numparse=True, colalign=["left"] + ["right"] * (len(headers) - 1))
         if fmt == "markdown":
