@@ -124,7 +124,7 @@ def test_one_table_per_sparsity_and_pattern(runs: Path) -> None:
 def test_latex_and_csv_formats(runs: Path) -> None:
     tables = build_tables(headline_frame(runs), sparsity=0.5, pattern="unstructured")
     latex = render(tables, "latex")
-    assert "\\toprule" in latex and "\\bottomrule" in latex and "Wanda" in latex and "& --" in latex
+    assert "\\toprule" in latex and "\\bottomrule" in latex and "Wanda" in latex and "--" in next(l for l in latex.splitlines() if "TAMP" in l)
     text = render(tables, "csv")
     rows = list(csv.reader(line for line in text.splitlines() if not line.startswith("#")))
     assert rows[0] == ["method", "POPE", "TextVQA", "MME", "MVBench", "Avg"]
