@@ -225,6 +225,13 @@ def test_plots_png_and_svg(runs: Path, tmp_path: Path) -> None:
     png, svg = tmp_path / "curves.png", tmp_path / "curves.svg"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "<svg" in svg.read_text()[:500] and "MVBench" in svg.read_text()
+    # published numbers: drawn as hollow markers, named in the legend
+    pub = tmp_path / "published.csv"
+    pub.write_text("model,method,sparsity,pattern,task,value,source\n"
+                   f"{MODEL},wanda,0.5,unstructured,pope,84.1,Some et al. 2025 Table 1\n")
+    assert main(["plot", "--runs", str(runs), "--published", str(pub), "--out", str(tmp_path / "pub.svg"),
+                 "--pattern", "unstructured"]) == 0
+    assert "Wanda (published)" in (tmp_path / "pub.svg").read_text()
     # both patterns: one figure each, told apart by a suffix
     assert main(["plot", "--runs", str(runs), "--out", str(tmp_path / "all.png")]) == 0
     assert {p.name for p in tmp_path.glob("all_*")} == {f"all_llava-next_{p}.{ext}" for p in ("2-4", "unstructured")
