@@ -306,29 +306,35 @@ def test_simple_evaluate_end_to_end(tm: Any) -> None:
     assert 0 < share < 1 and out["results"]["tamp_smoke_audio"]["exact_match,none"] == pytest.approx(share)
 
 
-# --- later: our tiny audio / video families through `harness run` ---------------------------------------------
+# --- our tiny audio / video families through `harness run` ----------------------------------------------------
 E2E = {
-    "tiny-qwen2-audio": ("tamp_smoke_audio",),
-    "tiny-llava-onevision": ("tamp_smoke_video", "tamp_smoke_video_mc"),
-    "tiny-qwen2.5-omni": ("tamp_smoke_audio", "tamp_smoke_video"),
+    ("tiny-qwen2-audio", "dense"): ("tamp_smoke_audio",),
+    ("tiny-llava-onevision", "dense"): ("tamp_smoke_video", "tamp_smoke_video_mc"),
+    ("tiny-qwen2.5-omni", "dense"): ("tamp_smoke_audio", "tamp_smoke_video"),
+    ("tiny-qwen2.5-omni", "tamp"): ("tamp_smoke_audio", "tamp_smoke_video"),  # pruned on synthetic audio + video
+    ("tiny-qwen2-vl", "dense"): ("tamp_smoke_video",),  # Qwen2-VL video input
+    ("tiny-qwen2.5-vl", "dense"): ("tamp_smoke_video_mc",),
 }
 
 
-@pytest.mark.parametrize("model", sorted(E2E))
-def test_harness_run_on_tiny_av_family(model: str, tmp_path: Path, tiny_root: Path) -> None:
-    """Skipped until the tiny family and its wrapper are registered (harness.registry.MODELS)."""
-    from harness.registry import MODELS
-
-    if model not in MODELS:
-        pytest.skip(f"{model} is not in harness.registry.MODELS yet")
+@pytest.mark.slow
+@pytest.mark.parametrize("model,method", sorted(E2E))
+def test_harness_run_on_tiny_av_family(model: str, method: str, tmp_path: Path, tiny_root: Path) -> None:
+    """Prune (or not), evaluate the audio / video smoke tasks through lmms-eval, and file the records."""
     from harness.cli import main
 
-    tasks = E2E[model]
-    assert main(["run", "--model", model, "--sparsity", "0", "--tasks", ",".join(tasks), "--limit", "2",
-                 "--output", str(tmp_path / "runs"), "--artifacts", str(tmp_path / "artifacts"),
-                 "--device", "cpu", "--max-empty-fraction", "1"]) == 0
+    tasks = E2E[(model, method)]
+    sparsity = "0" if method == "dense" else "0.5"
+    assert main(["run", "--model", model, "--method", method, "--sparsity", sparsity, "--tasks", ",".join(tasks),
+                 "--limit", "2", "--output", str(tmp_path / "runs"), "--artifacts", str(tmp_path / "artifacts"),
+                 "--device", "cpu"]) == 0
     for task in tasks:
         records = list((tmp_path / "runs").rglob(f"{task}_limit2.json"))
         assert len(records) == 1, task
         rec = json.loads(records[0].read_text())
         assert "exact_match,none" in rec["metrics"] and rec["empty_answers"]["total"] == 2
+        assert rec["method"] == method
+        if method != "dense":
+            assert rec["pruning"]["sparsity"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+            counts = rec["pruning"]["calibration"]["token_counts"]
+            assert counts.get("audio", 0) > 0 and counts.get("video", 0) > 0 and counts.get("text", 0) > 0
