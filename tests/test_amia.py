@@ -399,3 +399,109 @@ def test_all_pairs_reading_averages_every_within_pair():
         assert float(got) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
         positive = [p for p in pairs if p > 0]
         assert float(modality_similarities(x, masks)[name]) == pytest.approx(sum(positive) / len(positive), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Blockwise preparation: block edges, kernel with zero rows, kNN ties
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_elems", [1, 7, 64, 1 << 18])
+@pytest.mark.parametrize("kind", ["plain", "clustered", "three", "one_image_token"])
+def test_terms_blockwise_match_double_loop(monkeypatch: pytest.MonkeyPatch, block_elems: int, kind: str) -> None:
+    """Row blocks of 1, a few and all rows: the upper-triangle cut must fall right at every block edge."""
+    from tamp.algorithms import amia
+
+    monkeypatch.setattr(amia, "_BLOCK_ELEMS", block_elems)
+    out, _, masks = _case(31, 23, 5, kind)
+    want = _loop_terms(out, masks)
+    got = modality_similarities(out, masks)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if math.isnan(value):
+            assert torch.isnan(got[key]), key
+        else:
+            assert float(got[key]) == pytest.approx(value, abs=1e-5), key
+    xn = torch.nn.functional.normalize(out.double(), dim=-1)
+    for name, mask in masks.items():  # positive_only=False: every within pair, negatives included
+        idx = mask.nonzero().flatten().tolist()
+        pairs = [float(xn[i] @ xn[j]) for a, i in enumerate(idx) for j in idx[a + 1 :]]
+        got_all = modality_similarities(out, masks, positive_only=False)[name]
+        if pairs:
+            assert float(got_all) == pytest.approx(sum(pairs) / len(pairs), abs=1e-5), name
+        else:
+            assert torch.isnan(got_all), name
+
+
+@pytest.mark.parametrize("block_elems", [1, 100, 1 << 18])
+def test_prepare_blockwise_matches_plain_formulas(monkeypatch: pytest.MonkeyPatch, block_elems: int) -> None:
+    """_prepare against the textbook formulas, zero and non-finite rows included, for several block sizes."""
+    from tamp.algorithms import amia
+
+    monkeypatch.setattr(amia, "_BLOCK_ELEMS", block_elems)
+    out, scores, masks = _case(12, 41, 9, "dups")
+    out[5] = 0.0  # an all-zero token: stays a zero row
+    out[9, 3] = float("nan")  # non-finite tokens: sanitised to zero rows
+    out[17, 0] = float("inf")
+    out[23] = 1e-20  # norm below F.normalize's eps: a row shorter than 1
+    for sigma in (1.0, 0.7, 2.0):
+        p = amia._prepare(out, scores, masks, 3, 1.0, 0.2, 0.1, sigma)
+        x = amia._normalise_rows(out).double()
+        assert x[[5, 9, 17]].abs().sum() == 0
+        want = torch.exp(-torch.cdist(x, x).square() / (2 * sigma**2))  # exp(-|x_i - x_j|^2 / (2 sigma^2))
+        assert torch.allclose(p.kernel.double(), want, rtol=0, atol=2e-6), sigma
+        assert torch.equal(p.kernel.diagonal(), torch.ones(41))  # |x_i|^2 + |x_i|^2 - 2 x_i.x_i is exactly 0
+        assert float(p.kernel[5, 9]) == 1.0 and float(p.kernel[5, 0]) == pytest.approx(math.exp(-0.5 / sigma**2))
+        exact_cols = [math.fsum(column) for column in p.kernel.double().T.tolist()]
+        if sigma >= 1.0:  # kernel values in [0.125, 2): the fp64 sums are exact
+            assert torch.equal(p.col_sums, torch.tensor(exact_cols, dtype=torch.float64))
+        else:
+            assert torch.allclose(p.col_sums, torch.tensor(exact_cols, dtype=torch.float64), rtol=1e-12, atol=0)
+        terms = modality_similarities(out, masks)
+        want_threshold = 0.1 * math.sqrt(max(1.0 - float(density(terms)), 0.0))
+        assert float(p.threshold) == pytest.approx(want_threshold, abs=1e-6)
+
+
+@pytest.mark.parametrize("block_elems", [1, 100, 1 << 18])
+@pytest.mark.parametrize("kind", ["dups", "clustered", "plain"])
+def test_knn_ties_follow_topk_on_distance(monkeypatch: pytest.MonkeyPatch, block_elems: int, kind: str) -> None:
+    """kNN taken as the largest cosines equals topk on d = 1 - cos, ties between duplicate tokens included.
+
+    (Both orders agree wherever rounding 1 - cos does not merge two distinct cosines: here every candidate
+    cosine is far above 0.5, where 1 - cos is exact.) The result is also deterministic from call to call.
+    """
+    from tamp.algorithms import amia
+
+    monkeypatch.setattr(amia, "_BLOCK_ELEMS", block_elems)
+    gen = torch.Generator().manual_seed(17)
+    t = 60
+    centres = torch.randn(3, 12, generator=gen)
+    out = centres[torch.randint(0, 3, (t,), generator=gen)]
+    if kind != "dups":  # near-duplicates instead of exact ones
+        out = out + (0.05 if kind == "clustered" else 0.3) * torch.randn(t, 12, generator=gen)
+    out = out * (torch.rand(t, 1, generator=gen) + 0.5)  # duplicates differ in length only: same cosines
+    scores = torch.rand(t, generator=gen)
+    masks = _two_modalities(t, 10, 50)
+    x = amia._normalise_rows(out)
+    dist = 1.0 - x @ x.T
+    for k in (1, 3, 8):
+        p = amia._prepare(out, scores, masks, k, 1.0, 0.2, 0.1, 1.0)
+        ref = dist.topk(k + 1, dim=1, largest=False)
+        assert torch.equal(p.neighbours, ref.indices[:, 1:]), k
+        assert torch.equal(p.suppress, torch.exp(-0.2 * ref.values[:, 1:])), k
+        again = amia._prepare(out, scores, masks, k, 1.0, 0.2, 0.1, 1.0)
+        assert torch.equal(p.neighbours, again.neighbours) and torch.equal(p.graph, again.graph)
+        for factor in (0.1, 0.01):
+            fast = amia_select(out, scores, masks, k=k, mmd_factor=factor)
+            assert torch.equal(fast, amia_select_reference(out, scores, masks, k=k, mmd_factor=factor)), (k, factor)
+
+
+def test_fast_matches_reference_tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tamp.algorithms import amia
+
+    monkeypatch.setattr(amia, "_BLOCK_ELEMS", 50)
+    for seed, kind in enumerate(KINDS):
+        out, scores, masks = _case(60 + seed, 45, 10, kind)
+        for factor in (0.1, 0.01, 0.0):
+            fast = amia_select(out, scores, masks, mmd_factor=factor)
+            assert torch.equal(fast, amia_select_reference(out, scores, masks, mmd_factor=factor)), (kind, factor)

@@ -28,9 +28,13 @@ Two implementations share the (deterministic) preparation step ``_prepare``:
 * ``amia_select_reference``: one token per step, a Python ``set``, kernel means recomputed every step. It is
   written for clarity and is the test oracle / benchmark baseline.
 * ``amia_select`` / ``amia_select_batched``: the greedy loop runs for M modules in lock-step with vectorised
-  argmax/gather/scatter, running MMD sums (O(T) per step), and one host sync per chunk of steps. Because the
-  selection order does not depend on the stopping rule, the chunk is simply truncated at the first step that
-  satisfies it, which gives exactly the reference's selection.
+  argmax/gather/scatter; a chunk of steps picks its tokens first, then gets its MMD^2 values at once from the
+  picked tokens' kernel rows and columns and running sums, with one host sync per chunk. Because the selection
+  order does not depend on the stopping rule, the chunk is simply truncated at the first step that satisfies
+  it, which gives exactly the reference's selection.
+
+``_prepare`` computes the gram matrix into the kernel's buffer and walks it in row blocks that stay in cache
+(similarity terms, kNN, kernel, column sums), so it allocates no other T x T tensor.
 """
 
 from __future__ import annotations
@@ -74,8 +78,12 @@ def _normalise_rows(out: Tensor) -> Tensor:
     """
     x = out.float()
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    x = x / norms.clamp_min(1e-12)
-    return torch.where(torch.isfinite(norms), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    x = x / norms.clamp_min(1e-12)  # a fresh tensor, so the zeroing below may work in place
+    bad = ~torch.isfinite(norms)
+    # On the CPU the check is free and spares a T x D pass; elsewhere zero unconditionally rather than sync.
+    if x.device.type != "cpu" or bool(bad.any()):
+        x.masked_fill_(bad, 0.0)
+    return x
 
 
 def _check_masks(masks: Mapping[str, Tensor], t: int, device: torch.device) -> dict[str, Tensor]:
@@ -97,32 +105,87 @@ def _ratio(total: Tensor, count: Tensor) -> Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), nan)
 
 
-def _terms_from_gram(gram: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
-    """Within (positive upper-triangle entries only) and cross (all entries) mean similarities; NaN = absent.
+# Row-block size for the T x T passes: a block of gram rows and its temporaries stay in cache (~1 MiB each),
+# so each element of the (T, T) matrix is read from memory about once instead of once per elementwise op, and
+# no (T, T) temporary is allocated (a fresh T x T buffer costs its page faults on every call).
+_BLOCK_ELEMS = 1 << 18
 
-    Block sums are quadratic forms ``m_a^T G m_b``, all modalities at once through one (T, T) x (T, M) GEMM.
+
+def _block_rows(t: int) -> int:
+    return max(1, min(t, _BLOCK_ELEMS // max(t, 1)))
+
+
+class _TermsAccumulator:
+    """Within (positive upper-triangle entries only) and cross (all entries) similarity sums, row block by row block.
+
+    Block sums are quadratic forms ``m_a^T G m_b``, all modalities at once through (B, T) x (T, M) GEMMs; only the
+    rows of the current block are read, so the caller may overwrite them afterwards (``_prepare`` does).
     """
-    if positive_only:
-        pos_upper = torch.triu(gram.clamp(min=0.0), diagonal=1)  # gram is finite (rows were sanitised)
-        keep_f = torch.sign(pos_upper)  # 1 where an entry counts, else 0; integer counts < 2**24 add exactly in fp32
-    else:  # the paper's words: every pair counts
-        pos_upper = torch.triu(gram, diagonal=1)
-        keep_f = torch.triu(torch.ones_like(gram), diagonal=1)
-    names = list(masks)
-    if not names:
-        return {}
-    ind = torch.stack([masks[n].to(gram.dtype) for n in names], dim=1)  # (T, M): one GEMM serves all modalities
-    within_sums = (ind * (pos_upper @ ind)).sum(dim=0)
-    within_counts = (ind * (keep_f @ ind)).sum(dim=0)
-    cross = ind.T @ (gram @ ind)  # (M, M) block sums
-    sizes = ind.sum(dim=0)
-    terms: dict[str, Tensor] = {}
-    for i, name in enumerate(names):
-        terms[name] = _ratio(within_sums[i], within_counts[i])
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            terms[f"{a}|{names[j]}"] = _ratio(cross[i, j], sizes[i] * sizes[j])
-    return terms
+
+    def __init__(self, masks: Mapping[str, Tensor], t: int, device: torch.device, positive_only: bool) -> None:
+        self.names = list(masks)
+        self.positive_only = positive_only
+        m = len(self.names)
+        f32 = torch.float32
+        # (T, M): one GEMM serves all modalities
+        self.ind = torch.stack([masks[n].to(f32) for n in self.names], dim=1) if m else None
+        self.within_rows = torch.empty(t, m, dtype=f32, device=device)  # row i: sum_j kept(i, j) g_ij m(j)
+        self.count_rows = torch.empty(t, m, dtype=f32, device=device)  # row i: #kept(i, j) m(j); integers <= T
+        self.cross_rows = torch.empty(t, m, dtype=f32, device=device)  # (G @ ind)[i]
+
+    def add_rows(self, r0: int, g: Tensor, scratch: Tensor) -> None:
+        """Rows ``r0 .. r0 + B`` of the gram matrix; ``scratch`` holds at least B * (T - r0) fp32 values."""
+        if self.ind is None:
+            return
+        b, t = g.shape
+        r1 = r0 + b
+        # Row r0 + i keeps columns j > r0 + i: nothing left of r0, the upper triangle of the (B, B) square, all the rest.
+        u = scratch[: b * (t - r0)].view(b, t - r0)
+        if self.positive_only:
+            torch.clamp(g[:, r0:], min=0.0, out=u)  # g is finite (rows were sanitised)
+        else:  # the paper's words: every pair counts
+            u.copy_(g[:, r0:])
+        u[:, :b].triu_(1)
+        ind_tail = self.ind[r0:]
+        torch.matmul(u, ind_tail, out=self.within_rows[r0:r1])
+        if self.positive_only:
+            u.sign_()  # 1 where an entry counts, else 0; integer counts < 2**24 add exactly in fp32
+        else:
+            u.fill_(1.0)
+            u[:, :b].triu_(1)
+        torch.matmul(u, ind_tail, out=self.count_rows[r0:r1])
+        torch.matmul(g, self.ind, out=self.cross_rows[r0:r1])
+
+    def terms(self) -> dict[str, Tensor]:
+        """NaN = absent. Totals are summed over rows in fp64 (counts stay exact for any T)."""
+        if self.ind is None:
+            return {}
+        f64 = torch.float64
+        ind = self.ind.to(f64)
+        within_sums = (ind * self.within_rows).sum(dim=0)
+        within_counts = (ind * self.count_rows).sum(dim=0)
+        cross = ind.T @ self.cross_rows.to(f64)  # (M, M) block sums
+        sizes = ind.sum(dim=0)
+        names = self.names
+        terms: dict[str, Tensor] = {}
+        for i, name in enumerate(names):
+            terms[name] = _ratio(within_sums[i], within_counts[i]).float()
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                terms[f"{a}|{names[j]}"] = _ratio(cross[i, j], sizes[i] * sizes[j]).float()
+        return terms
+
+
+def _terms_from_gram(gram: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
+    """Within (positive upper-triangle entries only) and cross (all entries) mean similarities; NaN = absent."""
+    t = gram.shape[0]
+    acc = _TermsAccumulator(masks, t, gram.device, positive_only)
+    if acc.ind is not None and t:
+        b = _block_rows(t)
+        scratch = torch.empty(b * t, dtype=torch.float32, device=gram.device)
+        for r0 in range(0, t, b):
+            acc.add_rows(r0, gram[r0 : r0 + b], scratch)
+    return acc.terms()
 
 
 def modality_similarities(x: Tensor, masks: Mapping[str, Tensor], positive_only: bool = True) -> dict[str, Tensor]:
@@ -190,8 +253,10 @@ def _prepare(
 ) -> _Prepared:
     """Normalise, threshold, kNN graph, graph scores and kernel for one module (T >= 1).
 
-    ``kernel_out`` (T, T) receives the kernel, so the batched path fills its (M, T, T) buffer without a copy
-    (exp on a fresh tensor, then an exact copy: the bits do not depend on where the kernel lives).
+    ``kernel_out`` (T, T, contiguous) receives the kernel, so the batched path fills its (M, T, T) buffer without a
+    copy. The gram matrix is computed into the same buffer and consumed row block by row block (similarity terms,
+    kNN, kernel), so the preparation allocates no other (T, T) tensor and reads the gram matrix from memory about
+    once; the kernel's bits do not depend on which buffer it lives in.
     """
     if out.dim() != 2:
         raise ValueError(f"out must be 2-D (tokens, features), got shape {tuple(out.shape)}")
@@ -199,28 +264,42 @@ def _prepare(
     if scores.shape != (t,):
         raise ValueError(f"scores must have shape ({t},), got {tuple(scores.shape)}")
     x = _normalise_rows(out)
-    gram = x @ x.T
+    kernel = kernel_out if kernel_out is not None else torch.empty(t, t, dtype=torch.float32, device=x.device)
+    torch.matmul(x, x.T, out=kernel)  # the gram matrix; each row block becomes kernel rows once it has been used
 
-    dens = density(_terms_from_gram(gram, _check_masks(masks, t, x.device)))
-    threshold = mmd_factor * (1.0 - dens.double()).clamp(min=0.0).sqrt()
-
-    dist = 1.0 - gram
+    # |x_i|^2 as the gram diagonal (1 for unit rows up to rounding, exactly 0 for zero rows), so K_ii = exp(0) = 1
+    sq = kernel.diagonal().clone()
+    scale = -1.0 / (2.0 * sigma**2)
     kk = min(k, t - 1)
-    # Column 0 is assumed to be the token itself, exactly as released (with duplicates it may not be).
-    neighbours = dist.topk(kk + 1, dim=1, largest=False).indices[:, 1:]
-    d_nb = dist.gather(1, neighbours)
+    neighbours = torch.empty(t, kk, dtype=torch.long, device=x.device)
+    d_nb = torch.empty(t, kk, dtype=torch.float32, device=x.device)
+    col_sums = torch.zeros(t, dtype=torch.float64, device=x.device)
+    terms = _TermsAccumulator(_check_masks(masks, t, x.device), t, x.device, positive_only=True)
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    b = _block_rows(t)
+    scratch = torch.empty(b * t, dtype=torch.float32, device=x.device)
+    for r0 in range(0, t, b):
+        g = kernel[r0 : r0 + b]  # gram rows r0 .. r0 + B (a contiguous view)
+        terms.add_rows(r0, g, scratch)
+        w = scratch[: g.numel()].view(g.shape)
+        # kNN on d = 1 - cos, materialised per block in cache. (topk of the largest cosines would pick the same
+        # tokens, but topk breaks exact ties, e.g. between duplicate tokens, differently for largest=True/False.)
+        # Column 0 is assumed to be the token itself, exactly as released (with duplicates it may not be).
+        nb = torch.sub(one, g, out=w).topk(kk + 1, dim=1, largest=False)
+        neighbours[r0 : r0 + b] = nb.indices[:, 1:]
+        d_nb[r0 : r0 + b] = nb.values[:, 1:]
+        # exp(-(|x_i|^2 + |x_j|^2 - 2 x_i.x_j) / (2 sigma^2)), written over the gram rows it came from
+        torch.add(sq[r0 : r0 + b, None], sq[None, :], out=w).sub_(g, alpha=2.0).mul_(scale)
+        torch.exp(w, out=g)
+        col_sums += g.sum(dim=0, dtype=torch.float64)  # exact in any order (see the note above _FIRST_CHUNK)
+
+    dens = density(terms.terms())
+    threshold = mmd_factor * (1.0 - dens.double()).clamp(min=0.0).sqrt()
 
     a = scores.to(device=x.device, dtype=torch.float32)
     a = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
     graph = a + (torch.exp(-edge_temp * d_nb) * a[neighbours]).sum(dim=1)
     suppress = torch.exp(-suppress_temp * d_nb)
-
-    sq = (x * x).sum(dim=1)
-    # exp(-(|x_i|^2 + |x_j|^2 - 2 x_i.x_j) / (2 sigma^2)), in place to spare T x T temporaries
-    kernel = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).mul_(-1.0 / (2.0 * sigma**2)).exp_()
-    if kernel_out is not None:
-        kernel = kernel_out.copy_(kernel)
-    col_sums = kernel.sum(dim=0, dtype=torch.float64)
     return _Prepared(kernel, col_sums, neighbours, suppress, graph, threshold)
 
 
@@ -287,12 +366,16 @@ def amia_select_reference(
 def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     """Run M greedy selections in lock-step; returns (M, T) bool. One host sync per chunk of steps.
 
-    ``kernel`` is the (M, T, T) buffer the preps' kernels live in.
+    ``kernel`` is the (M, T, T) buffer the preps' kernels live in. Within a chunk the loop only picks tokens and
+    suppresses neighbours (the selection order does not depend on the MMD); the chunk's MMD^2 values are then
+    computed at once from the picked tokens' kernel rows and columns. Every fp64 sum is exact, so running sums,
+    prefix sums and the reference's recomputed sums agree bit for bit.
     """
     m, t, _ = kernel.shape
     device = kernel.device
-    neighbours = torch.stack([p.neighbours for p in preps])  # (M, T, k)
-    suppress = torch.stack([p.suppress for p in preps])  # (M, T, k)
+    kk = preps[0].neighbours.shape[1]
+    neighbours = torch.stack([p.neighbours for p in preps]).view(m * t, kk)  # row b * T + i: kNN of token i, module b
+    neg_suppress = torch.stack([p.suppress for p in preps]).neg_().view(m * t, kk)
     g = torch.stack([p.graph for p in preps])  # (M, T), a fresh copy
     threshold = torch.stack([p.threshold for p in preps])  # (M,)
 
@@ -306,28 +389,41 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     selected = torch.zeros(m, t, dtype=torch.bool, device=device)
     order = torch.empty(m, t, dtype=torch.long, device=device)
     mmd2 = torch.empty(m, t, dtype=f64, device=device)
-    rows = torch.arange(m, device=device)
+    base = torch.arange(m, device=device)[:, None] * t  # (M, 1) row offset of each module in the flat views
+    kernel_rows = kernel.view(m * t, t)
 
     step, chunk = 0, _FIRST_CHUNK
     while step < t:
         end = min(t, step + chunk)
         for i in range(step, end):
-            s = _pick(g, selected)  # (M,)
-            gs = g[rows, s].clamp(min=0.0)
-            g.scatter_add_(1, neighbours[rows, s], -(suppress[rows, s] * gs[:, None]))  # == g[nb] - w * gs
-            selected[rows, s] = True
-            g = torch.where(selected, g.amin(dim=1, keepdim=True) - 1.0, g)
+            s = _pick(g, selected)[:, None]  # (M, 1)
+            flat = (s + base).view(m)
+            gs = g.gather(1, s).clamp_(min=0.0)  # g[s] before any update of this step
+            g.scatter_add_(1, neighbours[flat], neg_suppress[flat] * gs)  # == g[nb] - w * gs
+            selected.scatter_(1, s, True)
+            order[:, i : i + 1] = s
+            # The reference also resets selected scores to min(g) - 1; with the re-pick guard nothing reads them.
 
-            n = i + 1
-            k_row = kernel[rows, s]  # (M, T): K[s, :]
-            k_col = kernel[rows, :, s]  # (M, T): K[:, s]
-            # new entries of K[Y, Y]: K[Y_old, s], K[s, Y_old] and K[s, s]
-            sum_yy = sum_yy + acc_rows[rows, s] + acc_cols[rows, s] + k_row[rows, s].to(f64)
-            acc_rows += k_row
-            acc_cols += k_col
-            sum_xy = sum_xy + col_sums[rows, s]
-            mmd2[:, i] = mean_all + sum_yy / (n * n) - 2.0 * (sum_xy / (t * n))
-            order[:, i] = s
+        # MMD^2 after each step of the chunk. Step a adds K[s_a, Y_old], K[Y_old, s_a] and K[s_a, s_a] to sum_yy.
+        c = end - step
+        idx = order[:, step:end]  # (M, c)
+        rows = kernel_rows.index_select(0, (idx + base).view(-1)).view(m, c, t)  # K[s_a, :]
+        cols = kernel.gather(2, idx[:, None, :].expand(m, t, c))  # K[:, s_a]
+        block = rows.gather(2, idx[:, None, :].expand(m, c, c)).to(f64)  # K[s_a, s_b]
+        inc = (
+            acc_rows.gather(1, idx)
+            + acc_cols.gather(1, idx)
+            + block.tril(-1).sum(dim=2)  # K[s_a, s_b], b < a
+            + block.triu(1).sum(dim=1)  # K[s_b, s_a], b < a
+            + block.diagonal(dim1=1, dim2=2)
+        )
+        yy = sum_yy[:, None] + inc.cumsum(dim=1)
+        xy = sum_xy[:, None] + col_sums.gather(1, idx).cumsum(dim=1)
+        n = torch.arange(step + 1, end + 1, dtype=f64, device=device)
+        mmd2[:, step:end] = mean_all[:, None] + yy / (n * n) - 2.0 * (xy / (t * n))
+        sum_yy, sum_xy = yy[:, -1], xy[:, -1]
+        acc_rows += rows.sum(dim=1, dtype=f64)
+        acc_cols += cols.sum(dim=2, dtype=f64)
         if bool((mmd2[:, :end] < threshold[:, None]).any(dim=1).all()):
             break
         step, chunk = end, min(2 * chunk, _MAX_CHUNK)
