@@ -389,24 +389,28 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     selected = torch.zeros(m, t, dtype=torch.bool, device=device)
     order = torch.empty(m, t, dtype=torch.long, device=device)
     mmd2 = torch.empty(m, t, dtype=f64, device=device)
-    base = torch.arange(m, device=device)[:, None] * t  # (M, 1) row offset of each module in the flat views
+    base_flat = torch.arange(m, device=device) * t  # (M,) row offset of each module in the flat views
+    base = base_flat[:, None]
     kernel_rows = kernel.view(m * t, t)
 
     step, chunk = 0, _FIRST_CHUNK
     while step < t:
         end = min(t, step + chunk)
-        for i in range(step, end):
-            s = _pick(g, selected)[:, None]  # (M, 1)
-            flat = (s + base).view(m)
-            gs = g.gather(1, s).clamp_(min=0.0)  # g[s] before any update of this step
-            g.scatter_add_(1, neighbours[flat], neg_suppress[flat] * gs)  # == g[nb] - w * gs
-            selected.scatter_(1, s, True)
-            order[:, i : i + 1] = s
+        picked = []
+        for _ in range(step, end):
+            s = _pick(g, selected)  # (M,)
+            flat = s + base_flat
+            gs = g.view(-1).index_select(0, flat).clamp_(min=0.0)[:, None]  # g[s] before any update of this step
+            # == g[nb] - w * gs
+            g.scatter_add_(1, neighbours.index_select(0, flat), neg_suppress.index_select(0, flat).mul_(gs))
+            selected.view(-1).index_fill_(0, flat, True)
+            picked.append(s)
             # The reference also resets selected scores to min(g) - 1; with the re-pick guard nothing reads them.
 
         # MMD^2 after each step of the chunk. Step a adds K[s_a, Y_old], K[Y_old, s_a] and K[s_a, s_a] to sum_yy.
         c = end - step
-        idx = order[:, step:end]  # (M, c)
+        idx = torch.stack(picked, dim=1)  # (M, c)
+        order[:, step:end] = idx
         rows = kernel_rows.index_select(0, (idx + base).view(-1)).view(m, c, t)  # K[s_a, :]
         cols = kernel.gather(2, idx[:, None, :].expand(m, t, c))  # K[:, s_a]
         block = rows.gather(2, idx[:, None, :].expand(m, c, c)).to(f64)  # K[s_a, s_b]
