@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,14 @@ from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
 from PIL import Image
 
 from harness.wrappers.common import TampWrapperMixin, patched, pick_device
+from tamp.processors import qwen_smart_resize
 
 FACTOR = 28  # patch 14 x spatial merge 2: one language-model token per 28 x 28 pixels
 
 
 def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = FACTOR) -> tuple[int, int]:
     """The size Qwen-VL resizes an image to: multiples of `factor`, area within [min_pixels, max_pixels]."""
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * scale / factor) * factor
-        w = math.ceil(width * scale / factor) * factor
-    return h, w
+    return qwen_smart_resize(height, width, factor, min_pixels, max_pixels)
 
 
 def _open_image(value: Any) -> Image.Image:
