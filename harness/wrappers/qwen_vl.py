@@ -116,6 +116,16 @@ class _ProcessorLoader:
 
 
 class _QwenVLMixin(TampWrapperMixin):
+    _stock_module: Any = None  # the lmms-eval module whose AutoProcessor is swapped for our loader
+
+    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
+                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
+        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
+        dev = pick_device(device)
+        with patched(self._stock_module, "AutoProcessor", _ProcessorLoader):
+            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
+        self._tamp_after_load()
+
     def _mc_prompt(self, context: str, n_images: int) -> str:
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
         messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
@@ -128,22 +138,10 @@ class _QwenVLMixin(TampWrapperMixin):
 class TampQwen2VL(_QwenVLMixin, Qwen2_VL):
     """`pretrained` = an artifact directory (or any Qwen2-VL checkpoint, evaluated as dense)."""
 
-    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
-                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
-        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
-        dev = pick_device(device)
-        with patched(stock_qwen2_vl, "AutoProcessor", _ProcessorLoader):
-            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
-        self._tamp_after_load()
+    _stock_module = stock_qwen2_vl
 
 
 class TampQwen2_5VL(_QwenVLMixin, Qwen2_5_VL):
     """`pretrained` = an artifact directory (or any Qwen2.5-VL checkpoint, evaluated as dense)."""
 
-    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
-                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
-        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
-        dev = pick_device(device)
-        with patched(stock_qwen2_5_vl, "AutoProcessor", _ProcessorLoader):
-            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
-        self._tamp_after_load()
+    _stock_module = stock_qwen2_5_vl
