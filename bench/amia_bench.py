@@ -148,14 +148,110 @@ def _time_prepare(out: torch.Tensor, scores: torch.Tensor, masks: dict[str, torc
     return phase if phase.status == "ok" else None
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The AMIA stage of one sample: every linear of a llama3-8b block, as the engine runs them
+# ---------------------------------------------------------------------------------------------------------------------
+
+# output width of each linear in a llama3-llava-next-8b decoder block (hidden 4096, 8 KV heads x 128, MLP 14336)
+LLAMA3_8B_WIDTHS = (("q_proj", 4096), ("k_proj", 1024), ("v_proj", 1024), ("o_proj", 4096),
+                    ("gate_proj", 14336), ("up_proj", 14336), ("down_proj", 4096))
+
+
+@dataclass
+class StageCase:
+    """One sample's AMIA stage: a selection per linear module of a block, on that module's own output tokens."""
+
+    n_image: int
+    n_text: int
+    widths: tuple[tuple[str, int], ...] = LLAMA3_8B_WIDTHS
+    mmd_factor: float = 0.1
+
+    @property
+    def tokens(self) -> int:
+        return self.n_image + self.n_text
+
+    @property
+    def label(self) -> str:
+        return f"T={self.tokens} ({self.n_image} img + {self.n_text} txt), {len(self.widths)} modules"
+
+
+def make_stage_inputs(case: StageCase, seed: int = 0, device: torch.device | str = "cpu"
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-module outputs (each its own clusters and noise) sharing one sample's layout and attention score."""
+    outs: dict[str, torch.Tensor] = {}
+    scores = masks = None
+    for i, (name, width) in enumerate(case.widths):
+        out, s, m = make_inputs(AmiaCase(case.n_image, case.n_text, width), seed * 1000 + i, device)
+        outs[name] = out
+        if scores is None:
+            scores, masks = s, m
+    assert scores is not None and masks is not None
+    return outs, scores, masks
+
+
+def bench_stage(case: StageCase, repeats: int, ref_limit_s: float | None, device: torch.device,
+                seed: int = 0) -> list[Phase]:
+    """The engine's AMIA stage for one sample (`tamp.selection.select_per_module`: equal widths batched) against the
+    sum of the modules' similarity floors and against the reference run module by module."""
+    from tamp.algorithms.amia import amia_select_reference
+    from tamp.selection import select_per_module
+
+    outs, scores, masks = make_stage_inputs(case, seed, device)
+    common = {"tokens": case.tokens, "n_image": case.n_image, "n_text": case.n_text,
+              "widths": dict(case.widths), "mmd_factor": case.mmd_factor}
+    kw = {"mmd_factor": case.mmd_factor}
+
+    floor = Phase(SECTION, f"stage floor   {case.label}", details=dict(common))
+    with measured(floor, device, record_time=False):
+        times, _ = repeat(lambda: [similarity_floor(o) for o in outs.values()], repeats, device, warmup=1)
+        floor.times_s, floor.wall_s = times, statistics.median(times)
+
+    fast = Phase(SECTION, f"stage amia    {case.label}", details=dict(common))
+    chosen: dict[str, torch.Tensor] = {}
+    with measured(fast, device, record_time=False):
+        times, chosen = repeat(lambda: select_per_module(outs, scores, masks, **kw), repeats, device, warmup=1)
+        fast.times_s, fast.wall_s = times, statistics.median(times)
+        fast.details["selected_per_module"] = {n: int(c.sum()) for n, c in chosen.items()}
+        fast.details["selected_tokens"] = sum(fast.details["selected_per_module"].values())
+        fast.details["tokens"] = case.tokens * len(outs)
+        fast.set_ratio(floor.wall_s, "floor", FLOOR_TARGET)
+
+    ref = Phase(SECTION, f"stage ref     {case.label}", details=dict(common))
+    ref_sel: dict[str, torch.Tensor] = {}
+    with measured(ref, device, record_time=False):
+        start = time.perf_counter()
+        try:
+            with time_limit(ref_limit_s):
+                for name, out in outs.items():
+                    ref_sel[name] = amia_select_reference(out, scores, masks, **kw)
+            ref.times_s.append(time.perf_counter() - start)
+            ref.wall_s = ref.times_s[0]
+        except TimeLimit as exc:
+            ref.status, ref.reason = "partial", f"{exc}; reference stopped after {len(ref_sel)} modules"
+            ref.details["time_limit_s"] = ref_limit_s
+    if chosen and ref_sel:
+        identical = all(torch.equal(ref_sel[n].cpu(), chosen[n].cpu()) for n in ref_sel)
+        for p in (fast, ref):
+            p.details["identical"] = identical
+            p.details["modules_compared"] = len(ref_sel)
+        if ref.status == "ok" and ref.wall_s and fast.wall_s:
+            fast.details["speedup_vs_reference"] = ref.wall_s / fast.wall_s
+            ref.set_ratio(fast.wall_s, "stage amia")
+    return [floor, fast, ref]
+
+
 def run(size: str, device: torch.device, repeats: int = 5, ref_limit_s: float | None = 120.0,
-        cases: list[AmiaCase] | None = None) -> list[Phase]:
+        cases: list[AmiaCase | StageCase] | None = None) -> list[Phase]:
     """The AMIA section for `size` (cpu: D=128, 8b: D=4096); the last case stresses the greedy loop."""
     dim = 4096 if size == "8b" else 128
     cases = cases or [AmiaCase(576, 40, dim), AmiaCase(2880, 100, dim), AmiaCase(2880, 100, dim, mmd_factor=0.01)]
     phases: list[Phase] = []
     for i, case in enumerate(cases):
         big = case.tokens > 1000
+        if isinstance(case, StageCase):
+            phases += bench_stage(case, repeats=max(1, repeats - 2) if big else repeats, ref_limit_s=ref_limit_s,
+                                  device=device, seed=i)
+            continue
         phases += bench_case(case, repeats=max(1, repeats - 2) if big else repeats,
                              ref_repeats=1 if big else 3, ref_limit_s=ref_limit_s, device=device, seed=i)
     return phases

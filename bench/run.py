@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amia-tokens", help="image-token counts of the AMIA cases, e.g. 576,2880 (default)")
     p.add_argument("--amia-dim", default="1024,4096",
                    help="feature widths of the AMIA cases (default 1024,4096: llama3-8b's k/v and q/o/down outputs)")
+    p.add_argument("--no-amia-stage", action="store_true",
+                   help="skip the stage cases (one sample, the 7 linears of a llama3-8b block at widths up to 14336)")
     p.add_argument("--dense-repeats", type=int, default=3, help="repeats of the SmolLM2 dense forward (median)")
     p.add_argument("--prune-repeats", type=int, default=1, help="repeats of each SmolLM2 prune (median)")
     p.add_argument("--methods", default=",".join(SMOLLM2_METHODS), help="tamp presets to run on SmolLM2")
@@ -82,7 +84,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def amia_cases(args: argparse.Namespace, size: str) -> list[Any]:
-    from bench.amia_bench import AmiaCase
+    from bench.amia_bench import AmiaCase, StageCase
 
     dims = [int(d) for d in str(args.amia_dim).split(",") if d.strip()]
     counts = [int(c) for c in (args.amia_tokens or "576,2880").split(",") if c.strip()]
@@ -90,6 +92,8 @@ def amia_cases(args: argparse.Namespace, size: str) -> list[Any]:
     cases = [AmiaCase(n, text.get(n, max(4, round(n * 0.05))), dim) for dim in dims for n in counts]
     last = cases[-1]
     cases.append(AmiaCase(last.n_image, last.n_text, dims[0], mmd_factor=0.01))  # stress the greedy loop
+    if not args.no_amia_stage:  # one sample's whole stage: the 7 linears of a llama3-8b block, as the engine runs it
+        cases += [StageCase(n, text.get(n, max(4, round(n * 0.05)))) for n in counts]
     return cases
 
 
@@ -325,7 +329,8 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
     """The problem sizes of this run, for the JSON."""
     out: dict[str, Any] = {}
     if "amia" in sections:
-        out["amia"] = [{"n_image": c.n_image, "n_text": c.n_text, "dim": c.dim, "mmd_factor": c.mmd_factor}
+        out["amia"] = [{"n_image": c.n_image, "n_text": c.n_text, "mmd_factor": c.mmd_factor,
+                        **({"dim": c.dim} if hasattr(c, "dim") else {"stage_widths": dict(c.widths)})}
                        for c in amia_cases(args, args.size)]
     if "engine" in sections:
         out["engine_tiny"] = {"samples": args.tiny_samples, "seqlen": args.tiny_seqlen}

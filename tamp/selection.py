@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ class AmiaSelector:
 
     def __call__(self, buffers: dict[str, tuple[torch.Tensor, torch.Tensor]], item: Captured,
                  attention: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        from tamp.algorithms.amia import amia_select, amia_select_batched
+        from tamp.algorithms.amia import amia_select
 
         names = list(buffers)
         first_x = buffers[names[0]][0]
@@ -43,15 +44,29 @@ class AmiaSelector:
                 for name in names:
                     rows[name].append(buffers[name][0][b][chosen])
                 continue
-            by_width: dict[int, list[str]] = defaultdict(list)
+            chosen_by_name = select_per_module({n: buffers[n][1][b] for n in names}, scores, masks, **self.kw)
             for name in names:
-                by_width[buffers[name][1].shape[-1]].append(name)
-            for group in by_width.values():
-                outs = torch.stack([buffers[n][1][b] for n in group])
-                chosen = amia_select_batched(outs, scores, masks, **self.kw)
-                for j, name in enumerate(group):
-                    rows[name].append(buffers[name][0][b][chosen[j]])
+                rows[name].append(buffers[name][0][b][chosen_by_name[name]])
         return {name: torch.cat(parts) for name, parts in rows.items()}
+
+
+def select_per_module(outs: Mapping[str, torch.Tensor], scores: torch.Tensor, masks: Mapping[str, torch.Tensor],
+                      **kw: Any) -> dict[str, torch.Tensor]:
+    """One sample's AMIA stage: each module's (T,) selection on its (T, D_m) outputs.
+
+    Modules of equal output width (q/o/down, k/v, gate/up in a llama block) run as one lock-step batch, so the
+    latency-bound greedy loop is paid once per width instead of once per module.
+    """
+    from tamp.algorithms.amia import amia_select_batched
+
+    by_width: dict[int, list[str]] = defaultdict(list)
+    for name, out in outs.items():
+        by_width[out.shape[-1]].append(name)
+    chosen: dict[str, torch.Tensor] = {}
+    for group in by_width.values():
+        picked = amia_select_batched([outs[n] for n in group], scores, masks, **kw)  # a list: no (M, T, D) copy
+        chosen.update(zip(group, picked.unbind(0)))
+    return chosen
 
 
 def make_selector(cfg: PruneConfig, result: Any = None) -> AmiaSelector | None:

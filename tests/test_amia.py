@@ -264,6 +264,18 @@ def test_huge_scores_do_not_stall() -> None:
     assert torch.equal(amia_select(out, scores, masks), amia_select_reference(out, scores, masks))
 
 
+@pytest.mark.parametrize("magnitude", [1.0, 1e30, 1e34, 1e36])
+@pytest.mark.parametrize("suppress_temp", [0.2, -5.0, -200.0])
+def test_greedy_guard_boundary(magnitude: float, suppress_temp: float) -> None:
+    # The fast loop drops the reference's clamp + mask when no score can overflow; around that bound (large scores,
+    # negative temperatures that make suppression weights > 1 or inf) both loop variants must match the reference.
+    out, scores, masks = _case(9, 40, 8, "clustered")
+    scores = scores * magnitude
+    for factor in (0.1, 0.0):
+        kw = {"mmd_factor": factor, "suppress_temp": suppress_temp}
+        assert torch.equal(amia_select(out, scores, masks, **kw), amia_select_reference(out, scores, masks, **kw))
+
+
 def test_empty_and_single_token() -> None:
     masks0 = _two_modalities(0, 0, 0)
     assert amia_select(torch.randn(0, 8), torch.rand(0), masks0).shape == (0,)

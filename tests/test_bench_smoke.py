@@ -63,6 +63,14 @@ def test_amia_and_engine_sections(tmp_path: Path) -> None:
         assert p["details"]["identical"] is True, p["name"]
         assert 0 < p["details"]["selected_tokens"] <= p["details"]["tokens"]
         assert p["ratio_to"] == "floor" and p["ratio"] > 0 and p["target"] == 2.0
+    stage = [p for p in record["phases"] if p["section"] == "amia" and p["name"].startswith("stage amia")]
+    assert len(stage) == 2  # one sample's 7 llama3-8b linears at each token count
+    for p in stage:
+        assert p["details"]["identical"] is True and p["details"]["modules_compared"] == 7, p["name"]
+        assert set(p["details"]["selected_per_module"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"}
+        assert p["ratio_to"] == "floor" and p["ratio"] > 0 and p["target"] == 2.0
+    assert record["sizes"]["amia"][-1]["stage_widths"]["gate_proj"] == 14336
     assert record["summary"]["amia_identical"] is True
     engine = [p for p in record["phases"] if p["section"] == "engine-vs-naive"]
     assert len(engine) == 2 and all(p["details"]["masks_identical"] for p in engine)
@@ -77,6 +85,23 @@ def test_amia_fast_equals_reference_on_bench_inputs() -> None:
         out, scores, masks = make_inputs(case, seed)
         kw = {"mmd_factor": case.mmd_factor}
         assert torch.equal(amia_select(out, scores, masks, **kw), amia_select_reference(out, scores, masks, **kw))
+
+
+def test_stage_matches_per_module_selection() -> None:
+    # select_per_module (what the engine runs: equal widths in one lock-step batch) == AMIA module by module
+    from bench.amia_bench import StageCase, make_stage_inputs
+    from tamp.algorithms.amia import amia_select, amia_select_reference
+    from tamp.selection import select_per_module
+
+    case = StageCase(150, 14, widths=(("q", 24), ("k", 8), ("v", 8), ("o", 24), ("gate", 40), ("up", 40)))
+    outs, scores, masks = make_stage_inputs(case, seed=3)
+    for factor in (0.1, 0.01):
+        chosen = select_per_module(outs, scores, masks, mmd_factor=factor)
+        assert list(chosen) == ["q", "o", "k", "v", "gate", "up"]  # grouped by width, first appearance order
+        for name, out in outs.items():
+            alone = amia_select(out, scores, masks, mmd_factor=factor)
+            assert torch.equal(chosen[name], alone), name
+            assert torch.equal(alone, amia_select_reference(out, scores, masks, mmd_factor=factor)), name
 
 
 def test_8b_code_path_scaled_down_on_cpu(tmp_path: Path) -> None:
