@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import Phase, TimeLimit, measured, repeat, time_limit
+from bench.common import Phase, TimeLimit, interleaved, measured, time_limit
 
 SECTION = "amia"
 FLOOR_TARGET = 2.0  # fast AMIA should cost at most twice the similarity matmul it cannot avoid
@@ -78,25 +79,23 @@ def bench_case(case: AmiaCase, repeats: int, ref_repeats: int, ref_limit_s: floa
     common = {"tokens": case.tokens, "n_image": case.n_image, "n_text": case.n_text, "dim": case.dim,
               "mmd_factor": case.mmd_factor}
     kw = {"mmd_factor": case.mmd_factor}
-    phases: list[Phase] = []
 
     floor = Phase(SECTION, f"floor x@x.T  {case.label}", details=dict(common))
-    with measured(floor, device, record_time=False):
-        times, _ = repeat(lambda: similarity_floor(out), repeats, device, warmup=1)
-        floor.times_s, floor.wall_s = times, statistics.median(times)
-    phases.append(floor)
-
     fast = Phase(SECTION, f"amia_select   {case.label}", details=dict(common))
-    chosen = None
-    with measured(fast, device, record_time=False):
-        times, chosen = repeat(lambda: amia_select(out, scores, masks, **kw), repeats, device, warmup=1)
-        fast.times_s, fast.wall_s = times, statistics.median(times)
+    fns = {"floor": (floor, lambda: similarity_floor(out)), "fast": (fast, lambda: amia_select(out, scores, masks, **kw))}
+    prepare = _prepare_fn(out, scores, masks) if case.mmd_factor == 0.1 else None
+    if prepare is not None:
+        prep = Phase(SECTION, f"  prepare     {case.label}",
+                     details={"what": "amia._prepare: normalise, gram, density, kNN graph, kernel (no greedy loop)"})
+        fns["prepare"] = (prep, prepare)
+    results = _time_together(fns, repeats, device)
+    phases = [floor, fast]
+    chosen = results.get("fast")
+    if chosen is not None:
         fast.details["selected_tokens"] = int(chosen.sum())
         fast.set_ratio(floor.wall_s, "floor", FLOOR_TARGET)
-    phases.append(fast)
-
-    prep = _time_prepare(out, scores, masks, repeats, device, case) if case.mmd_factor == 0.1 else None
-    if prep is not None:
+    if "prepare" in fns:
+        prep = fns["prepare"][0]
         prep.set_ratio(floor.wall_s, "floor")
         if fast.wall_s and prep.wall_s is not None:
             fast.details["prepare_s"] = prep.wall_s
@@ -133,19 +132,30 @@ def bench_case(case: AmiaCase, repeats: int, ref_repeats: int, ref_limit_s: floa
     return phases
 
 
-def _time_prepare(out: torch.Tensor, scores: torch.Tensor, masks: dict[str, torch.Tensor], repeats: int,
-                  device: torch.device, case: AmiaCase) -> Phase | None:
-    """AMIA's shared preparation step alone (private API; skipped silently if it changed)."""
+def _prepare_fn(out: torch.Tensor, scores: torch.Tensor, masks: dict[str, torch.Tensor]) -> Callable[[], object] | None:
+    """AMIA's shared preparation step alone (private API; None, and no row, if it changed)."""
     try:
         from tamp.algorithms.amia import _prepare
     except ImportError:
         return None
-    phase = Phase(SECTION, f"  prepare     {case.label}",
-                  details={"what": "amia._prepare: normalise, gram, density, kNN graph, kernel (no greedy loop)"})
-    with measured(phase, device, record_time=False):
-        times, _ = repeat(lambda: _prepare(out, scores, masks, 3, 1.0, 0.2, 0.1, 1.0), repeats, device, warmup=1)
-        phase.times_s, phase.wall_s = times, statistics.median(times)
-    return phase if phase.status == "ok" else None
+    return lambda: _prepare(out, scores, masks, 3, 1.0, 0.2, 0.1, 1.0)
+
+
+def _time_together(fns: dict[str, tuple[Phase, Callable[[], object]]], repeats: int,
+                   device: torch.device) -> dict[str, object]:
+    """One call of each under `measured` (its peak memory; an error marks that phase only), then the working ones
+    timed round-robin (`interleaved`), so the ratios between them do not depend on when each one ran."""
+    results: dict[str, object] = {}
+    for name, (phase, fn) in fns.items():
+        with measured(phase, device, record_time=False):
+            results[name] = fn()
+    ok = {name: fn for name, (phase, fn) in fns.items() if phase.status == "ok"}
+    if ok:
+        times = interleaved(ok, repeats, device, warmup=1)
+        for name, ts in times.items():
+            phase = fns[name][0]
+            phase.times_s, phase.wall_s = ts, statistics.median(ts)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -202,15 +212,11 @@ def bench_stage(case: StageCase, repeats: int, ref_limit_s: float | None, device
     kw = {"mmd_factor": case.mmd_factor}
 
     floor = Phase(SECTION, f"stage floor   {case.label}", details=dict(common))
-    with measured(floor, device, record_time=False):
-        times, _ = repeat(lambda: [similarity_floor(o) for o in outs.values()], repeats, device, warmup=1)
-        floor.times_s, floor.wall_s = times, statistics.median(times)
-
     fast = Phase(SECTION, f"stage amia    {case.label}", details=dict(common))
-    chosen: dict[str, torch.Tensor] = {}
-    with measured(fast, device, record_time=False):
-        times, chosen = repeat(lambda: select_per_module(outs, scores, masks, **kw), repeats, device, warmup=1)
-        fast.times_s, fast.wall_s = times, statistics.median(times)
+    results = _time_together({"floor": (floor, lambda: [similarity_floor(o) for o in outs.values()]),
+                              "fast": (fast, lambda: select_per_module(outs, scores, masks, **kw))}, repeats, device)
+    chosen: dict[str, torch.Tensor] = results.get("fast") or {}  # type: ignore[assignment]
+    if chosen:
         fast.details["selected_per_module"] = {n: int(c.sum()) for n, c in chosen.items()}
         fast.details["selected_tokens"] = sum(fast.details["selected_per_module"].values())
         fast.details["tokens"] = case.tokens * len(outs)
@@ -248,10 +254,11 @@ def run(size: str, device: torch.device, repeats: int = 5, ref_limit_s: float | 
     phases: list[Phase] = []
     for i, case in enumerate(cases):
         big = case.tokens > 1000
+        # millisecond-sized cases get more rounds: they cost nothing and their medians are noisier
+        n = max(1, repeats - 2) if big else 3 * repeats
         if isinstance(case, StageCase):
-            phases += bench_stage(case, repeats=max(1, repeats - 2) if big else repeats, ref_limit_s=ref_limit_s,
-                                  device=device, seed=i)
+            phases += bench_stage(case, repeats=n, ref_limit_s=ref_limit_s, device=device, seed=i)
             continue
-        phases += bench_case(case, repeats=max(1, repeats - 2) if big else repeats,
-                             ref_repeats=1 if big else 3, ref_limit_s=ref_limit_s, device=device, seed=i)
+        phases += bench_case(case, repeats=n, ref_repeats=1 if big else 3, ref_limit_s=ref_limit_s, device=device,
+                             seed=i)
     return phases

@@ -159,6 +159,24 @@ def repeat(fn: Callable[[], Any], repeats: int, device: torch.device | None = No
     return times, out
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device | None = None,
+                warmup: int = 0) -> dict[str, list[float]]:
+    """Time several functions round-robin (a, b, c, a, b, c ...): a slow spell of a shared machine then hits
+    all of them alike instead of whichever happened to run during it, so their ratio stays steady."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 class TimeLimit(Exception):
     """Raised inside a time-limited call when its budget is spent."""
 

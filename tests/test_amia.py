@@ -138,10 +138,15 @@ def test_kernel_fp64_sums_are_exact() -> None:
     prepared = _prepare(out, scores, masks, 3, 1.0, 0.2, 0.1, 1.0)
     kernel = prepared.kernel
     exact_cols = [math.fsum(column) for column in kernel.double().T.tolist()]
-    assert torch.equal(prepared.col_sums, torch.tensor(exact_cols, dtype=torch.float64))
+    assert torch.equal(kernel.sum(dim=0, dtype=torch.float64), torch.tensor(exact_cols, dtype=torch.float64))
+    for picked in ([3], [0, 7, 149], list(range(0, 150, 4))):  # the fast path's per-column sums, any order
+        assert torch.equal(kernel[:, picked].sum(dim=0, dtype=torch.float64),
+                           torch.tensor([exact_cols[j] for j in picked], dtype=torch.float64))
     assert float(kernel.min()) > 0.125 and float(kernel.max()) < 2.0
     exact = math.fsum(kernel.double().flatten().tolist())
     assert float(kernel.sum(dtype=torch.float64)) == exact
+    # the one sum that is not exact: the total (fp32 row-block sums), shared by the fast path and the reference
+    assert float(prepared.total) == pytest.approx(exact, rel=1e-6)
     assert float(kernel[:, 7:90].sum(dtype=torch.float64)) == math.fsum(kernel[:, 7:90].double().flatten().tolist())
 
 
@@ -161,7 +166,7 @@ def test_asymmetric_kernel_matches_reference(monkeypatch: pytest.MonkeyPatch) ->
         kernel = prepared.kernel
         gen = torch.Generator().manual_seed(kernel.shape[0])
         kernel.mul_(1.0 + 0.3 * torch.rand(kernel.shape, generator=gen).triu(diagonal=1))
-        return dataclasses.replace(prepared, col_sums=kernel.sum(dim=0, dtype=torch.float64))
+        return dataclasses.replace(prepared, total=kernel.sum(dtype=torch.float64))
 
     monkeypatch.setattr(amia, "_prepare", skewed)
     for seed, kind in enumerate(["plain", "clustered", "three"]):
@@ -464,11 +469,7 @@ def test_prepare_blockwise_matches_plain_formulas(monkeypatch: pytest.MonkeyPatc
         assert torch.allclose(p.kernel.double(), want, rtol=0, atol=2e-6), sigma
         assert torch.equal(p.kernel.diagonal(), torch.ones(41))  # |x_i|^2 + |x_i|^2 - 2 x_i.x_i is exactly 0
         assert float(p.kernel[5, 9]) == 1.0 and float(p.kernel[5, 0]) == pytest.approx(math.exp(-0.5 / sigma**2))
-        exact_cols = [math.fsum(column) for column in p.kernel.double().T.tolist()]
-        if sigma >= 1.0:  # kernel values in [0.125, 2): the fp64 sums are exact
-            assert torch.equal(p.col_sums, torch.tensor(exact_cols, dtype=torch.float64))
-        else:
-            assert torch.allclose(p.col_sums, torch.tensor(exact_cols, dtype=torch.float64), rtol=1e-12, atol=0)
+        assert float(p.total) == pytest.approx(math.fsum(p.kernel.double().flatten().tolist()), rel=1e-6)
         terms = modality_similarities(out, masks)
         want_threshold = 0.1 * math.sqrt(max(1.0 - float(density(terms)), 0.0))
         assert float(p.threshold) == pytest.approx(want_threshold, abs=1e-6)

@@ -13,9 +13,9 @@ activation norm. It works on the module's *output* tokens ``out`` (T x D) and a 
 
 This reproduces the released TAMP code's semantics with these deliberate differences:
 
-* everything runs in fp32 (the release used fp16); the MMD sums are accumulated in fp64, which is *exact*
-  here (see the note above ``_FIRST_CHUNK``), so the incremental fast path and the recomputing reference
-  agree bit for bit;
+* everything runs in fp32 (the release used fp16); the MMD sums over selected tokens are accumulated in fp64,
+  which is *exact* here (see the note above ``_FIRST_CHUNK``), so the incremental fast path and the recomputing
+  reference agree bit for bit; the mean of the whole kernel (a loop constant) comes from the shared preparation;
 * guards against endless loops: at most T greedy steps, a selected token can never be re-picked,
   ``1 - density`` is clamped at 0, non-finite scores count as 0 and non-finite output rows as zero vectors.
 
@@ -34,7 +34,7 @@ Two implementations share the (deterministic) preparation step ``_prepare``:
   it, which gives exactly the reference's selection.
 
 ``_prepare`` computes the gram matrix into the kernel's buffer and walks it in row blocks that stay in cache
-(similarity terms, kNN, kernel, column sums), so it allocates no other T x T tensor.
+(similarity terms, kNN, kernel, kernel total), so it allocates no other T x T tensor.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ class _Prepared:
     """Everything the greedy loop needs for one (sample, module); identical bits for fast and reference paths."""
 
     kernel: Tensor  # (T, T) fp32; not assumed symmetric bitwise (GEMM and exp's scalar tail path may differ)
-    col_sums: Tensor  # (T,) fp64, sum_i K[i, j]; exact
+    total: Tensor  # 0-d fp64, sum of all K[i, j] (fp32 row-block sums added in fp64); shared by both paths
     neighbours: Tensor  # (T, k) int64, kNN of each token (column 0 of topk dropped, as released)
     suppress: Tensor  # (T, k) fp32, exp(-suppress_temp * d[i, neighbours[i]])
     graph: Tensor  # (T,) fp32 initial graph scores
@@ -275,7 +275,7 @@ def _prepare(
     kk = min(k, t - 1)
     neighbours = torch.empty(t, kk, dtype=torch.long, device=x.device)
     d_nb = torch.empty(t, kk, dtype=torch.float32, device=x.device)
-    col_sums = torch.zeros(t, dtype=torch.float64, device=x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     terms = _TermsAccumulator(_check_masks(masks, t, x.device), t, x.device, positive_only=True)
     one = torch.ones((), dtype=torch.float32, device=x.device)
     b = _block_rows(t)
@@ -293,7 +293,8 @@ def _prepare(
         # exp(-(|x_i|^2 + |x_j|^2 - 2 x_i.x_j) / (2 sigma^2)), written over the gram rows it came from
         torch.add(sq[r0 : r0 + b, None], sq[None, :], out=w).sub_(g, alpha=2.0).mul_(scale)
         torch.exp(w, out=g)
-        col_sums += g.sum(dim=0, dtype=torch.float64)  # exact in any order (see the note above _FIRST_CHUNK)
+        # sum(dtype=float64) would first copy the block to fp64 (a pass and a fresh buffer ~10x the cost of the sum)
+        total += g.sum().double()
 
     dens = density(terms.terms())
     threshold = mmd_factor * (1.0 - dens.double()).clamp(min=0.0).sqrt()
@@ -302,7 +303,7 @@ def _prepare(
     a = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
     graph = a + (torch.exp(-edge_temp * d_nb) * a[neighbours]).sum(dim=1)
     suppress = torch.exp(-suppress_temp * d_nb)
-    return _Prepared(kernel, col_sums, neighbours, suppress, graph, threshold)
+    return _Prepared(kernel, total, neighbours, suppress, graph, threshold)
 
 
 def _pick(graph: Tensor, selected: Tensor) -> Tensor:
@@ -333,7 +334,7 @@ def amia_select_reference(
         return torch.zeros(0, dtype=torch.bool, device=out.device)
     p = _prepare(out, scores, masks, k, edge_temp, suppress_temp, mmd_factor, sigma)
     kernel, g = p.kernel, p.graph.clone()
-    mean_all = kernel.sum(dtype=torch.float64) / (t * t)
+    mean_all = p.total / (t * t)  # mean of all kernel entries (the one constant of the loop; from the preparation)
 
     selected: set[int] = set()
     idx = torch.zeros(0, dtype=torch.long, device=kernel.device)
@@ -382,8 +383,7 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     threshold = torch.stack([p.threshold for p in preps])  # (M,)
 
     f64 = torch.float64
-    col_sums = torch.stack([p.col_sums for p in preps])  # (M, T) sum_i K[i, y]
-    mean_all = col_sums.sum(dim=1) / (t * t)  # exact, so equal to the reference's K.sum() / T^2
+    mean_all = torch.stack([p.total for p in preps]) / (t * t)  # (M,), the reference's value
     acc_rows = torch.zeros(m, t, dtype=f64, device=device)  # sum_{y in Y} K[y, :]
     acc_cols = torch.zeros(m, t, dtype=f64, device=device)  # sum_{y in Y} K[:, y]
     sum_yy = torch.zeros(m, dtype=f64, device=device)
@@ -434,7 +434,7 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
             + block.diagonal(dim1=1, dim2=2)
         )
         yy = sum_yy[:, None] + inc.cumsum(dim=1)
-        xy = sum_xy[:, None] + col_sums.gather(1, idx).cumsum(dim=1)
+        xy = sum_xy[:, None] + cols.sum(dim=1, dtype=f64).cumsum(dim=1)  # sum_i K[i, s_a], exact
         n = torch.arange(step + 1, end + 1, dtype=f64, device=device)
         mmd2[:, step:end] = mean_all[:, None] + yy / (n * n) - 2.0 * (xy / (t * n))
         sum_yy, sum_xy = yy[:, -1], xy[:, -1]
