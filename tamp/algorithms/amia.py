@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -402,26 +403,35 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     bound = g.abs().amax() * (1.0 + t * neg_suppress.abs().amax()) if kk else g.abs().amax()
     plain = bool(bound < _SAFE_BOUND)
     g_flat = g.view(-1)
+    # On the CPU a torch op on a handful of numbers costs several microseconds of dispatch, numpy's about one: the
+    # picking steps (argmax, gather, scatter) then run on numpy views of the same memory, with the same fp32
+    # arithmetic (a product, then a sum), so the bits do not change. Accelerators keep the torch loop (no host sync).
+    host = plain and device.type == "cpu"
+    if host:
+        host_views = (g.numpy(), neighbours.numpy(), neg_suppress.numpy(), base_flat.numpy())
     step, chunk = 0, _FIRST_CHUNK
     while step < t:
         end = min(t, step + chunk)
-        picked = []
-        for _ in range(step, end):
-            s = g.argmax(dim=1) if plain else _pick(g, selected)  # (M,)
-            flat = s if m == 1 else s + base_flat
-            gs = g_flat.index_select(0, flat).clamp_(min=0.0)[:, None]  # g[s] before any update of this step
-            if kk:  # == g[nb] - w * gs
-                g.scatter_add_(1, neighbours.index_select(0, flat), neg_suppress.index_select(0, flat).mul_(gs))
-            if plain:
-                g_flat.index_fill_(0, flat, float("-inf"))
-            else:
-                selected.view(-1).index_fill_(0, flat, True)
-            picked.append(s)
-            # The reference also resets selected scores to min(g) - 1; with the re-pick guard nothing reads them.
+        if host:
+            idx = torch.from_numpy(_steps_on_host(*host_views, end - step))  # (M, c)
+        else:
+            picked = []
+            for _ in range(step, end):
+                s = g.argmax(dim=1) if plain else _pick(g, selected)  # (M,)
+                flat = s if m == 1 else s + base_flat
+                gs = g_flat.index_select(0, flat).clamp_(min=0.0)[:, None]  # g[s] before any update of this step
+                if kk:  # == g[nb] - w * gs
+                    g.scatter_add_(1, neighbours.index_select(0, flat), neg_suppress.index_select(0, flat).mul_(gs))
+                if plain:
+                    g_flat.index_fill_(0, flat, float("-inf"))
+                else:
+                    selected.view(-1).index_fill_(0, flat, True)
+                picked.append(s)
+                # The reference also resets selected scores to min(g) - 1; with the re-pick guard nothing reads them.
+            idx = torch.stack(picked, dim=1)  # (M, c)
 
         # MMD^2 after each step of the chunk. Step a adds K[s_a, Y_old], K[Y_old, s_a] and K[s_a, s_a] to sum_yy.
         c = end - step
-        idx = torch.stack(picked, dim=1)  # (M, c)
         order[:, step:end] = idx
         rows = kernel_rows.index_select(0, (idx + base).view(-1)).view(m, c, t)  # K[s_a, :]
         cols = kernel.gather(2, idx[:, None, :].expand(m, t, c))  # K[:, s_a]
@@ -452,6 +462,28 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     result = torch.zeros(m, t, dtype=torch.bool, device=device)
     result.scatter_(1, order[:, :done], keep)  # order rows hold distinct indices
     return result
+
+
+def _steps_on_host(g: np.ndarray, neighbours: np.ndarray, neg_suppress: np.ndarray, base: np.ndarray,
+                   steps: int) -> np.ndarray:
+    """``steps`` picking steps of the plain greedy loop on numpy views (CPU); returns the (M, steps) picks.
+
+    Same rule as the torch loop: argmax (first index on ties; picked tokens hold -inf), then every neighbour's
+    score gets ``-w * max(g[s], 0)`` added. A token's neighbours are distinct, so the fancy-index add is a scatter.
+    """
+    m = g.shape[0]
+    picks = np.empty((m, steps), dtype=np.int64)
+    g_flat = g.reshape(-1)
+    rows = np.arange(m)[:, None]
+    for a in range(steps):
+        s = g.argmax(axis=1)
+        flat = s + base
+        if neighbours.shape[1]:
+            gs = np.maximum(g_flat[flat], np.float32(0.0))[:, None]
+            g[rows, neighbours[flat]] += neg_suppress[flat] * gs
+        g_flat[flat] = -np.inf
+        picks[:, a] = s
+    return picks
 
 
 def amia_select_batched(
