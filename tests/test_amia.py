@@ -115,6 +115,31 @@ def test_fast_matches_reference_random_sweep() -> None:
         assert torch.equal(fast, amia_select_reference(out, scores, masks, mmd_factor=factor)), (case, t, d, kind)
 
 
+@pytest.mark.parametrize("host_steps", [True, False])
+def test_both_greedy_loops_match_reference(monkeypatch: pytest.MonkeyPatch, host_steps: bool) -> None:
+    # On the CPU the picking steps run on numpy views; accelerators run the torch loop. Both must give the
+    # reference's selection, for one module and for several in lock-step.
+    from tamp.algorithms import amia
+
+    monkeypatch.setattr(amia, "_HOST_STEPS", host_steps)
+    calls: list[int] = []
+    original = amia._steps_on_host
+    monkeypatch.setattr(amia, "_steps_on_host", lambda *a: calls.append(a[-1]) or original(*a))
+    gen = torch.Generator().manual_seed(99)
+    for case in range(40):
+        t = int(torch.randint(2, 200, (1,), generator=gen))
+        kind = KINDS[case % len(KINDS)]
+        factor = [0.1, 0.02, 0.0][case % 3]
+        outs = [_case(case * 7 + j, t, 8 + 8 * j, kind)[0] for j in range(3)]
+        _, scores, masks = _case(case * 7, t, 8, kind)
+        batched = amia_select_batched(outs, scores, masks, mmd_factor=factor)
+        for j, out in enumerate(outs):
+            ref = amia_select_reference(out, scores, masks, mmd_factor=factor)
+            assert torch.equal(batched[j], ref), (case, j, kind)
+            assert torch.equal(amia_select(out, scores, masks, mmd_factor=factor), ref), (case, j, kind)
+    assert bool(calls) is host_steps  # the numpy steps ran exactly when enabled
+
+
 def test_fast_matches_reference_other_hyperparameters() -> None:
     out, scores, masks = _case(3, 120, 16, "clustered")
     for k, edge, supp, sigma in [(1, 0.5, 1.0, 1.0), (5, 2.0, 0.0, 0.7), (0, 1.0, 0.2, 2.0), (200, 1.0, 0.2, 1.0)]:

@@ -64,6 +64,8 @@ __all__ = [
 # Greedy chunking: the first chunk is short because real selections are usually small (tens of tokens).
 _FIRST_CHUNK = 8
 _MAX_CHUNK = 256
+# Run the CPU's picking steps on numpy views (False: the torch loop that accelerators run; tests flip it).
+_HOST_STEPS = True
 # Scores whose worst-case drift stays below this cannot overflow fp32 (max ~3.4e38) in the greedy loop.
 _SAFE_BOUND = 1e37
 
@@ -406,7 +408,7 @@ def _greedy_lockstep(preps: Sequence[_Prepared], kernel: Tensor) -> Tensor:
     # On the CPU a torch op on a handful of numbers costs several microseconds of dispatch, numpy's about one: the
     # picking steps (argmax, gather, scatter) then run on numpy views of the same memory, with the same fp32
     # arithmetic (a product, then a sum), so the bits do not change. Accelerators keep the torch loop (no host sync).
-    host = plain and device.type == "cpu"
+    host = plain and device.type == "cpu" and _HOST_STEPS
     if host:
         host_views = (g.numpy(), neighbours.numpy(), neg_suppress.numpy(), base_flat.numpy())
     step, chunk = 0, _FIRST_CHUNK
