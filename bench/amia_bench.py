@@ -143,15 +143,15 @@ def _prepare_fn(out: torch.Tensor, scores: torch.Tensor, masks: dict[str, torch.
 
 def _time_together(fns: dict[str, tuple[Phase, Callable[[], object]]], repeats: int,
                    device: torch.device) -> dict[str, object]:
-    """One call of each under `measured` (its peak memory; an error marks that phase only), then the working ones
-    timed round-robin (`interleaved`), so the ratios between them do not depend on when each one ran."""
+    """One call of each under `measured` (its peak memory and the warm-up; an error marks that phase only), then the
+    working ones timed round-robin (`interleaved`), so the ratios between them do not depend on when each one ran."""
     results: dict[str, object] = {}
     for name, (phase, fn) in fns.items():
         with measured(phase, device, record_time=False):
             results[name] = fn()
     ok = {name: fn for name, (phase, fn) in fns.items() if phase.status == "ok"}
     if ok:
-        times = interleaved(ok, repeats, device, warmup=1)
+        times = interleaved(ok, repeats, device)  # the measured calls above were the warm-up
         for name, ts in times.items():
             phase = fns[name][0]
             phase.times_s, phase.wall_s = ts, statistics.median(ts)
