@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from golden_hashes import artifact_digest, check_golden, tensors_digest
 from tamp.config import PruneConfig
 from tamp.engine.sequential import prune_model
 from tamp.eval.perplexity import perplexity
@@ -40,20 +41,30 @@ def results(tmp_path_factory) -> dict[str, float]:
     loaded = load_model("smollm2")
     dense_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     ppl = {"dense": perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)}
+    digests: dict[str, dict] = {}
     calib = build_calibration(CALIB, loaded, 32, 256, 0)
     adapter = get_adapter(loaded.model)
     for method in ("magnitude", "sparsegpt"):
         loaded.model.load_state_dict(dense_state)
         prune_model(loaded.model, adapter, calib.batches, _cfg(method), "cpu")
         ppl[method] = perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)
+        digests[method] = tensors_digest(loaded.model.state_dict())
     out = tmp_path_factory.mktemp("smollm2") / "wanda"
     info = prune("smollm2", _cfg("wanda"), out, device="cpu")
     assert info["calibration"]["fingerprint"] == calib.fingerprint
+    digests["wanda"] = artifact_digest(out)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ppl["wanda"] = perplexity(reloaded, loaded.tokenizer, EVAL_FILES)
     ppl["wanda_pruning_seconds"] = sum(v for k, v in info["timings"].items() if k in ("capture", "statistics", "masks", "rerun"))
     print("SmolLM2-135M perplexities at 50%:", {k: round(v, 2) for k, v in ppl.items()})
-    return ppl
+    return {**ppl, "digests": digests}
+
+
+@pytest.mark.parametrize("method", ("magnitude", "sparsegpt", "wanda"))
+def test_pruned_weights_match_golden(results, method):
+    """Bit-identical weights to the recorded ones (tests/golden_hashes.py): refactors must not move a mask."""
+    where = "artifact" if method == "wanda" else "in-memory"
+    check_golden("pruned", f"smollm2/{method}/unstructured/{where}", results["digests"][method])
 
 
 def test_dense_matches_reference(results):
