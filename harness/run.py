@@ -127,6 +127,12 @@ def plan(opts: RunOptions) -> Plan:
             raise HarnessError(f"--gpus {opts.gpus} needs {opts.gpus} CUDA devices; {torch.cuda.device_count()} visible")
     check_output(opts.output, "--output", directory=True)
     check_output(opts.artifacts, "--artifacts", directory=True)
+    with tamp_errors():  # tamp's rules for what `tamp prune` will be given
+        from tamp.models.loading import resolve_dtype
+        from tamp.pipeline import pick_device
+
+        resolve_dtype(opts.dtype)
+        pick_device(opts.device)
     spec = resolve_model(opts.model)
     cfg = build_config(opts, spec)
     from harness.tasks_catalog import task_manager, validate_tasks
