@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,13 @@ def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed:
 def _drawn_images_hash(json_path: Path, image_dir: Path, nsamples: int, seed: int) -> str:
     """Hash of the media files (image, video, audio) of the samples tamp draws (numpy RandomState(seed) without
     replacement, as tamp does), so replacing a picture or a clip changes the artifact key."""
-    import numpy as np
+    from tamp.calibration.llava_json import draw_order
 
     data = json.loads(json_path.read_text())
-    order = np.random.RandomState(seed).choice(len(data), min(nsamples, len(data)), replace=False)
     h = hashlib.sha256()
-    for index in order:
+    for index in draw_order(len(data), nsamples, seed):
         for kind in ("image", "video", "audio"):
-            names = data[int(index)].get(kind) or []
+            names = data[index].get(kind) or []
             for name in [names] if isinstance(names, str) else names:
                 path = image_dir / name
                 h.update(f"{kind}:{name}".encode() + b"\0" +
@@ -138,22 +138,64 @@ def valid_artifact(path: Path, key: str) -> bool:
         and stored.get("key") == key
 
 
+def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 (big weight files sampled, as for the key) of every file, recorded when an artifact is
+    cached so that damage done later (a truncated copy, a full disk, an edit) is found before it is reused."""
+    return {path.relative_to(directory).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.name != KEY_FILE and not path.relative_to(directory).as_posix().startswith(".")}
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a cached artifact's files, None when they are as written.
+
+    Against the manifest in its key file; an artifact cached before manifests were recorded is unverified, so
+    at least its config and every weight file must open.
+    """
+    from tamp.models.loading import checkpoint_problem
+
+    try:
+        manifest = json.loads((path / KEY_FILE).read_text()).get("files")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        return checkpoint_problem(path)
+    for name, recorded in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != recorded.get("bytes"):
+            return f"{name} has {size:,} bytes, {recorded.get('bytes'):,} when it was written"
+        if _sha256_file(file) != recorded.get("sha256"):
+            return f"{name} changed after it was written (its sha256 differs)"
+    return None
+
+
 def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, cfg: Any, device: str,
                     dtype: str, revision: str | None = None) -> tuple[Path, bool, float]:
-    """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place."""
+    """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place.
+
+    A cached artifact whose files were damaged since it was written is pruned again (with a warning naming it).
+    """
     from tamp.errors import TampError
     from tamp.pipeline import prune
 
     final = root / key
     if valid_artifact(final, key):
-        return final, True, 0.0
+        problem = damage(final)
+        if problem is None:
+            return final, True, 0.0
+        print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
+              flush=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     try:
         prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision)
-        (tmp / KEY_FILE).write_text(json.dumps({"key": key, "inputs": inputs}, indent=2, default=str) + "\n")
+        record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
+        (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_output
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +93,16 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--published", type=Path, default=None, help="published numbers (default results/reference/published.csv)")
 
 
+def _names(text: str | None, what: str) -> list[str] | None:
+    """A comma-separated option: None when not given; given but empty is refused (not taken as the default)."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise HarnessError(f"--{what} is empty: name at least one, or leave --{what} out for the default")
+    return names
+
+
 def _floats(text: str, what: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -104,12 +114,12 @@ def _floats(text: str, what: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tamp.console import run_command
+
     args = _parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    left = "finished tasks are saved and a cached artifact is only ever complete: run the same command to resume"
+    return run_command(lambda: _dispatch(args), (HarnessError,),
+                       left if args.command in ("run", "grid", "sweep") else "nothing was written")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -133,9 +143,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         _quiet_loguru(os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
         opts = RunOptions(model=args.model, sparsity=args.sparsity, method=args.method, pattern=args.pattern,
-                          tasks=tasks, limit=args.limit, calib=args.calib, nsamples=args.nsamples,
+                          tasks=_names(args.tasks, "tasks"), limit=args.limit, calib=args.calib, nsamples=args.nsamples,
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
                           artifacts=args.artifacts, gpus=args.gpus, device=args.device, dtype=args.dtype,
                           force=args.force, max_empty_fraction=args.max_empty_fraction)
@@ -151,6 +160,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _reports(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        check_output(args.csv, "--csv", directory=False)
+    elif args.out is not None:
+        check_output(args.out, "--out", directory=False)
     if args.command == "plot" and args.allocation:
         from harness.plots import plot_allocation
 
@@ -196,10 +209,8 @@ def _grid(args: argparse.Namespace) -> int:
     if args.command == "grid":
         grid = load_grid(args.file)
     else:
-        grid = sweep_grid(args.model, [m.strip() for m in args.methods.split(",") if m.strip()],
-                          _floats(args.sparsities, "sparsities"),
-                          [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
-                          args.pattern, args.out_dir, args.csv, calib=args.calib, nsamples=args.nsamples,
+        grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
+                          _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib, nsamples=args.nsamples,
                           seed=args.seed)
     settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
                         dtype=args.dtype, gpus=args.gpus, force=args.force)

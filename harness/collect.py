@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
 from harness.errors import HarnessError
-from harness.records import load_record
+from harness.records import read_record
 
 # one row per record: its headline number
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
@@ -21,7 +22,11 @@ DEFAULT_PUBLISHED = Path("results/reference/published.csv")
 
 
 def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(run id, record) for every finished record under ``runs``; the run id is its path without .json."""
+    """(run id, record) for every finished record under ``runs``; the run id is its path without .json.
+
+    A .json that is not a usable record (truncated, edited, another file) is left out with a warning naming it on
+    stderr, so a row missing from a table is never a silent surprise.
+    """
     runs = Path(runs)
     if not runs.is_dir():
         raise HarnessError(f"no run records: {runs} is not a directory (run `harness run` first, or pass --runs DIR)")
@@ -30,9 +35,14 @@ def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
         rel = path.relative_to(runs)
         if any(part.startswith(".") for part in rel.parts):  # temp files, accelerate scratch dirs
             continue
-        record = load_record(path)
-        if record is not None and "task" in record and "method" in record:
-            out.append((rel.with_suffix("").as_posix(), record))
+        record, problem = read_record(path)
+        if record is not None and not (isinstance(record.get("task"), str) and isinstance(record.get("method"), str)):
+            record, problem = None, "a run record without its task or method"
+        if record is None:
+            print(f"warning: skipping {path}: {problem}; run its task again with --force, or delete it",
+                  file=sys.stderr)
+            continue
+        out.append((rel.with_suffix("").as_posix(), record))
     return out
 
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, check_output, tamp_errors
 from harness.registry import expand_calib
+from tamp.config import check_sparsity
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
              "seqlen", "seed", "overrides", "outputs"}
@@ -84,10 +85,13 @@ def load_grid(path: Path) -> Grid:
         sparsities = [float(s) for s in _list(data["sparsities"], "sparsities", path)]
     except (TypeError, ValueError):
         raise HarnessError(f"{path}: sparsities must be numbers in [0, 1)") from None
+    with tamp_errors():
+        for value in sparsities:
+            check_sparsity(value, f"{path}: each of sparsities")
     return Grid(
         name=str(data.get("name") or path.stem), models=[str(m) for m in _list(data["models"], "models", path)],
         methods=[str(m) for m in _list(data["methods"], "methods", path)], sparsities=sparsities,
-        tasks=[str(t) for t in _list(data["tasks"], "tasks", path)] if data.get("tasks") else None,
+        tasks=[str(t) for t in _list(data["tasks"], "tasks", path)] if data.get("tasks") is not None else None,
         pattern=str(data.get("pattern", "unstructured")), calib=expand_calib(data.get("calib")),
         nsamples=data.get("nsamples"),
         seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
@@ -135,21 +139,22 @@ def _model_status(spec: Any) -> str:
         return "built offline on first use"
     if Path(spec.source).is_dir():
         return "local directory"
-    from harness.cache import _hf_revision
+    from tamp.models.loading import hf_cache_problem
 
-    return "in the HF cache" if _hf_revision(spec.source, None) else f"MISSING: `hf download {spec.source}`"
+    problem = hf_cache_problem(spec.source, None, "a dry run fetches nothing")
+    return "in the HF cache" if problem is None else f"MISSING: {problem}"
 
 
 def _calibration_status(cfg: Any) -> tuple[str, bool]:
     """(what the calibration needs, whether it is all present)."""
-    from harness.run import check_calibration
+    from tamp.calibration.loader import calibration_problems
+    from tamp.pipeline import needs_calibration
 
-    if cfg.sparsity == 0 or cfg.scoring == "magnitude":
+    if not needs_calibration(cfg):
         return "none needed", True
-    try:
-        check_calibration(cfg.calib)
-    except HarnessError as exc:
-        return f"MISSING: {exc}", False
+    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
+    if problems:
+        return "MISSING: " + "; ".join(problems), False
     return f"present ({cfg.calib})", True
 
 
@@ -188,7 +193,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
     for cell in cells(grid):
         opts = run_options(grid, cell, settings)
         spec = resolve_model(cell.model)
-        cfg = build_config(opts, spec, check_files=False)
+        cfg = build_config(opts, spec)
         data[("model weights", spec.source)] = _model_status(spec)
         calib_status, calib_ok = _calibration_status(cfg)
         if cfg.sparsity > 0 and cfg.scoring != "magnitude":
@@ -243,9 +248,13 @@ def validate(grid: Grid, settings: Settings) -> None:
     from harness.run import build_config
     from harness.tasks_catalog import task_manager, validate_tasks
 
+    check_output(settings.output, "--output", directory=True)
+    check_output(settings.artifacts, "--artifacts", directory=True)
+    for what, path in grid.outputs.items():
+        check_output(path, f"the grid's {what} output", directory=False)
     for cell in cells(grid):
         spec = resolve_model(cell.model)
-        build_config(run_options(grid, cell, settings), spec, check_files=False)
+        build_config(run_options(grid, cell, settings), spec)
         validate_tasks(list(grid.tasks or spec.tasks), task_manager(spec.wrapper))
 
 
@@ -312,6 +321,9 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
 def sweep_grid(model: str, methods: list[str], sparsities: list[float], tasks: list[str] | None, pattern: str,
                out_dir: Path, csv: Path, **run_fields: Any) -> Grid:
     """`make sweep`: one model, the chosen methods (+ dense as the reference) over a range of sparsities."""
+    with tamp_errors():
+        for value in sparsities:
+            check_sparsity(value, "--sparsities: each", dense_ok=False)
     slug = f"{model.replace('/', '__')}_{pattern.replace(':', 'of')}"
     return Grid(name=f"sweep: {model}, {pattern}", models=[model],
                 methods=["dense", *[m for m in methods if m != "dense"]], sparsities=sparsities, tasks=tasks,

@@ -55,13 +55,24 @@ def samples_path(record: Path) -> Path:
     return record.with_name(record.stem + ".samples.jsonl")
 
 
+def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a finished run record, else (None, why it cannot be used)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "not found"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable ({exc})"
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at line {exc.lineno}; truncated?)"
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return None, f"not a run record of schema {SCHEMA}"
+    return data, None
+
+
 def load_record(path: Path) -> dict[str, Any] | None:
     """A finished record, or None (missing or unreadable: then the run is simply done again)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+    return read_record(path)[0]
 
 
 def sample_rows(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -37,6 +37,23 @@ AUDIO_TASKS = ("clotho_aqa_test", "vocalsound_test")
 SMOKE_AUDIO = ("tamp_smoke_audio",)
 SMOKE_VIDEO = ("tamp_smoke_video", "tamp_smoke_video_mc")
 
+# the inputs each family's wrapper feeds its model (the README's Models table)
+FAMILY_INPUTS: dict[str, tuple[str, ...]] = {
+    "llava": ("image",),
+    "llava-next": ("image", "video"),
+    "llava-onevision": ("image", "video"),
+    "qwen2-vl": ("image", "video"),
+    "qwen2.5-vl": ("image", "video"),
+    "qwen2-audio": ("audio",),
+    "qwen2.5-omni": ("image", "video", "audio"),
+}
+# the input each task we know needs (lmms-eval's other tasks are not checked)
+TASK_INPUT: dict[str, str] = {
+    **{t: "image" for t in (*IMAGE_TASKS, "gqa", "mmbench_en_dev", *SMOKE_TASKS)},
+    **{t: "video" for t in (*VIDEO_TASKS, *SMOKE_VIDEO)},
+    **{t: "audio" for t in (*AUDIO_TASKS, *SMOKE_AUDIO)},
+}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -97,11 +114,28 @@ def expand_calib(spec: str | None) -> str | None:
     return spec.replace("$TAMP_DATA", os.environ.get("TAMP_DATA", "data"))
 
 
+def _text_only(name: str) -> HarnessError:
+    return HarnessError(f"{name} is a text-only LM: `harness run` evaluates multimodal models through lmms-eval "
+                        f"(`harness models` lists them); prune it with `tamp prune --model {name}`")
+
+
 def resolve_model(name: str) -> ModelSpec:
-    """A registry name, a local checkpoint directory or an HF id of a supported family -> ModelSpec."""
+    """A registry name, a local checkpoint directory or an HF id of a supported family -> ModelSpec.
+
+    tamp's check of the files comes first, so a corrupt checkpoint or GGUF is called corrupt, not unknown.
+    """
+    from tamp.models.loading import model_problem
+    from tamp.models.registry import GGUF_MODELS, registry_names
+
     if name in MODELS:
         return MODELS[name]
     path = Path(name)
+    if name in GGUF_MODELS or name.endswith(".gguf") or path.exists():
+        problem = model_problem(name)
+        if problem is not None:
+            raise HarnessError(problem)
+    if name in registry_names() or name.endswith(".gguf"):  # smollm2, tiny-llama, any GGUF: text LMs
+        raise _text_only(name)
     looks_like_hf_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not path.exists()
     if not path.is_dir() and not looks_like_hf_id:
         raise HarnessError(f"unknown model '{name}': give a name from `harness models`, a local checkpoint "
@@ -125,5 +159,16 @@ def _model_type(name: str) -> str:
         return AutoConfig.from_pretrained(name).model_type
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HarnessError(f"cannot read the config of '{name}' ({first}); for an HF id download it first with "
+        if Path(name).is_dir():  # its config.json parses (tamp checked it): an unknown model_type or the like
+            raise HarnessError(f"cannot read the config of {name} ({first}): is it a checkpoint of a supported "
+                               "family?") from None
+        raise HarnessError(f"cannot read the config of '{name}' ({first}); download it first with "
                            f"`hf download {name}`") from None
+
+
+def input_problems(spec: ModelSpec, tasks: list[str]) -> list[str]:
+    """Tasks whose input (image, video, audio) the model cannot take: refused before pruning, not mid-evaluation."""
+    takes = FAMILY_INPUTS.get(spec.family, ())
+    return [f"task '{task}' needs {TASK_INPUT[task]} input, which {spec.name} ({spec.family}) cannot take (it takes "
+            f"{', '.join(takes)}); its default tasks: {', '.join(spec.tasks)}"
+            for task in tasks if task in TASK_INPUT and TASK_INPUT[task] not in takes]

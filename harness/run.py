@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import EvaluationError, HarnessError
+from harness.errors import EvaluationError, HarnessError, check_output, tamp_errors
 from harness.records import (SCHEMA, empty_answers, headline, load_record, record_path, sample_rows, samples_path,
                              write_json, write_jsonl)
-from harness.registry import ModelSpec, expand_calib, resolve_model
+from harness.registry import ModelSpec, expand_calib, input_problems, resolve_model
 
 
 @dataclass
@@ -70,60 +70,46 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_config(opts: RunOptions, spec: ModelSpec, check_files: bool = True) -> Any:
+def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
     """The tamp PruneConfig; --sparsity 0 and --method dense both give the dense preset (no calibration).
 
-    ``check_files=False`` (dry runs) skips checking that the calibration files exist.
+    tamp owns the rules (method names, sparsity range, dense takes no sparsity); the calibration data itself
+    is checked by `missing_data`, with everything else a run needs.
     """
-    from tamp.config import PRESETS, PruneConfig
-    from tamp.errors import TampError
+    from tamp.config import PruneConfig, check_sparsity, preset
 
-    if opts.method not in PRESETS:
-        raise HarnessError(f"unknown method '{opts.method}'; choose one of: {', '.join(PRESETS)}")
-    if opts.method == "dense" and opts.sparsity not in (None, 0, 0.0):
-        raise HarnessError(f"--method dense evaluates the unpruned model; it takes --sparsity 0, not {opts.sparsity}")
-    if opts.sparsity is None and opts.method != "dense":
-        raise HarnessError("--sparsity is required (0 evaluates the dense model)")
-    if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
-        raise HarnessError(f"--sparsity must be in [0, 1), got {opts.sparsity}")
-    try:
+    with tamp_errors():
+        preset(opts.method)
+        if opts.sparsity is None and opts.method != "dense":
+            raise HarnessError("--sparsity is required (0 evaluates the dense model)")
+        if opts.sparsity is not None:
+            check_sparsity(opts.sparsity)
         if opts.method == "dense" or opts.sparsity == 0:
-            return PruneConfig.from_preset("dense")
+            return PruneConfig.from_preset("dense", sparsity=opts.sparsity)
         calib = opts.calib or expand_calib(spec.calib)
         cfg = PruneConfig.from_preset(
             opts.method, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
             nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
             **PruneConfig.parse_overrides(opts.overrides))
-    except TampError as exc:
-        raise HarnessError(str(exc)) from None
-    if cfg.scoring != "magnitude":
-        if calib is None:
-            raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
-        if check_files:
-            check_calibration(calib)
+    if cfg.scoring != "magnitude" and calib is None:
+        raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
     return cfg
 
 
-def check_calibration(spec: str) -> None:
-    """The files a calibration spec names exist (checked before any model is loaded)."""
-    if spec == "synthetic":
-        return
-    if spec.startswith("text:"):
-        files = [Path(p.strip()) for p in spec[5:].split(",") if p.strip()]
-        missing = [str(p) for p in files if not p.is_file()] or ([] if files else ["(no file named)"])
-        if missing:
-            raise HarnessError(f"calibration text file not found: {missing[0]}")
-        return
-    if ".json" in spec:
-        from tamp.calibration.llava_json import parse_llava_spec
+def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any) -> list[str]:
+    """Everything the run needs that is not here, all of it: calibration files and media, and offline the model's
+    weights and each task's dataset. One line per missing piece; empty when the run can start."""
+    from tamp.calibration.loader import calibration_problems
+    from tamp.models.loading import hf_cache_problem
+    from tamp.pipeline import needs_calibration
 
-        json_path, image_dir = parse_llava_spec(spec)
-        if not json_path.is_file():
-            raise HarnessError(f"calibration file not found: {json_path} (pass --calib FILE.json[:IMAGE_DIR])")
-        if not image_dir.is_dir():
-            raise HarnessError(f"calibration image folder not found: {image_dir}")
-        return
-    raise HarnessError(f"unknown --calib '{spec}': give a LLaVA-format .json[:IMAGE_DIR], text:FILE[,FILE...] or synthetic")
+    from harness.tasks_catalog import dataset_problems, offline_reason
+
+    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if needs_calibration(cfg) else []
+    why_offline = offline_reason()
+    if why_offline is not None and not spec.source.startswith("tiny-") and not Path(spec.source).exists():
+        problems.append(hf_cache_problem(spec.source, None, why_offline))
+    return [p for p in problems if p] + dataset_problems(tasks, tm, why_offline)
 
 
 def plan(opts: RunOptions) -> Plan:
@@ -139,18 +125,32 @@ def plan(opts: RunOptions) -> Plan:
 
         if torch.cuda.device_count() < opts.gpus:
             raise HarnessError(f"--gpus {opts.gpus} needs {opts.gpus} CUDA devices; {torch.cuda.device_count()} visible")
+    check_output(opts.output, "--output", directory=True)
+    check_output(opts.artifacts, "--artifacts", directory=True)
+    with tamp_errors():  # tamp's rules for what `tamp prune` will be given
+        from tamp.models.loading import resolve_dtype
+        from tamp.pipeline import pick_device
+
+        resolve_dtype(opts.dtype)
+        pick_device(opts.device)
     spec = resolve_model(opts.model)
     cfg = build_config(opts, spec)
-    from harness.tasks_catalog import check_datasets, task_manager, validate_tasks
+    from harness.tasks_catalog import task_manager, validate_tasks
+    from tamp.errors import join_problems
 
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     tm = task_manager(spec.wrapper)
     validate_tasks(tasks, tm)
-    check_datasets(tasks, tm)
+    wrong_input = input_problems(spec, tasks)
+    if wrong_input:
+        raise HarnessError(join_problems(wrong_input))
+    missing = missing_data(spec, cfg, tasks, tm)
+    if missing:
+        raise HarnessError(join_problems(missing))
     from harness.cache import artifact_key, calibration_fingerprint
+    from tamp.pipeline import needs_calibration
 
-    needs_data = cfg.sparsity > 0 and cfg.scoring != "magnitude"
-    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_data else None
+    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_calibration(cfg) else None
     key, inputs = artifact_key(spec, cfg.to_dict(), calib_fp, opts.dtype)
     records, pending = {}, []
     for task in tasks:
@@ -179,7 +179,7 @@ def run(opts: RunOptions) -> list[dict[str, Any]]:
 
 def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
     from harness.cache import ensure_artifact
-    from harness.sparsity import SparsityMismatch
+    from harness.sparsity import ArtifactRefused
     from harness.tasks_catalog import output_type, task_manager
     from harness.wrappers.common import EmptyAnswers
     from tamp.artifacts import git_commit
@@ -211,8 +211,9 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
                     load_s = time.perf_counter() - start
                     start = time.perf_counter()
                 result = evaluate_in_process(lm, task, opts.limit, tm)
-        except SparsityMismatch as exc:
-            raise EvaluationError(f"{exc} (delete {artifact} to prune it again)") from None
+        except ArtifactRefused as exc:  # damage the cache's file manifest could not see (or an uncached edit)
+            raise HarnessError(f"{exc.reason}; delete {artifact} and run the same command again to prune it "
+                               "afresh") from None
         except EmptyAnswers as exc:
             raise EvaluationError(str(exc)) from None
         eval_s = time.perf_counter() - start

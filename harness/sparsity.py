@@ -24,6 +24,19 @@ class SparsityMismatch(RuntimeError):
     """The weights do not carry the sparsity pruning.json records."""
 
 
+class ArtifactRefused(SystemExit):
+    """A wrapper refuses to evaluate an artifact (its sparsity differs from pruning.json, its files are corrupt).
+
+    A SystemExit on purpose: lmms-eval's CLI logs every Exception a model raises and then exits 0, which scripts
+    and CI read as success. This one passes through, and `python -m lmms_eval` ends with `error: REASON; HINT`
+    on stderr and exit code 1. harness catches it by type and words its own hint from ``reason``.
+    """
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(f"error: {reason}; {hint}")
+        self.reason = reason
+
+
 @dataclass
 class SparsityCheck:
     """Outcome of one check: totals as recounted, and what pruning.json said."""
@@ -92,6 +105,5 @@ def verify_sparsity(model: nn.Module, artifact: str | Path, info: dict[str, Any]
         raise SparsityMismatch(
             f"artifact {artifact}: the weights do not carry the sparsity {PRUNING_JSON} records "
             f"({len(check.mismatches)} of {len(info['per_matrix'])} matrices differ; first: {check.mismatches[0]}). "
-            "It was changed after pruning or loaded from another checkpoint: prune again, or pass "
-            "verify_sparsity=false to evaluate it anyway")
+            "It was changed after pruning or loaded from another checkpoint")
     return check

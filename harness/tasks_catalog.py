@@ -94,18 +94,25 @@ def in_local_cache(dataset_id: str) -> bool:
     return False
 
 
-def check_datasets(tasks: list[str], tm: Any) -> None:
-    """Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or the Hub unreachable): every Hub dataset must be cached."""
-    offline = _truthy("HF_HUB_OFFLINE") or _truthy("HF_DATASETS_OFFLINE")
-    if not offline and hub_reachable():
-        return
-    why = "offline mode is set" if offline else "the Hugging Face Hub cannot be reached"
+def offline_reason() -> str | None:
+    """Why nothing missing from the local Hugging Face cache can be fetched now; None when the Hub is reachable."""
+    if _truthy("HF_HUB_OFFLINE") or _truthy("HF_DATASETS_OFFLINE"):
+        return "offline mode is set"
+    return None if hub_reachable() else "the Hugging Face Hub cannot be reached"
+
+
+def dataset_problems(tasks: list[str], tm: Any, why_offline: str | None) -> list[str]:
+    """Offline (``why_offline`` says why), every Hub dataset of the tasks must be in the local cache: one line each."""
+    if why_offline is None:
+        return []
+    needed: dict[str, list[str]] = {}  # dataset -> the tasks that read it (a group's subtasks often share one)
     for task in tasks:
         for leaf, path in dataset_paths(task, tm).items():
-            if path in LOCAL_BUILDERS or Path(path).exists() or in_local_cache(path):
-                continue
-            raise HarnessError(f"task '{leaf}' needs the dataset '{path}', which is not in the local Hugging Face "
-                               f"cache and {why}; fetch it first with `hf download --repo-type dataset {path}`")
+            if not (path in LOCAL_BUILDERS or Path(path).exists() or in_local_cache(path)):
+                needed.setdefault(path, []).append(leaf)
+    return [f"task '{leaves[0]}'" + (f" (and {len(leaves) - 1} more)" if len(leaves) > 1 else "") +
+            f" needs the dataset '{path}', which is not in the local Hugging Face cache and {why_offline}; "
+            f"fetch it first with `hf download --repo-type dataset {path}`" for path, leaves in needed.items()]
 
 
 def output_type(task: str, tm: Any) -> str | None:

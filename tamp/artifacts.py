@@ -116,4 +116,11 @@ def read_pruning_json(path: Path) -> dict[str, Any]:
     file = path / PRUNING_JSON if path.is_dir() else path
     if not file.is_file():
         raise TampError(f"no {PRUNING_JSON} in {path}: is it a tamp artifact?")
-    return json.loads(file.read_text())
+    try:
+        info = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TampError(f"{file} is not valid JSON ({exc}): the artifact is damaged; prune it again") from None
+    sections = ("model", "config", "sparsity", "per_matrix")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in sections):
+        raise TampError(f"{file} is not a tamp pruning.json (it needs the sections {', '.join(sections)})")
+    return info

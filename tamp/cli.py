@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("prune", help="prune a model and write an artifact directory")
     r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
     r.add_argument("--method", default="wanda", help=f"one of: {', '.join(PRESETS)}")
-    r.add_argument("--sparsity", type=float, default=0.5)
+    r.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1) "
+                   "(default 0.5; --method dense takes 0)")
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (N zeroed of every M)")
     r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | synthetic | text:FILE[,FILE...]")
     r.add_argument("--nsamples", type=int, default=128)
@@ -48,18 +49,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tamp.console import run_command
+
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except TampError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    left = {"prune": "an artifact is moved into --out only once it is complete, so nothing half-written is left",
+            "build-tiny": "--out may hold a partly written model: build it again"}
+    return run_command(lambda: _run(args), (TampError,), left.get(args.command, "nothing was written"))
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build-tiny":
+        from tamp.paths import output_problem
         from tamp.tiny import build_tiny
 
+        problem = output_problem(args.out, directory=True)
+        if problem is not None:
+            raise TampError(f"--out {args.out}: {problem}")
         try:
             out = build_tiny(args.family, args.out, seed=args.seed)
         except ValueError as exc:
@@ -71,8 +76,6 @@ def _run(args: argparse.Namespace) -> int:
         from tamp.inspect_report import format_report
         from tamp.pipeline import prune
 
-        if not 0.0 <= args.sparsity < 1.0:
-            raise TampError(f"--sparsity must be in [0, 1), got {args.sparsity}")
         cfg = PruneConfig.from_preset(
             args.method, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
             seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, blocksize=args.blocksize,

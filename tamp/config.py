@@ -32,6 +32,21 @@ DAS_MODES = ("released", "paper")
 AMIA_SCOPES = ("module", "layer")
 
 
+def preset(method: str) -> dict[str, str]:
+    """The composition a method name stands for; an unknown name is refused with the list of known ones."""
+    if method not in PRESETS:
+        raise TampError(f"unknown method '{method}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[method]
+
+
+def check_sparsity(value: float, flag: str = "--sparsity", dense_ok: bool = True) -> float:
+    """The one rule for a sparsity value: in [0, 1) (in (0, 1) where the dense model is added separately)."""
+    if not 0.0 <= value < 1.0 or (value == 0 and not dense_ok):
+        interval = "[0, 1)" if dense_ok else "(0, 1) (the dense model is always included)"
+        raise TampError(f"{flag} must be in {interval}, got {value}")
+    return value
+
+
 @dataclass
 class PruneConfig:
     """The full recipe of one pruning run; serialised whole into pruning.json."""
@@ -76,20 +91,23 @@ class PruneConfig:
 
     @classmethod
     def from_preset(cls, method: str, **overrides: Any) -> "PruneConfig":
-        """Build a config from a preset name plus explicit overrides (None values are ignored)."""
-        if method not in PRESETS:
-            raise TampError(f"unknown method '{method}'; choose one of: {', '.join(PRESETS)}")
-        values: dict[str, Any] = {"method": method, **PRESETS[method]}
+        """Build a config from a preset name plus explicit overrides (None values are ignored).
+
+        `dense` keeps every weight: it takes no sparsity or 0, and anything else is refused rather than ignored.
+        """
+        values: dict[str, Any] = {"method": method, **preset(method)}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        cfg = cls(**values)
         if method == "dense":
-            cfg.sparsity = 0.0
+            if values.get("sparsity", 0.0) != 0:
+                raise TampError(f"--method dense keeps every weight (the unpruned model); it takes --sparsity 0, "
+                                f"not {values['sparsity']}")
+            values["sparsity"] = 0.0
+        cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise TampError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        check_sparsity(self.sparsity)
         if self.allocation not in ALLOCATIONS:
             raise TampError(f"unknown allocation '{self.allocation}'; choose one of: {', '.join(ALLOCATIONS)}")
         if self.token_selection not in TOKEN_SELECTIONS:
@@ -106,6 +124,13 @@ class PruneConfig:
             raise TampError(f"--nsamples must be at least 1, got {self.nsamples}")
         if self.seqlen < 2:
             raise TampError(f"--seqlen must be at least 2, got {self.seqlen}")
+        if self.blocksize < 1:
+            raise TampError(f"--blocksize must be at least 1, got {self.blocksize}")
+        if self.percdamp <= 0:
+            # 0 leaves the Hessian of any unused input column singular, and SparseGPT's Cholesky step fails
+            raise TampError(f"--percdamp must be positive (the reference uses 0.01), got {self.percdamp}")
+        if self.amia_sigma <= 0:
+            raise TampError(f"amia_sigma must be positive, got {self.amia_sigma}")
         from tamp.algorithms.masks import parse_pattern
 
         try:
@@ -116,6 +141,9 @@ class PruneConfig:
             raise TampError(
                 f"pattern {self.pattern} fixes the sparsity at {nm[0] / nm[1]:g}; pass --sparsity {nm[0] / nm[1]:g}"
             )
+        if nm is not None and self.scoring == "sparsegpt" and self.blocksize % nm[1]:
+            raise TampError(f"--blocksize {self.blocksize} must be a multiple of {nm[1]} for the {self.pattern} pattern "
+                            "(SparseGPT must not split an N:M group between blocks)")
 
     @property
     def nm(self) -> tuple[int, int] | None:

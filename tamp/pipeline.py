@@ -50,14 +50,43 @@ def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
+def needs_calibration(cfg: PruneConfig) -> bool:
+    """Whether pruning with `cfg` runs calibration data through the model (magnitude and dense do not)."""
+    return (cfg.sparsity > 0 or cfg.nm is not None) and cfg.scoring != "magnitude"
+
+
+def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None) -> None:
+    """Everything checkable before the model is loaded (output, model files, calibration data), all reported at once."""
+    from tamp.calibration.loader import calibration_problems
+    from tamp.errors import join_problems
+    from tamp.models.loading import model_problem
+    from tamp.paths import output_problem
+
+    out = Path(out)
+    problems = []
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        problems.append(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
+    where = output_problem(out, directory=True)
+    if where is not None:
+        problems.append(f"--out {out}: {where}")
+    problems.append(model_problem(model_name, revision))
+    if needs_calibration(cfg):
+        problems += calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
+    problems = [p for p in problems if p]
+    if problems:
+        raise TampError(join_problems(problems))
+
+
 def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", offload: bool = False,
           dtype: str = "auto", revision: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content."""
     cfg.validate()
     dev = pick_device(device)
     out = Path(out)
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
+    from tamp.models.loading import resolve_dtype
+
+    resolve_dtype(dtype)
+    preflight(model_name, cfg, out, overwrite, revision)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT reference numerics
@@ -70,8 +99,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     adapter = get_adapter(loaded.model)
     calib = None
     warnings: list[str] = []
-    needs_data = cfg.sparsity > 0 or cfg.nm is not None
-    if needs_data and cfg.scoring != "magnitude":
+    if needs_calibration(cfg):
         t = time.perf_counter()
         calib = build_calibration(cfg.calib, loaded, cfg.nsamples, cfg.seqlen, cfg.seed)
         timings["calibration"] = time.perf_counter() - t

@@ -43,3 +43,13 @@ def generate_once(path: Path, family: str, new_tokens: int = 3) -> torch.Tensor:
     out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + new_tokens
     return out
+
+
+def tamper_zeros(artifact: Path) -> None:
+    """Make the zeros of one pruned matrix non-zero, as an edit after pruning would (same file size)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(artifact / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("layers.0.self_attn.q_proj.weight"))
+    weights[name] = torch.where(weights[name] == 0, torch.full_like(weights[name], 0.5), weights[name])
+    save_file(weights, str(artifact / "model.safetensors"), metadata={"format": "pt"})

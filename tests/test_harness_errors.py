@@ -15,7 +15,7 @@ from harness.cli import main
     (["--model", "tiny-llava-next", "--sparsity", "1.0"], "--sparsity must be in [0, 1), got 1.0"),
     (["--model", "tiny-llava-next", "--sparsity", "-0.1"], "--sparsity must be in [0, 1), got -0.1"),
     (["--model", "tiny-llava-next"], "--sparsity is required"),
-    (["--model", "tiny-llava-next", "--method", "dense", "--sparsity", "0.5"], "--method dense evaluates"),
+    (["--model", "tiny-llava-next", "--method", "dense", "--sparsity", "0.5"], "--method dense keeps every weight"),
     (["--model", "tiny-llava-next", "--sparsity", "0.6", "--pattern", "2:4"], "pattern 2:4 fixes the sparsity"),
     (["--model", "tiny-llava-next", "--sparsity", "0.5", "--calib", "/no/such/calib.json"],
      "calibration file not found: /no/such/calib.json"),

@@ -138,13 +138,13 @@ def test_mostly_empty_answers_fail_loudly(tiny_model, tmp_path: Path, dirs: dict
 
 def test_tampered_artifact_is_refused(pruned: Path, tiny_model, tmp_path: Path) -> None:
     from harness.evaluate import load_wrapper
-    from harness.sparsity import SparsityMismatch
+    from harness.sparsity import ArtifactRefused
 
     rec = json.loads((pruned / "tamp_smoke_vqa_limit4.json").read_text())
     tampered = tmp_path / "tampered"
     shutil.copytree(rec["artifact"]["path"], tampered)
     shutil.copy(tiny_model("llava-next") / "model.safetensors", tampered / "model.safetensors")  # dense weights
-    with pytest.raises(SparsityMismatch, match="do not carry the sparsity pruning.json records"):
+    with pytest.raises(ArtifactRefused, match="do not carry the sparsity pruning.json records"):
         load_wrapper("tamp_llava_hf", f"pretrained={tampered}", "cpu")
     lm = load_wrapper("tamp_llava_hf", f"pretrained={tampered},verify_sparsity=false", "cpu")
     assert lm.sparsity_check is None

@@ -17,13 +17,18 @@ from __future__ import annotations
 import gc
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from loguru import logger
 from PIL import Image
 
-from harness.sparsity import SparsityCheck, read_pruning_info, verify_sparsity
+from harness.sparsity import ArtifactRefused, SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
+from tamp.models.loading import checkpoint_problem
+
+# what a user of lmms-eval's CLI can do about a refused artifact (harness words its own)
+REFUSED_HINT = "prune it again, or pass verify_sparsity=false in --model_args to evaluate it anyway"
 
 
 class EmptyAnswers(RuntimeError):
@@ -86,14 +91,24 @@ class TampWrapperMixin:
         self.answer_counts = {}
         self.generation_errors = []
         self.sparsity_check = None
-        self.tamp_info = read_pruning_info(pretrained)
+        local = Path(str(pretrained))
+        problem = checkpoint_problem(local) if local.is_dir() else None
+        if problem is not None:  # a truncated safetensors would fail deep inside the stock wrapper
+            raise ArtifactRefused(problem, "copy, download or prune it again")
+        try:
+            self.tamp_info = read_pruning_info(pretrained)
+        except SparsityMismatch as exc:
+            raise ArtifactRefused(str(exc), REFUSED_HINT) from None
         if self.tamp_info is None:
             logger.warning(f"{pretrained} has no pruning.json: evaluating it as a dense model (no sparsity check)")
 
     def _tamp_after_load(self) -> None:
         if self.tamp_info is None or not self.verify_sparsity:
             return
-        self.sparsity_check = verify_sparsity(self.model, self.tamp_pretrained, self.tamp_info)
+        try:
+            self.sparsity_check = verify_sparsity(self.model, self.tamp_pretrained, self.tamp_info)
+        except SparsityMismatch as exc:
+            raise ArtifactRefused(str(exc), REFUSED_HINT) from None
         c = self.sparsity_check
         logger.info(f"{self.tamp_pretrained}: {c.matrices} pruned matrices at {c.sparsity:.2%} sparsity, as pruning.json records")
 

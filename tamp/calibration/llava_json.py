@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from tamp.calibration.chat import render, to_messages
 from tamp.calibration.media import decode_video, load_audio, media_modalities
@@ -38,7 +38,7 @@ def parse_llava_spec(spec: str) -> tuple[Path, Path]:
 
 def load_llava_json(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise TampError(f"calibration file not found: {path}")
+        raise TampError(f"calibration file not found: {path} (pass --calib FILE.json[:MEDIA_DIR])")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -56,31 +56,84 @@ def _names(sample: dict[str, Any], key: str) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+def draw_order(available: int, nsamples: int, seed: int) -> list[int]:
+    """The samples drawn, in order: the released code's numpy RandomState(seed).choice without replacement."""
+    n = min(nsamples, available)
+    return [int(i) for i in np.random.RandomState(seed).choice(available, n, replace=False)]
+
+
+def _missing(media_dir: Path, name: str, kind: str, sample_id: Any) -> str:
+    return f"{kind} '{name}' of calibration sample {sample_id} not found under {media_dir}"
+
+
 def _media_path(media_dir: Path, name: str, kind: str, sample_id: Any) -> Path:
     path = media_dir / name
     if not path.exists():
-        raise TampError(f"{kind} '{name}' of calibration sample {sample_id} not found under {media_dir}")
+        raise TampError(_missing(media_dir, name, kind, sample_id))
     return path
+
+
+def _unreadable_image(name: str, sample_id: Any, exc: Exception) -> str:
+    why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"image '{name}' of calibration sample {sample_id} is not a readable image ({why}); replace or remove it"
+
+
+def _open_image(path: Path, name: str, sample_id: Any) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TampError(_unreadable_image(name, sample_id, exc)) from None
+
+
+def media_problems(spec: str, nsamples: int, seed: int, most: int = 5) -> list[str]:
+    """What is wrong with a LLaVA-format calibration spec, found without a model: the JSON, the media folder and
+    the media of the samples that will be drawn (present; images identified by PIL). At most `most` listed."""
+    json_path, media_dir = parse_llava_spec(spec)
+    try:
+        data = load_llava_json(json_path)
+    except TampError as exc:
+        return [str(exc)]
+    if not media_dir.is_dir():
+        return [f"calibration media folder not found: {media_dir} (FILE.json:MEDIA_DIR names it; default: the "
+                "JSON's folder)"]
+    problems: list[str] = []
+    for index in draw_order(len(data), nsamples, seed):
+        sample = data[index]
+        for kind in MEDIA_KEYS:
+            for name in _names(sample, kind):
+                path = media_dir / name
+                if not path.exists():
+                    problems.append(_missing(media_dir, name, kind, sample.get("id", index)))
+                elif kind == "image":
+                    try:
+                        with Image.open(path) as image:
+                            image.verify()
+                    except (UnidentifiedImageError, OSError) as exc:
+                        problems.append(_unreadable_image(name, sample.get("id", index), exc))
+    if len(problems) > most:
+        problems = [*problems[:most], f"{len(problems) - most} more calibration media missing or unreadable"]
+    return problems
 
 
 def llava_batches(spec: str, processor: Any, tokenizer: Any, nsamples: int, seed: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """Draw `nsamples` conversations with `seed` and render each with the model's processor."""
     json_path, media_dir = parse_llava_spec(spec)
     data = load_llava_json(json_path)
-    n = min(nsamples, len(data))
-    order = np.random.RandomState(seed).choice(len(data), n, replace=False)
+    order = draw_order(len(data), nsamples, seed)
+    n = len(order)
     accepted = media_modalities(processor) if processor is not tokenizer else ()
     batches, without_media = [], 0
     media_items = {kind: 0 for kind in MEDIA_KEYS}
     for index in order:
-        sample = data[int(index)]
+        sample = data[index]
         sample_id = sample.get("id", index)
         names = {kind: _names(sample, kind) for kind in MEDIA_KEYS}
         for kind, listed in names.items():
             if listed and kind not in accepted:
                 raise TampError(f"calibration sample {sample_id} has {kind} but this model takes "
                                 f"{', '.join(accepted) or 'text only'}; choose calibration data for this model")
-        images = [Image.open(_media_path(media_dir, name, "image", sample_id)).convert("RGB")
+        images = [_open_image(_media_path(media_dir, name, "image", sample_id), name, sample_id)
                   for name in names["image"]]
         videos, metadata = [], []
         for name in names["video"]:
@@ -98,6 +151,6 @@ def llava_batches(spec: str, processor: Any, tokenizer: Any, nsamples: int, seed
         messages = to_messages(sample["conversations"], len(images), len(videos), len(audio))
         batches.append(render(processor, tokenizer, messages, images, videos, audio, metadata or None))
     details = {"json": str(json_path), "image_dir": str(media_dir), "available": len(data), "drawn": n,
-               "indices": [int(i) for i in order], "samples_without_media": without_media,
+               "indices": order, "samples_without_media": without_media,
                "media_items": media_items}
     return batches, details

@@ -9,6 +9,27 @@ from tamp.errors import TampError
 from tamp.models.loading import LoadedModel, _is_multimodal
 
 TEXT_BATCH_SIZE = 8  # equal-length text segments are run 8 at a time; images one sample at a time
+UNKNOWN_SPEC = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...] or synthetic"
+
+
+def calibration_problems(spec: str, nsamples: int, seed: int) -> list[str]:
+    """What a `--calib` spec lacks, found before any model is loaded: missing files, a bad JSON, media that are
+    missing or not images. Empty when it can be built (what fits the model is checked once it is loaded)."""
+    if spec == "synthetic":
+        return []
+    if spec.startswith("text:"):
+        from tamp.calibration.text import parse_text_spec
+
+        try:
+            paths = parse_text_spec(spec)
+        except ValueError as exc:
+            return [str(exc)]
+        return [f"calibration text file not found: {p}" for p in paths if not p.is_file()]
+    if ".json" in spec:
+        from tamp.calibration.llava_json import media_problems
+
+        return media_problems(spec, nsamples, seed)
+    return [f"unknown --calib '{spec}': {UNKNOWN_SPEC}"]
 
 
 def build_calibration(spec: str, loaded: LoadedModel, nsamples: int, seqlen: int, seed: int) -> Calibration:
@@ -34,7 +55,7 @@ def build_calibration(spec: str, loaded: LoadedModel, nsamples: int, seqlen: int
         batches, details = llava_batches(spec, loaded.processor, loaded.tokenizer, nsamples, seed)
         without_media = details["samples_without_media"]
     else:
-        raise TampError(f"unknown --calib '{spec}': give a LLaVA-format .json[:IMAGE_DIR], text:FILE[,FILE...] or synthetic")
+        raise TampError(f"unknown --calib '{spec}': {UNKNOWN_SPEC}")
     warnings = []
     if spec == "synthetic" and sum(p.numel() for p in loaded.model.parameters()) > 50_000_000:
         warnings.append("synthetic calibration on a full-size model: random images and words are meant for tiny "

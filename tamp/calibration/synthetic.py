@@ -66,7 +66,10 @@ def synthetic_batches(processor: Any, tokenizer: Any, multimodal: bool, nsamples
                          "frames_indices": list(range(SYNTHETIC_VIDEO_FRAMES))}] if videos else None
             batches.append(render(processor, tokenizer, messages, images, videos, audio, metadata))
         else:
-            words = _sentence(rng, max(4, seqlen))
-            ids = tokenizer(words, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :seqlen]
+            words = _sentence(rng, max(4, seqlen))  # at least one token a word: enough for seqlen tokens
+            # the tokenizer stops at seqlen tokens (the same ids as cutting the whole sentence): it never sees the
+            # ~2.3 tokens a word of the full sentence, which ran past small models' model_max_length and warned
+            ids = tokenizer(words, return_tensors="pt", add_special_tokens=False, truncation=True,
+                            max_length=seqlen)["input_ids"]
             batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     return batches

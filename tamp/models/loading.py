@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +44,124 @@ def _is_multimodal(config: Any) -> bool:
     return hasattr(config, "vision_config") or hasattr(config, "audio_config") or hasattr(config, "thinker_config")
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def weights_problem(directory: Path) -> str | None:
+    """Why the weight files of a checkpoint folder cannot be loaded (missing shard, truncated or corrupt
+    safetensors), None when every one opens; safetensors checks each header against the file's length."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    for index in sorted(directory.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            return f"{index} is unreadable ({_first_line(exc)})"
+        missing = sorted(s for s in shards if not (directory / s).is_file())
+        if missing:
+            return f"{directory} lacks {', '.join(missing)}, listed in {index.name}"
+    files = sorted(directory.glob("*.safetensors"))
+    if not files and not any(directory.glob("*.bin")):
+        return f"{directory} holds no weights (*.safetensors or *.bin)"
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            return f"{file} is truncated or corrupt ({_first_line(exc)})"
+    return None
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why a local checkpoint folder cannot be loaded, checked in a second before minutes of loading."""
+    directory = Path(directory)
+    config = directory / "config.json"
+    if not config.is_file():
+        return f"{directory} has no config.json (not a transformers checkpoint folder)"
+    try:
+        parsed = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{config} is not valid JSON ({_first_line(exc)})"
+    if not isinstance(parsed, dict):
+        return f"{config} is not a transformers config (a JSON object)"
+    return weights_problem(directory)
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why `path` is not a readable GGUF file (checked with the gguf library's own reader), None when it is."""
+    path = Path(path)
+    if not path.is_file():
+        return f"GGUF file not found: {path}"
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except Exception as exc:  # the reader fails in many ways on a damaged file (bad magic, short arrays, ...)
+        return f"{path} is not a valid GGUF file ({_first_line(exc)}): download it again"
+    return None
+
+
+def offline() -> bool:
+    """Hugging Face offline mode (HF_HUB_OFFLINE): nothing missing from the local cache can be fetched."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hf_cache_problem(model_id: str, revision: str | None, why_offline: str) -> str | None:
+    """Why an HF id cannot be loaded without the network (not in the local cache, or a damaged download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id
+        config = None
+    if not isinstance(config, str):
+        return (f"model {model_id} is not in the local Hugging Face cache and {why_offline}: "
+                f"`hf download {model_id}` first")
+    problem = weights_problem(Path(config).parent)
+    return None if problem is None else f"{problem}; fetch it again with `hf download {model_id}`"
+
+
+def model_problem(name: str, revision: str | None = None) -> str | None:
+    """Why `name` cannot be loaded, found without loading it (None: go ahead; a download may still be needed)."""
+    if name in GGUF_MODELS:
+        from tamp.models.gguf import find_smollm2_gguf
+
+        try:
+            return gguf_problem(find_smollm2_gguf())
+        except FileNotFoundError as exc:
+            return str(exc)
+    if name.endswith(".gguf"):
+        return gguf_problem(Path(name))
+    if name.startswith(TINY_PREFIX):
+        from tamp.tiny import TINY_FAMILIES
+
+        family = name[len(TINY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            return f"unknown tiny family '{family}'; choose one of: {', '.join(TINY_FAMILIES)}"
+        return None
+    path = Path(name)
+    if name not in HF_MODELS and path.exists():
+        if not path.is_dir():
+            return f"{name} is a file; give a checkpoint folder, a registry name, an HF id or a .gguf file"
+        problem = checkpoint_problem(path)
+        return None if problem is None else f"{problem}: copy, download or build the checkpoint again"
+    if name not in HF_MODELS and name.count("/") != 1:
+        return f"unknown model '{name}': give a registry name, an HF id (org/name), a local directory or a .gguf file"
+    if offline():
+        return hf_cache_problem(HF_MODELS.get(name, name), revision, "offline mode is set (HF_HUB_OFFLINE)")
+    return None
+
+
 def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> LoadedModel:
     """Resolve `name` and load it on the CPU (the engine moves layers to the device itself)."""
     from transformers import AutoConfig
 
     torch_dtype = resolve_dtype(dtype)
+    problem = model_problem(name, revision)
+    if problem is not None:
+        raise TampError(problem)
     if name in GGUF_MODELS or name.endswith(".gguf"):
         return _load_gguf(name, torch_dtype)
     model_id = name
@@ -52,13 +169,14 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
         model_id = str(_ensure_tiny(name[len(TINY_PREFIX):]))
     elif name in HF_MODELS:
         model_id = HF_MODELS[name]
-    elif not Path(name).exists() and name.count("/") != 1:
-        raise TampError(f"unknown model '{name}': give a registry name, an HF id (org/name), a local directory or a .gguf file")
     try:
         config = AutoConfig.from_pretrained(model_id, revision=revision)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        if Path(model_id).is_dir():
+            raise TampError(f"cannot read the config of {model_id} ({_first_line(exc)}): is it a checkpoint of a "
+                            "supported family?") from None
         raise TampError(
-            f"cannot load '{model_id}' ({str(exc).splitlines()[0]}); if it is an HF id, download it first with "
+            f"cannot load '{model_id}' ({_first_line(exc)}); download it first with "
             f"`hf download {model_id}` on a machine with internet, or pass a local directory"
         ) from None
     multimodal = _is_multimodal(config)
@@ -95,29 +213,35 @@ def _from_pretrained(auto_cls: Any, model_id: str, config: Any, kwargs: dict[str
 
 
 def _ensure_tiny(family: str) -> Path:
-    from tamp.tiny import TINY_FAMILIES, build_tiny
+    """The tiny model of a known family (model_problem checks the name), built on first use."""
+    from tamp.tiny import build_tiny
 
-    if family not in TINY_FAMILIES:
-        raise TampError(f"unknown tiny family '{family}'; choose one of: {', '.join(TINY_FAMILIES)}")
     out = tiny_cache_dir() / f"{family}-seed0"
     if not (out / "config.json").exists():
-        build_tiny(family, out, seed=0)
+        # built beside the cache entry and renamed into place: an interrupted build leaves no half model behind
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            build_tiny(family, tmp, seed=0)
+            shutil.rmtree(out, ignore_errors=True)  # a leftover without config.json
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if not (out / "config.json").exists():  # not another process's finished build
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def _load_gguf(name: str, torch_dtype: torch.dtype | str) -> LoadedModel:
     from tamp.models.gguf import find_smollm2_gguf, load_gguf
 
-    if name in GGUF_MODELS:
-        try:
-            path = find_smollm2_gguf()
-        except FileNotFoundError as exc:
-            raise TampError(str(exc)) from None
+    if name in GGUF_MODELS:  # found and read by model_problem already
+        path = find_smollm2_gguf()
         model_id = f"gguf:{name}"
     else:
         path = Path(name)
-        if not path.is_file():
-            raise TampError(f"GGUF file not found: {name}")
         model_id = str(path.resolve())
     dtype = torch.float32 if torch_dtype == "auto" else torch_dtype
     model, tokenizer = load_gguf(path, dtype=dtype)
