@@ -60,6 +60,7 @@ def results(tmp_path_factory) -> dict[str, float]:
     return {**ppl, "digests": digests}
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("method", ("magnitude", "sparsegpt", "wanda"))
 def test_pruned_weights_match_golden(results, method):
     """Bit-identical weights to the recorded ones (tests/golden_hashes.py): refactors must not move a mask."""
