@@ -56,8 +56,17 @@ def _interrupt_once_torch_is_loaded(cmd: list[str], env: dict[str, str], cwd: Pa
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the command finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # A SIGINT that lands while a C extension is still importing can be lost (seen on a loaded machine: the
+    # command ran to the end), so send it again every few seconds until the process ends.
+    for _ in range(40):
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=3)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
