@@ -49,8 +49,8 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not golden"
 
-# Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json), in a process of their own:
-# MKL's float results can move by an ulp with the memory alignment of a tensor, which earlier tests shift.
+# Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json): run before and after a
+# refactor that must not change behaviour.
 golden:
 	$(PY) -m pytest -q -m golden
 

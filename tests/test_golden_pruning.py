@@ -3,9 +3,8 @@ same artifact keys, as when tests/golden/pruning_hashes.json was recorded (SmolL
 are checked in test_smollm2_pruned.py, which prunes them anyway). The method-registry refactor must leave all of
 these bit-identical.
 
-The weight hashes are marked `golden` and run alone (`make golden`): in the full suite two of them (qwen2.5-vl
-Wanda / SparseGPT) came out different on a fresh clone while passing alone, most likely MKL's alignment-dependent
-float results flipping near-tied scores. The artifact keys are pure hashing and run in `make test`."""
+The weight hashes are marked `golden` and run by `make golden` (they take ~5 min); the artifact keys are
+pure hashing and run in `make test`."""
 
 from __future__ import annotations
 
