@@ -201,10 +201,10 @@ def make_stage_inputs(case: StageCase, seed: int = 0, device: torch.device | str
 
 def bench_stage(case: StageCase, repeats: int, ref_limit_s: float | None, device: torch.device,
                 seed: int = 0) -> list[Phase]:
-    """The engine's AMIA stage for one sample (`tamp.selection.select_per_module`: equal widths batched) against the
+    """The engine's AMIA stage for one sample (`tamp.methods.amia.select_per_module`: equal widths batched) against the
     sum of the modules' similarity floors and against the reference run module by module."""
     from tamp.algorithms.amia import amia_select_reference
-    from tamp.selection import select_per_module
+    from tamp.methods.amia import select_per_module
 
     outs, scores, masks = make_stage_inputs(case, seed, device)
     common = {"tokens": case.tokens, "n_image": case.n_image, "n_text": case.n_text,

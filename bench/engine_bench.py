@@ -123,7 +123,8 @@ def engine_vs_naive(model: nn.Module, adapter: Any, batches: list[dict[str, torc
                     device: torch.device, sparsity: float = 0.5) -> list[Phase]:
     """Time tamp's Wanda and the naive capture on the same model and data; restores the dense weights after."""
     from tamp.config import PruneConfig
-    from tamp.engine.sequential import matrices_to_prune, prune_model
+    from tamp.engine.context import matrices_to_prune
+    from tamp.engine.sequential import prune_model
 
     section = "engine-vs-naive"
     stacks = adapter.stacks(model, False)
@@ -303,7 +304,7 @@ class LayerProgress:
 
 def _recording_result_class() -> type:
     """An EngineResult subclass that remembers its instances, so a time-limited prune keeps its phase timings."""
-    from tamp.engine.sequential import EngineResult
+    from tamp.engine.context import EngineResult
 
     class Recording(EngineResult):
         instances: list[EngineResult] = []
@@ -327,7 +328,8 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
 
     from tamp.config import PruneConfig
     from tamp.engine import sequential
-    from tamp.engine.sequential import matrices_to_prune, prune_model
+    from tamp.engine.context import matrices_to_prune
+    from tamp.engine.sequential import prune_model
 
     from bench.common import TimeLimit, time_limit
 

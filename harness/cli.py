@@ -1,4 +1,4 @@
-"""The `harness` command: `models`, `tasks`, `run` (prune -> evaluate), and the reports built from run records:
+"""The `harness` command: `models`, `tasks`, `methods`, `run` (prune -> evaluate), and the reports built from run records:
 `table`, `plot`, `export`, plus `grid` / `sweep` (many runs, then all three reports)."""
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the short model names")
     sub.add_parser("tasks", help="list the offline tasks shipped in tasks/")
+    m = sub.add_parser("methods", help="list every registered method (the same as `tamp methods`)")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
     r = sub.add_parser("run", help="prune (or reuse a cached artifact) and evaluate on lmms-eval tasks")
     r.add_argument("--model", required=True, help="a name from `harness models`, a local checkpoint dir or an HF id")
     r.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1); 0 = dense")
-    r.add_argument("--method", default="tamp", help="a tamp preset (tamp, wanda, sparsegpt, owl, ..., dense)")
+    r.add_argument("--method", default="tamp", help="a registered method (`harness methods` lists them)")
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     r.add_argument("--tasks", default=None, help="comma-separated lmms-eval tasks (default: the model's)")
     r.add_argument("--limit", type=int, default=None, help="evaluate the first N documents of each task")
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _grid_args(g)
     sw = sub.add_parser("sweep", help="one model, some methods, a range of sparsities (+ dense), then the reports")
     sw.add_argument("--model", required=True)
-    sw.add_argument("--methods", default="magnitude,wanda,sparsegpt,owl,tamp", help="comma-separated tamp presets")
+    sw.add_argument("--methods", default="magnitude,wanda,sparsegpt,owl,tamp", help="comma-separated registered methods")
     sw.add_argument("--sparsities", default="0.3,0.4,0.5,0.6,0.7", help="comma-separated, each in (0, 1)")
     sw.add_argument("--tasks", default=None, help="comma-separated tasks (default: the model's)")
     sw.add_argument("--pattern", default="unstructured")
@@ -130,6 +132,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                  s.wrapper, s.calib or "(pass --calib)", ", ".join(s.tasks)) for s in MODELS.values()]
         print(tabulate(rows, headers=["name", "source", "family", "lmms-eval wrapper", "calibration", "default tasks"],
                        tablefmt="github"))
+        return 0
+    if args.command == "methods":
+        from tamp.methods.listing import render
+
+        print(render(as_json=args.json))
         return 0
     if args.command == "tasks":
         from harness.tasks_catalog import tasks_dir

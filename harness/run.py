@@ -76,22 +76,24 @@ def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
     tamp owns the rules (method names, sparsity range, dense takes no sparsity); the calibration data itself
     is checked by `missing_data`, with everything else a run needs.
     """
-    from tamp.config import PruneConfig, check_sparsity, preset
+    from tamp.config import PruneConfig, check_sparsity
+    from tamp.methods.registry import get
+    from tamp.pipeline import needs_calibration
 
     with tamp_errors():
-        preset(opts.method)
-        if opts.sparsity is None and opts.method != "dense":
+        keeps_every_weight = getattr(get(opts.method), "keeps_every_weight", False)
+        if opts.sparsity is None and not keeps_every_weight:
             raise HarnessError("--sparsity is required (0 evaluates the dense model)")
         if opts.sparsity is not None:
             check_sparsity(opts.sparsity)
-        if opts.method == "dense" or opts.sparsity == 0:
+        if keeps_every_weight or opts.sparsity == 0:
             return PruneConfig.from_preset("dense", sparsity=opts.sparsity)
         calib = opts.calib or expand_calib(spec.calib)
         cfg = PruneConfig.from_preset(
             opts.method, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
             nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
             **PruneConfig.parse_overrides(opts.overrides))
-    if cfg.scoring != "magnitude" and calib is None:
+    if needs_calibration(cfg) and calib is None:
         raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
     return cfg
 

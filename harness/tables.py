@@ -14,21 +14,23 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.benchmarks import BY_TASK, benchmark, order
+from tamp.methods.registry import all_methods
 
-METHOD_ORDER = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")
-METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "sparsegpt": "SparseGPT", "wanda": "Wanda",
-                 "owl": "OWL", "ecoflap": "ECoFLaP", "das": "DAS", "amia": "AMIA", "tamp": "TAMP"}
 AVG = "Avg"
 MISSING = "–"
 FORMATS = ("markdown", "latex", "csv")
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    """The registered method's table label (a record of a method no longer installed keeps its name)."""
+    known = all_methods().get(method)
+    return known.label if known is not None else method
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Rows in the registry's table order (dense first); unknown methods last, by name."""
+    methods = list(all_methods())
+    return (methods.index(method) if method in methods else len(methods), method)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `tamp` command: build-tiny, prune, inspect."""
+"""The `tamp` command: build-tiny, prune, inspect, methods."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tamp.errors import TampError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tamp.config import PRESETS
+    from tamp.methods.registry import all_methods
 
     p = argparse.ArgumentParser(prog="tamp", description="Prune (multimodal) LLMs layer by layer.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prune", help="prune a model and write an artifact directory")
     r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
-    r.add_argument("--method", default="wanda", help=f"one of: {', '.join(PRESETS)}")
+    r.add_argument("--method", default="wanda", help=f"one of: {', '.join(all_methods())} ('tamp methods' lists them)")
     r.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1) "
                    "(default 0.5; --method dense takes 0)")
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (N zeroed of every M)")
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="print an artifact's sparsity report")
     i.add_argument("dir", type=Path)
     i.add_argument("--summary", action="store_true", help="totals only, no per-matrix table")
+
+    m = sub.add_parser("methods", help="list every registered method (plugins included): parameters, defaults, source")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -90,6 +93,11 @@ def _run(args: argparse.Namespace) -> int:
         from tamp.inspect_report import inspect_artifact
 
         print(inspect_artifact(args.dir, per_matrix=not args.summary))
+        return 0
+    if args.command == "methods":
+        from tamp.methods.listing import render
+
+        print(render(as_json=args.json))
         return 0
     raise AssertionError(args.command)
 

@@ -1,42 +1,22 @@
 """Every pruning hyperparameter in one object, with the reference value as default.
 
-A method is a composition: allocation x token selection x scoring x pattern. Presets name the
-compositions people compare (magnitude, wanda, sparsegpt, ...); later presets extend PRESETS.
+PruneConfig's fields are the run-level ones (tamp.params.RUN_PARAMS) plus the parameters each built-in
+method declares in its own file; a plugin method's parameters live in `extra`. A method name stands for a
+composition (allocation x token selection x scoring), which the registry resolves; `--set` may override
+any field, a part included.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from typing import Any
 
+from tamp.algorithms.masks import parse_pattern
 from tamp.errors import TampError
-
-ALLOCATIONS = ("uniform", "owl", "ecoflap", "das")
-TOKEN_SELECTIONS = ("all", "amia")
-SCORINGS = ("magnitude", "wanda", "sparsegpt")
-
-# preset name -> the composition it stands for
-PRESETS: dict[str, dict[str, str]] = {
-    "dense": {"allocation": "uniform", "token_selection": "all", "scoring": "magnitude"},
-    "magnitude": {"allocation": "uniform", "token_selection": "all", "scoring": "magnitude"},
-    "wanda": {"allocation": "uniform", "token_selection": "all", "scoring": "wanda"},
-    "sparsegpt": {"allocation": "uniform", "token_selection": "all", "scoring": "sparsegpt"},
-    "owl": {"allocation": "owl", "token_selection": "all", "scoring": "wanda"},
-    "ecoflap": {"allocation": "ecoflap", "token_selection": "all", "scoring": "wanda"},
-    "das": {"allocation": "das", "token_selection": "all", "scoring": "wanda"},
-    "amia": {"allocation": "uniform", "token_selection": "amia", "scoring": "wanda"},
-    "tamp": {"allocation": "das", "token_selection": "amia", "scoring": "wanda"},
-}
-DAS_MODES = ("released", "paper")
-AMIA_SCOPES = ("module", "layer")
-
-
-def preset(method: str) -> dict[str, str]:
-    """The composition a method name stands for; an unknown name is refused with the list of known ones."""
-    if method not in PRESETS:
-        raise TampError(f"unknown method '{method}'; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[method]
+from tamp.methods import registry
+from tamp.methods.base import WeightMethod
+from tamp.params import RUN_PARAMS, Param
 
 
 def check_sparsity(value: float, flag: str = "--sparsity", dense_ok: bool = True) -> float:
@@ -47,92 +27,74 @@ def check_sparsity(value: float, flag: str = "--sparsity", dense_ok: bool = True
     return value
 
 
-@dataclass
-class PruneConfig:
-    """The full recipe of one pruning run; serialised whole into pruning.json."""
+def _unique(params: list[Param]) -> dict[str, Param]:
+    out: dict[str, Param] = {}
+    for p in params:
+        out.setdefault(p.name, p)  # a parameter two methods share (the keep-budget fix-up) is one field
+    return out
 
-    method: str = "wanda"
-    sparsity: float = 0.5
-    pattern: str = "unstructured"  # unstructured | N:M (N zeroed of every M input columns)
-    allocation: str = "uniform"
-    token_selection: str = "all"
-    scoring: str = "wanda"
-    # calibration
-    calib: str = "synthetic"
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 42
-    # SparseGPT (reference: 128-column blocks, 1% dampening)
-    blocksize: int = 128
-    percdamp: float = 0.01
-    # scope: only the language model's decoder linears by default
-    prune_vision: bool = False
-    # OWL (reference luuyin/OWL: M = 5, lambda = 0.08; one ratio per decoder block)
-    owl_m: float = 5.0
-    owl_lambda: float = 0.08
-    owl_released_sign: bool = False  # True: TAMP's copy (more outliers -> MORE sparsity)
-    # ECoFLaP zeroth-order block scores (eps = 1e-3, one noise draw per batch, max = target + 0.1)
-    ecoflap_eps: float = 1e-3
-    ecoflap_samples: int = 128
-    ecoflap_max_delta: float = 0.1
-    # DAS (released: diversity of each linear's output tokens, keep budget by score, max = target + 0.1)
-    das_mode: str = "released"  # released | paper (per-layer output diversity, sparsity ~ 1 / importance)
-    das_max_delta: float = 0.1
-    das_positive_only: bool = True  # released: within-modality means over positive similarities only
-    allocation_overshoot_bug: bool = False  # True: the released keep-budget fix-up that adds instead of removing
-    # AMIA (released constants: k = 3, edge exp(-1.0 d), suppression exp(-0.2 d), MMD^2 < 0.1 sqrt(1 - density))
-    amia_k: int = 3
-    amia_edge_temp: float = 1.0
-    amia_suppress_temp: float = 0.2
-    amia_mmd_factor: float = 0.1
-    amia_sigma: float = 1.0
-    amia_scope: str = "module"  # module (released: per linear output) | layer (one selection per block)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+FIELD_PARAMS: dict[str, Param] = _unique([*RUN_PARAMS, *(p for m in registry.builtin_methods().values()
+                                                          for p in m.params)])
+
+
+def plugin_params() -> dict[str, Param]:
+    """Parameters of installed plugin methods (kept in PruneConfig.extra)."""
+    return _unique([p for m in registry.all_methods().values() for p in m.params if p.name not in FIELD_PARAMS])
+
+
+def all_params() -> dict[str, Param]:
+    return {**FIELD_PARAMS, **plugin_params()}
+
+
+class _ConfigBehaviour:
+    """PruneConfig's methods; its fields are generated from the registry below."""
 
     @classmethod
-    def from_preset(cls, method: str, **overrides: Any) -> "PruneConfig":
-        """Build a config from a preset name plus explicit overrides (None values are ignored).
+    def from_preset(cls, method: str, **overrides: Any) -> Any:
+        """Build a config from a method name plus explicit overrides (None values are ignored).
 
-        `dense` keeps every weight: it takes no sparsity or 0, and anything else is refused rather than ignored.
+        A method that keeps every weight (dense) takes no sparsity or 0; anything else is refused, not ignored.
         """
-        values: dict[str, Any] = {"method": method, **preset(method)}
+        chosen = registry.get(method)
+        if not isinstance(chosen, WeightMethod):
+            raise TampError(f"method '{method}' is a {chosen.kind} method; tamp prune takes weight methods")
+        values: dict[str, Any] = {"method": method, **chosen.composition()}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if method == "dense":
+        if chosen.keeps_every_weight:
             if values.get("sparsity", 0.0) != 0:
-                raise TampError(f"--method dense keeps every weight (the unpruned model); it takes --sparsity 0, "
+                raise TampError(f"--method {method} keeps every weight (the unpruned model); it takes --sparsity 0, "
                                 f"not {values['sparsity']}")
             values["sparsity"] = 0.0
-        cfg = cls(**values)
+        extras = plugin_params()
+        unknown = [k for k in values if k not in FIELD_PARAMS and k not in extras and k != "extra"]
+        if unknown:
+            raise TampError(f"unknown config field '{unknown[0]}'; fields: {', '.join(sorted(all_params()))}")
+        extra = dict(values.pop("extra", {}) or {})
+        used = {values.get(part, getattr(chosen, part)) for part in ("allocation", "token_selection", "scoring")}
+        for name in {method, *used}:
+            part = registry.all_methods().get(name)
+            for p in part.params if part is not None else ():
+                if p.name in extras:
+                    extra.setdefault(p.name, p.default)
+        extra.update({k: values.pop(k) for k in list(values) if k in extras})
+        cfg = cls(**values, extra=extra)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         check_sparsity(self.sparsity)
-        if self.allocation not in ALLOCATIONS:
-            raise TampError(f"unknown allocation '{self.allocation}'; choose one of: {', '.join(ALLOCATIONS)}")
-        if self.token_selection not in TOKEN_SELECTIONS:
-            raise TampError(f"unknown token selection '{self.token_selection}'; choose one of: {', '.join(TOKEN_SELECTIONS)}")
-        if self.scoring not in SCORINGS:
-            raise TampError(f"unknown scoring '{self.scoring}'; choose one of: {', '.join(SCORINGS)}")
-        if self.das_mode not in DAS_MODES:
-            raise TampError(f"unknown das_mode '{self.das_mode}'; choose one of: {', '.join(DAS_MODES)}")
-        if self.amia_scope not in AMIA_SCOPES:
-            raise TampError(f"unknown amia_scope '{self.amia_scope}'; choose one of: {', '.join(AMIA_SCOPES)}")
-        if self.amia_k < 1:
-            raise TampError(f"amia_k must be at least 1, got {self.amia_k}")
-        if self.nsamples < 1:
-            raise TampError(f"--nsamples must be at least 1, got {self.nsamples}")
-        if self.seqlen < 2:
-            raise TampError(f"--seqlen must be at least 2, got {self.seqlen}")
-        if self.blocksize < 1:
-            raise TampError(f"--blocksize must be at least 1, got {self.blocksize}")
-        if self.percdamp <= 0:
-            # 0 leaves the Hessian of any unused input column singular, and SparseGPT's Cholesky step fails
-            raise TampError(f"--percdamp must be positive (the reference uses 0.01), got {self.percdamp}")
-        if self.amia_sigma <= 0:
-            raise TampError(f"amia_sigma must be positive, got {self.amia_sigma}")
-        from tamp.algorithms.masks import parse_pattern
-
+        for part in ("allocation", "token_selection", "scoring"):
+            choices = registry.part_choices(part)
+            if getattr(self, part) not in choices:
+                label = part.replace("_", " ")
+                raise TampError(f"unknown {label} '{getattr(self, part)}'; choose one of: {', '.join(choices)}")
+        extras = plugin_params()
+        for p in FIELD_PARAMS.values():
+            _raise(p.problem(getattr(self, p.name)))
+        for name, value in self.extra.items():
+            if name in extras:
+                _raise(extras[name].problem(value))
         try:
             nm = parse_pattern(self.pattern)
         except ValueError as exc:
@@ -141,28 +103,39 @@ class PruneConfig:
             raise TampError(
                 f"pattern {self.pattern} fixes the sparsity at {nm[0] / nm[1]:g}; pass --sparsity {nm[0] / nm[1]:g}"
             )
-        if nm is not None and self.scoring == "sparsegpt" and self.blocksize % nm[1]:
-            raise TampError(f"--blocksize {self.blocksize} must be a multiple of {nm[1]} for the {self.pattern} pattern "
-                            "(SparseGPT must not split an N:M group between blocks)")
+        methods = registry.all_methods()
+        for name in dict.fromkeys((self.method, self.allocation, self.token_selection, self.scoring)):
+            part = methods.get(name)
+            if isinstance(part, WeightMethod) and part.check is not None:
+                _raise(part.check(self))
 
     @property
     def nm(self) -> tuple[int, int] | None:
-        from tamp.algorithms.masks import parse_pattern
-
         return parse_pattern(self.pattern)
+
+    def param(self, name: str) -> Any:
+        """A parameter's value: a field, or a plugin parameter from `extra` (its default when unset)."""
+        if name in FIELD_PARAMS:
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        extras = plugin_params()
+        if name in extras:
+            return extras[name].default
+        raise KeyError(name)
 
     @classmethod
     def parse_overrides(cls, items: list[str]) -> dict[str, Any]:
         """`FIELD=VALUE` strings (from `--set`) -> typed values; unknown fields are a clear error."""
-        types = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "extra"}
+        params = all_params()
         out: dict[str, Any] = {}
         for item in items:
             if "=" not in item:
                 raise TampError(f"--set expects FIELD=VALUE, got '{item}'")
             key, raw = (part.strip() for part in item.split("=", 1))
-            if key not in types:
-                raise TampError(f"unknown config field '{key}'; fields: {', '.join(sorted(types))}")
-            kind = str(types[key])
+            if key not in params:
+                raise TampError(f"unknown config field '{key}'; fields: {', '.join(sorted(params))}")
+            kind = params[key].type.__name__
             try:
                 if kind == "bool":
                     if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -179,4 +152,19 @@ class PruneConfig:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _raise(problem: str | None) -> None:
+    if problem:
+        raise TampError(problem)
+
+
+PruneConfig = make_dataclass(
+    "PruneConfig",
+    [(p.name, p.type, field(default=p.default)) for p in FIELD_PARAMS.values()]
+    + [("extra", dict, field(default_factory=dict))],
+    bases=(_ConfigBehaviour,),
+    namespace={"__doc__": "The full recipe of one pruning run; serialised whole into pruning.json.",
+               "__module__": __name__},
+)

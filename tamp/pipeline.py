@@ -14,8 +14,11 @@ from tamp import __version__
 from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions
 from tamp.calibration.loader import build_calibration
 from tamp.config import PruneConfig
-from tamp.engine.sequential import matrices_to_prune, prune_model
+from tamp.engine.context import matrices_to_prune
+from tamp.engine.sequential import prune_model
 from tamp.errors import TampError
+from tamp.methods.base import UNIFORM
+from tamp.methods.registry import resolve
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 
@@ -51,8 +54,11 @@ def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
 
 
 def needs_calibration(cfg: PruneConfig) -> bool:
-    """Whether pruning with `cfg` runs calibration data through the model (magnitude and dense do not)."""
-    return (cfg.sparsity > 0 or cfg.nm is not None) and cfg.scoring != "magnitude"
+    """The one rule for whether pruning with `cfg` runs calibration data through the model: a composition
+    part that needs it (derived from the hooks' declared needs; magnitude and dense need none)."""
+    if cfg.sparsity == 0 and cfg.nm is None:
+        return False
+    return resolve(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None).needs.calibration
 
 
 def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None) -> None:
@@ -104,7 +110,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         calib = build_calibration(cfg.calib, loaded, cfg.nsamples, cfg.seqlen, cfg.seed)
         timings["calibration"] = time.perf_counter() - t
         warnings += calib.warnings
-    if cfg.nm is not None and cfg.allocation != "uniform":
+    if cfg.nm is not None and cfg.allocation != UNIFORM:
         warnings.append(f"pattern {cfg.pattern}: the '{cfg.allocation}' allocation cannot apply under N:M; "
                         "every matrix is pruned with the uniform N:M pattern")
     for w in warnings:

@@ -88,16 +88,16 @@ def test_method_on_av_family(tiny_model, tmp_path, family: str, method: str) -> 
 
 def test_das_sees_six_terms_on_the_audio_visual_model(tiny_model, tmp_path, monkeypatch) -> None:
     """Video + audio + text: every linear's diversity has 3 within- and 3 cross-modality terms."""
-    import tamp.allocators as allocators
+    import tamp.methods.das as das
 
     seen: dict[str, set[str]] = {}
-    original = allocators._RunningTerms.add
+    original = das.RunningTerms.add
 
     def spy(self, key: str, terms: dict[str, torch.Tensor]) -> None:
         seen.setdefault(key, set()).update(k for k, v in terms.items() if not bool(torch.isnan(v)))
         original(self, key, terms)
 
-    monkeypatch.setattr(allocators._RunningTerms, "add", spy)
+    monkeypatch.setattr(das.RunningTerms, "add", spy)
     cfg = PruneConfig.from_preset("das", sparsity=0.5, calib="synthetic", nsamples=2, seqlen=32, seed=0)
     info = prune(str(tiny_model("qwen2.5-omni")), cfg, tmp_path / "out", device="cpu")
     assert set(seen) == set(info["per_matrix"])

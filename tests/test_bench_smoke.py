@@ -91,7 +91,7 @@ def test_stage_matches_per_module_selection() -> None:
     # select_per_module (what the engine runs: equal widths in one lock-step batch) == AMIA module by module
     from bench.amia_bench import StageCase, make_stage_inputs
     from tamp.algorithms.amia import amia_select, amia_select_reference
-    from tamp.selection import select_per_module
+    from tamp.methods.amia import select_per_module
 
     case = StageCase(150, 14, widths=(("q", 24), ("k", 8), ("v", 8), ("o", 24), ("gate", 40), ("up", 40)))
     outs, scores, masks = make_stage_inputs(case, seed=3)

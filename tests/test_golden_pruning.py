@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from golden_hashes import artifact_digest, check_golden
-from tamp.config import PRESETS, PruneConfig
+from tamp.config import PruneConfig
+from tamp.methods.registry import builtin_methods
 from tamp.pipeline import prune
 from tamp.tiny import TINY_FAMILIES
 
 # ECoFLaP's zeroth-order estimate runs a forward pass per noise draw: 8 draws keep it to seconds per model.
 OVERRIDES: dict[str, dict[str, Any]] = {"ecoflap": {"ecoflap_samples": 8}}
-PRUNE_CASES = [(f, m, "unstructured") for f in TINY_FAMILIES for m in PRESETS] + \
+PRUNE_CASES = [(f, m, "unstructured") for f in TINY_FAMILIES for m in builtin_methods()] + \
     [(f, m, "2:4") for f in ("llava-next", "qwen2-vl") for m in ("magnitude", "wanda", "sparsegpt", "tamp")]
 
 

@@ -128,9 +128,9 @@ def test_attention_capture_matches_eager_attention_weights(tiny_model):
 def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
     """ECoFLaP's scores from block-suffix losses match the obvious whole-model-forward re-statement."""
     from tamp.algorithms.allocations import zeroth_order_grad
-    from tamp.allocators import _full_loss, ecoflap, lm_labels
     from tamp.calibration.loader import build_calibration
-    from tamp.engine.sequential import Context, EngineResult, PhaseTimer, matrices_to_prune
+    from tamp.engine.context import Context, EngineResult, PhaseTimer, matrices_to_prune
+    from tamp.methods.ecoflap import allocate, full_loss, lm_labels
     from tamp.models.adapters import get_adapter
     from tamp.models.loading import load_model
 
@@ -143,7 +143,7 @@ def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
     result = EngineResult()
     ctx = Context(model, adapter, stacks, linears, batches, cfg, torch.device("cpu"), False, result,
                   PhaseTimer(result.timings, torch.device("cpu")))
-    ecoflap(ctx)
+    allocate(ctx)
     media = [i for ids in adapter.media_token_ids.values() for i in ids]
     expected: dict[str, float] = {}
     generator = torch.Generator()
@@ -154,9 +154,9 @@ def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
                 generator.manual_seed(cfg.seed * 1_000_003 + index * 10_007 + b)
                 step = cfg.ecoflap_eps * torch.randn(original.shape, generator=generator)
                 mod.weight.data = original + step
-                plus = _full_loss(model, batch, lm_labels(batch, media))
+                plus = full_loss(model, batch, lm_labels(batch, media))
                 mod.weight.data = original - step
-                minus = _full_loss(model, batch, lm_labels(batch, media))
+                minus = full_loss(model, batch, lm_labels(batch, media))
                 block = name.split(".self_attn")[0].split(".mlp")[0]
                 expected[block] = expected.get(block, 0.0) + zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
             mod.weight.data = original

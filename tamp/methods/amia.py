@@ -1,21 +1,25 @@
-"""Token selection for the statistics: all tokens, or AMIA's attention-guided representative tokens."""
+"""AMIA (adaptive multimodal input activation): per sample and linear, attention-guided representative tokens
+picked on the linear's outputs; only their inputs feed Wanda's statistic.
+
+Released constants: k = 3, edge exp(-1.0 d), suppression exp(-0.2 d), MMD^2 < 0.1 sqrt(1 - density). The
+selection itself is tamp.algorithms.amia; this file wires it into the engine's statistics.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tamp.config import PruneConfig
+from tamp.algorithms.amia import amia_select, amia_select_batched
 from tamp.engine.capture import Captured
+from tamp.engine.sweep import sample_masks
+from tamp.methods.base import Param, Needs, TokenSelection, WeightMethod
 
-
-def sample_masks(item: Captured, b: int, length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Modality masks of sample `b` of a captured batch; no input ids (vision stack) -> all text."""
-    masks = {m: mask[b].to(device) for m, mask in item.token_masks.items()}
-    return masks or {"text": torch.ones(length, dtype=torch.bool, device=device)}
+if TYPE_CHECKING:
+    from tamp.config import PruneConfig
 
 
 class AmiaSelector:
@@ -23,15 +27,13 @@ class AmiaSelector:
 
     needs_attention = True
 
-    def __init__(self, cfg: PruneConfig) -> None:
+    def __init__(self, cfg: "PruneConfig") -> None:
         self.kw: dict[str, Any] = dict(k=cfg.amia_k, edge_temp=cfg.amia_edge_temp, suppress_temp=cfg.amia_suppress_temp,
                                        mmd_factor=cfg.amia_mmd_factor, sigma=cfg.amia_sigma)
         self.scope = cfg.amia_scope
 
     def __call__(self, buffers: dict[str, tuple[torch.Tensor, torch.Tensor]], item: Captured,
                  attention: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        from tamp.algorithms.amia import amia_select
-
         names = list(buffers)
         first_x = buffers[names[0]][0]
         batch, length = first_x.shape[0], first_x.shape[1]
@@ -57,8 +59,6 @@ def select_per_module(outs: Mapping[str, torch.Tensor], scores: torch.Tensor, ma
     Modules of equal output width (q/o/down, k/v, gate/up in a llama block) run as one lock-step batch, so the
     latency-bound greedy loop is paid once per width instead of once per module.
     """
-    from tamp.algorithms.amia import amia_select_batched
-
     by_width: dict[int, list[str]] = defaultdict(list)
     for name, out in outs.items():
         by_width[out.shape[-1]].append(name)
@@ -69,6 +69,23 @@ def select_per_module(outs: Mapping[str, torch.Tensor], scores: torch.Tensor, ma
     return chosen
 
 
-def make_selector(cfg: PruneConfig, result: Any = None) -> AmiaSelector | None:
-    """The selector for `cfg.token_selection` (None: every token counts, the plain Wanda/SparseGPT statistic)."""
-    return AmiaSelector(cfg) if cfg.token_selection == "amia" else None
+def _positive(name: str) -> Any:
+    return lambda v: f"{name} must be positive, got {v}" if v <= 0 else None
+
+
+PARAMS = (
+    Param("amia_k", int, 3, "neighbours per token in the similarity graph",
+          check=lambda v: f"amia_k must be at least 1, got {v}" if v < 1 else None),
+    Param("amia_edge_temp", float, 1.0, "graph edge weight exp(-temp * distance)"),
+    Param("amia_suppress_temp", float, 0.2, "neighbour suppression exp(-temp * distance) after a pick"),
+    Param("amia_mmd_factor", float, 0.1, "stop once MMD^2 < factor * sqrt(1 - density)"),
+    Param("amia_sigma", float, 1.0, "kernel width of the MMD", check=_positive("amia_sigma")),
+    Param("amia_scope", str, "module", "module (released: per linear output) | layer (one selection per block)",
+          choices=("module", "layer")),
+)
+
+METHOD = WeightMethod(
+    name="amia", label="AMIA", order=7, summary="attention-guided representative tokens feed Wanda's statistic",
+    params=PARAMS, token_selection="amia", scoring="wanda",
+    select=TokenSelection(AmiaSelector, Needs(calibration=True, attention=True)),
+)

@@ -1,0 +1,101 @@
+"""What a method declares: its parameters, its place in tables, what it needs, and its hooks.
+
+A weight method is a composition of three parts (allocation x token selection x scoring) named by method:
+`tamp` composes DAS's allocation, AMIA's token selection and Wanda's scoring. A method that brings a part of
+its own attaches the hook for it (`allocate`, `select`, `score`); each hook says what it needs, so what a
+composition needs (calibration data, column norms, a Hessian, attention, a dense-model sweep) is derived,
+never listed by hand. The engine only calls hooks; it names no method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+import torch
+
+from tamp.engine.stats import InputStats, TokenSelector
+from tamp.params import Param
+
+if TYPE_CHECKING:
+    from tamp.config import PruneConfig
+    from tamp.engine.context import Context
+
+__all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring",
+           "TokenSelection", "WeightMethod"]
+
+KINDS = ("weight",)  # the inference-time token methods and shape-changing pruners are the next kinds
+UNIFORM, ALL_TOKENS = "uniform", "all"  # the neutral allocation and token selection: no hook
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What running a hook requires of the engine."""
+
+    calibration: bool = False  # calibration data runs through the model
+    col_norms: bool = False  # per input column sum of x^2 (Wanda's statistic)
+    hessian: bool = False  # X^T X per linear (SparseGPT)
+    attention: bool = False  # each block's last-row attention (AMIA's token scores)
+    dense_sweep: bool = False  # a pass over the dense model before anything is pruned
+
+    def __or__(self, other: "Needs") -> "Needs":
+        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
+
+    def names(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Fills the per-matrix sparsity map: {full matrix name: sparsity}, from the engine Context."""
+
+    fn: Callable[["Context"], dict[str, float]]
+    needs: Needs = Needs(calibration=True, dense_sweep=True)
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """Builds the selector that picks which tokens feed the statistics (per batch and linear). With a scoring
+    that needs no statistic, the engine feeds the selected tokens to Wanda's column norms."""
+
+    make: Callable[["PruneConfig"], TokenSelector]
+    needs: Needs = Needs(calibration=True)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Prunes one weight matrix to a sparsity (or the config's N:M pattern) from its input statistics."""
+
+    prune: Callable[[torch.Tensor, InputStats | None, float, "PruneConfig"], torch.Tensor]
+    needs: Needs = Needs()
+
+
+@dataclass(frozen=True)
+class Method:
+    """Any registered method: name, kind, table label and order, one-line summary, parameters."""
+
+    name: str
+    label: str
+    order: int
+    summary: str
+    params: tuple[Param, ...] = ()
+    source: str = ""  # the file that defines it (filled in by the registry)
+    kind: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class WeightMethod(Method):
+    """Prunes weights once, before evaluation; the composition is named by method, hooks are its own parts."""
+
+    allocation: str = UNIFORM
+    token_selection: str = ALL_TOKENS
+    scoring: str = "magnitude"
+    allocate: Allocation | None = None
+    select: TokenSelection | None = None
+    score: Scoring | None = None
+    keeps_every_weight: bool = False  # the dense baseline: only sparsity 0
+    check: Callable[["PruneConfig"], str | None] | None = None  # checks across fields (e.g. N:M vs block size)
+    kind: ClassVar[str] = "weight"
+
+    def composition(self) -> dict[str, str]:
+        return {"allocation": self.allocation, "token_selection": self.token_selection, "scoring": self.scoring}

@@ -1,0 +1,49 @@
+"""`tamp methods` (and `harness methods`): every registered method with its kind, composition, needs,
+parameters and defaults, and the file that defines it; as a text table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from tamp.methods.base import WeightMethod
+from tamp.methods.registry import all_methods, resolve
+
+
+def describe() -> list[dict[str, Any]]:
+    """One plain dict per method, in table order."""
+    rows = []
+    for method in all_methods().values():
+        row: dict[str, Any] = {"name": method.name, "kind": method.kind, "label": method.label,
+                               "order": method.order, "summary": method.summary, "source": method.source}
+        if isinstance(method, WeightMethod):
+            parts = resolve(method.allocation, method.token_selection, method.scoring, nm_pattern=False)
+            needs = parts.needs.names() if not method.keeps_every_weight else []
+            row.update(method.composition(), needs=needs, keeps_every_weight=method.keeps_every_weight)
+        row["params"] = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+                          **({"choices": list(p.choices)} if p.choices else {})} for p in method.params]
+        rows.append(row)
+    return rows
+
+
+def render(as_json: bool = False) -> str:
+    rows = describe()
+    if as_json:
+        return json.dumps(rows, indent=2)
+    table = [[r["name"], r["kind"], " + ".join(r[k] for k in ("allocation", "token_selection", "scoring"))
+              if "scoring" in r else "", ", ".join(r.get("needs", [])) or "-",
+              ", ".join(f"{p['name']}={p['default']}" for p in r["params"]) or "-", _short(r["source"])]
+             for r in rows]
+    return tabulate(table, headers=["method", "kind", "allocation + tokens + scoring", "needs", "parameters",
+                                    "source"])
+
+
+def _short(source: str) -> str:
+    """A source file under the working directory, relative to it (the usual case: a checkout)."""
+    try:
+        return str(Path(source).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return source

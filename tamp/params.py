@@ -1,0 +1,48 @@
+"""Typed parameters: the fields every pruning run has, and the type methods declare their own with.
+
+tamp.config builds PruneConfig from RUN_PARAMS plus the built-in methods' parameters; the method registry
+refuses a plugin parameter that reuses one of these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Param:
+    """One typed parameter with its reference default; `check` returns an error message or None."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if self.choices and value not in self.choices:
+            return f"unknown {self.name} '{value}'; choose one of: {', '.join(self.choices)}"
+        return self.check(value) if self.check is not None else None
+
+
+def _at_least(flag: str, low: int) -> Callable[[Any], str | None]:
+    return lambda v: f"{flag} must be at least {low}, got {v}" if v < low else None
+
+
+# method, allocation, token_selection and scoring are checked against the registry by PruneConfig.validate
+RUN_PARAMS: tuple[Param, ...] = (
+    Param("method", str, "wanda", "the registered method (a composition of the three parts below)"),
+    Param("sparsity", float, 0.5, "fraction of weights to zero, in [0, 1)"),
+    Param("pattern", str, "unstructured", "unstructured | N:M (N zeroed of every M input columns)"),
+    Param("allocation", str, "uniform", "how the sparsity is spread over matrices"),
+    Param("token_selection", str, "all", "which calibration tokens feed the statistics"),
+    Param("scoring", str, "wanda", "how one matrix is scored and pruned"),
+    Param("calib", str, "synthetic", "calibration data spec"),
+    Param("nsamples", int, 128, "calibration samples", check=_at_least("--nsamples", 1)),
+    Param("seqlen", int, 2048, "tokens per text calibration segment", check=_at_least("--seqlen", 2)),
+    Param("seed", int, 42, "seed of the calibration draw and of every random step"),
+    Param("prune_vision", bool, False, "also prune the vision tower (default: the language model's decoder only)"),
+)
+RUN_FIELDS = frozenset(p.name for p in RUN_PARAMS) | {"extra"}
