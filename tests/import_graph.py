@@ -1,0 +1,112 @@
+"""The import graph of tamp/ and harness/, read from the source (no imports run): which module imports which,
+at module level or inside a function. Imports under `if TYPE_CHECKING:` are left out (they never run)."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("tamp", "harness")
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    line: int
+    in_function: bool
+
+
+def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of the packages."""
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool):
+    """(imported names, line, inside a function?) for every import statement that can run."""
+    def visit(node: ast.AST, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    yield from visit(sub, in_function)
+                continue
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield [alias.name], child.lineno, in_function
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = module.split(".") if is_package else module.split(".")[:-1]
+                    anchor = anchor[:len(anchor) - (child.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                yield [base, *(f"{base}.{a.name}" for a in child.names)], child.lineno, in_function
+            yield from visit(child, inner)
+
+    yield from visit(tree, False)
+
+
+def edges() -> list[Edge]:
+    known = modules()
+    out = []
+    for name, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for candidates, line, in_function in _imports(tree, name, path.name == "__init__.py"):
+            for target in candidates:
+                if target in known and target != name:
+                    out.append(Edge(name, target, line, in_function))
+    return out
+
+
+def cycles(graph_edges: list[Edge]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    graph: dict[str, set[str]] = {}
+    for e in graph_edges:
+        graph.setdefault(e.source, set()).add(e.target)
+        graph.setdefault(e.target, set())
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
