@@ -13,7 +13,7 @@ FIND_LINKS := $(if $(filter 1 yes true,$(GPU)),,--find-links $(WHEELS))
 # uv reads neither pip.conf nor PIP_* variables; the lock's hashes are checked on every file.
 UV_FLAGS := --python $(PY) --no-config
 
-.PHONY: install lock lock-check test test-fast golden clean bench
+.PHONY: install lock lock-check lint test test-fast golden clean bench
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -43,14 +43,19 @@ lock-check:
 	else diff -r -x '*.in' lock $$tmp | grep '^[<>] [a-z]'; rm -rf $$tmp; \
 	echo "error: lock/ is out of date: run 'make lock' and commit lock/"; exit 1; fi
 
-test:
+# ruff (settings in pyproject.toml); part of `make test`, so CI keeps it clean
+lint:
+	$(VENV)/bin/ruff check .
+
+# everything: lint, then the whole suite (golden hashes included)
+test: lint
 	$(PY) -m pytest -q
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not golden"
 
-# Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json): run before and after a
-# refactor that must not change behaviour.
+# Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json), alone (~5 min); `make test`
+# runs them too.
 golden:
 	$(PY) -m pytest -q -m golden
 

@@ -3,8 +3,7 @@ same artifact keys, as when tests/golden/pruning_hashes.json was recorded (SmolL
 are checked in test_smollm2_pruned.py, which prunes them anyway). The method-registry refactor must leave all of
 these bit-identical.
 
-The weight hashes are marked `golden` and run by `make golden` (they take ~5 min); the artifact keys are
-pure hashing and run in `make test`."""
+They run in `make test` (~5 min of it); the weight hashes are also marked `golden` for `make golden`."""
 
 from __future__ import annotations
 
