@@ -32,6 +32,7 @@ from bench.common import (  # noqa: E402
     versions,
     write_json_atomic,
 )
+from tamp.devices import NoCudaDevice, choose_device  # noqa: E402
 
 SECTIONS = ("amia", "engine", "smollm2", "peers", "8b")
 DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers"), "8b": ("amia", "8b")}
@@ -78,9 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """auto -> CUDA when visible, else cpu; any other name as given (tamp's picker, which refuses absent CUDA)."""
+    return torch.device(choose_device(name))
 
 
 def amia_cases(args: argparse.Namespace, size: str) -> list[Any]:
@@ -272,7 +272,11 @@ def table(phases: list[Phase]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except NoCudaDevice as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     sections = tuple(s.strip() for s in args.sections.split(",")) if args.sections else DEFAULT_SECTIONS[args.size]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:

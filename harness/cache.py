@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.registry import ModelSpec
+from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -127,15 +128,14 @@ def artifact_key(spec: ModelSpec, config: dict[str, Any], calib_fp: dict[str, An
 
 
 def valid_artifact(path: Path, key: str) -> bool:
-    """A finished artifact: config + weights + a readable pruning.json + our key file with this key."""
+    """A finished artifact: config + weights + a readable pruning.json (tamp's reader) + our key file with this key."""
     try:
-        info = json.loads((path / "pruning.json").read_text())
+        read_pruning_json(path, PER_MATRIX)
         stored = json.loads((path / KEY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (PruningJsonError, OSError, json.JSONDecodeError):
         return False
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-    return (path / "config.json").is_file() and has_weights and isinstance(info.get("per_matrix"), dict) \
-        and stored.get("key") == key
+    return (path / "config.json").is_file() and has_weights and stored.get("key") == key
 
 
 def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:

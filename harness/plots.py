@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -17,6 +16,8 @@ import pandas as pd  # noqa: E402
 from harness.benchmarks import benchmark, order  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.tables import method_label, method_rank  # noqa: E402
+from tamp.artifacts import (PER_MATRIX, PRUNING_JSON, PruningJsonForeign, PruningJsonInvalid,  # noqa: E402
+                            PruningJsonMissing, PruningJsonUnreadable, read_pruning_json)
 
 AVERAGE = "Average"
 
@@ -147,17 +148,15 @@ def allocation_frame(pruning: dict[str, Any]) -> pd.DataFrame:
 
 
 def read_pruning(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    file = path / "pruning.json" if path.is_dir() else path
+    """An artifact's pruning.json (or the file itself) through tamp's reader, its errors worded for --allocation."""
     try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise HarnessError(f"{file} not found: give a pruned artifact directory or its pruning.json") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"cannot read {file}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("per_matrix"), dict):
-        raise HarnessError(f"{file} is not a tamp pruning.json (no per_matrix section)")
-    return data
+        return read_pruning_json(path, PER_MATRIX)
+    except PruningJsonMissing as exc:
+        raise HarnessError(f"{exc.file} not found: give a pruned artifact directory or its {PRUNING_JSON}") from None
+    except (PruningJsonUnreadable, PruningJsonInvalid) as exc:
+        raise HarnessError(f"cannot read {exc.file}: {exc.cause}") from None
+    except PruningJsonForeign as exc:
+        raise HarnessError(f"{exc.file} is not a tamp {PRUNING_JSON} (no per_matrix section)") from None
 
 
 def plot_allocation(paths: list[Path], out: Path) -> list[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
-import json
 import platform
 import sys
 import time
@@ -130,8 +129,8 @@ def plan(opts: RunOptions) -> Plan:
     check_output(opts.output, "--output", directory=True)
     check_output(opts.artifacts, "--artifacts", directory=True)
     with tamp_errors():  # tamp's rules for what `tamp prune` will be given
+        from tamp.devices import pick_device
         from tamp.models.loading import resolve_dtype
-        from tamp.pipeline import pick_device
 
         resolve_dtype(opts.dtype)
         pick_device(opts.device)
@@ -184,14 +183,15 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
     from harness.sparsity import ArtifactRefused
     from harness.tasks_catalog import output_type, task_manager
     from harness.wrappers.common import EmptyAnswers
-    from tamp.artifacts import git_commit
+    from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 
     device = opts.device
     artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.cfg,
                                                 device, opts.dtype)
     artifact = artifact.resolve()
     print(f"{'reusing' if reused else 'wrote'} artifact {artifact}" + ("" if reused else f" ({prune_s:.1f}s)"))
-    info = json.loads((artifact / "pruning.json").read_text())
+    with tamp_errors():
+        info = read_pruning_json(artifact, PER_MATRIX)
     if reused:
         prune_s = float(info.get("timings", {}).get("total_before_save", 0.0))
     model_args = f"pretrained={artifact},max_empty_fraction={opts.max_empty_fraction}"
@@ -209,7 +209,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
                 from harness.evaluate import evaluate_in_process, load_wrapper
 
                 if lm is None:
-                    lm = load_wrapper(p.spec.wrapper, model_args, None if device == "auto" else device)
+                    lm = load_wrapper(p.spec.wrapper, model_args, device)  # the wrapper resolves "auto"
                     load_s = time.perf_counter() - start
                     start = time.perf_counter()
                 result = evaluate_in_process(lm, task, opts.limit, tm)

@@ -1,4 +1,9 @@
-"""Pruned artifacts: a directory `from_pretrained` loads, plus pruning.json describing how it was made."""
+"""Pruned artifacts: a directory `from_pretrained` loads, plus pruning.json describing how it was made.
+
+The one owner of the artifact format: the file name, writing it, and reading it back with a one-line error
+for anything that is not a tamp pruning.json. harness (cache, run, plots, the lmms-eval wrappers) reads
+artifacts only through here; the zero recount after loading is in tamp.artifact_check.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,44 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from tamp.errors import TampError
+
+if TYPE_CHECKING:  # torch stays unimported for readers of pruning.json (harness plot, cache, table)
+    from torch import nn
 
 PRUNING_JSON = "pruning.json"
 FORMAT_VERSION = 1
+# what `tamp inspect` shows; what evaluating, caching and plotting need is only the per-matrix zero counts
+SECTIONS: tuple[str, ...] = ("model", "config", "sparsity", "per_matrix")
+PER_MATRIX: tuple[str, ...] = ("per_matrix",)
+
+
+class PruningJsonError(TampError):
+    """pruning.json cannot be used. ``file`` is the path tried, ``cause`` the underlying error if there is one,
+    so a caller with its own wording (harness plot, the wrappers) can keep it."""
+
+    def __init__(self, message: str, file: Path, cause: Exception | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.cause = cause
+
+
+class PruningJsonMissing(PruningJsonError):
+    """There is no pruning.json where one was looked for (a dense checkpoint, a wrong path)."""
+
+
+class PruningJsonUnreadable(PruningJsonError):
+    """The file exists but cannot be read (permissions, I/O error)."""
+
+
+class PruningJsonInvalid(PruningJsonError):
+    """The file is not JSON (or not UTF-8): a damaged artifact."""
+
+
+class PruningJsonForeign(PruningJsonError):
+    """Valid JSON, but lacking a section tamp writes: some other file named pruning.json."""
 
 
 def sparsity_report(linears: dict[str, nn.Linear], targets: dict[str, float]) -> dict[str, Any]:
@@ -50,6 +86,8 @@ def git_commit() -> str | None:
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
+    import torch
+
     out = {"python": platform.python_version()}
     for dist in ("tamp-harness", "torch", "transformers", "accelerate", "gguf", "lmms_eval"):
         try:
@@ -79,8 +117,6 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        from tamp.errors import TampError
-
         raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -95,7 +131,7 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
                 restore_stock_processor_files(tmp, model.config.model_type)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
-        write_json_atomic(tmp / PRUNING_JSON, info)
+        write_pruning_json(tmp, info)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -109,18 +145,36 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
     return out
 
 
-def read_pruning_json(path: Path) -> dict[str, Any]:
-    from tamp.errors import TampError
+def write_pruning_json(directory: Path, info: dict[str, Any]) -> Path:
+    """Write (or rewrite) an artifact's pruning.json atomically; returns its path."""
+    path = Path(directory) / PRUNING_JSON
+    write_json_atomic(path, info)
+    return path
 
+
+def pruning_json_path(path: str | Path) -> Path:
+    """The pruning.json of an artifact directory, or `path` itself when it is not a directory."""
     path = Path(path)
-    file = path / PRUNING_JSON if path.is_dir() else path
+    return path / PRUNING_JSON if path.is_dir() else path
+
+
+def read_pruning_json(path: str | Path, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """pruning.json of an artifact directory (or the file itself), checked to hold `sections` as tables.
+
+    Raises a PruningJsonError subclass whose message is one line saying what is wrong.
+    """
+    path = Path(path)
+    file = pruning_json_path(path)
     if not file.is_file():
-        raise TampError(f"no {PRUNING_JSON} in {path}: is it a tamp artifact?")
+        raise PruningJsonMissing(f"no {PRUNING_JSON} in {path}: is it a tamp artifact?", file)
     try:
         info = json.loads(file.read_text())
+    except OSError as exc:
+        raise PruningJsonUnreadable(f"cannot read {file}: {exc}", file, exc) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TampError(f"{file} is not valid JSON ({exc}): the artifact is damaged; prune it again") from None
-    sections = ("model", "config", "sparsity", "per_matrix")
+        raise PruningJsonInvalid(f"{file} is not valid JSON ({exc}): the artifact is damaged; prune it again",
+                                 file, exc) from None
     if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in sections):
-        raise TampError(f"{file} is not a tamp pruning.json (it needs the sections {', '.join(sections)})")
+        raise PruningJsonForeign(f"{file} is not a tamp {PRUNING_JSON} (it needs the sections {', '.join(sections)})",
+                                 file)
     return info

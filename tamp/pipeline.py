@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from tamp import __version__
-from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions
+from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions, write_pruning_json
 from tamp.calibration.loader import build_calibration
 from tamp.config import PruneConfig
+from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
 from tamp.errors import TampError
@@ -21,16 +22,6 @@ from tamp.methods.base import UNIFORM
 from tamp.methods.registry import resolve
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TampError("--device cuda requested but no CUDA device is visible; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TampError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
-    return torch.device(device)
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -146,7 +137,5 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     info["peak_memory"] = peak_memory(dev)
     save_artifact(loaded.model, loaded.processor, info, out, overwrite, _extra_files(loaded, adapter.extra_files))
     info["timings"]["save"] = time.perf_counter() - t
-    from tamp.artifacts import PRUNING_JSON, write_json_atomic
-
-    write_json_atomic(out / PRUNING_JSON, info)
+    write_pruning_json(out, info)
     return info

@@ -1,8 +1,8 @@
 """Behaviour shared by the tamp_* wrappers, mixed in front of lmms-eval's own wrappers.
 
 What it adds to the stock wrappers:
-- the device is chosen here (CUDA when visible, else CPU; one GPU per process under accelerate);
-- at load, the zeros of every matrix listed in pruning.json are recounted (`harness.sparsity`);
+- the device is chosen by tamp's picker (CUDA when visible, else CPU; one GPU per process under accelerate);
+- at load, the zeros of every matrix listed in pruning.json are recounted (`tamp.artifact_check`);
 - answers are counted per task and a run whose answers are mostly empty fails loudly: the stock
   wrappers catch generation errors and return "", which would otherwise score as a bad model;
 - `loglikelihood` returns `GenerationResult((loss, greedy))`: lmms-eval 0.7.3 turns a plain tuple
@@ -24,7 +24,9 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from harness.sparsity import ArtifactRefused, SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
+from harness.sparsity import ArtifactRefused
+from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
+from tamp.devices import NoCudaDevice, choose_device
 from tamp.models.loading import checkpoint_problem
 
 # what a user of lmms-eval's CLI can do about a refused artifact (harness words its own)
@@ -41,14 +43,13 @@ def distributed() -> bool:
 
 
 def pick_device(device: str | None) -> str:
-    """None/auto -> this process's GPU when CUDA is visible, else cpu; an explicit choice is checked."""
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        return "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' requested but no CUDA device is visible; use device=cpu or leave it unset")
-    return str(device)
+    """None/auto -> this process's GPU when CUDA is visible, else cpu (tamp's picker); the refusal names lmms-eval's
+    device= model argument."""
+    try:
+        return choose_device(device, per_process=True)
+    except NoCudaDevice:
+        raise ValueError(f"device '{device}' requested but no CUDA device is visible; use device=cpu or leave it "
+                         "unset") from None
 
 
 @contextmanager
