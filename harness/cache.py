@@ -19,6 +19,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.registry import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
+from tamp.calibration.spec import CalibrationSpec
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -85,37 +86,11 @@ def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
 
 
 def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed: int) -> dict[str, Any] | None:
-    """What the calibration data is, without loading a model: spec + contents of the files it reads."""
+    """What the calibration data is, without loading a model: spec + contents of the files it reads (tamp's
+    CalibrationSpec says which, drawing the samples as tamp does; files hashed as everything else in the key)."""
     if calib is None:
         return None
-    out: dict[str, Any] = {"spec": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
-    if calib.startswith("text:"):
-        files = [Path(p.strip()) for p in calib[5:].split(",") if p.strip()]
-        out["files"] = {str(p): _sha256_file(p) for p in files}
-    elif ".json" in calib:
-        from tamp.calibration.llava_json import parse_llava_spec
-
-        json_path, image_dir = parse_llava_spec(calib)
-        out["json_sha256"] = _sha256_file(json_path)
-        out["images"] = _drawn_images_hash(json_path, image_dir, nsamples, seed)
-    return out
-
-
-def _drawn_images_hash(json_path: Path, image_dir: Path, nsamples: int, seed: int) -> str:
-    """Hash of the media files (image, video, audio) of the samples tamp draws (numpy RandomState(seed) without
-    replacement, as tamp does), so replacing a picture or a clip changes the artifact key."""
-    from tamp.calibration.llava_json import draw_order
-
-    data = json.loads(json_path.read_text())
-    h = hashlib.sha256()
-    for index in draw_order(len(data), nsamples, seed):
-        for kind in ("image", "video", "audio"):
-            names = data[index].get(kind) or []
-            for name in [names] if isinstance(names, str) else names:
-                path = image_dir / name
-                h.update(f"{kind}:{name}".encode() + b"\0" +
-                         (_sha256_file(path).encode() if path.is_file() else b"missing"))
-    return h.hexdigest()
+    return CalibrationSpec.parse(calib).fingerprint(nsamples, seqlen, seed, hash_file=_sha256_file)
 
 
 def artifact_key(spec: ModelSpec, config: dict[str, Any], calib_fp: dict[str, Any] | None, dtype: str,

@@ -6,8 +6,8 @@ to the media folder), as LLaVA, VideoLLaMA2 and AVInstruct-style audio-visual da
 processor's defaults; audio is resampled to the feature extractor's rate (tamp.calibration.media). An audio-
 text JSON for audio LLMs is the same format with "audio" only.
 
-Sample choice follows the released TAMP code: numpy's legacy RandomState(seed).choice without
-replacement, one whole conversation per sample, batch size 1.
+One whole conversation per sample, batch size 1. This module reads the format; which file and media folder a
+`--calib` spec names, and which samples are drawn, is tamp.calibration.spec's (the one owner of that grammar).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -25,15 +24,6 @@ from tamp.calibration.media import decode_video, load_audio, media_modalities
 from tamp.errors import TampError
 
 MEDIA_KEYS = ("image", "video", "audio")
-
-
-def parse_llava_spec(spec: str) -> tuple[Path, Path]:
-    """`FILE.json` or `FILE.json:IMAGE_DIR` (default image folder: the JSON's folder)."""
-    if ":" in spec and not spec.endswith(".json"):
-        json_part, image_dir = spec.rsplit(":", 1)
-        return Path(json_part), Path(image_dir)
-    path = Path(spec)
-    return path, path.parent
 
 
 def load_llava_json(path: Path) -> list[dict[str, Any]]:
@@ -51,15 +41,10 @@ def load_llava_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _names(sample: dict[str, Any], key: str) -> list[str]:
+def media_names(sample: dict[str, Any], key: str) -> list[str]:
+    """The files a sample names under "image", "video" or "audio" (one name or a list of them)."""
     value = sample.get(key) or []
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def draw_order(available: int, nsamples: int, seed: int) -> list[int]:
-    """The samples drawn, in order: the released code's numpy RandomState(seed).choice without replacement."""
-    n = min(nsamples, available)
-    return [int(i) for i in np.random.RandomState(seed).choice(available, n, replace=False)]
 
 
 def _missing(media_dir: Path, name: str, kind: str, sample_id: Any) -> str:
@@ -86,22 +71,17 @@ def _open_image(path: Path, name: str, sample_id: Any) -> Image.Image:
         raise TampError(_unreadable_image(name, sample_id, exc)) from None
 
 
-def media_problems(spec: str, nsamples: int, seed: int, most: int = 5) -> list[str]:
-    """What is wrong with a LLaVA-format calibration spec, found without a model: the JSON, the media folder and
-    the media of the samples that will be drawn (present; images identified by PIL). At most `most` listed."""
-    json_path, media_dir = parse_llava_spec(spec)
-    try:
-        data = load_llava_json(json_path)
-    except TampError as exc:
-        return [str(exc)]
+def media_problems(data: list[dict[str, Any]], order: list[int], media_dir: Path, most: int = 5) -> list[str]:
+    """What is wrong with the media of the drawn samples `order` of a loaded JSON, found without a model: the
+    media folder, then each file (present; images identified by PIL). At most `most` listed."""
     if not media_dir.is_dir():
         return [f"calibration media folder not found: {media_dir} (FILE.json:MEDIA_DIR names it; default: the "
                 "JSON's folder)"]
     problems: list[str] = []
-    for index in draw_order(len(data), nsamples, seed):
+    for index in order:
         sample = data[index]
         for kind in MEDIA_KEYS:
-            for name in _names(sample, kind):
+            for name in media_names(sample, kind):
                 path = media_dir / name
                 if not path.exists():
                     problems.append(_missing(media_dir, name, kind, sample.get("id", index)))
@@ -116,19 +96,17 @@ def media_problems(spec: str, nsamples: int, seed: int, most: int = 5) -> list[s
     return problems
 
 
-def llava_batches(spec: str, processor: Any, tokenizer: Any, nsamples: int, seed: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
-    """Draw `nsamples` conversations with `seed` and render each with the model's processor."""
-    json_path, media_dir = parse_llava_spec(spec)
-    data = load_llava_json(json_path)
-    order = draw_order(len(data), nsamples, seed)
-    n = len(order)
+def llava_batches(data: list[dict[str, Any]], order: list[int], media_dir: Path, processor: Any,
+                  tokenizer: Any) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """Render the drawn conversations `order` of a loaded JSON with the model's processor, one batch each; and
+    what they held (samples without media, media items per kind)."""
     accepted = media_modalities(processor) if processor is not tokenizer else ()
     batches, without_media = [], 0
     media_items = {kind: 0 for kind in MEDIA_KEYS}
     for index in order:
         sample = data[index]
         sample_id = sample.get("id", index)
-        names = {kind: _names(sample, kind) for kind in MEDIA_KEYS}
+        names = {kind: media_names(sample, kind) for kind in MEDIA_KEYS}
         for kind, listed in names.items():
             if listed and kind not in accepted:
                 raise TampError(f"calibration sample {sample_id} has {kind} but this model takes "
@@ -150,7 +128,4 @@ def llava_batches(spec: str, processor: Any, tokenizer: Any, nsamples: int, seed
             without_media += 1
         messages = to_messages(sample["conversations"], len(images), len(videos), len(audio))
         batches.append(render(processor, tokenizer, messages, images, videos, audio, metadata or None))
-    details = {"json": str(json_path), "image_dir": str(media_dir), "available": len(data), "drawn": n,
-               "indices": order, "samples_without_media": without_media,
-               "media_items": media_items}
-    return batches, details
+    return batches, {"samples_without_media": without_media, "media_items": media_items}

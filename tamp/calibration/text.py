@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-TEXT_SPEC_PREFIX = "text:"
+from tamp.calibration.spec import TEXT_PREFIX as TEXT_SPEC_PREFIX
+from tamp.calibration.spec import CalibrationSpec
+from tamp.errors import TampError
 
 
 def read_text_files(paths: Sequence[str | Path]) -> str:
@@ -53,10 +55,11 @@ def text_segments(
 
 
 def parse_text_spec(spec: str) -> list[Path]:
-    """Parse ``"text:FILE[,FILE...]"`` into a list of paths (existence is checked when read)."""
+    """Parse ``"text:FILE[,FILE...]"`` into a list of paths (existence is checked when read); ValueError if it is
+    not one. The grammar is CalibrationSpec's; this keeps the text module's own entry point."""
     if not spec.startswith(TEXT_SPEC_PREFIX):
         raise ValueError(f"calibration spec must look like 'text:FILE[,FILE...]', got {spec!r}")
-    paths = [Path(s.strip()) for s in spec[len(TEXT_SPEC_PREFIX):].split(",") if s.strip()]
-    if not paths:
-        raise ValueError(f"calibration spec {spec!r} names no file")
-    return paths
+    try:
+        return list(CalibrationSpec.parse(spec).files)
+    except TampError as exc:
+        raise ValueError(str(exc)) from None
