@@ -61,7 +61,6 @@ TINY_FAMILIES: tuple[str, ...] = (
 )
 
 BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
-BY_MODEL_TYPE: dict[str, Family] = {f.model_type: f for f in FAMILIES}
 
 if set(TINY_FAMILIES) - set(BY_NAME):
     raise RuntimeError(f"tiny families without a family row: {sorted(set(TINY_FAMILIES) - set(BY_NAME))}")
