@@ -156,13 +156,13 @@ def engine_vs_naive(model: nn.Module, adapter: Any, batches: list[dict[str, torc
 
 
 def tiny_model(family: str = "llama", root: Path | None = None) -> tuple[nn.Module, Any, int]:
-    """A tiny random model from tamp.tiny (built into `root` or a temporary folder); returns model, adapter, vocab."""
+    """A tiny random model from tamp.testing.tiny (built into `root` or a temporary folder); returns model, adapter, vocab."""
     import tempfile
 
     from transformers import AutoModelForCausalLM
 
     from tamp.models.adapters import get_adapter
-    from tamp.tiny import build_tiny
+    from tamp.testing.tiny import build_tiny
 
     root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="tamp-bench-"))
     path = build_tiny(family, root / f"tiny-{family}", seed=0)

@@ -1,7 +1,9 @@
 """Short model names -> HF id, tamp family, lmms-eval wrapper, default calibration and tasks.
 
-A local directory or an HF id of a supported family also resolves: its family comes from the
-config's model_type, its defaults from the first registry entry of that family.
+The families themselves (names, model types, HF ids, inputs) are tamp's table, ``tamp.models.families``; this
+module adds only what is the harness's own per family: the lmms-eval wrapper that evaluates it and its default
+calibration and tasks (``EVALUATIONS``). A local directory or an HF id of a supported family also resolves: its
+family comes from the config's model_type, its defaults from that family's row here.
 """
 
 from __future__ import annotations
@@ -12,19 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from tamp.models.registry import HF_MODELS
+from tamp.models.families import BY_NAME, FAMILIES, TINY_FAMILIES
+from tamp.models.registry import TINY_PREFIX
 
 SMOKE_TASKS: tuple[str, ...] = ("tamp_smoke_vqa", "tamp_smoke_mc")
-# model_type -> (tamp family, registered lmms-eval wrapper id)
-WRAPPERS: dict[str, tuple[str, str]] = {
-    "llava": ("llava", "tamp_llava_hf"),
-    "llava_next": ("llava-next", "tamp_llava_hf"),
-    "llava_onevision": ("llava-onevision", "tamp_llava_hf"),
-    "qwen2_vl": ("qwen2-vl", "tamp_qwen2_vl"),
-    "qwen2_5_vl": ("qwen2.5-vl", "tamp_qwen2_5_vl"),
-    "qwen2_audio": ("qwen2-audio", "tamp_qwen2_audio"),
-    "qwen2_5_omni": ("qwen2.5-omni", "tamp_qwen2_5_omni"),
-}
 # The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
 # $TAMP_DATA (default ./data) holds it; pass --calib to use anything else.
 SHAREGPT4V = "$TAMP_DATA/sharegpt4v/llava_next_sharegpt4v.json:$TAMP_DATA/sharegpt4v/images"
@@ -36,22 +29,43 @@ AUDIO_TASKS = ("clotho_aqa_test", "vocalsound_test")
 # offline audio / video smoke tasks (tasks/tamp_smoke_av) for the tiny audio and video families
 SMOKE_AUDIO = ("tamp_smoke_audio",)
 SMOKE_VIDEO = ("tamp_smoke_video", "tamp_smoke_video_mc")
+# tiny random models are pruned on a few short synthetic samples: they only prove the path runs
+TINY_CALIB, TINY_NSAMPLES, TINY_SEQLEN = "synthetic", 4, 64
 
-# the inputs each family's wrapper feeds its model (the README's Models table)
-FAMILY_INPUTS: dict[str, tuple[str, ...]] = {
-    "llava": ("image",),
-    "llava-next": ("image", "video"),
-    "llava-onevision": ("image", "video"),
-    "qwen2-vl": ("image", "video"),
-    "qwen2.5-vl": ("image", "video"),
-    "qwen2-audio": ("audio",),
-    "qwen2.5-omni": ("image", "video", "audio"),
-}
 # the input each task we know needs (lmms-eval's other tasks are not checked)
 TASK_INPUT: dict[str, str] = {
     **{t: "image" for t in (*IMAGE_TASKS, "gqa", "mmbench_en_dev", *SMOKE_TASKS)},
     **{t: "video" for t in (*VIDEO_TASKS, *SMOKE_VIDEO)},
     **{t: "audio" for t in (*AUDIO_TASKS, *SMOKE_AUDIO)},
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the harness adds to one family of tamp's table: how lmms-eval runs it and on what by default."""
+
+    wrapper: str  # lmms-eval model id (registered through our entry point: harness.wrappers.WRAPPER_CLASSES)
+    calib: str | None  # default --calib of the family's HF model (None: no default, --calib is required)
+    tasks: tuple[str, ...]  # default tasks of the family's HF model (and of local / HF-id checkpoints of it)
+    tiny_tasks: tuple[str, ...]  # default tasks of tiny-<family>: offline smoke tasks of the inputs it takes
+
+
+# tamp family -> its evaluation, for the families lmms-eval can run (multimodal only: the wrappers need a
+# processor). The order is the order `harness models` lists the HF models in.
+EVALUATIONS: dict[str, Evaluation] = {
+    "llava-next": Evaluation("tamp_llava_hf", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS), SMOKE_TASKS),
+    "llava": Evaluation("tamp_llava_hf", SHAREGPT4V,
+                        ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "gqa"),
+                        SMOKE_TASKS),
+    "llava-onevision": Evaluation("tamp_llava_hf", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS),
+                                  (*SMOKE_TASKS, *SMOKE_VIDEO)),
+    "qwen2-vl": Evaluation("tamp_qwen2_vl", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS), SMOKE_TASKS),
+    "qwen2.5-vl": Evaluation("tamp_qwen2_5_vl", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS), SMOKE_TASKS),
+    "qwen2-audio": Evaluation("tamp_qwen2_audio", None, AUDIO_TASKS, SMOKE_AUDIO),
+    # audio-visual: the paper's AVInstruct AVQA-music JSON + media under $TAMP_DATA/avinstruct (fetch it yourself;
+    # any LLaVA-format JSON whose samples name "video" / "audio" files works with --calib FILE.json:MEDIA_DIR)
+    "qwen2.5-omni": Evaluation("tamp_qwen2_5_omni", AVINSTRUCT, (*AUDIO_TASKS, *VIDEO_TASKS),
+                               (*SMOKE_AUDIO, SMOKE_VIDEO[0])),
 }
 
 
@@ -73,38 +87,32 @@ class ModelSpec:
         return Path(self.source).exists()
 
 
-# HF ids come from tamp's registry, so `tamp prune --model NAME` and `harness run --model NAME` agree
+def _hf_spec(family: str, evaluation: Evaluation) -> ModelSpec:
+    """The family's HF model under tamp's short name, so `tamp prune --model NAME` and `harness run --model NAME`
+    agree."""
+    row = BY_NAME[family]
+    if row.registry_name is None or row.hf_id is None:
+        raise RuntimeError(f"family {family} has an evaluation but no default HF model in tamp.models.families")
+    return ModelSpec(row.registry_name, row.hf_id, family, evaluation.wrapper, evaluation.calib, evaluation.tasks)
+
+
+def _tiny_spec(family: str, evaluation: Evaluation) -> ModelSpec:
+    """The family's tiny random model, built offline by tamp."""
+    name = TINY_PREFIX + family
+    return ModelSpec(name, name, family, evaluation.wrapper, TINY_CALIB, evaluation.tiny_tasks, TINY_NSAMPLES,
+                     TINY_SEQLEN)
+
+
+# the HF models, then the tiny ones (in tamp's tiny-family order)
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("llava-next", HF_MODELS["llava-next"], "llava-next", "tamp_llava_hf", SHAREGPT4V,
-                  (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("llava-1.5", HF_MODELS["llava-1.5"], "llava", "tamp_llava_hf", SHAREGPT4V,
-                  ("textvqa_val", "vizwiz_vqa_val", "pope", "mme", "mmbench_en_dev_static", "scienceqa_img", "gqa")),
-        ModelSpec("llava-onevision", HF_MODELS["llava-onevision"], "llava-onevision", "tamp_llava_hf",
-                  SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2-vl", HF_MODELS["qwen2-vl"], "qwen2-vl", "tamp_qwen2_vl", SHAREGPT4V,
-                  (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2.5-vl", HF_MODELS["qwen2.5-vl"], "qwen2.5-vl", "tamp_qwen2_5_vl", SHAREGPT4V,
-                  (*IMAGE_TASKS, *VIDEO_TASKS)),
-        ModelSpec("qwen2-audio", HF_MODELS["qwen2-audio"], "qwen2-audio", "tamp_qwen2_audio", None, AUDIO_TASKS),
-        # audio-visual: the paper's AVInstruct AVQA-music JSON + media under $TAMP_DATA/avinstruct (fetch it yourself;
-        # any LLaVA-format JSON whose samples name "video" / "audio" files works with --calib FILE.json:MEDIA_DIR)
-        ModelSpec("qwen2.5-omni", HF_MODELS["qwen2.5-omni"], "qwen2.5-omni", "tamp_qwen2_5_omni", AVINSTRUCT,
-                  (*AUDIO_TASKS, *VIDEO_TASKS)),
-        # tiny random models built offline by tamp (multimodal families only: the wrappers need a processor)
-        ModelSpec("tiny-llava", "tiny-llava", "llava", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
-        ModelSpec("tiny-llava-next", "tiny-llava-next", "llava-next", "tamp_llava_hf", "synthetic", SMOKE_TASKS, 4, 64),
-        ModelSpec("tiny-qwen2-vl", "tiny-qwen2-vl", "qwen2-vl", "tamp_qwen2_vl", "synthetic", SMOKE_TASKS, 4, 64),
-        ModelSpec("tiny-qwen2.5-vl", "tiny-qwen2.5-vl", "qwen2.5-vl", "tamp_qwen2_5_vl", "synthetic", SMOKE_TASKS, 4, 64),
-        ModelSpec("tiny-qwen2-audio", "tiny-qwen2-audio", "qwen2-audio", "tamp_qwen2_audio", "synthetic", SMOKE_AUDIO,
-                  4, 64),
-        ModelSpec("tiny-llava-onevision", "tiny-llava-onevision", "llava-onevision", "tamp_llava_hf", "synthetic",
-                  (*SMOKE_TASKS, *SMOKE_VIDEO), 4, 64),
-        ModelSpec("tiny-qwen2.5-omni", "tiny-qwen2.5-omni", "qwen2.5-omni", "tamp_qwen2_5_omni", "synthetic",
-                  (*SMOKE_AUDIO, SMOKE_VIDEO[0]), 4, 64),
+        *(_hf_spec(family, evaluation) for family, evaluation in EVALUATIONS.items()),
+        *(_tiny_spec(family, EVALUATIONS[family]) for family in TINY_FAMILIES if family in EVALUATIONS),
     )
 }
+# model_type -> family, for the families lmms-eval can run (a local directory or an HF id resolves through it)
+EVALUATED_TYPES: dict[str, str] = {f.model_type: f.name for f in FAMILIES if f.name in EVALUATIONS}
 
 
 def expand_calib(spec: str | None) -> str | None:
@@ -141,15 +149,15 @@ def resolve_model(name: str) -> ModelSpec:
         raise HarnessError(f"unknown model '{name}': give a name from `harness models`, a local checkpoint "
                            "directory or an HF id (org/name)")
     model_type = _model_type(name)
-    if model_type not in WRAPPERS:
-        supported = ", ".join(sorted(WRAPPERS))
+    if model_type not in EVALUATED_TYPES:
+        supported = ", ".join(sorted(EVALUATED_TYPES))
         raise HarnessError(f"model '{name}' has model_type '{model_type}', which has no lmms-eval wrapper here; "
                            f"supported model types: {supported}")
-    family, wrapper = WRAPPERS[model_type]
-    base = next((s for s in MODELS.values() if s.family == family and not s.name.startswith("tiny-")), None)
+    family = EVALUATED_TYPES[model_type]
+    evaluation = EVALUATIONS[family]
     label = path.resolve().name if path.is_dir() else name.replace("/", "__")
-    return ModelSpec(label, str(path.resolve()) if path.is_dir() else name, family, wrapper,
-                     base.calib if base else None, base.tasks if base else SMOKE_TASKS)
+    return ModelSpec(label, str(path.resolve()) if path.is_dir() else name, family, evaluation.wrapper,
+                     evaluation.calib, evaluation.tasks)
 
 
 def _model_type(name: str) -> str:
@@ -168,7 +176,7 @@ def _model_type(name: str) -> str:
 
 def input_problems(spec: ModelSpec, tasks: list[str]) -> list[str]:
     """Tasks whose input (image, video, audio) the model cannot take: refused before pruning, not mid-evaluation."""
-    takes = FAMILY_INPUTS.get(spec.family, ())
+    takes = BY_NAME[spec.family].inputs if spec.family in BY_NAME else ()
     return [f"task '{task}' needs {TASK_INPUT[task]} input, which {spec.name} ({spec.family}) cannot take (it takes "
             f"{', '.join(takes)}); its default tasks: {', '.join(spec.tasks)}"
             for task in tasks if task in TASK_INPUT and TASK_INPUT[task] not in takes]

@@ -126,7 +126,7 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
             processor.save_pretrained(tmp)
             if type(processor).__name__.endswith("ImageOnlyProcessor"):
                 # the torchvision-free stand-in must not leak into the artifact: name the stock processor
-                from tamp.tiny import restore_stock_processor_files
+                from tamp.models.qwen_image_only import restore_stock_processor_files
 
                 restore_stock_processor_files(tmp, model.config.model_type)
         for name, source in (extra_files or {}).items():

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build-tiny":
         from tamp.paths import output_problem
-        from tamp.tiny import build_tiny
+        from tamp.testing.tiny import build_tiny
 
         problem = output_problem(args.out, directory=True)
         if problem is not None:

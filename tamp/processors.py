@@ -39,6 +39,8 @@ from transformers.video_utils import make_batched_metadata, make_batched_videos
 from tamp.errors import TampError
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
     "LlavaOnevisionVideoProcessorNumpy",
     "QwenVideoProcessorNumpy",
     "load_processor",
@@ -52,8 +54,9 @@ for _package in (transformers, transformers.processing_utils.transformers_module
     if not hasattr(_package, "VideoProcessorMixin"):
         _package.VideoProcessorMixin = VideoProcessorMixin
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP's normalisation, which the Qwen-VL processors use too
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def qwen_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -98,8 +101,8 @@ class _NumpyVideoProcessor(VideoProcessorMixin):
     """Shared parts: batching, rescale + normalise, saving under the stock class name."""
 
     stock_type = ""
-    image_mean = list(_CLIP_MEAN)
-    image_std = list(_CLIP_STD)
+    image_mean = list(CLIP_MEAN)
+    image_std = list(CLIP_STD)
     rescale_factor = 1 / 255
     do_resize = True
     do_rescale = True

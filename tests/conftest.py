@@ -23,7 +23,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_root: Path):
     """family -> path of a tiny model of that family (built on first request)."""
-    from tamp.tiny import build_tiny
+    from tamp.testing.tiny import build_tiny
 
     built: dict[str, Path] = {}
 

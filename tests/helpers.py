@@ -22,7 +22,7 @@ def load_for_generation(path: Path, family: str):
     """Plain transformers loading, as a user of the artifact would do it."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-    from tamp.tiny import load_processor  # AutoProcessor, but Qwen-VL also works without torchvision
+    from tamp.processors import load_processor  # AutoProcessor, but Qwen-VL also works without torchvision
 
     if family in MULTIMODAL:
         return AutoModelForImageTextToText.from_pretrained(path), load_processor(path)

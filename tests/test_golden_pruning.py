@@ -15,7 +15,7 @@ from golden_hashes import artifact_digest, check_golden
 from tamp.config import PruneConfig
 from tamp.methods.registry import builtin_methods
 from tamp.pipeline import prune
-from tamp.tiny import TINY_FAMILIES
+from tamp.models.families import TINY_FAMILIES
 
 # ECoFLaP's zeroth-order estimate runs a forward pass per noise draw: 8 draws keep it to seconds per model.
 OVERRIDES: dict[str, dict[str, Any]] = {"ecoflap": {"ecoflap_samples": 8}}

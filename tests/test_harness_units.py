@@ -26,6 +26,32 @@ def test_registry_resolves_names_and_local_dirs(tiny_model) -> None:
         resolve_model(str(tiny_model("llama")))
 
 
+def test_family_table_has_one_owner_per_fact() -> None:
+    """The harness adds a wrapper and tasks to families of tamp's table; every wrapper id it names is registered,
+    every family it evaluates is a multimodal row with a default HF model, and tiny names come from the table."""
+    from harness.registry import EVALUATIONS, MODELS
+    from harness.wrappers import WRAPPER_CLASSES
+    from tamp.models.families import BY_NAME, TINY_FAMILIES
+    from tamp.models.registry import HF_MODELS, registry_names
+
+    for family, evaluation in EVALUATIONS.items():
+        assert evaluation.wrapper in WRAPPER_CLASSES
+        row = BY_NAME[family]
+        assert row.multimodal and HF_MODELS[row.registry_name] == row.hf_id == MODELS[row.registry_name].source
+    assert [n for n in MODELS if n.startswith("tiny-")] == [f"tiny-{f}" for f in TINY_FAMILIES if f in EVALUATIONS]
+    assert {f"tiny-{f}" for f in TINY_FAMILIES} <= set(registry_names())
+
+
+def test_save_path_does_not_import_the_tiny_builders() -> None:
+    """tamp.testing (the tiny-model builders) is test scaffolding: the save path and the wrappers never load it."""
+    import subprocess
+
+    code = ("import sys, tamp.artifacts, tamp.models.loading, tamp.models.qwen_image_only, harness.registry, "
+            "harness.wrappers; print([m for m in sys.modules if m.startswith('tamp.testing')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
 def test_entry_point_lists_our_wrappers() -> None:
     from importlib.metadata import entry_points
 

@@ -1,4 +1,4 @@
-"""Tests for tamp.tiny: tiny offline checkpoints load, run and are reproducible."""
+"""Tests for tamp.testing.tiny: tiny offline checkpoints load, run and are reproducible."""
 
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from tamp.tiny import TINY_FAMILIES, build_tiny, load_processor
+from tamp.models.families import TINY_FAMILIES
+from tamp.processors import load_processor
+from tamp.testing.tiny import build_tiny
 
 MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
 AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
-# Image tokens produced by one 112 x 112 image (see tamp.tiny for the geometry).
+# Image tokens produced by one 112 x 112 image (see tamp.testing.tiny for the geometry).
 IMAGE_TOKENS_112 = {"llava": 36, "llava-next": 88, "qwen2-vl": 16, "qwen2.5-vl": 16}
 
 ROUND_TRIP_TEXTS = (

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# model id -> class path
-WRAPPERS: dict[str, str] = {
+# lmms-eval model id -> wrapper class path (harness.registry.EVALUATIONS says which family each id evaluates)
+WRAPPER_CLASSES: dict[str, str] = {
     "tamp_llava_hf": "harness.wrappers.llava_hf.TampLlavaHf",
     "tamp_qwen2_vl": "harness.wrappers.qwen_vl.TampQwen2VL",
     "tamp_qwen2_5_vl": "harness.wrappers.qwen_vl.TampQwen2_5VL",
@@ -27,4 +27,4 @@ def manifests() -> list[Any]:
     """The entry point's payload: one simple-model ModelManifest per wrapper."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return [ModelManifest(model_id=model_id, simple_class_path=path) for model_id, path in WRAPPERS.items()]
+    return [ModelManifest(model_id=model_id, simple_class_path=path) for model_id, path in WRAPPER_CLASSES.items()]

@@ -3,7 +3,7 @@
 Two gaps of a torchvision-free install are filled here (a GPU install with torchvision and
 qwen-vl-utils keeps the stock behaviour):
 - the stock processor always builds a video processor, which needs torchvision: the wrappers build
-  it through `tamp.tiny.load_processor`, with the pixel bounds the stock call passes;
+  it through `tamp.processors.load_processor`, with the pixel bounds the stock call passes;
 - `qwen_vl_utils.process_vision_info` imports torchvision: when it is missing, a replacement stands in that
   resizes images with the same rule and decodes videos with decord (frames sampled at 2 fps, 4 to 768 of
   them, an even count, as qwen-vl-utils does; each frame resized within the video pixel bounds).
@@ -98,7 +98,7 @@ class _ProcessorLoader:
 
     @staticmethod
     def from_pretrained(path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any) -> Any:
-        from tamp.tiny import load_processor
+        from tamp.processors import load_processor
 
         processor = load_processor(path, revision=kwargs.get("revision"))
         image_processor = processor.image_processor

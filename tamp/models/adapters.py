@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tamp.errors import TampError
+from tamp.models.families import FAMILIES, Family
 
 MODALITIES = ("image", "video", "audio", "text")
 # config attributes that carry the special token id standing for each media modality
@@ -107,18 +108,8 @@ _VISION_PATHS = (
     "thinker.model.visual.blocks",  # Qwen2.5-Omni
 )
 
-# model_type -> family name
-FAMILIES = {
-    "llava": "llava",
-    "llava_next": "llava-next",
-    "llava_onevision": "llava-onevision",
-    "qwen2_vl": "qwen2-vl",
-    "qwen2_5_vl": "qwen2.5-vl",
-    "qwen2_audio": "qwen2-audio",
-    "qwen2_5_omni": "qwen2.5-omni",
-}
-# model_type -> (forward_path, extra_files)
-_RUNNERS = {"qwen2_5_omni": ("thinker", ("spk_dict.pt",))}
+# model_type -> family row, for the multimodal families (text-only LMs take the generic causal-LM adapter)
+MULTIMODAL_TYPES: dict[str, Family] = {f.model_type: f for f in FAMILIES if f.multimodal}
 CAUSAL_LM_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo", "granite")
 
 
@@ -141,13 +132,12 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
     """The adapter for a loaded model, chosen by its config's model_type."""
     config = model.config
     model_type = getattr(config, "model_type", "")
-    if model_type in FAMILIES:
-        family = FAMILIES[model_type]
-        forward_path, extra_files = _RUNNERS.get(model_type, ("", ()))
-        return ModelAdapter(family, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config), forward_path,
-                            extra_files)
+    if model_type in MULTIMODAL_TYPES:
+        family = MULTIMODAL_TYPES[model_type]
+        return ModelAdapter(family.name, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config), family.forward_path,
+                            family.extra_files)
     if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(getattr(model, "model"), "layers"):
         return ModelAdapter(model_type or "causal-lm", ("model",), (), {})
     raise TampError(
-        f"unsupported model type '{model_type}'; supported: {', '.join([*FAMILIES, *CAUSAL_LM_TYPES])}"
+        f"unsupported model type '{model_type}'; supported: {', '.join([*MULTIMODAL_TYPES, *CAUSAL_LM_TYPES])}"
     )

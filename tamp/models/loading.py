@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from tamp.errors import TampError
+from tamp.models.families import TINY_FAMILIES
 from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, tiny_cache_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -135,8 +136,6 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
     if name.endswith(".gguf"):
         return gguf_problem(Path(name))
     if name.startswith(TINY_PREFIX):
-        from tamp.tiny import TINY_FAMILIES
-
         family = name[len(TINY_PREFIX):]
         if family not in TINY_FAMILIES:
             return f"unknown tiny family '{family}'; choose one of: {', '.join(TINY_FAMILIES)}"
@@ -213,8 +212,10 @@ def _from_pretrained(auto_cls: Any, model_id: str, config: Any, kwargs: dict[str
 
 
 def _ensure_tiny(family: str) -> Path:
-    """The tiny model of a known family (model_problem checks the name), built on first use."""
-    from tamp.tiny import build_tiny
+    """The tiny model of a known family (model_problem checks the name), built on first use.
+
+    The builders are test scaffolding (tamp.testing), imported only here, when a tiny name is loaded."""
+    from tamp.testing.tiny import build_tiny
 
     out = tiny_cache_dir() / f"{family}-seed0"
     if not (out / "config.json").exists():
