@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tamp
 from harness.errors import HarnessError
 from harness.registry import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
 from tamp.calibration.spec import CalibrationSpec
+from tamp.errors import TampError
+from tamp.models.loading import checkpoint_problem
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -54,7 +57,6 @@ def dir_content_hash(directory: Path) -> str:
 
 def tamp_code_fingerprint() -> dict[str, str]:
     """tamp's version and a hash of its source files (covers uncommitted edits)."""
-    import tamp
 
     root = Path(tamp.__file__).resolve().parent
     h = hashlib.sha256()
@@ -127,7 +129,6 @@ def damage(path: Path) -> str | None:
     Against the manifest in its key file; an artifact cached before manifests were recorded is unverified, so
     at least its config and every weight file must open.
     """
-    from tamp.models.loading import checkpoint_problem
 
     try:
         manifest = json.loads((path / KEY_FILE).read_text()).get("files")
@@ -153,7 +154,6 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
 
     A cached artifact whose files were damaged since it was written is pruned again (with a warning naming it).
     """
-    from tamp.errors import TampError
     from tamp.pipeline import prune
 
     final = root / key

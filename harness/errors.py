@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tamp.errors import TampError
+from tamp.paths import output_problem
+
 
 class HarnessError(Exception):
     """Bad input or an unmet precondition (unknown model/task/method, missing data): exit code 2."""
@@ -22,7 +25,6 @@ class EvaluationError(HarnessError):
 @contextmanager
 def tamp_errors() -> Iterator[None]:
     """tamp owns the rules it checks (sparsity range, presets, calibration specs): its errors become ours."""
-    from tamp.errors import TampError
 
     try:
         yield
@@ -33,7 +35,6 @@ def tamp_errors() -> Iterator[None]:
 def check_output(path: Path, flag: str, directory: bool) -> None:
     """Refuse an output path that cannot be written (a file for a folder, a folder for a file, no permission)
     before any work starts."""
-    from tamp.paths import output_problem
 
     problem = output_problem(path, directory)
     if problem is not None:

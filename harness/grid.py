@@ -16,9 +16,17 @@ from typing import Any
 
 import yaml
 
+from harness.cache import artifact_key, calibration_fingerprint, valid_artifact
+from harness.collect import headline_frame, load_published
 from harness.errors import HarnessError, check_output, tamp_errors
-from harness.registry import expand_calib
+from harness.leaderboard import export
+from harness.records import _write_atomic, load_record, record_path
+from harness.registry import expand_calib, resolve_model
+from harness.run import RunOptions, build_config, run
+from harness.tables import build_tables, render
+from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
+from tamp.models.loading import hf_cache_problem
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
              "seqlen", "seed", "overrides", "outputs"}
@@ -122,7 +130,6 @@ class Settings:
 
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
-    from harness.run import RunOptions
 
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method, pattern=grid.pattern,
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
@@ -139,7 +146,6 @@ def _model_status(spec: Any) -> str:
         return "built offline on first use"
     if Path(spec.source).is_dir():
         return "local directory"
-    from tamp.models.loading import hf_cache_problem
 
     problem = hf_cache_problem(spec.source, None, "a dry run fetches nothing")
     return "in the HF cache" if problem is None else f"MISSING: {problem}"
@@ -159,7 +165,6 @@ def _calibration_status(cfg: Any) -> tuple[str, bool]:
 
 
 def _dataset_status(task: str, tm: Any) -> str:
-    from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache
 
     missing = sorted({p for p in dataset_paths(task, tm).values()
                       if p not in LOCAL_BUILDERS and not Path(p).exists() and not in_local_cache(p)})
@@ -181,11 +186,6 @@ class DryRun:
 
 def dry_run(grid: Grid, settings: Settings) -> DryRun:
     """What running the grid would do, loading no model and writing nothing."""
-    from harness.cache import artifact_key, calibration_fingerprint, valid_artifact
-    from harness.records import load_record, record_path
-    from harness.registry import resolve_model
-    from harness.run import build_config
-    from harness.tasks_catalog import task_manager
 
     cell_rows: list[dict[str, str]] = []
     data: dict[tuple[str, str], str] = {}
@@ -244,9 +244,6 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
 
 def validate(grid: Grid, settings: Settings) -> None:
     """Typos (model, method, task, --set field) fail before anything runs; missing data fails per cell later."""
-    from harness.registry import resolve_model
-    from harness.run import build_config
-    from harness.tasks_catalog import task_manager, validate_tasks
 
     check_output(settings.output, "--output", directory=True)
     check_output(settings.artifacts, "--artifacts", directory=True)
@@ -260,7 +257,6 @@ def validate(grid: Grid, settings: Settings) -> None:
 
 def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:
     """Run every cell through `harness run`; returns the failed cells with their one-line reasons."""
-    from harness.run import run
 
     validate(grid, settings)
     failed: list[tuple[Cell, str]] = []
@@ -277,8 +273,6 @@ def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:
 
 def grid_frame(grid: Grid, settings: Settings) -> Any:
     """The headline rows of the grid's own cells (other runs in the same folder stay out of its table)."""
-    from harness.collect import headline_frame
-    from harness.registry import resolve_model
 
     df = headline_frame(settings.output)
     names = {resolve_model(m).name for m in grid.models}
@@ -292,11 +286,7 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
 
 def write_reports(grid: Grid, settings: Settings, published: Path | None = None) -> list[Path]:
     """Table (scores + % of dense, markdown), plot (PNG + SVG) and the merged leaderboard CSV."""
-    from harness.collect import load_published
-    from harness.leaderboard import export
     from harness.plots import plot_curves
-    from harness.records import _write_atomic
-    from harness.tables import build_tables, render
 
     df = grid_frame(grid, settings)
     if df.empty:

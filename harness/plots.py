@@ -16,8 +16,15 @@ import pandas as pd  # noqa: E402
 from harness.benchmarks import benchmark, order  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.tables import method_label, method_rank  # noqa: E402
-from tamp.artifacts import (PER_MATRIX, PRUNING_JSON, PruningJsonForeign, PruningJsonInvalid,  # noqa: E402
-                            PruningJsonMissing, PruningJsonUnreadable, read_pruning_json)
+from tamp.artifacts import (  # noqa: E402
+    PER_MATRIX,
+    PRUNING_JSON,
+    PruningJsonForeign,
+    PruningJsonInvalid,
+    PruningJsonMissing,
+    PruningJsonUnreadable,
+    read_pruning_json,
+)
 
 AVERAGE = "Average"
 

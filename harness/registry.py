@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from tamp.models.families import BY_NAME, FAMILIES, TINY_FAMILIES
-from tamp.models.registry import TINY_PREFIX
+from tamp.models.registry import GGUF_MODELS, TINY_PREFIX, registry_names
 
 SMOKE_TASKS: tuple[str, ...] = ("tamp_smoke_vqa", "tamp_smoke_mc")
 # The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
@@ -133,7 +133,6 @@ def resolve_model(name: str) -> ModelSpec:
     tamp's check of the files comes first, so a corrupt checkpoint or GGUF is called corrupt, not unknown.
     """
     from tamp.models.loading import model_problem
-    from tamp.models.registry import GGUF_MODELS, registry_names
 
     if name in MODELS:
         return MODELS[name]

@@ -16,9 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import EvaluationError, HarnessError, check_output, tamp_errors
-from harness.records import (SCHEMA, empty_answers, headline, load_record, record_path, sample_rows, samples_path,
-                             write_json, write_jsonl)
+from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper
+from harness.records import (
+    SCHEMA,
+    empty_answers,
+    headline,
+    load_record,
+    record_path,
+    sample_rows,
+    samples_path,
+    write_json,
+    write_jsonl,
+)
 from harness.registry import ModelSpec, expand_calib, input_problems, resolve_model
+from harness.sparsity import ArtifactRefused
+from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
+from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
+from tamp.errors import join_problems
 
 
 @dataclass
@@ -104,7 +118,6 @@ def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any) -> list[s
     from tamp.models.loading import hf_cache_problem
     from tamp.pipeline import needs_calibration
 
-    from harness.tasks_catalog import dataset_problems, offline_reason
 
     problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if needs_calibration(cfg) else []
     why_offline = offline_reason()
@@ -136,8 +149,6 @@ def plan(opts: RunOptions) -> Plan:
         pick_device(opts.device)
     spec = resolve_model(opts.model)
     cfg = build_config(opts, spec)
-    from harness.tasks_catalog import task_manager, validate_tasks
-    from tamp.errors import join_problems
 
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     tm = task_manager(spec.wrapper)
@@ -180,10 +191,7 @@ def run(opts: RunOptions) -> list[dict[str, Any]]:
 
 def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
     from harness.cache import ensure_artifact
-    from harness.sparsity import ArtifactRefused
-    from harness.tasks_catalog import output_type, task_manager
     from harness.wrappers.common import EmptyAnswers
-    from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 
     device = opts.device
     artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.cfg,
@@ -201,12 +209,10 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
         start = time.perf_counter()
         try:
             if opts.gpus > 1:
-                from harness.evaluate import evaluate_with_accelerate
 
                 result = evaluate_with_accelerate(opts.gpus, p.spec.wrapper, model_args, task, opts.limit,
                                                   p.records[task].parent / f".{task}.lmms-eval")
             else:
-                from harness.evaluate import evaluate_in_process, load_wrapper
 
                 if lm is None:
                     lm = load_wrapper(p.spec.wrapper, model_args, device)  # the wrapper resolves "auto"

@@ -17,8 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from tamp.artifacts import (PER_MATRIX, PRUNING_JSON, PruningJsonError, PruningJsonForeign, PruningJsonInvalid,
-                            PruningJsonMissing, read_pruning_json)
+from tamp.artifacts import (
+    PER_MATRIX,
+    PRUNING_JSON,
+    PruningJsonError,
+    PruningJsonForeign,
+    PruningJsonInvalid,
+    PruningJsonMissing,
+    read_pruning_json,
+)
 from tamp.errors import TampError
 
 # extra zeros tolerated per matrix (fraction of its elements): a lower-precision load can flush tiny values

@@ -9,7 +9,6 @@ from tabulate import tabulate
 
 from tamp.artifacts import read_pruning_json
 
-
 # what rounds the number of weights to prune down, per scoring (unstructured): as in the reference implementations
 FLOORED_PER = {"wanda": "row", "sparsegpt": "block of columns", "magnitude": "matrix"}
 

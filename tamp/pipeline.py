@@ -12,16 +12,17 @@ import torch
 
 from tamp import __version__
 from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions, write_pruning_json
-from tamp.calibration.loader import build_calibration
+from tamp.calibration.loader import build_calibration, calibration_problems
 from tamp.config import PruneConfig
 from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
-from tamp.errors import TampError
+from tamp.errors import TampError, join_problems
 from tamp.methods.base import UNIFORM
 from tamp.methods.registry import resolve
 from tamp.models.adapters import get_adapter
-from tamp.models.loading import load_model
+from tamp.models.loading import load_model, model_problem, resolve_dtype
+from tamp.paths import output_problem
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -54,10 +55,6 @@ def needs_calibration(cfg: PruneConfig) -> bool:
 
 def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None) -> None:
     """Everything checkable before the model is loaded (output, model files, calibration data), all reported at once."""
-    from tamp.calibration.loader import calibration_problems
-    from tamp.errors import join_problems
-    from tamp.models.loading import model_problem
-    from tamp.paths import output_problem
 
     out = Path(out)
     problems = []
@@ -80,7 +77,6 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     cfg.validate()
     dev = pick_device(device)
     out = Path(out)
-    from tamp.models.loading import resolve_dtype
 
     resolve_dtype(dtype)
     preflight(model_name, cfg, out, overwrite, revision)

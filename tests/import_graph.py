@@ -61,15 +61,46 @@ def _imports(tree: ast.AST, module: str, is_package: bool):
     yield from visit(tree, False)
 
 
-def edges() -> list[Edge]:
+def edges(external: bool = False) -> list[Edge]:
+    """Imports between the packages' modules; with `external`, also those of other top-level packages (the
+    target is then the top-level name, e.g. `torch`)."""
     known = modules()
     out = []
     for name, path in known.items():
         tree = ast.parse(path.read_text(), str(path))
         for candidates, line, in_function in _imports(tree, name, path.name == "__init__.py"):
-            for target in candidates:
-                if target in known and target != name:
-                    out.append(Edge(name, target, line, in_function))
+            internal = [t for t in candidates if t in known and t != name]
+            out += [Edge(name, t, line, in_function) for t in internal]
+            top = candidates[0].split(".")[0]
+            if external and not internal and top and top not in PACKAGES:
+                out.append(Edge(name, top, line, in_function))
+    return out
+
+
+HEAVY = ("torch", "transformers", "lmms_eval", "accelerate", "datasets", "matplotlib", "librosa", "gguf")
+
+
+def heavy_at_import(graph_edges: list[Edge]) -> dict[str, set[str]]:
+    """Module -> the heavy third-party packages that importing it loads (through module-level imports)."""
+    direct: dict[str, set[str]] = {}
+    for e in graph_edges:
+        if not e.in_function:
+            direct.setdefault(e.source, set()).add(e.target)
+    out: dict[str, set[str]] = {}
+
+    def visit(module: str, seen: set[str]) -> set[str]:
+        if module in out:
+            return out[module]
+        found = {module} & set(HEAVY)
+        for target in direct.get(module, ()):
+            if target not in seen:
+                found |= visit(target, seen | {target})
+        if not seen - {module}:
+            out[module] = found
+        return found
+
+    for module in modules():
+        out[module] = visit(module, {module})
     return out
 
 

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from loguru import logger
 from lmms_eval.api.model import lmms
+from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
 from harness.wrappers.common import TampWrapperMixin, _flatten, distributed, pick_device
+from tamp.calibration.media import decode_video
 
 DEFAULT_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
                          "perceiving auditory and visual inputs, as well as generating text and speech.")
@@ -84,7 +85,6 @@ class _Qwen2_5OmniCore(lmms):
     # ---- inputs --------------------------------------------------------------------------------------
     def _media(self, visuals: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Chat content items and processor kwargs for one request's visuals (images, video paths, audio dicts)."""
-        from tamp.calibration.media import decode_video
 
         items: list[dict[str, Any]] = []
         images: list[Image.Image] = []

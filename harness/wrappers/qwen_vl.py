@@ -23,7 +23,8 @@ from lmms_eval.models.simple.qwen2_vl import Qwen2_VL
 from PIL import Image
 
 from harness.wrappers.common import TampWrapperMixin, patched, pick_device
-from tamp.processors import qwen_smart_resize
+from tamp.calibration.media import decode_video
+from tamp.processors import load_processor, qwen_smart_resize
 
 FACTOR = 28  # patch 14 x spatial merge 2: one language-model token per 28 x 28 pixels
 
@@ -54,7 +55,6 @@ def _video_frames(item: dict[str, Any]) -> Any:
     import numpy as np
     import torch
 
-    from tamp.calibration.media import decode_video
 
     value = item.get("video")
     if not isinstance(value, (str, Path)):
@@ -98,7 +98,6 @@ class _ProcessorLoader:
 
     @staticmethod
     def from_pretrained(path: str, min_pixels: int | None = None, max_pixels: int | None = None, **kwargs: Any) -> Any:
-        from tamp.processors import load_processor
 
         processor = load_processor(path, revision=kwargs.get("revision"))
         image_processor = processor.image_processor

@@ -16,7 +16,7 @@ import torch
 from tamp.algorithms.amia import amia_select, amia_select_batched
 from tamp.engine.capture import Captured
 from tamp.engine.sweep import sample_masks
-from tamp.methods.base import Param, Needs, TokenSelection, WeightMethod
+from tamp.methods.base import Needs, Param, TokenSelection, WeightMethod
 
 if TYPE_CHECKING:
     from tamp.config import PruneConfig

@@ -19,7 +19,7 @@ from tamp.algorithms.amia import modality_similarities
 from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, block_names
 from tamp.engine.sweep import sample_masks, sweep
-from tamp.methods.base import Param, Allocation, WeightMethod
+from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.methods.ecoflap import OVERSHOOT_BUG
 from tamp.models.adapters import Stack, prunable_linears
 

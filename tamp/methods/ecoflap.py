@@ -19,7 +19,7 @@ from tamp.algorithms.allocations import keep_budget_allocation, sparsities_from_
 from tamp.engine.capture import Captured, move, run_block
 from tamp.engine.context import Context, block_of
 from tamp.engine.sweep import sweep
-from tamp.methods.base import Param, Allocation, WeightMethod
+from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.models.adapters import Stack, prunable_linears
 
 

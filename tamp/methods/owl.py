@@ -14,7 +14,7 @@ from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, block_names
 from tamp.engine.stats import StatsCollector
 from tamp.engine.sweep import sweep
-from tamp.methods.base import Param, Allocation, WeightMethod
+from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.models.adapters import Stack, prunable_linears
 
 

@@ -9,7 +9,7 @@ import torch
 
 from tamp.algorithms.sparsegpt import sparsegpt_prune
 from tamp.engine.stats import InputStats
-from tamp.methods.base import Param, Needs, Scoring, WeightMethod
+from tamp.methods.base import Needs, Param, Scoring, WeightMethod
 
 if TYPE_CHECKING:
     from tamp.config import PruneConfig

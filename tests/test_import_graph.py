@@ -1,0 +1,40 @@
+"""No import cycle in tamp/ or harness/, at module level or inside functions; an import inside a function only
+where it keeps a heavy dependency (torch, transformers, lmms-eval, ...) from loading with the importing module,
+in the two command-line modules (so `--help` stays instant), or for the tiny-model builders in tamp.testing."""
+
+from __future__ import annotations
+
+from import_graph import Edge, cycles, edges, heavy_at_import, modules
+
+CLI_MODULES = ("tamp.cli", "harness.cli")
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """The finder itself, on the circle the old tree had (allocation -> allocators -> sequential -> allocation)."""
+    old = [Edge("tamp.allocation", "tamp.allocators", 1, True), Edge("tamp.allocators", "tamp.engine.sequential", 1, True),
+           Edge("tamp.engine.sequential", "tamp.allocation", 1, True), Edge("tamp.engine.sequential", "tamp.config", 1, False)]
+    assert cycles(old) == [["tamp.allocation", "tamp.allocators", "tamp.engine.sequential"]]
+    assert cycles(old[:2]) == []
+
+
+def test_the_graph_sees_the_tree() -> None:
+    known = modules()
+    assert {"tamp.engine.sequential", "tamp.methods.registry", "harness.run", "harness.wrappers"} <= set(known)
+    assert any(e.source == "tamp.engine.sequential" and e.target == "tamp.methods.registry" and not e.in_function
+               for e in edges())
+    # an import under `if TYPE_CHECKING:` never runs, so it is no edge (tamp.engine.context names PruneConfig so)
+    assert not any(e.source == "tamp.engine.context" and e.target == "tamp.config" for e in edges())
+
+
+def test_no_import_cycles() -> None:
+    found = cycles(edges())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_function_level_imports_are_justified() -> None:
+    graph = edges(external=True)
+    heavy = heavy_at_import(graph)
+    unjustified = [f"{e.source}:{e.line} imports {e.target}" for e in graph
+                   if e.in_function and e.target in heavy and e.source not in CLI_MODULES
+                   and not e.target.startswith("tamp.testing") and not heavy[e.target] - heavy[e.source]]
+    assert not unjustified, "move these imports to module level: " + "; ".join(unjustified)
