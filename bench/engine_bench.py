@@ -100,7 +100,7 @@ def naive_wanda(model: nn.Module, adapter: Any, batches: Sequence[dict[str, torc
         linears = prunable_linears(layer)
         col_sq: dict[str, torch.Tensor] = {}
 
-        def hook(name: str):
+        def hook(name: str, col_sq: dict[str, torch.Tensor] = col_sq):
             def fn(_mod: nn.Module, args: tuple, _out: torch.Tensor) -> None:
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
                 sq = (x * x).sum(0)
@@ -326,12 +326,11 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
     """
     from unittest import mock
 
+    from bench.common import TimeLimit, time_limit
     from tamp.config import PruneConfig
     from tamp.engine import sequential
     from tamp.engine.context import matrices_to_prune
     from tamp.engine.sequential import prune_model
-
-    from bench.common import TimeLimit, time_limit
 
     cfg = PruneConfig.from_preset(method, sparsity=0.5, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
                                   seqlen=int(ctx.ids.shape[1]), seed=0)

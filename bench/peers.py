@@ -108,14 +108,13 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    from transformers import AutoModelForCausalLM
 
     from bench.common import peak_vm_hwm_mb, reset_peak_memory
     from bench.engine_bench import BATCH_SIZE, CALIB_FILES, EVAL_FILES, dense_forward, text_batches
     from tamp.calibration.text import text_segments
     from tamp.eval.perplexity import perplexity
     from tamp.models.gguf import load_gguf
-
-    from transformers import AutoModelForCausalLM
 
     gguf_model, tok = load_gguf(gguf, dtype=torch.float32)
     # oneshot re-reads the config from model.config.name_or_path: give it a plain checkpoint folder

@@ -78,7 +78,7 @@ def build_model(shape: Shape8B, device: torch.device) -> nn.Module:
     with torch.device(device):
         model = LlamaForCausalLM._from_config(config, dtype=dtype)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.02)
             else:

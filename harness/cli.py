@@ -217,7 +217,8 @@ def _grid(args: argparse.Namespace) -> int:
         grid = load_grid(args.file)
     else:
         grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
-                          _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib, nsamples=args.nsamples,
+                          _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib,
+                          nsamples=args.nsamples,
                           seed=args.seed)
     settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
                         dtype=args.dtype, gpus=args.gpus, force=args.force)

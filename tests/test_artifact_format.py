@@ -15,8 +15,16 @@ import torch
 from torch import nn
 
 from tamp.artifact_check import SparsityMismatch, read_pruning_info, verify_sparsity
-from tamp.artifacts import (PER_MATRIX, PRUNING_JSON, PruningJsonForeign, PruningJsonInvalid, PruningJsonMissing,
-                            read_pruning_json, sparsity_report, write_pruning_json)
+from tamp.artifacts import (
+    PER_MATRIX,
+    PRUNING_JSON,
+    PruningJsonForeign,
+    PruningJsonInvalid,
+    PruningJsonMissing,
+    read_pruning_json,
+    sparsity_report,
+    write_pruning_json,
+)
 from tamp.errors import TampError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -50,7 +50,7 @@ def _slow_wanda(model, adapter, batches, sparsity):
     for layer in stack.layers:
         linears = prunable_linears(layer)
         sq = {name: torch.zeros(mod.in_features, dtype=torch.float64) for name, mod in linears.items()}
-        def hook(module, args, output, name):
+        def hook(module, args, output, name, sq=sq):
             sq[name].add_((args[0].double() ** 2).reshape(-1, args[0].shape[-1]).sum(0))
 
         handles = [mod.register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name))

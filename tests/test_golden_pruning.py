@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from golden_hashes import artifact_digest, check_golden
+
 from tamp.config import PruneConfig
 from tamp.methods.registry import builtin_methods
-from tamp.pipeline import prune
 from tamp.models.families import TINY_FAMILIES
+from tamp.pipeline import prune
 
 # ECoFLaP's zeroth-order estimate runs a forward pass per noise draw: 8 draws keep it to seconds per model.
 OVERRIDES: dict[str, dict[str, Any]] = {"ecoflap": {"ecoflap_samples": 8}}

@@ -130,9 +130,9 @@ def test_smoke_data_is_what_the_generator_writes(tmp_path: Path) -> None:
 
 
 def test_qwen_image_resize_rule() -> None:
-    from harness.wrappers.qwen_vl import smart_resize  # imported before lmms_eval.models: no import cycle
-
     from lmms_eval.models import get_model
+
+    from harness.wrappers.qwen_vl import smart_resize  # imported before lmms_eval.models: no import cycle
 
     assert get_model("tamp_qwen2_vl").__name__ == "TampQwen2VL"
 

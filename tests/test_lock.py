@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

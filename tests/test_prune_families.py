@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import generate_once, load_weights
+
 from tamp.config import PruneConfig
 from tamp.pipeline import prune
 

@@ -49,7 +49,7 @@ def write_fixture(runs: Path) -> None:
              ("wanda", 0.5): (0.85, 1400.0, 50.0, 0.50), ("tamp", 0.5): (0.87, None, 54.0, 0.55),
              ("wanda", 0.3): (0.89, 1480.0, 58.0, 0.58)}
     for (method, s), (p, m, mv, tv) in cells.items():
-        def put(task: str, rec: dict[str, Any]) -> None:
+        def put(task: str, rec: dict[str, Any], method: str = method, s: float = s) -> None:
             write_json(record_path(runs, MODEL, method, s, "unstructured", task, None), rec)
 
         put("pope", record(method, s, "pope", pope(p, p - 0.02)))
@@ -79,7 +79,8 @@ def check_golden(name: str, text: str) -> None:
 def test_headline_values(runs: Path) -> None:
     df = headline_frame(runs)
     assert len(df) == 20
-    row = lambda m, s, t: df[(df.method == m) & (df.sparsity == s) & (df.task == t) & (df.pattern != "2:4")].iloc[0]
+    def row(m, s, t):
+        return df[(df.method == m) & (df.sparsity == s) & (df.task == t) & (df.pattern != "2:4")].iloc[0]
     assert row("dense", 0.0, "pope")["value"] == pytest.approx(90.0)  # accuracy in percent
     assert row("dense", 0.0, "mme")["value"] == 1500.0 and row("dense", 0.0, "mme")["percent"] == 75.0
     assert row("wanda", 0.5, "mvbench")["value"] == pytest.approx(50.0)  # mean of the two subtasks
@@ -124,7 +125,8 @@ def test_one_table_per_sparsity_and_pattern(runs: Path) -> None:
 def test_latex_and_csv_formats(runs: Path) -> None:
     tables = build_tables(headline_frame(runs), sparsity=0.5, pattern="unstructured")
     latex = render(tables, "latex")
-    assert "\\toprule" in latex and "\\bottomrule" in latex and "Wanda" in latex and "--" in next(l for l in latex.splitlines() if "TAMP" in l)
+    assert "\\toprule" in latex and "\\bottomrule" in latex and "Wanda" in latex and \
+        "--" in next(line for line in latex.splitlines() if "TAMP" in line)
     text = render(tables, "csv")
     rows = list(csv.reader(line for line in text.splitlines() if not line.startswith("#")))
     assert rows[0] == ["method", "POPE", "TextVQA", "MME", "MVBench", "Avg"]
@@ -168,7 +170,8 @@ def test_leaderboard_schema_and_values(runs: Path, tmp_path: Path) -> None:
     total, new = export(runs, out)
     rows = read_csv(out)
     assert list(rows[0]) == COLUMNS and len(rows) == total == new
-    key = lambda r: (r["model"], r["method"], r["sparsity"], r["pattern"], r["limit"], r["task"], r["metric"])
+    def key(r):
+        return (r["model"], r["method"], r["sparsity"], r["pattern"], r["limit"], r["task"], r["metric"])
     assert len({key(r) for r in rows}) == len(rows)
     wanda_pope = next(r for r in rows if r["method"] == "wanda" and r["sparsity"] == "0.5" and r["task"] == "pope"
                       and r["metric"] == "pope_f1_score,none" and r["pattern"] == "unstructured")

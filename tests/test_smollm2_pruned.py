@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from golden_hashes import artifact_digest, check_golden, tensors_digest
+
 from tamp.config import PruneConfig
 from tamp.engine.sequential import prune_model
 from tamp.eval.perplexity import perplexity

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import generate_once, load_weights
+
 from tamp.config import PruneConfig
 from tamp.pipeline import prune
 

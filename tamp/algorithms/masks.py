@@ -124,7 +124,8 @@ def wanda_scores(weight: Tensor, col_sq_sum: Tensor) -> Tensor:
     _check_2d(weight, "weight")
     if col_sq_sum.dim() != 1 or col_sq_sum.shape[0] != weight.shape[1]:
         raise ValueError(
-            f"col_sq_sum must have shape ({weight.shape[1]},) to match weight {tuple(weight.shape)}, got {tuple(col_sq_sum.shape)}"
+            f"col_sq_sum must have shape ({weight.shape[1]},) to match weight {tuple(weight.shape)}, "
+            f"got {tuple(col_sq_sum.shape)}"
         )
     norms = col_sq_sum.detach().to(device=weight.device, dtype=torch.float32).sqrt()
     return weight.detach().float().abs() * norms.unsqueeze(0)

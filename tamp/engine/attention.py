@@ -9,8 +9,9 @@ the exact query / key tensors the block produced. Only the last row is formed, s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -7,8 +7,9 @@ forward, so nothing past the embeddings / vision tower runs. Replaying those arg
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ class Context:
     stacks: list[Stack]
     linears: dict[str, nn.Linear]  # full name -> module, every matrix to prune
     batches: list[dict[str, torch.Tensor]]
-    cfg: "PruneConfig"
+    cfg: PruneConfig
     device: torch.device
     offload: bool
     result: EngineResult

@@ -27,7 +27,7 @@ class AmiaSelector:
 
     needs_attention = True
 
-    def __init__(self, cfg: "PruneConfig") -> None:
+    def __init__(self, cfg: PruneConfig) -> None:
         self.kw: dict[str, Any] = dict(k=cfg.amia_k, edge_temp=cfg.amia_edge_temp, suppress_temp=cfg.amia_suppress_temp,
                                        mmd_factor=cfg.amia_mmd_factor, sigma=cfg.amia_sigma)
         self.scope = cfg.amia_scope

@@ -9,8 +9,9 @@ never listed by hand. The engine only calls hooks; it names no method.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -38,7 +39,7 @@ class Needs:
     attention: bool = False  # each block's last-row attention (AMIA's token scores)
     dense_sweep: bool = False  # a pass over the dense model before anything is pruned
 
-    def __or__(self, other: "Needs") -> "Needs":
+    def __or__(self, other: Needs) -> Needs:
         return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
 
     def names(self) -> list[str]:
@@ -49,7 +50,7 @@ class Needs:
 class Allocation:
     """Fills the per-matrix sparsity map: {full matrix name: sparsity}, from the engine Context."""
 
-    fn: Callable[["Context"], dict[str, float]]
+    fn: Callable[[Context], dict[str, float]]
     needs: Needs = Needs(calibration=True, dense_sweep=True)
 
 
@@ -58,7 +59,7 @@ class TokenSelection:
     """Builds the selector that picks which tokens feed the statistics (per batch and linear). With a scoring
     that needs no statistic, the engine feeds the selected tokens to Wanda's column norms."""
 
-    make: Callable[["PruneConfig"], TokenSelector]
+    make: Callable[[PruneConfig], TokenSelector]
     needs: Needs = Needs(calibration=True)
 
 
@@ -66,7 +67,7 @@ class TokenSelection:
 class Scoring:
     """Prunes one weight matrix to a sparsity (or the config's N:M pattern) from its input statistics."""
 
-    prune: Callable[[torch.Tensor, InputStats | None, float, "PruneConfig"], torch.Tensor]
+    prune: Callable[[torch.Tensor, InputStats | None, float, PruneConfig], torch.Tensor]
     needs: Needs = Needs()
 
 
@@ -94,7 +95,7 @@ class WeightMethod(Method):
     select: TokenSelection | None = None
     score: Scoring | None = None
     keeps_every_weight: bool = False  # the dense baseline: only sparsity 0
-    check: Callable[["PruneConfig"], str | None] | None = None  # checks across fields (e.g. N:M vs block size)
+    check: Callable[[PruneConfig], str | None] | None = None  # checks across fields (e.g. N:M vs block size)
     kind: ClassVar[str] = "weight"
 
     def composition(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from tamp.config import PruneConfig
 
 
-def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: "PruneConfig") -> torch.Tensor:
+def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: PruneConfig) -> torch.Tensor:
     nm = cfg.nm
     scores = weight.abs().float()
     mask = nm_mask(scores, *nm) if nm is not None else magnitude_mask(weight, sparsity)

@@ -25,7 +25,8 @@ def allocate(ctx: Context) -> dict[str, float]:
         ratios: list[float] = []
         blocks: list[list[str]] = []
 
-        def observe(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack) -> None:
+        def observe(i: int, layer: nn.Module, items: list[Captured], stack: Stack = stack,
+                    ratios: list[float] = ratios, blocks: list[list[str]] = blocks) -> None:
             linears = prunable_linears(layer)
             collector = StatsCollector(linears, need_sq=True, need_hessian=False)
             with torch.inference_mode():

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from tamp.config import PruneConfig
 
 
-def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: "PruneConfig") -> torch.Tensor:
+def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: PruneConfig) -> torch.Tensor:
     assert stats is not None and stats.hessian is not None
     n, m = cfg.nm if cfg.nm is not None else (0, 0)
     new_weight, _ = sparsegpt_prune(weight, stats.hessian, sparsity, n=n, m=m,
@@ -23,7 +23,7 @@ def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float
     return new_weight
 
 
-def _block_fits_pattern(cfg: "PruneConfig") -> str | None:
+def _block_fits_pattern(cfg: PruneConfig) -> str | None:
     if cfg.nm is not None and cfg.blocksize % cfg.nm[1]:
         return (f"--blocksize {cfg.blocksize} must be a multiple of {cfg.nm[1]} for the {cfg.pattern} pattern "
                 "(SparseGPT must not split an N:M group between blocks)")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from tamp.config import PruneConfig
 
 
-def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: "PruneConfig") -> torch.Tensor:
+def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float, cfg: PruneConfig) -> torch.Tensor:
     assert stats is not None and stats.col_sq is not None
     nm = cfg.nm
     scores = wanda_scores(weight, stats.col_sq)

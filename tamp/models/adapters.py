@@ -136,7 +136,7 @@ def get_adapter(model: nn.Module) -> ModelAdapter:
         family = MULTIMODAL_TYPES[model_type]
         return ModelAdapter(family.name, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config), family.forward_path,
                             family.extra_files)
-    if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(getattr(model, "model"), "layers"):
+    if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(model.model, "layers"):
         return ModelAdapter(model_type or "causal-lm", ("model",), (), {})
     raise TampError(
         f"unsupported model type '{model_type}'; supported: {', '.join([*MULTIMODAL_TYPES, *CAUSAL_LM_TYPES])}"
