@@ -36,7 +36,7 @@ lock:
 	$(UV) pip compile $(LOCK_FLAGS) lock/uv.in -o $(LOCK_OUT)/uv.txt
 
 # Fails when pyproject.toml or lock/*.in ask for something the committed locks do not pin (asks PyPI; the
-# offline half of this check is tests/test_lock.py).
+# offline half of this check is tests/repo/test_lock.py).
 lock-check:
 	@tmp=$$(mktemp -d) && cp lock/*.txt $$tmp/ && $(MAKE) -s lock LOCK_OUT=$$tmp && \
 	if diff -r -x '*.in' lock $$tmp >/dev/null; then echo "lock/ matches pyproject.toml and lock/*.in"; rm -rf $$tmp; \

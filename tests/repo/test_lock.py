@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "lock"
 # The platform the locks are resolved for (Makefile LOCK_FLAGS).
 TARGET_ENV = {**default_environment(), "sys_platform": "linux", "platform_system": "Linux",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_python_m_lmms_eval_with_tamp_wrapper(tmp_path: Path, tiny_root: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import HarnessError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_registry_resolves_names_and_local_dirs(tiny_model) -> None:

@@ -13,7 +13,7 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.grid import Cell, Settings, cells, dry_run, load_grid
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TABLE1_TASKS = ["vizwiz_vqa_val", "pope", "textvqa_val", "mme", "mmbench_en_dev_static", "scienceqa_img", "muirbench",
                 "mvbench", "videomme", "nextqa_mc_test", "egoschema_subset"]
 

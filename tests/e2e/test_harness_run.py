@@ -111,7 +111,7 @@ def _biased_tiny(tiny_model, out: Path, word: str | None) -> Path:
 
 def test_control_model_scores_exactly(tiny_model, tmp_path: Path, dirs: dict[str, Path]) -> None:
     """A model that always gives one answer scores that answer's share: decode -> filter -> metric is sound."""
-    data = Path(__file__).resolve().parent.parent / "tasks" / "tamp_smoke" / "data" / "vqa.jsonl"
+    data = Path(__file__).resolve().parents[2] / "tasks" / "tamp_smoke" / "data" / "vqa.jsonl"
     answers = [json.loads(line)["answer"] for line in data.read_text().splitlines()[:8]]
     word = max(set(answers), key=answers.count)
     assert 0 < answers.count(word) < 8

@@ -17,7 +17,7 @@ from harness.leaderboard import COLUMNS, export
 from harness.records import SCHEMA, record_path, write_json
 from harness.tables import build_tables, render
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 MODEL = "llava-next"
 
 
@@ -155,7 +155,7 @@ def test_published_numbers_beside_ours(runs: Path, tmp_path: Path) -> None:
 
 
 def test_shipped_published_file_parses() -> None:
-    shipped = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.csv"
+    shipped = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
     assert list(load_published(shipped).columns)[:7] == ["model", "method", "sparsity", "pattern", "task", "value",
                                                          "source"]
 

@@ -27,7 +27,7 @@ from tamp.artifacts import (
 )
 from tamp.errors import TampError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TwoLayers(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # bench/ is not an installed package; `pytest` alone does not add the root
     sys.path.insert(0, str(REPO_ROOT))
 

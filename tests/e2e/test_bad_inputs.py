@@ -3,7 +3,7 @@
 One row per input: the command (`tamp` or `harness`), its arguments (`{name}` stands for a file or folder the
 fixture below makes), a fragment of the message, and fragments it must not contain (a misleading hint). Unless a
 row says it loads a model, loading one fails the test: those inputs must be refused before any model is loaded
-(`tamp prune`) or pruned (`harness run`). The commands run in this process; tests/test_bad_inputs_process.py holds
+(`tamp prune`) or pruned (`harness run`). The commands run in this process; tests/e2e/test_bad_inputs_process.py holds
 what needs a process of its own (Ctrl-C, a closed pipe, lmms-eval's CLI).
 """
 

@@ -16,7 +16,7 @@ import torch
 
 from tamp.algorithms.masks import row_mask, wanda_scores
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "method-plugin"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "method-plugin"
 BIN = Path(sys.executable).parent
 
 

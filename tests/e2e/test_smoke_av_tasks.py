@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASK_DIR = ROOT / "tasks" / "tamp_smoke_av"
 AV_TASKS = ("tamp_smoke_audio", "tamp_smoke_video", "tamp_smoke_video_mc")
 

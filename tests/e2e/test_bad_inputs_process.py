@@ -1,5 +1,5 @@
 """The bad-input endings that need a process of their own: lmms-eval's CLI exit code on a refused artifact, Ctrl-C
-(a real SIGINT) and a reader that closes the pipe (`| head`). The in-process rows are in tests/test_bad_inputs.py."""
+(a real SIGINT) and a reader that closes the pipe (`| head`). The in-process rows are in tests/e2e/test_bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers import tamper_zeros
 
 import tamp.cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(tiny_root: Path) -> dict[str, str]:
