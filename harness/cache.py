@@ -96,10 +96,13 @@ def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed:
 
 
 def artifact_key(spec: ModelSpec, config: dict[str, Any], calib_fp: dict[str, Any] | None, dtype: str,
-                 revision: str | None = None) -> tuple[str, dict[str, Any]]:
-    """(short key, the inputs it hashes). Equal inputs -> equal key -> the cached artifact is reused."""
+                 revision: str | None = None, transform: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """(short key, the inputs it hashes). Equal inputs -> equal key -> the cached artifact is reused. A token
+    transform is hashed only when there is one, so weight-only keys are what they always were."""
     inputs = {"model": model_fingerprint(spec, revision), "config": config, "calibration": calib_fp,
               "seed": config.get("seed"), "dtype": dtype, "tamp": tamp_code_fingerprint()}
+    if transform is not None:
+        inputs["transform"] = transform
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:20], inputs
 
@@ -149,7 +152,7 @@ def damage(path: Path) -> str | None:
 
 
 def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, cfg: Any, device: str,
-                    dtype: str, revision: str | None = None) -> tuple[Path, bool, float]:
+                    dtype: str, revision: str | None = None, transform: Any = None) -> tuple[Path, bool, float]:
     """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place.
 
     A cached artifact whose files were damaged since it was written is pruned again (with a warning naming it).
@@ -168,7 +171,7 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     try:
-        prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision)
+        prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision, transform=transform)
         record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
         (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         if final.exists():  # an invalid leftover (interrupted by hand, or another key file)

@@ -48,12 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--pattern", default=None, help="only this pattern: unstructured, 2:4, 4:8")
     t.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
+    t.add_argument("--cost", action="store_true", help="add the measured prefill TFLOPs per sample (the cost axis)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)
     pl.add_argument("--out", type=Path, required=True, help="FILE.png (FILE.svg is written too)")
     pl.add_argument("--model", default=None)
     pl.add_argument("--pattern", default=None)
+    pl.add_argument("--x", choices=["sparsity", "tflops"], default="sparsity",
+                    help="x axis: sparsity (curves per method) or measured prefill TFLOPs per sample (the cost axis)")
     pl.add_argument("--allocation", type=Path, action="append", default=None, metavar="ARTIFACT",
                     help="plot per-layer sparsity of this artifact dir or pruning.json instead (repeat to compare)")
     e = sub.add_parser("export", help="write/merge the leaderboard CSV (one row per task metric)")
@@ -192,7 +195,7 @@ def _reports(args: argparse.Namespace) -> int:
         from harness.tables import build_tables, render
 
         tables = build_tables(df, pub, model=args.model, sparsity=args.sparsity, pattern=args.pattern,
-                              relative=args.relative)
+                              relative=args.relative, cost=args.cost)
         if not tables:
             raise HarnessError("no run records match --model/--sparsity/--pattern; `harness table` alone shows all")
         text = render(tables, args.format)
@@ -203,9 +206,11 @@ def _reports(args: argparse.Namespace) -> int:
             _write_atomic(args.out, text)
             print(f"wrote {args.out}")
         return 0
-    from harness.plots import plot_curves
+    from harness.plots import plot_curves, plot_tflops
 
-    for path in plot_curves(df, pub, args.out, model=args.model, pattern=args.pattern):
+    paths = plot_tflops(df, args.out, model=args.model) if args.x == "tflops" else \
+        plot_curves(df, pub, args.out, model=args.model, pattern=args.pattern)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

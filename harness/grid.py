@@ -22,7 +22,7 @@ from harness.errors import HarnessError, check_output, tamp_errors
 from harness.leaderboard import export
 from harness.records import _write_atomic, load_record, record_path
 from harness.registry import expand_calib, resolve_model
-from harness.run import RunOptions, build_config, run
+from harness.run import RunOptions, build_config, run, run_method
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
@@ -107,10 +107,17 @@ def load_grid(path: Path) -> Grid:
 
 
 def cells(grid: Grid) -> list[Cell]:
-    """Every (model, method, sparsity); dense is one cell per model whatever the sparsities."""
+    """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
+    model whatever the sparsities."""
+    from tamp.inference.transform import DENSE, split_method  # torch: only a plan needs it
+
+
     out: list[Cell] = []
     for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
-        cell = Cell(model, "dense", 0.0) if method == "dense" or sparsity == 0 else Cell(model, method, sparsity)
+        with tamp_errors():
+            weight, token = split_method(method)
+        unpruned = token or DENSE  # what is left of the method at sparsity 0
+        cell = Cell(model, unpruned, 0.0) if weight == DENSE or sparsity == 0 else Cell(model, method, sparsity)
         if cell not in out:
             out.append(cell)
     return out
@@ -186,6 +193,7 @@ class DryRun:
 
 def dry_run(grid: Grid, settings: Settings) -> DryRun:
     """What running the grid would do, loading no model and writing nothing."""
+    from tamp.pipeline import needs_calibration  # torch: only a plan needs it, not the grid's reports
 
     cell_rows: list[dict[str, str]] = []
     data: dict[tuple[str, str], str] = {}
@@ -193,16 +201,18 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
     for cell in cells(grid):
         opts = run_options(grid, cell, settings)
         spec = resolve_model(cell.model)
-        cfg = build_config(opts, spec)
+        cfg, transform = build_config(opts, spec)
+        method = run_method(cfg, transform)
         data[("model weights", spec.source)] = _model_status(spec)
         calib_status, calib_ok = _calibration_status(cfg)
-        if cfg.sparsity > 0 and cfg.scoring != "magnitude":
+        needs = needs_calibration(cfg)
+        if needs:
             data[("calibration", str(cfg.calib))] = calib_status
         key = None
         if calib_ok:
-            needs = cfg.sparsity > 0 and cfg.scoring != "magnitude"
             fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs else None
-            key, _ = artifact_key(spec, cfg.to_dict(), fp, settings.dtype)
+            key, _ = artifact_key(spec, cfg.to_dict(), fp, settings.dtype,
+                                  transform=transform.to_dict() if transform is not None else None)
             todo = "to save (unpruned copy)" if cfg.sparsity == 0 else "to prune"
             artifact = f"cached ({key})" if valid_artifact(settings.artifacts / key, key) else f"{todo} ({key})"
         else:
@@ -216,7 +226,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
                 states.setdefault("unknown task", []).append(task)
                 continue
             data[("dataset", task)] = _dataset_status(task, tm)
-            rec = load_record(record_path(settings.output, spec.name, cfg.method, cfg.sparsity, cfg.pattern,
+            rec = load_record(record_path(settings.output, spec.name, method, cfg.sparsity, cfg.pattern,
                                           task, settings.limit))
             if rec is None:
                 state = "to evaluate"
@@ -231,7 +241,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
         else:
             summary = "; ".join(f"{state}: {len(ts)}" + ("" if state == "cached" else f" ({', '.join(ts)})")
                                 for state, ts in states.items())
-        cell_rows.append({"model": spec.name, "method": cfg.method, "sparsity": f"{cfg.sparsity:.2f}",
+        cell_rows.append({"model": spec.name, "method": method, "sparsity": f"{cfg.sparsity:.2f}",
                           "pattern": cfg.pattern, "artifact": artifact, "results": summary})
     data_rows = [{"what": what, "name": name, "status": status} for (what, name), status in data.items()]
     missing = [f"{r['what']} {r['name']}: {r['status'][len('MISSING: '):]}" for r in data_rows

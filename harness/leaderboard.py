@@ -5,7 +5,12 @@ Column order (stable; documented in the README):
   lmms-eval names it), value (as lmms-eval reports it), stderr, dense_value (the same model, task and
   metric unpruned), relative_pct (value / dense_value * 100), headline (the metric our tables show),
   run_id (the record's path under the runs folder), artifact_key, git_commit, lmms_eval_version,
-  tamp_version, date (UTC, when the task was evaluated).
+  tamp_version, date (UTC, when the task was evaluated), then the cost axis of the task's evaluation (empty
+  when it was not measured, e.g. data-parallel runs): prefill_tflops (per sample, dense weights; language
+  model decoder + head), prefill_tflops_nonzero (non-zero weights only), prefill_latency_s (median),
+  decode_tokens_per_s, visual_tokens_in, visual_tokens_kept (after the last drop), peak_memory_mb, device.
+
+A file written before the cost columns existed is read and rewritten with them (empty for its old rows).
 
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
 record, other old rows are kept, so the file accumulates without duplicates.
@@ -27,8 +32,11 @@ from harness.records import _write_atomic
 from harness.tables import method_rank
 
 KEY = ["model", "method", "sparsity", "pattern", "limit", "task", "metric"]
-COLUMNS = [*KEY, "value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key",
-           "git_commit", "lmms_eval_version", "tamp_version", "date"]
+COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode_tokens_per_s", "visual_tokens_in",
+        "visual_tokens_kept", "peak_memory_mb", "device"]
+BEFORE_COST = [*KEY, "value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key",
+               "git_commit", "lmms_eval_version", "tamp_version", "date"]
+COLUMNS = [*BEFORE_COST, *COST]
 
 
 def _numeric(value: Any) -> bool:
@@ -42,7 +50,8 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
             "limit": int(rec.get("limit") or 0), "run_id": run_id, "artifact_key": rec.get("artifact_key"),
             "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),
-            "tamp_version": versions.get("tamp"), "date": rec.get("date")}
+            "tamp_version": versions.get("tamp"), "date": rec.get("date"),
+            **{c: (rec.get("cost") or {}).get(c) for c in COST}}
     results = dict(rec.get("results") or {})
     results.setdefault(rec["task"], rec.get("metrics") or {})
     head_metric, head_value = raw_value(rec)
@@ -87,6 +96,8 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise HarnessError(f"cannot read the existing leaderboard {path} ({str(exc).splitlines()[0]}); "
                            "move it away or choose another --csv") from None
+    if list(old.columns) == BEFORE_COST:
+        old = old.reindex(columns=COLUMNS)
     if list(old.columns) != COLUMNS:
         raise HarnessError(f"{path} is not a leaderboard written by `harness export` (its columns differ); "
                            "move it away or choose another --csv")

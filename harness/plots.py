@@ -141,6 +141,62 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
 _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
 
 
+def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> list[Path]:
+    """Accuracy against measured prefill TFLOPs per sample, one figure per (model, limit): a panel per benchmark
+    plus the average; weight methods, token methods and their compositions on the same axes (a line joins a
+    method's points in order of cost)."""
+    if model is not None:
+        ours = ours[ours["model"] == model]
+    ours = ours[ours["value"].notna() & ours["prefill_tflops"].notna()]
+    if ours.empty:
+        raise HarnessError("no run records with a measured cost match; run with this version of `harness run` "
+                           "(data-parallel --gpus N runs record no cost)")
+    groups = sorted({(m, int(lim)) for m, lim in zip(ours["model"], ours["limit"])})
+    written: list[Path] = []
+    for m, lim in groups:
+        rows = ours[(ours["model"] == m) & (ours["limit"] == lim)]
+        tasks = order(list(rows["task"]))
+        panels = [*tasks, AVERAGE]
+        ncols = min(4, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+        methods = sorted(set(rows["method"]), key=method_rank)
+        colours = {meth: plt.get_cmap("tab10")(i % 10) for i, meth in enumerate(methods)}
+        for ax, panel in zip(axes.flat, panels):
+            ax.set_title(benchmark(panel).label if panel != AVERAGE else "Average (0-100 scale)", fontsize=10)
+            for method in methods:
+                sub = rows[rows["method"] == method]
+                if panel == AVERAGE:
+                    pts = [(float(g["prefill_tflops"].mean()), float(g["percent"].mean()))
+                           for _, g in sub.groupby(["sparsity", "pattern"]) if set(g["task"]) >= set(tasks)
+                           and g["percent"].notna().all()]
+                else:
+                    one = sub[sub["task"] == panel]
+                    pts = list(zip(one["prefill_tflops"].astype(float), one["value"].astype(float)))
+                if pts:
+                    xs, ys = zip(*sorted(pts))
+                    style = dict(marker="s", linestyle="none") if method == "dense" else dict(marker="o")
+                    ax.plot(xs, ys, color="black" if method == "dense" else colours[method],
+                            label=method_label(method), **style)
+            ax.set_xlabel("prefill TFLOPs per sample")
+            ax.grid(alpha=0.3)
+        for row in axes:
+            row[0].set_ylabel("score")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        handles: dict[str, Any] = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(label, handle)
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, max(1, len(handles))),
+                   frameon=False, bbox_to_anchor=(0.5, -0.02))
+        fig.suptitle(f"{m}: accuracy vs prefill cost" + (f" (first {lim} documents per task)" if lim else ""))
+        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+        suffix = "" if len(groups) == 1 else "_" + re.sub(r"[^\w.-]+", "-", f"{m}" + (f"_limit{lim}" if lim else ""))
+        written += _save(fig, _outputs(out, suffix))
+    return written
+
+
 def allocation_frame(pruning: dict[str, Any]) -> pd.DataFrame:
     """pruning.json's per_matrix -> rows (block, matrix, numel, target, sparsity)."""
     rows = []

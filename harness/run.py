@@ -70,6 +70,8 @@ class Plan:
     key_inputs: dict[str, Any]
     records: dict[str, Path]
     pending: list[str]
+    transform: Any = None  # tamp.inference.transform.TokenTransform, applied when the artifact is loaded
+    method: str = ""  # what the records are filed under (run_method)
 
 
 def versions() -> dict[str, str]:
@@ -83,32 +85,51 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_config(opts: RunOptions, spec: ModelSpec) -> Any:
-    """The tamp PruneConfig; --sparsity 0 and --method dense both give the dense preset (no calibration).
+def build_config(opts: RunOptions, spec: ModelSpec) -> tuple[Any, Any]:
+    """(the tamp PruneConfig, the token transform or None). --sparsity 0 and --method dense both give the dense
+    preset (no calibration); `--method tamp+fastv` prunes with tamp and records FastV for evaluation, and a token
+    method alone (`--method fastv`) keeps every weight.
 
     tamp owns the rules (method names, sparsity range, dense takes no sparsity); the calibration data itself
     is checked by `missing_data`, with everything else a run needs.
     """
     from tamp.config import PruneConfig, check_sparsity
+    from tamp.inference.transform import DENSE, TokenTransform, split_method, split_overrides
     from tamp.methods.registry import get
     from tamp.pipeline import needs_calibration
 
     with tamp_errors():
-        keeps_every_weight = getattr(get(opts.method), "keeps_every_weight", False)
+        weight, token = split_method(opts.method)
+        weight_sets, token_sets = split_overrides(PruneConfig.parse_overrides(opts.overrides))
+        if token_sets and token is None:
+            raise HarnessError(f"--set {', '.join(token_sets)}: parameters of a token method; add it to --method, "
+                               f"e.g. {opts.method}+fastv")
+        transform = TokenTransform.build(token, token_sets) if token is not None else None
+        keeps_every_weight = getattr(get(weight), "keeps_every_weight", False)
+        if keeps_every_weight and token is not None and opts.sparsity:
+            raise HarnessError(f"--method {opts.method} keeps every weight; it takes --sparsity 0 (or compose it with "
+                               f"a weight method, e.g. tamp+{token})")
         if opts.sparsity is None and not keeps_every_weight:
             raise HarnessError("--sparsity is required (0 evaluates the dense model)")
         if opts.sparsity is not None:
             check_sparsity(opts.sparsity)
         if keeps_every_weight or opts.sparsity == 0:
-            return PruneConfig.from_preset("dense", sparsity=opts.sparsity)
+            return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity), transform
         calib = opts.calib or expand_calib(spec.calib)
         cfg = PruneConfig.from_preset(
-            opts.method, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
+            weight, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
             nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
-            **PruneConfig.parse_overrides(opts.overrides))
+            **weight_sets)
     if needs_calibration(cfg) and calib is None:
         raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
-    return cfg
+    return cfg, transform
+
+
+def run_method(cfg: Any, transform: Any) -> str:
+    """The name a run is filed and tabulated under: the weight method, the token method, or both (`tamp+fastv`)."""
+    if transform is None:
+        return cfg.method
+    return transform.method if cfg.method == "dense" else f"{cfg.method}+{transform.method}"
 
 
 def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any) -> list[str]:
@@ -148,7 +169,8 @@ def plan(opts: RunOptions) -> Plan:
         resolve_dtype(opts.dtype)
         pick_device(opts.device)
     spec = resolve_model(opts.model)
-    cfg = build_config(opts, spec)
+    cfg, transform = build_config(opts, spec)
+    method = run_method(cfg, transform)
 
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     tm = task_manager(spec.wrapper)
@@ -163,10 +185,11 @@ def plan(opts: RunOptions) -> Plan:
     from tamp.pipeline import needs_calibration
 
     calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_calibration(cfg) else None
-    key, inputs = artifact_key(spec, cfg.to_dict(), calib_fp, opts.dtype)
+    key, inputs = artifact_key(spec, cfg.to_dict(), calib_fp, opts.dtype,
+                               transform=transform.to_dict() if transform is not None else None)
     records, pending = {}, []
     for task in tasks:
-        path = record_path(opts.output, spec.name, cfg.method, cfg.sparsity, cfg.pattern, task, opts.limit)
+        path = record_path(opts.output, spec.name, method, cfg.sparsity, cfg.pattern, task, opts.limit)
         records[task] = path
         old = load_record(path)
         if old is None or opts.force:
@@ -175,7 +198,7 @@ def plan(opts: RunOptions) -> Plan:
             raise HarnessError(f"{path} exists but was made from a different artifact (model, method config, "
                                f"calibration or tamp code changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
-    return Plan(spec, cfg, tasks, key, inputs, records, pending)
+    return Plan(spec, cfg, tasks, key, inputs, records, pending, transform, method)
 
 
 def run(opts: RunOptions) -> list[dict[str, Any]]:
@@ -195,7 +218,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
 
     device = opts.device
     artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.cfg,
-                                                device, opts.dtype)
+                                                device, opts.dtype, transform=p.transform)
     artifact = artifact.resolve()
     print(f"{'reusing' if reused else 'wrote'} artifact {artifact}" + ("" if reused else f" ({prune_s:.1f}s)"))
     with tamp_errors():
@@ -218,6 +241,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
                     lm = load_wrapper(p.spec.wrapper, model_args, device)  # the wrapper resolves "auto"
                     load_s = time.perf_counter() - start
                     start = time.perf_counter()
+                lm.take_cost()  # start this task's cost axis afresh
                 result = evaluate_in_process(lm, task, opts.limit, tm)
         except ArtifactRefused as exc:  # damage the cache's file manifest could not see (or an uncached edit)
             raise HarnessError(f"{exc.reason}; delete {artifact} and run the same command again to prune it "
@@ -225,6 +249,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
         except EmptyAnswers as exc:
             raise EvaluationError(str(exc)) from None
         eval_s = time.perf_counter() - start
+        cost = lm.take_cost() if opts.gpus <= 1 and lm is not None else None  # accelerate runs: not measured
         samples = result.get("samples") or {}
         types = {leaf: output_type(leaf, tm) for leaf in samples}
         empties = empty_answers(samples, types)
@@ -238,7 +263,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
             "artifact_key": p.key,
             "model": {"name": p.spec.name, "source": p.spec.source, "family": p.spec.family,
                       "wrapper": p.spec.wrapper},
-            "method": p.cfg.method, "sparsity": p.cfg.sparsity, "pattern": p.cfg.pattern, "task": task,
+            "method": p.method, "sparsity": p.cfg.sparsity, "pattern": p.cfg.pattern, "task": task,
             "limit": opts.limit,
             "metrics": metrics,
             "results": results,
@@ -252,6 +277,8 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
             "artifact": {"path": str(artifact), "reused": reused, "cache_inputs": p.key_inputs},
             "pruning": info,
             "timings": {"prune_s": prune_s, "prune_reused": reused, "model_load_s": load_s, "eval_s": eval_s},
+            "cost": cost,
+            "transform": p.transform.to_dict() if p.transform is not None else None,
             "versions": versions(),
             "git_commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -17,20 +17,26 @@ from harness.benchmarks import BY_TASK, benchmark, order
 from tamp.methods.registry import all_methods
 
 AVG = "Avg"
+COST = "Prefill TFLOPs"  # `--cost`: mean per-sample prefill TFLOPs of the row's tasks (dense weights)
 MISSING = "–"
 FORMATS = ("markdown", "latex", "csv")
 
 
 def method_label(method: str) -> str:
-    """The registered method's table label (a record of a method no longer installed keeps its name)."""
+    """The registered method's table label (a record of a method no longer installed keeps its name); a
+    composition's labels joined (`tamp+fastv` -> `TAMP + FastV`)."""
+    if "+" in method:
+        return " + ".join(method_label(part) for part in method.split("+"))
     known = all_methods().get(method)
     return known.label if known is not None else method
 
 
 def method_rank(method: str) -> tuple[int, str]:
-    """Rows in the registry's table order (dense first); unknown methods last, by name."""
+    """Rows in the registry's table order (dense first, a composition after its weight method's row); unknown
+    methods last, by name."""
     methods = list(all_methods())
-    return (methods.index(method) if method in methods else len(methods), method)
+    first = method.split("+")[0]
+    return (methods.index(first) if first in methods else len(methods), method)
 
 
 @dataclass
@@ -56,9 +62,9 @@ def _pick(df: pd.DataFrame, model: str | None, sparsity: float | None, pattern: 
     if model is not None:
         df = df[df["model"] == model]
     if pattern is not None:
-        df = df[(df["pattern"] == pattern) | (df["method"] == "dense")]
+        df = df[(df["pattern"] == pattern) | (df["sparsity"] == 0)]
     if sparsity is not None:
-        df = df[(df["sparsity"].round(4) == round(sparsity, 4)) | (df["method"] == "dense")]
+        df = df[(df["sparsity"].round(4) == round(sparsity, 4)) | (df["sparsity"] == 0)]
     return df
 
 
@@ -80,40 +86,43 @@ def _average(percent: pd.Series, tasks: list[str]) -> float:
 
 def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, model: str | None = None,
                  sparsity: float | None = None, pattern: str | None = None,
-                 relative: bool = False) -> list[Table]:
+                 relative: bool = False, cost: bool = False) -> list[Table]:
     """The tables for every (model, sparsity, pattern, limit) of our records that match the filters."""
     ours = _pick(ours, model, sparsity, pattern)
     pub = _pick(published, model, sparsity, pattern) if published is not None and len(published) else None
     tables = []
-    sparse = ours[ours["method"] != "dense"]
+    sparse = ours[ours["sparsity"] > 0]
     keys = sorted({(m, round(s, 4), p, int(lim)) for m, s, p, lim in
                    zip(sparse["model"], sparse["sparsity"], sparse["pattern"], sparse["limit"])})
-    dense_only = ours[ours["method"] == "dense"]
+    dense_only = ours[ours["sparsity"] == 0]
     if not keys:  # only dense runs: still worth a table
         keys = sorted({(m, 0.0, "unstructured", int(lim)) for m, lim in zip(dense_only["model"], dense_only["limit"])})
     for m, s, p, lim in keys:
         mine = ours[(ours["model"] == m) & (ours["limit"] == lim)
-                    & (((ours["sparsity"] == s) & (ours["pattern"] == p)) | (ours["method"] == "dense"))]
+                    & (((ours["sparsity"] == s) & (ours["pattern"] == p)) | (ours["sparsity"] == 0))]
         theirs = None
         if pub is not None:
             theirs = pub[(pub["model"] == m) & (((pub["sparsity"] == s) & (pub["pattern"] == p))
                                                 | (pub["method"] == "dense"))]
-        tables.append(_one_table(mine, theirs, m, s, p, lim, relative))
+        tables.append(_one_table(mine, theirs, m, s, p, lim, relative, cost))
     return tables
 
 
 def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, sparsity: float, pattern: str,
-               limit: int, relative: bool) -> Table:
+               limit: int, relative: bool, cost: bool = False) -> Table:
     tasks = order(list(mine["task"]))
     labels = [benchmark(t).label for t in tasks]
     # several tasks can share a label (mmbench_en_dev and its static variant): keep them apart
     labels = [lab if labels.count(lab) == 1 else f"{lab} ({t})" for lab, t in zip(labels, tasks)]
     rows: dict[str, tuple[pd.Series, pd.Series, str]] = {}
+    tflops: dict[str, float] = {}
     for method in sorted(set(mine["method"]) | (set(theirs["method"]) if theirs is not None else set()),
                          key=method_rank):
         sub = mine[mine["method"] == method]
         if len(sub):
             rows[method_label(method)] = (_row_frame(sub, tasks, "value"), _row_frame(sub, tasks, "percent"), "ours")
+            if "prefill_tflops" in sub:
+                tflops[method_label(method)] = float(pd.to_numeric(sub["prefill_tflops"], errors="coerce").mean())
         if theirs is not None:
             pubs = theirs[theirs["method"] == method]
             if len(pubs):
@@ -132,7 +141,13 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
         else:
             data[label] = [*values.tolist(), _average(percent, tasks)]
     frame = pd.DataFrame.from_dict(data, orient="index", columns=[*labels, AVG])
-    return Table(model, sparsity, pattern, limit, relative, frame, _notes(tasks, theirs, relative))
+    notes = _notes(tasks, theirs, relative)
+    if cost:
+        frame[COST] = [tflops.get(label, float("nan")) for label in frame.index]
+        notes.append(f"{COST}: per sample, language model (decoder linears + attention + LM head), dense weights, "
+                     "mean over the row's tasks; missing where the cost was not measured (published rows, "
+                     "data-parallel runs)")
+    return Table(model, sparsity, pattern, limit, relative, frame, notes)
 
 
 def _notes(tasks: list[str], theirs: pd.DataFrame | None, relative: bool) -> list[str]:
@@ -149,7 +164,8 @@ def _notes(tasks: list[str], theirs: pd.DataFrame | None, relative: bool) -> lis
 
 
 def _cells(table: Table, missing: str) -> list[list[str]]:
-    return [[label, *[missing if math.isnan(v) else f"{v:.2f}" for v in row]]
+    formats = ["{:.3g}" if column == COST else "{:.2f}" for column in table.data.columns]
+    return [[label, *[missing if math.isnan(v) else f.format(v) for f, v in zip(formats, row)]]
             for label, row in zip(table.data.index, table.data.itertuples(index=False))]
 
 

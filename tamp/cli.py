@@ -10,8 +10,6 @@ from tamp.errors import TampError
 
 
 def _parser() -> argparse.ArgumentParser:
-    from tamp.methods.registry import all_methods
-
     p = argparse.ArgumentParser(prog="tamp", description="Prune (multimodal) LLMs layer by layer.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -22,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prune", help="prune a model and write an artifact directory")
     r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
-    r.add_argument("--method", default="wanda", help=f"one of: {', '.join(all_methods())} ('tamp methods' lists them)")
+    r.add_argument("--method", default="wanda",
+                   help="a registered method, or WEIGHT+TOKEN (tamp+fastv); `tamp methods` lists them")
     r.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1) "
                    "(default 0.5; --method dense takes 0)")
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (N zeroed of every M)")
@@ -76,16 +75,23 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "prune":
         from tamp.config import PruneConfig
+        from tamp.inference.transform import TokenTransform, split_method, split_overrides
         from tamp.inspect_report import format_report
         from tamp.pipeline import prune
 
+        weight, token = split_method(args.method)
+        weight_sets, token_sets = split_overrides(PruneConfig.parse_overrides(args.overrides))
+        if token_sets and token is None:
+            raise TampError(f"--set {', '.join(token_sets)}: parameters of a token method; add it to --method, "
+                            f"e.g. {args.method}+fastv")
         cfg = PruneConfig.from_preset(
-            args.method, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
+            weight, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
             seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, blocksize=args.blocksize,
-            percdamp=args.percdamp, **PruneConfig.parse_overrides(args.overrides),
+            percdamp=args.percdamp, **weight_sets,
         )
+        transform = TokenTransform.build(token, token_sets) if token is not None else None
         info = prune(args.model, cfg, args.out, device=args.device, offload=args.offload, dtype=args.dtype,
-                     revision=args.revision, overwrite=args.overwrite)
+                     revision=args.revision, overwrite=args.overwrite, transform=transform)
         print(format_report(info, per_matrix=False))
         print(f"wrote {args.out}")
         return 0

@@ -35,16 +35,20 @@ def _unique(params: list[Param]) -> dict[str, Param]:
 
 
 FIELD_PARAMS: dict[str, Param] = _unique([*RUN_PARAMS, *(p for m in registry.builtin_methods().values()
-                                                          for p in m.params)])
+                                                          if isinstance(m, WeightMethod) for p in m.params)])
 
 
 def plugin_params() -> dict[str, Param]:
-    """Parameters of installed plugin methods (kept in PruneConfig.extra)."""
-    return _unique([p for m in registry.all_methods().values() for p in m.params if p.name not in FIELD_PARAMS])
+    """Parameters of installed plugin weight methods (kept in PruneConfig.extra)."""
+    return _unique([p for m in registry.all_methods().values() if isinstance(m, WeightMethod)
+                    for p in m.params if p.name not in FIELD_PARAMS])
 
 
 def all_params() -> dict[str, Param]:
-    return {**FIELD_PARAMS, **plugin_params()}
+    """Every parameter `--set` accepts: config fields, plugin weight methods', and token methods' (which the
+    caller hands to the token transform, tamp.inference.transform)."""
+    tokens = {p.name: p for m in registry.all_methods().values() if not isinstance(m, WeightMethod) for p in m.params}
+    return {**FIELD_PARAMS, **plugin_params(), **tokens}
 
 
 class _ConfigBehaviour:

@@ -18,6 +18,8 @@ from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
 from tamp.errors import TampError, join_problems
+from tamp.inference.transform import SECTION as TRANSFORM_SECTION
+from tamp.inference.transform import TokenTransform
 from tamp.methods.base import UNIFORM
 from tamp.methods.registry import resolve
 from tamp.models.adapters import get_adapter
@@ -72,8 +74,11 @@ def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, rev
 
 
 def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", offload: bool = False,
-          dtype: str = "auto", revision: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content."""
+          dtype: str = "auto", revision: str | None = None, overwrite: bool = False,
+          transform: TokenTransform | None = None) -> dict[str, Any]:
+    """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content.
+
+    A token `transform` changes no weight: it is recorded (pruning.json's `transform` section) for the loader."""
     cfg.validate()
     dev = pick_device(device)
     out = Path(out)
@@ -126,6 +131,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         "per_matrix": report["per_matrix"],
         "engine": result.details,
         "warnings": warnings + result.warnings,
+        **({TRANSFORM_SECTION: transform.to_dict()} if transform is not None else {}),
         "versions": versions(),
     }
     t = time.perf_counter()

@@ -28,6 +28,10 @@ from PIL import Image
 from harness.sparsity import ArtifactRefused
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
 from tamp.devices import NoCudaDevice, choose_device
+from tamp.errors import TampError
+from tamp.inference.cost import CostMeter
+from tamp.inference.transform import SECTION as TRANSFORM_SECTION
+from tamp.inference.transform import TokenTransform
 from tamp.models.loading import checkpoint_problem
 
 # what a user of lmms-eval's CLI can do about a refused artifact (harness words its own)
@@ -105,6 +109,16 @@ class TampWrapperMixin:
             logger.warning(f"{pretrained} has no pruning.json: evaluating it as a dense model (no sparsity check)")
 
     def _tamp_after_load(self) -> None:
+        """Check the recorded sparsity, re-apply the artifact's token transform, and start the cost meter."""
+        self.token_dropper, self.cost_meter = None, None
+        transform = (self.tamp_info or {}).get(TRANSFORM_SECTION)
+        if transform is not None:
+            try:
+                self.token_dropper = TokenTransform.from_dict(transform).install(self.model)
+            except TampError as exc:
+                raise ArtifactRefused(f"its token transform cannot be applied: {exc}", REFUSED_HINT) from None
+            logger.info(f"{self.tamp_pretrained}: token method {transform['method']} {transform.get('params')}")
+        self.cost_meter = CostMeter(self.model, self.token_dropper)
         if self.tamp_info is None or not self.verify_sparsity:
             return
         try:
@@ -112,7 +126,13 @@ class TampWrapperMixin:
         except SparsityMismatch as exc:
             raise ArtifactRefused(str(exc), REFUSED_HINT) from None
         c = self.sparsity_check
-        logger.info(f"{self.tamp_pretrained}: {c.matrices} pruned matrices at {c.sparsity:.2%} sparsity, as pruning.json records")
+        logger.info(f"{self.tamp_pretrained}: {c.matrices} pruned matrices at {c.sparsity:.2%} sparsity, "
+                    "as pruning.json records")
+
+    def take_cost(self) -> dict[str, Any] | None:
+        """The cost axis of what ran since the last call (one task), for the run record."""
+        meter = getattr(self, "cost_meter", None)
+        return meter.take() if meter is not None else None
 
     # ---- lmms-eval hooks --------------------------------------------------------------------------
     def clean(self) -> None:

@@ -21,11 +21,12 @@ from tamp.params import Param
 if TYPE_CHECKING:
     from tamp.config import PruneConfig
     from tamp.engine.context import Context
+    from tamp.inference.token_drop import DropPlan
 
-__all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring",
+__all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
            "TokenSelection", "WeightMethod"]
 
-KINDS = ("weight",)  # the inference-time token methods and shape-changing pruners are the next kinds
+KINDS = ("weight", "token")  # shape-changing structured pruners are the next kind
 UNIFORM, ALL_TOKENS = "uniform", "all"  # the neutral allocation and token selection: no hook
 
 
@@ -100,3 +101,13 @@ class WeightMethod(Method):
 
     def composition(self) -> dict[str, str]:
         return {"allocation": self.allocation, "token_selection": self.token_selection, "scoring": self.scoring}
+
+
+@dataclass(frozen=True)
+class TokenMethod(Method):
+    """Reduces the tokens a model computes on at inference, weights untouched. The artifact records it with its
+    parameters and tamp's loader re-applies it, so any evaluation of the artifact runs it. Composes with a
+    weight method (`tamp+fastv`). `plan(params, num_layers)` says where tokens are dropped and how chosen."""
+
+    plan: Callable[[dict, int], DropPlan] | None = None
+    kind: ClassVar[str] = "token"

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import tamper_zeros
 
 import harness.cli
 import tamp.cli
+from tests.helpers import tamper_zeros
 
 CUDA = torch.cuda.is_available()
 

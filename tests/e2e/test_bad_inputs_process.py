@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import tamper_zeros
 
 import tamp.cli
+from tests.helpers import tamper_zeros
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden_hashes import artifact_digest, check_golden, tensors_digest
 
 from tamp.config import PruneConfig
 from tamp.engine.sequential import prune_model
@@ -18,6 +17,7 @@ from tamp.eval.perplexity import perplexity
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
+from tests.golden_hashes import artifact_digest, check_golden, tensors_digest
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ in the two command-line modules (so `--help` stays instant), or for the tiny-mod
 
 from __future__ import annotations
 
-from import_graph import Edge, cycles, edges, heavy_at_import, modules
+from tests.import_graph import Edge, cycles, edges, heavy_at_import, modules
 
 CLI_MODULES = ("tamp.cli", "harness.cli")
 

@@ -15,26 +15,28 @@ import pytest
 from tamp.config import PruneConfig
 from tamp.errors import TampError
 from tamp.methods import registry
-from tamp.methods.base import Method, WeightMethod
+from tamp.methods.base import Method, TokenMethod, WeightMethod
 from tamp.params import RUN_PARAMS
 from tamp.pipeline import needs_calibration
 
-BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")
+BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
+TOKEN = ("fastv",)
 METHODS_DIR = Path(registry.__file__).parent
 
 
 def test_builtin_methods_are_one_file_each_in_table_order() -> None:
     methods = registry.builtin_methods()
-    assert tuple(methods) == BUILTIN
+    assert tuple(methods) == (*BUILTIN, *TOKEN)
     for name, method in methods.items():
-        assert isinstance(method, WeightMethod) and method.kind == "weight"
+        assert isinstance(method, WeightMethod if name in BUILTIN else TokenMethod) and \
+            method.kind == ("weight" if name in BUILTIN else "token")
         assert Path(method.source) == METHODS_DIR / f"{name}.py"
     files = {p.stem for p in METHODS_DIR.glob("*.py")} - {"__init__", "base", "registry", "listing"}
-    assert files == set(BUILTIN)
+    assert files == set(BUILTIN) | set(TOKEN)
 
 
 def test_compositions_are_the_papers() -> None:
-    got = {n: m.composition() for n, m in registry.builtin_methods().items()}
+    got = {n: m.composition() for n, m in registry.builtin_methods().items() if isinstance(m, WeightMethod)}
     assert got["tamp"] == {"allocation": "das", "token_selection": "amia", "scoring": "wanda"}
     assert got["owl"] == {"allocation": "owl", "token_selection": "all", "scoring": "wanda"}
     assert got["sparsegpt"] == {"allocation": "uniform", "token_selection": "all", "scoring": "sparsegpt"}
@@ -46,11 +48,11 @@ def test_compositions_are_the_papers() -> None:
 def test_config_fields_are_run_params_plus_method_params() -> None:
     names = [f.name for f in dataclasses.fields(PruneConfig)]
     declared = [p.name for p in RUN_PARAMS] + list(dict.fromkeys(
-        p.name for m in registry.builtin_methods().values() for p in m.params))
+        p.name for m in registry.builtin_methods().values() if isinstance(m, WeightMethod) for p in m.params))
     assert names == declared + ["extra"]
     defaults = PruneConfig()
     for method in registry.builtin_methods().values():
-        for p in method.params:
+        for p in method.params if isinstance(method, WeightMethod) else ():
             assert getattr(defaults, p.name) == p.default and type(p.default) is p.type, p.name
     # the reference constants the methods' files declare
     assert (defaults.blocksize, defaults.percdamp, defaults.owl_m, defaults.owl_lambda, defaults.amia_k) == \
@@ -108,8 +110,8 @@ def test_methods_listing_json(capsys) -> None:
 
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == list(BUILTIN)
-    tamp = rows[-1]
+    assert [r["name"] for r in rows] == [*BUILTIN, *TOKEN]
+    tamp = rows[len(BUILTIN) - 1]
     assert tamp["needs"] == ["calibration", "col_norms", "attention", "dense_sweep"]
     sparsegpt = next(r for r in rows if r["name"] == "sparsegpt")
     assert sparsegpt["params"][0] == {"name": "blocksize", "type": "int", "default": 128,
@@ -130,7 +132,7 @@ def test_broken_or_clashing_plugins_are_skipped_with_a_warning(monkeypatch, caps
         methods = registry.all_methods()
     finally:
         registry.all_methods.cache_clear()
-    assert tuple(methods) == BUILTIN and methods["wanda"].label == "Wanda"
+    assert tuple(methods) == (*BUILTIN, *TOKEN) and methods["wanda"].label == "Wanda"
     err = capsys.readouterr().err
     assert "method plugin 'broken' (no_such_module_xyz:METHOD) failed to import (ModuleNotFoundError" in err
     assert "method plugin 'clash'" in err and "the name 'wanda' is taken" in err

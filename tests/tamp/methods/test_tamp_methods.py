@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import generate_once, load_weights
 
 from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tests.helpers import generate_once, load_weights
 
 FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
 PRESETS = ("owl", "ecoflap", "das", "amia", "tamp")

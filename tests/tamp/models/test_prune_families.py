@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import generate_once, load_weights
 
 from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tests.helpers import generate_once, load_weights
 
 FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
 METHODS = ("magnitude", "wanda", "sparsegpt")

@@ -1,0 +1,110 @@
+"""The cost axis of an evaluation: what each prefill cost (FLOPs, wall time, tokens per layer) and how fast
+decoding ran, measured on the model as it is evaluated (with any token transform applied).
+
+One meter per loaded model; `take()` returns the summary of everything since the last `take()` (one task) and
+starts afresh. Timings synchronise CUDA, so GPU work is charged to the step that launched it.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from tamp.inference.flops import ModelShape
+from tamp.inference.token_drop import VISUAL, TokenDropper
+from tamp.models.adapters import ModelAdapter, get_adapter
+
+
+class CostMeter:
+    def __init__(self, model: nn.Module, dropper: TokenDropper | None = None,
+                 adapter: ModelAdapter | None = None) -> None:
+        self.model, self.dropper = model, dropper
+        self.adapter = adapter or get_adapter(model)
+        self.shape = ModelShape.of(model, self.adapter)
+        self.layers = len(self.shape.layers)
+        self.visual_ids = [i for m in VISUAL for i in self.adapter.media_token_ids.get(m, [])]
+        self.device = next(model.parameters()).device
+        runner = self.adapter.runner(model)
+        self._handles = [runner.register_forward_pre_hook(self._before, with_kwargs=True),
+                         runner.register_forward_hook(self._after, with_kwargs=True)]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.prefills: list[dict[str, Any]] = []
+        self.decode_steps, self.decode_s = 0, 0.0
+        self._start: float | None = None
+        self._kind = ""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return
+        self._kind = "prefill" if ids.shape[1] > 1 else "decode"
+        self._ids = ids
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        if self._start is None:
+            return
+        self._sync()
+        elapsed = time.perf_counter() - self._start
+        self._start = None
+        if self._kind == "decode":
+            self.decode_steps += int(self._ids.shape[0])
+            self.decode_s += elapsed
+            return
+        ids = self._ids
+        visual = int(torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)).sum()) if self.visual_ids else 0
+        stats = self.dropper.history[-1] if self.dropper is not None and self.dropper.history else None
+        if stats is not None and len(stats.tokens_per_layer) == self.layers and stats.visual_in == visual:
+            tokens, kept = stats.tokens_per_layer, stats.visual_kept_per_layer[-1]
+        else:
+            tokens, kept = [int(ids.shape[1])] * self.layers, visual
+        logits = getattr(output, "logits", None)
+        positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
+        flops = self.shape.prefill(tokens, positions)
+        batch = int(ids.shape[0])
+        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] / batch,
+                              "nonzero": flops["nonzero"] / batch, "tokens": int(ids.shape[1]),
+                              "visual_in": visual / batch, "visual_kept": kept, "tokens_per_layer": tokens})
+
+    def take(self) -> dict[str, Any] | None:
+        """Summary since the last take (None when nothing ran), then reset."""
+        if not self.prefills:
+            self._reset()
+            return None
+        p = self.prefills
+        out: dict[str, Any] = {
+            "prefills": len(p),
+            "prefill_tflops": statistics.fmean(x["dense"] for x in p) / 1e12,
+            "prefill_tflops_nonzero": statistics.fmean(x["nonzero"] for x in p) / 1e12,
+            "prefill_latency_s": statistics.median(x["seconds"] for x in p),
+            "prompt_tokens": statistics.fmean(x["tokens"] for x in p),
+            "visual_tokens_in": statistics.fmean(x["visual_in"] for x in p),
+            "visual_tokens_kept": statistics.fmean(x["visual_kept"] for x in p),
+            "tokens_per_layer": [statistics.fmean(x["tokens_per_layer"][i] for x in p) for i in range(self.layers)],
+            "decode_tokens_per_s": self.decode_steps / self.decode_s if self.decode_s > 0 else None,
+            "peak_memory_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
+                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "device": str(self.device),
+            "flops_counted": "language model: decoder linears + attention matmuls + LM head (tamp/inference/flops.py)",
+        }
+        self._reset()
+        return out

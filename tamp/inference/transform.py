@@ -1,0 +1,94 @@
+"""A token method as applied to one artifact: its name and parameters, validated against the registry.
+
+`tamp+fastv` is a weight method composed with a token method: the weights are pruned with tamp, and FastV
+runs whenever the artifact is evaluated. pruning.json records the transform in its `transform` section; the
+loader (`install`) re-applies it, so lmms-eval through our wrappers evaluates it with no extra flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from tamp.errors import TampError
+from tamp.inference.token_drop import TokenDropper
+from tamp.methods import registry
+from tamp.methods.base import TokenMethod, WeightMethod
+from tamp.models.adapters import get_adapter
+from tamp.params import Param
+
+SECTION = "transform"  # pruning.json's key for it
+DENSE = "dense"
+
+
+def token_params() -> dict[str, Param]:
+    return {p.name: p for m in registry.all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
+
+
+@dataclass(frozen=True)
+class TokenTransform:
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, method: str, overrides: dict[str, Any] | None = None) -> TokenTransform:
+        """Defaults of the token method, overridden; each value checked by its Param."""
+        chosen = registry.get(method)
+        if not isinstance(chosen, TokenMethod):
+            raise TampError(f"'{method}' is a {chosen.kind} method, not a token method")
+        own = {p.name: p for p in chosen.params}
+        overrides = dict(overrides or {})
+        foreign = sorted(set(overrides) - set(own))
+        if foreign:
+            raise TampError(f"{', '.join(foreign)} is no parameter of {method}; its parameters: {', '.join(own) or '-'}")
+        params = {name: overrides.get(name, p.default) for name, p in own.items()}
+        for name, value in params.items():
+            problem = own[name].problem(value)
+            if problem:
+                raise TampError(problem)
+        return cls(method, params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenTransform:
+        return cls.build(str(data["method"]), dict(data.get("params") or {}))
+
+    def install(self, model: nn.Module) -> TokenDropper:
+        """Apply the transform to a loaded model (until `.remove()` on the returned dropper)."""
+        chosen = registry.get(self.method)
+        assert isinstance(chosen, TokenMethod) and chosen.plan is not None
+        adapter = get_adapter(model)
+        layers = len(adapter.language_stack(model).layers)
+        return TokenDropper(model, adapter, chosen.plan(self.params, layers))
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """`tamp+fastv` -> ('tamp', 'fastv'); `fastv` -> ('dense', 'fastv'); `wanda` -> ('wanda', None).
+
+    At most one weight method and one token method, each registered under its kind."""
+    parts = [p.strip() for p in name.split("+")]
+    if any(not p for p in parts):
+        raise TampError(f"--method '{name}': empty part; compose as WEIGHT+TOKEN, e.g. tamp+fastv")
+    kinds: dict[str, list[str]] = {"weight": [], "token": []}
+    for part in parts:
+        method = registry.get(part)
+        if isinstance(method, WeightMethod):
+            kinds["weight"].append(part)
+        elif isinstance(method, TokenMethod):
+            kinds["token"].append(part)
+        else:
+            raise TampError(f"--method: '{part}' is a {method.kind} method, which does not compose yet")
+    if len(kinds["weight"]) > 1 or len(kinds["token"]) > 1:
+        raise TampError(f"--method '{name}': at most one weight method and one token method, e.g. tamp+fastv")
+    weight = kinds["weight"][0] if kinds["weight"] else DENSE
+    return weight, kinds["token"][0] if kinds["token"] else None
+
+
+def split_overrides(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--set` values -> (the weight config's, the token method's)."""
+    tokens = token_params()
+    return ({k: v for k, v in values.items() if k not in tokens}, {k: v for k, v in values.items() if k in tokens})
