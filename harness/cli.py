@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--calib", default=None)
     sw.add_argument("--nsamples", type=int, default=None)
     sw.add_argument("--seed", type=int, default=42)
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a method parameter for every cell, e.g. --set fastv_keep=0.25 (repeatable)")
     sw.add_argument("--out-dir", type=Path, default=Path("results/sweeps"), help="where the table and plot go")
     sw.add_argument("--csv", type=Path, default=Path("results/leaderboard.csv"), help="the leaderboard to merge into")
     _grid_args(sw)
@@ -223,8 +225,7 @@ def _grid(args: argparse.Namespace) -> int:
     else:
         grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
                           _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib,
-                          nsamples=args.nsamples,
-                          seed=args.seed)
+                          nsamples=args.nsamples, seed=args.seed, overrides=list(args.overrides))
     settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
                         dtype=args.dtype, gpus=args.gpus, force=args.force)
     _quiet_loguru(os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))

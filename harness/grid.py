@@ -137,10 +137,17 @@ class Settings:
 
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
+    """One cell's `harness run`. A grid's overrides apply to the cells whose method takes them: a token method's
+    parameters are left out of the cells without one (a weight method's parameters go to every cell, as before)."""
+    from tamp.inference.transform import split_method, token_params  # torch: only a run or a plan needs it
 
+    with tamp_errors():
+        has_token = split_method(cell.method)[1] is not None
+        tokens = token_params()
+    overrides = [o for o in grid.overrides if has_token or o.split("=", 1)[0].strip() not in tokens]
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method, pattern=grid.pattern,
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
-                      seqlen=grid.seqlen, seed=grid.seed, overrides=list(grid.overrides), output=settings.output,
+                      seqlen=grid.seqlen, seed=grid.seed, overrides=overrides, output=settings.output,
                       artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
                       force=settings.force)
 
@@ -295,8 +302,10 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
 
 
 def write_reports(grid: Grid, settings: Settings, published: Path | None = None) -> list[Path]:
-    """Table (scores + % of dense, markdown), plot (PNG + SVG) and the merged leaderboard CSV."""
-    from harness.plots import plot_curves
+    """Table (scores + % of dense, markdown), plot (PNG + SVG) and the merged leaderboard CSV. Where the records
+    carry the cost axis, the table gets its TFLOPs column and a second plot (`<plot>_tflops.png`) puts accuracy
+    against prefill TFLOPs (weight methods, token methods and compositions on one chart)."""
+    from harness.plots import plot_curves, plot_tflops
 
     df = grid_frame(grid, settings)
     if df.empty:
@@ -304,14 +313,18 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
         return []
     pub = load_published(published)
     written: list[Path] = []
+    cost = bool(df["prefill_tflops"].notna().any())
     if "table" in grid.outputs:
         header = f"# {grid.name}\n\n" + (f"{grid.description.strip()}\n\n" if grid.description else "")
-        text = header + render(build_tables(df, pub, pattern=grid.pattern)) + "\n" + \
+        text = header + render(build_tables(df, pub, pattern=grid.pattern, cost=cost)) + "\n" + \
             render(build_tables(df, pub, pattern=grid.pattern, relative=True))
         _write_atomic(grid.outputs["table"], text)
         written.append(grid.outputs["table"])
     if "plot" in grid.outputs:
         written += plot_curves(df, pub, grid.outputs["plot"], pattern=grid.pattern)
+        if cost:
+            plot = grid.outputs["plot"]
+            written += plot_tflops(df, plot.with_name(f"{plot.stem}_tflops{plot.suffix}"))
     if "csv" in grid.outputs:
         export(settings.output, grid.outputs["csv"])
         written.append(grid.outputs["csv"])

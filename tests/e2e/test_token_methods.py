@@ -1,0 +1,101 @@
+"""Weight pruning, token reduction and both on one table and one cost axis: `harness sweep` over tamp, fastv and
+tamp+fastv on a tiny LLaVA-NeXT, through lmms-eval, then the table with --cost, the accuracy-vs-TFLOPs plot and
+the leaderboard's cost columns; plus the one-line errors for compositions that cannot work."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from tamp.cli import main as tamp_main
+
+
+def _args(root: Path) -> list[str]:
+    return ["--limit", "2", "--device", "cpu", "--output", str(root / "runs"), "--artifacts", str(root / "artifacts"),
+            "--nsamples", "4"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Path:
+    root = tmp_path_factory.mktemp("tokens")
+    assert main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,fastv,tamp+fastv", "--sparsities", "0.5",
+                 "--tasks", "tamp_smoke_vqa,tamp_smoke_mc", "--out-dir", str(root / "out"), "--csv",
+                 str(root / "board.csv"), "--set", "fastv_keep=0.25", *_args(root)]) == 0
+    return root
+
+
+def test_one_table_with_the_cost_column(swept: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["table", "--runs", str(swept / "runs"), "--cost"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
+    assert set(rows) == {"Dense", "TAMP", "TAMP + FastV", "FastV"}
+    tflops = {name: float(cells[-1]) for name, cells in rows.items()}
+    assert tflops["FastV"] < tflops["Dense"] and tflops["TAMP + FastV"] < tflops["TAMP"]
+    assert tflops["TAMP"] == pytest.approx(tflops["Dense"])  # dense kernels: weight sparsity saves no FLOPs here
+
+
+def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
+    with (swept / "board.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["headline"] == "True"]
+    assert {r["method"] for r in rows} == {"dense", "tamp", "fastv", "tamp+fastv"} and len(rows) == 8
+    for r in rows:
+        assert float(r["prefill_tflops"]) > 0 and float(r["prefill_latency_s"]) > 0 and r["device"] == "cpu"
+        assert float(r["prefill_tflops_nonzero"]) <= float(r["prefill_tflops"])
+        token = "fastv" in r["method"]
+        assert float(r["visual_tokens_kept"]) == pytest.approx(float(r["visual_tokens_in"]) * (0.25 if token else 1))
+    sparse = [r for r in rows if r["method"] == "tamp"]
+    assert all(float(r["prefill_tflops_nonzero"]) < float(r["prefill_tflops"]) for r in sparse)
+    record = json.loads(next((swept / "runs" / "tiny-llava-next" / "tamp+fastv_s0.50_unstructured")
+                             .glob("tamp_smoke_vqa_*.json")).read_text())
+    assert record["transform"] == {"method": "fastv", "params": {"fastv_k": 2, "fastv_keep": 0.25}}
+    assert record["pruning"]["transform"] == record["transform"] and record["pruning"]["config"]["method"] == "tamp"
+    assert record["cost"]["decode_tokens_per_s"] > 0 and len(record["cost"]["tokens_per_layer"]) == 4
+    assert record["cost"]["tokens_per_layer"][2] < record["cost"]["tokens_per_layer"][1]
+
+
+def test_accuracy_against_tflops_plot(swept: Path) -> None:
+    out = swept / "cost.png"
+    assert main(["plot", "--runs", str(swept / "runs"), "--x", "tflops", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and out.with_suffix(".svg").is_file()
+
+
+def test_the_wrapper_reapplies_the_transform(swept: Path) -> None:
+    """Any evaluation of the artifact (our wrappers, so lmms-eval's own CLI too) runs the recorded token method."""
+    from harness.evaluate import load_wrapper
+
+    record = json.loads(next((swept / "runs" / "tiny-llava-next" / "fastv_s0.00_unstructured")
+                             .glob("tamp_smoke_vqa_*.json")).read_text())
+    lm = load_wrapper("tamp_llava_hf", f"pretrained={record['artifact']['path']}", "cpu")
+    assert lm.token_dropper is not None and lm.token_dropper.plan.choosers.keys() == {2}
+    assert record["pruning"]["sparsity"]["sparsity"] == 0.0
+
+
+def test_tamp_prune_records_a_token_method(tiny_model, tmp_path: Path) -> None:
+    out = tmp_path / "fastv"
+    assert tamp_main(["prune", "--model", str(tiny_model("llava")), "--method", "fastv", "--set", "fastv_k=1",
+                      "--device", "cpu", "--out", str(out)]) == 0
+    info = json.loads((out / "pruning.json").read_text())
+    assert info["transform"] == {"method": "fastv", "params": {"fastv_k": 1, "fastv_keep": 0.5}}
+    assert info["config"]["method"] == "dense" and info["sparsity"]["sparsity"] == 0.0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "fastv", "--sparsity", "0.5"], "--method fastv keeps every weight; it takes --sparsity 0"),
+    (["--method", "fastv+fastv", "--sparsity", "0"], "at most one weight method and one token method"),
+    (["--method", "tamp+wanda", "--sparsity", "0.5"], "at most one weight method and one token method"),
+    (["--method", "tamp+", "--sparsity", "0.5"], "empty part"),
+    (["--method", "tamp+fastv", "--sparsity", "0.5", "--set", "fastv_keep=2"], "fastv_keep must be in [0, 1]"),
+    (["--method", "tamp", "--sparsity", "0.5", "--set", "fastv_k=3"], "parameters of a token method"),
+])
+def test_bad_compositions_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--model", "tiny-llava-next", *argv, "--output", str(tmp_path / "r"),
+                 "--artifacts", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

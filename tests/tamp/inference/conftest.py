@@ -1,0 +1,45 @@
+"""A tiny multimodal model and one image prompt per family, for the token-method tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from tamp.models.adapters import get_adapter
+
+FAMILIES = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl")
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    """family -> (model, processor inputs, media token ids), cached per module."""
+    from transformers import AutoModelForImageTextToText
+
+    from tamp.processors import load_processor
+
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            path = tiny_model(family)
+            model = AutoModelForImageTextToText.from_pretrained(path).eval()
+            proc = load_processor(path)
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is red?"}]}]
+            prompt = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            image = Image.new("RGB", (64, 64), (200, 30, 30))
+            image.paste((20, 180, 40), (0, 0, 32, 32))
+            inputs = dict(proc(text=[prompt], images=[image], return_tensors="pt"))
+            media = [i for ids in get_adapter(model).media_token_ids.values() for i in ids]
+            cache[family] = (model, inputs, media)
+        return cache[family]
+
+    return get
+
+
+def attn(model, implementation: str):
+    model.set_attn_implementation(implementation)
+    return model
+
+
+__all__ = ["FAMILIES", "attn", "torch"]

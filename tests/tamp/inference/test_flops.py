@@ -1,0 +1,74 @@
+"""The analytic prefill FLOP count against torch.utils.flop_counter.FlopCounterMode (eager attention, so the
+attention matmuls are ops the counter sees), per family, with and without FastV, and with pruned weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tamp.inference.flops import ModelShape
+from tamp.inference.transform import TokenTransform
+from tamp.models.adapters import get_adapter
+from tests.tamp.inference.conftest import FAMILIES, attn
+
+
+def _counted(model, inputs: dict) -> tuple[float, float]:
+    """FlopCounterMode's FLOPs inside the decoder layers, and in the LM head."""
+    stack = get_adapter(model).language_stack(model)
+    root = type(model).__name__
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    counts = counter.get_flop_counts()
+    layers = sum(sum(counts.get(f"{root}.{stack.name}.{i}", {}).values()) for i in range(len(stack.layers)))
+    head = sum(v for name, ops in counts.items() if name.endswith("lm_head") for v in ops.values())
+    return float(layers), float(head)
+
+
+@pytest.mark.parametrize("keep", (1.0, 0.5, 0.25))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_analytic_flops_match_the_counter(loaded, family: str, keep: float) -> None:
+    model, inputs, _ = loaded(family)
+    attn(model, "eager")
+    dropper = TokenTransform.build("fastv", {"fastv_keep": keep}).install(model)
+    try:
+        layers, head = _counted(model, inputs)
+    finally:
+        dropper.remove()
+    shape = ModelShape.of(model, get_adapter(model))
+    tokens = dropper.history[-1].tokens_per_layer
+    got = shape.prefill(tokens, inputs["input_ids"].shape[1])
+    # the counter also sees FastV's own scoring (one query row at layer K-1): well inside 1%
+    assert got["dense"] - got["head"] == pytest.approx(layers, rel=0.01)
+    assert got["head"] == pytest.approx(head, rel=1e-9)
+    if keep < 1:
+        assert tokens[-1] < tokens[0]
+
+
+def test_nonzero_flops_follow_the_pruned_weights(loaded) -> None:
+    """Dense FLOPs do not change with pruning (dense kernels), the non-zero count does: 2 n nnz per linear."""
+    model, inputs, _ = loaded("llava-next")
+    adapter = get_adapter(model)
+    layers = adapter.language_stack(model).layers
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                for mod in layer.modules():
+                    if isinstance(mod, torch.nn.Linear):
+                        mod.weight[:, ::2] = 0  # half of every matrix
+        shape = ModelShape.of(model, adapter)
+        n = inputs["input_ids"].shape[1]
+        flops = shape.prefill([n] * len(layers), n)
+        linears = [m for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        nnz = sum(int((m.weight != 0).sum()) for m in linears)
+        dense = sum(m.weight.numel() for m in linears)
+        assert flops["nonzero"] - flops["attention"] - flops["head"] == 2 * n * nnz
+        assert flops["dense"] - flops["attention"] - flops["head"] == 2 * n * dense
+        attn(model, "eager")
+        counted, _ = _counted(model, inputs)
+        assert flops["dense"] - flops["head"] == pytest.approx(counted, rel=1e-9)
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
