@@ -13,6 +13,7 @@ import lmms_eval.models.simple.llava_hf as stock_llava_hf
 from lmms_eval.models.simple.llava_hf import VICUNA_CHAT_TEMPLATE, LlavaHf
 
 from harness.wrappers.common import TampWrapperMixin, distributed, patched, pick_device
+from tamp.processors import load_processor
 
 
 class _ProcessorLoader:
@@ -20,7 +21,6 @@ class _ProcessorLoader:
 
     @staticmethod
     def from_pretrained(path: str, revision: str | None = None, **_: Any) -> Any:
-        from tamp.processors import load_processor
 
         return load_processor(path, revision=revision)
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from harness.wrappers.common import TampWrapperMixin, _flatten, distributed, pick_device
 from tamp.calibration.media import decode_video
+from tamp.processors import load_processor
 
 DEFAULT_SYSTEM_PROMPT = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
                          "perceiving auditory and visual inputs, as well as generating text and speech.")
@@ -43,7 +44,6 @@ class _Qwen2_5OmniCore(lmms):
             raise ValueError("tamp_qwen2_5_omni evaluates one request at a time (batch_size=1)")
         from transformers import Qwen2_5OmniForConditionalGeneration
 
-        from tamp.processors import load_processor
 
         accelerator = Accelerator()
         self._device = torch.device(device)
