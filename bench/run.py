@@ -2,7 +2,8 @@
 
 Sections (see bench/README.md): amia (fast vs reference vs compute floor), engine (tamp's sequential engine vs a
 naive full-forward-per-layer capture), smollm2 (whole prunes vs one dense forward on the real SmolLM2-135M),
-peers (llm-compressor on the same model and tokens), 8b (TAMP on llama3-llava-next-8b's shape, CUDA only).
+peers (llm-compressor on the same model and tokens), 8b (TAMP on llama3-llava-next-8b's shape, CUDA only),
+tokens (prefill time and FLOPs against the fraction of visual tokens FastV keeps).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from bench.common import (  # noqa: E402
 )
 from tamp.devices import NoCudaDevice, choose_device  # noqa: E402
 
-SECTIONS = ("amia", "engine", "smollm2", "peers", "8b")
-DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers"), "8b": ("amia", "8b")}
+SECTIONS = ("amia", "engine", "smollm2", "peers", "8b", "tokens")
+DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers", "tokens"), "8b": ("amia", "8b", "tokens")}
 SMOLLM2_METHODS = ("wanda", "sparsegpt", "amia", "tamp")
 LIMITED_PRESETS = ("amia", "tamp")  # AMIA's per-sample statistics take ~15x a dense forward on 2 cores
 CPU_8B_MESSAGE = ("bench: --size 8b needs a CUDA GPU (none visible); use --size 8b --dry (or --layers 2 --samples 2 "
@@ -163,6 +164,11 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
         shape = synthetic_8b.shape_from_args(args.dry, args.layers, args.samples, args.tokens)
         log(f"[5/5] 8b: {synthetic_8b.describe(shape)} on {device}")
         add(synthetic_8b.run(device, shape, args.method, offload=not args.no_offload))
+    if "tokens" in sections:
+        from bench import token_bench
+
+        log(f"[6/6] tokens: FastV prefill time and FLOPs vs visual tokens kept ({args.size} shape)")
+        add(token_bench.run(args.size, device, repeats=args.dense_repeats))
     return phases
 
 
@@ -351,6 +357,12 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
         from bench import synthetic_8b
 
         out["8b"] = asdict(synthetic_8b.shape_from_args(args.dry, args.layers, args.samples, args.tokens))
+    if "tokens" in sections:
+        from dataclasses import asdict
+
+        from bench import token_bench
+
+        out["tokens"] = asdict(token_bench.SHAPES[args.size])
     return out
 
 

@@ -141,3 +141,16 @@ def test_peers_skip_cleanly_without_llmcompressor() -> None:
     assert version is None and "transformers" in why
     (phase,) = peers.run(None, None)
     assert phase.status == "skipped" and phase.reason
+
+
+def test_tokens_section_smoke() -> None:
+    """The FastV prefill section on a scaled-down shape: every keep fraction measured, FLOPs falling with it."""
+    from bench import token_bench
+
+    shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
+                                   dtype="float32")
+    phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape)
+    assert [p.details["keep"] for p in phases] == list(token_bench.KEEPS) and all(p.status == "ok" for p in phases)
+    ratios = [p.details["flop_ratio"] for p in phases]
+    assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.7
+    assert phases[-1].details["tokens_per_layer"][2] == 16 + 144
