@@ -95,6 +95,8 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     loaded = load_model(model_name, dtype=dtype, revision=revision)
     timings["load"] = time.perf_counter() - start
     adapter = get_adapter(loaded.model)
+    if transform is not None:
+        transform.install(loaded.model).remove()  # refused now (one line) if this model cannot run it
     calib = None
     warnings: list[str] = []
     if needs_calibration(cfg):

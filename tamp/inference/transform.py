@@ -63,7 +63,10 @@ class TokenTransform:
         assert isinstance(chosen, TokenMethod) and chosen.plan is not None
         adapter = get_adapter(model)
         layers = len(adapter.language_stack(model).layers)
-        return TokenDropper(model, adapter, chosen.plan(self.params, layers))
+        try:
+            return TokenDropper(model, adapter, chosen.plan(self.params, layers))
+        except ValueError as exc:  # e.g. a drop layer the model does not have
+            raise TampError(f"{self.method} {self.params}: {exc}") from None
 
 
 def split_method(name: str) -> tuple[str, str | None]:

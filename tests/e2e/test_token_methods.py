@@ -99,3 +99,11 @@ def test_bad_compositions_are_one_line(argv: list[str], message: str, tmp_path: 
                  "--artifacts", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_drop_layer_the_model_lacks_is_refused_at_prune_time(tiny_model, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = tamp_main(["prune", "--model", str(tiny_model("llava")), "--method", "fastv", "--set", "fastv_k=9",
+                      "--device", "cpu", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "drop layers [9] are outside 1..3" in err and not (tmp_path / "x").exists()
