@@ -123,9 +123,15 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
         ax.set_xlabel("sparsity")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0, decimals=0))
+    _finish(fig, axes, len(panels), title, top=0.96)
+    return fig
+
+
+def _finish(fig: Any, axes: Any, used: int, title: str, top: float) -> None:
+    """The common frame of a panel figure: y labels, unused panels hidden, one legend below, the title."""
     for row in axes:
         row[0].set_ylabel("score")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[used:]:
         ax.set_visible(False)
     handles: dict[str, Any] = {}
     for ax in axes.flat:
@@ -134,8 +140,7 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, max(1, len(handles))),
                frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    return fig
+    fig.tight_layout(rect=(0, 0.06, 1, top))
 
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
@@ -180,18 +185,8 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
                             label=method_label(method), **style)
             ax.set_xlabel("prefill TFLOPs per sample")
             ax.grid(alpha=0.3)
-        for row in axes:
-            row[0].set_ylabel("score")
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        handles: dict[str, Any] = {}
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(label, handle)
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, max(1, len(handles))),
-                   frameon=False, bbox_to_anchor=(0.5, -0.02))
-        fig.suptitle(f"{m}: accuracy vs prefill cost" + (f" (first {lim} documents per task)" if lim else ""))
-        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+        _finish(fig, axes, len(panels), f"{m}: accuracy vs prefill cost" +
+                (f" (first {lim} documents per task)" if lim else ""), top=0.95)
         suffix = "" if len(groups) == 1 else "_" + re.sub(r"[^\w.-]+", "-", f"{m}" + (f"_limit{lim}" if lim else ""))
         written += _save(fig, _outputs(out, suffix))
     return written
