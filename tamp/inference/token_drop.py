@@ -111,7 +111,8 @@ class TokenDropper:
         self.history.append(PrefillStats(visual_in=int(visual.sum())))
 
     def _start_capture(self, i: int) -> None:
-        if self.active and self._prefill_step():
+        """Before layer i in a prefill whose next layer drops (in decoding every layer has its kept set)."""
+        if self.active and i + 1 not in self.kept_by_layer:
             self._sink = []
             self._capture = capture_last_row_attention(self.layers[i], self._sink)
             self._capture.__enter__()
@@ -120,9 +121,6 @@ class TokenDropper:
         if self._capture is not None:
             self._capture.__exit__(None, None, None)
             self._capture = None
-
-    def _prefill_step(self) -> bool:
-        return not self.kept_by_layer or len(self.kept_by_layer) < len(self.layers)
 
     def _on_layer(self, i: int, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         if not self.active:
