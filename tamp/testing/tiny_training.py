@@ -74,6 +74,7 @@ class Recipe:
     batch: int = 16
     turns: int = 1
     word_weight: float = 2.5
+    colour_weight: float = 1.0
     lr: float = 1e-3
     warmup: int = 30
     weight_decay: float = 0.01
@@ -234,7 +235,7 @@ def train(model: torch.nn.Module, processor: Any, r: Recipe, seed: int, log: boo
     model.model.vision_tower.requires_grad_(False)
     opt, sched = _optimizer(model, r.lr, r.weight_decay, r.steps, r.warmup)
     stream = conversations(scenes(TRAIN_SEED + seed), seed=TRAIN_SEED + seed + 1, turns=r.turns,
-                           first_kind_weights={"word": r.word_weight})
+                           first_kind_weights={"word": r.word_weight, "colour": r.colour_weight})
     losses = []
     model.train()
     for step, batch in zip(range(r.steps), _batches(processor, stream, r.batch)):
