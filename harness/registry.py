@@ -34,7 +34,7 @@ TINY_CALIB, TINY_NSAMPLES, TINY_SEQLEN = "synthetic", 4, 64
 # the held-out picture questions (tasks/tamp_heldout) that the trained tiny model never saw
 HELDOUT_TASKS: tuple[str, ...] = ("tamp_heldout_vqa", "tamp_heldout_mc")
 # trained tiny models are pruned on their own domain: generated picture conversations (tamp.calibration.pictures)
-TRAINED_CALIB, TRAINED_NSAMPLES, TRAINED_SEQLEN = "picture-qa", 32, 512
+TRAINED_CALIB, TRAINED_NSAMPLES, TRAINED_SEQLEN = "picture-qa", 16, 512
 
 # the input each task we know needs (lmms-eval's other tasks are not checked)
 TASK_INPUT: dict[str, str] = {

@@ -1,9 +1,10 @@
-"""The training recipe of the trained tiny LLaVA-NeXT: a few million parameters that answer picture questions.
+"""The training recipe of the trained tiny LLaVA-NeXT: 1.3 M parameters that answer picture questions.
 
 Random tiny models score 0 on every task, so they cannot show that pruning hurts. This recipe trains a
 small model of the real LLaVA-NeXT architecture (CLIP vision tower, two-layer projector, Llama decoder; the
 tokenizer, processor and chat template of ``tamp.testing.tiny``'s ``llava-next``) on generated pictures
-(:mod:`tamp.calibration.pictures`), on the CPU in about three minutes with two threads.
+(:mod:`tamp.calibration.pictures`), on the CPU in about four minutes with one thread (one thread: the same
+floating-point sums on every machine, whatever its core count).
 
 Deterministic: seeded initialisation, a seeded data stream in a fixed order, deterministic torch
 algorithms and a fixed thread count, so two builds on one machine give byte-identical weights
@@ -52,8 +53,9 @@ class Recipe:
     Vision: a 64 x 64 picture is one 64 px tile (plus anyres' overview of the same size), 16 px patches, so
     36 image tokens. Decoder: 8 heads of 16 (more heads learned to route each question kind to the image
     faster than 4 of 32 at the same width). Stage 1 trains the tower alone (``vision_*``), stage 2 the
-    projector and decoder on one question per picture, word questions ``word_weight`` times as often as
-    each other kind (words are the slowest to learn).
+    projector and decoder on one question per picture, word questions ``word_weight`` times and colour questions
+    ``colour_weight`` times as often as the others (without the weights, words were learned last and colours
+    not at all: 19/30 colour questions right with colour weight 1, 30/30 with 3).
     """
 
     hidden: int = 128
@@ -74,7 +76,7 @@ class Recipe:
     batch: int = 16
     turns: int = 1
     word_weight: float = 2.5
-    colour_weight: float = 1.0
+    colour_weight: float = 3.0
     lr: float = 1e-3
     warmup: int = 30
     weight_decay: float = 0.01
