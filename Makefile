@@ -87,3 +87,14 @@ TASKS ?=
 sweep:
 	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(METHODS) --sparsities $(SPARSITIES) \
 		$(if $(TASKS),--tasks $(TASKS)) $(GRID_FLAGS)
+
+# The first real curve: the sweep above on the trained tiny LLaVA-NeXT (trained on first use, a few CPU minutes, then
+# cached), on the first DEMO_LIMIT held-out picture questions. Writes results/demo/ (table + plot, kept in git) and
+# results/demo/leaderboard.csv; runs and artifacts under results/runs and results/artifacts as any sweep.
+DEMO_LIMIT ?= 40
+DEMO_SPARSITIES ?= 0.3,0.5,0.7
+.PHONY: demo
+demo:
+	$(VENV)/bin/harness sweep --model tiny-trained-llava-next --methods $(METHODS) --sparsities $(DEMO_SPARSITIES) \
+		--tasks tamp_heldout_vqa --limit $(DEMO_LIMIT) --device cpu --out-dir results/demo \
+		--csv results/demo/leaderboard.csv $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)

@@ -49,6 +49,8 @@ CATALOG: tuple[Benchmark, ...] = (
     Benchmark("tamp_smoke_audio", "Smoke audio", "exact_match,none"),
     Benchmark("tamp_smoke_video", "Smoke video", "exact_match,none"),
     Benchmark("tamp_smoke_video_mc", "Smoke video MC", "acc,none"),
+    Benchmark("tamp_heldout_vqa", "Held-out VQA", "exact_match,none"),
+    Benchmark("tamp_heldout_mc", "Held-out MC", "acc,none"),
 )
 BY_TASK: dict[str, Benchmark] = {b.task: b for b in CATALOG}
 

@@ -23,6 +23,7 @@ from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.models.loading import checkpoint_problem
+from tamp.models.registry import TRAINED_PREFIX
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -79,6 +80,11 @@ def _hf_revision(repo_id: str, revision: str | None) -> str | None:
 
 
 def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
+    if spec.source.startswith(TRAINED_PREFIX):
+        from tamp.testing.tiny_training import trained_cache_name
+
+        # trained by the tamp code hashed below; the build's name adds the torch / transformers versions
+        return {"tiny": spec.source, "build": trained_cache_name(spec.source.removeprefix(TRAINED_PREFIX))}
     if spec.source.startswith("tiny-"):
         return {"tiny": spec.source}  # built deterministically by the tamp code hashed below
     path = Path(spec.source)

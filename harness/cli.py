@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     r.add_argument("--tasks", default=None, help="comma-separated lmms-eval tasks (default: the model's)")
     r.add_argument("--limit", type=int, default=None, help="evaluate the first N documents of each task")
-    r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | text:FILE[,FILE...] | synthetic")
+    r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | text:FILE[,FILE...] | synthetic | picture-qa")
     r.add_argument("--nsamples", type=int, default=None, help="calibration samples (default: the model's)")
     r.add_argument("--seqlen", type=int, default=None, help="tokens per text calibration segment")
     r.add_argument("--seed", type=int, default=42)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from tamp.models.families import BY_NAME, FAMILIES, TINY_FAMILIES
-from tamp.models.registry import GGUF_MODELS, TINY_PREFIX, registry_names
+from tamp.models.families import BY_NAME, FAMILIES, TINY_FAMILIES, TRAINED_FAMILIES
+from tamp.models.registry import GGUF_MODELS, TINY_PREFIX, TRAINED_PREFIX, registry_names
 
 SMOKE_TASKS: tuple[str, ...] = ("tamp_smoke_vqa", "tamp_smoke_mc")
 # The paper's calibration: 128 conversations of the ShareGPT4V subset of LLaVA-NeXT-Data.
@@ -31,10 +31,14 @@ SMOKE_AUDIO = ("tamp_smoke_audio",)
 SMOKE_VIDEO = ("tamp_smoke_video", "tamp_smoke_video_mc")
 # tiny random models are pruned on a few short synthetic samples: they only prove the path runs
 TINY_CALIB, TINY_NSAMPLES, TINY_SEQLEN = "synthetic", 4, 64
+# the held-out picture questions (tasks/tamp_heldout) that the trained tiny model never saw
+HELDOUT_TASKS: tuple[str, ...] = ("tamp_heldout_vqa", "tamp_heldout_mc")
+# trained tiny models are pruned on their own domain: generated picture conversations (tamp.calibration.pictures)
+TRAINED_CALIB, TRAINED_NSAMPLES, TRAINED_SEQLEN = "picture-qa", 16, 512
 
 # the input each task we know needs (lmms-eval's other tasks are not checked)
 TASK_INPUT: dict[str, str] = {
-    **{t: "image" for t in (*IMAGE_TASKS, "gqa", "mmbench_en_dev", *SMOKE_TASKS)},
+    **{t: "image" for t in (*IMAGE_TASKS, "gqa", "mmbench_en_dev", *SMOKE_TASKS, *HELDOUT_TASKS)},
     **{t: "video" for t in (*VIDEO_TASKS, *SMOKE_VIDEO)},
     **{t: "audio" for t in (*AUDIO_TASKS, *SMOKE_AUDIO)},
 }
@@ -103,12 +107,21 @@ def _tiny_spec(family: str, evaluation: Evaluation) -> ModelSpec:
                      TINY_SEQLEN)
 
 
-# the HF models, then the tiny ones (in tamp's tiny-family order)
+def _trained_spec(family: str, evaluation: Evaluation) -> ModelSpec:
+    """The family's trained tiny model (trained by tamp on first use): its scores on the held-out tasks mean
+    something, so sweeps on it show what pruning does."""
+    name = TRAINED_PREFIX + family
+    return ModelSpec(name, name, family, evaluation.wrapper, TRAINED_CALIB, HELDOUT_TASKS, TRAINED_NSAMPLES,
+                     TRAINED_SEQLEN)
+
+
+# the HF models, then the tiny ones (in tamp's tiny-family order), then the trained tiny ones
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         *(_hf_spec(family, evaluation) for family, evaluation in EVALUATIONS.items()),
         *(_tiny_spec(family, EVALUATIONS[family]) for family in TINY_FAMILIES if family in EVALUATIONS),
+        *(_trained_spec(family, EVALUATIONS[family]) for family in TRAINED_FAMILIES),
     )
 }
 # model_type -> family, for the families lmms-eval can run (a local directory or an HF id resolves through it)

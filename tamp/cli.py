@@ -13,10 +13,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tamp", description="Prune (multimodal) LLMs layer by layer.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build-tiny", help="write a tiny random model of a family (offline, deterministic)")
+    b = sub.add_parser("build-tiny", help="write a tiny random (or --trained) model of a family (offline, deterministic)")
     b.add_argument("--family", required=True)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--trained", action="store_true",
+                   help="train it on generated picture questions (llava-next; a few minutes on 2 CPU cores)")
 
     r = sub.add_parser("prune", help="prune a model and write an artifact directory")
     r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
@@ -25,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1) "
                    "(default 0.5; --method dense takes 0)")
     r.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8 (N zeroed of every M)")
-    r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | synthetic | text:FILE[,FILE...]")
+    r.add_argument("--calib", default=None, help="LLaVA .json[:IMAGE_DIR] | synthetic | picture-qa | text:FILE[,FILE...]")
     r.add_argument("--nsamples", type=int, default=128)
     r.add_argument("--seqlen", type=int, default=2048, help="tokens per text calibration segment")
     r.add_argument("--seed", type=int, default=42)
@@ -63,15 +65,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "build-tiny":
         from tamp.paths import output_problem
         from tamp.testing.tiny import build_tiny
+        from tamp.testing.tiny_training import build_trained_tiny
 
         problem = output_problem(args.out, directory=True)
         if problem is not None:
             raise TampError(f"--out {args.out}: {problem}")
         try:
-            out = build_tiny(args.family, args.out, seed=args.seed)
+            if args.trained:
+                out = build_trained_tiny(args.family, args.out, seed=args.seed, log=True)
+            else:
+                out = build_tiny(args.family, args.out, seed=args.seed)
         except ValueError as exc:
             raise TampError(str(exc)) from None
-        print(f"wrote tiny {args.family} model to {out}")
+        print(f"wrote {'trained' if args.trained else 'tiny'} {args.family} model to {out}")
         return 0
     if args.command == "prune":
         from tamp.config import PruneConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# the user's tamp cache, before tiny_root points TAMP_CACHE at a per-session folder: the trained tiny model is
+# kept there across sessions (training it takes minutes; its folder name fingerprints the recipe code)
+USER_CACHE = Path(os.environ.get("TAMP_CACHE", str(Path.home() / ".cache" / "tamp")))
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +37,23 @@ def tiny_model(tiny_root: Path):
         return built[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def trained_llava_next(tiny_root: Path) -> Path:
+    """The trained tiny LLaVA-NeXT, where the registry name `tiny-trained-llava-next` finds it this session.
+
+    Trained (`tamp build-tiny --trained`) into the user's cache once, unless a build of the same recipe code is
+    there already, then copied into the session's cache."""
+    from tamp.cli import main
+    from tamp.models.registry import tiny_cache_dir
+    from tamp.testing.tiny_training import trained_cache_name
+
+    name = trained_cache_name("llava-next")
+    kept = USER_CACHE / "tiny" / name
+    if not (kept / "config.json").is_file():
+        assert main(["build-tiny", "--family", "llava-next", "--trained", "--out", str(kept)]) == 0
+    out = tiny_cache_dir() / name
+    if not out.exists():
+        shutil.copytree(kept, out)
+    return out

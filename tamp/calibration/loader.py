@@ -1,4 +1,5 @@
-"""`--calib` spec -> Calibration: LLaVA JSON + media (images, videos, audio), text:FILE[,FILE...], or synthetic.
+"""`--calib` spec -> Calibration: LLaVA JSON + media (images, videos, audio), text:FILE[,FILE...], synthetic, or
+picture-qa (generated pictures in the trained tiny model's domain).
 
 What a spec names, lacks and draws is tamp.calibration.spec's; this module turns it into model inputs.
 """
@@ -9,6 +10,7 @@ from typing import Any
 
 from tamp.calibration.batches import Calibration, fingerprint
 from tamp.calibration.llava_json import llava_batches
+from tamp.calibration.picture_qa import picture_qa_batches
 from tamp.calibration.spec import CalibrationSpec
 from tamp.calibration.synthetic import synthetic_batches
 from tamp.calibration.text import text_segments
@@ -35,6 +37,9 @@ def build_calibration(spec: str, loaded: LoadedModel, nsamples: int, seqlen: int
     if parsed.kind == "synthetic":
         batches = synthetic_batches(loaded.processor, loaded.tokenizer, multimodal, nsamples, seqlen, seed,
                                     model_type=getattr(loaded.model.config, "model_type", ""))
+        without_media = 0
+    elif parsed.kind == "picture-qa":
+        batches = picture_qa_batches(loaded.processor, loaded.tokenizer, multimodal, nsamples, seed)
         without_media = 0
     elif parsed.kind == "text":
         try:

@@ -8,6 +8,8 @@ other files than the ones tamp prunes with. Every reader of a spec goes through 
 Forms, tried in this order:
 
 * ``synthetic``: deterministic random data, for tiny models;
+* ``picture-qa``: generated pictures with questions and answers (tamp.calibration.pictures), the trained tiny
+  model's own domain; no files, so nothing to check or hash beyond the generator (part of tamp's source);
 * ``text:FILE[,FILE...]``: plain text files, joined in order (blanks around the commas are ignored);
 * anything holding ``.json``: a LLaVA-format JSON, ``FILE.json`` (media beside it) or ``FILE.json:MEDIA_DIR``
   (split at the last colon, unless the spec ends in ``.json``).
@@ -30,8 +32,9 @@ from tamp.calibration.llava_json import MEDIA_KEYS, load_llava_json, media_names
 from tamp.errors import TampError
 
 TEXT_PREFIX = "text:"
-UNKNOWN_SPEC = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...] or synthetic"
-Kind = Literal["synthetic", "text", "llava"]
+PICTURE_QA = "picture-qa"
+UNKNOWN_SPEC = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...], synthetic or picture-qa"
+Kind = Literal["synthetic", "picture-qa", "text", "llava"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class CalibrationSpec:
         """The spec `text` names; TampError (one line, what to give instead) when it is none of the forms."""
         if text == "synthetic":
             return cls(text, "synthetic")
+        if text == PICTURE_QA:
+            return cls(text, "picture-qa")
         if text.startswith(TEXT_PREFIX):
             files = tuple(Path(s.strip()) for s in text[len(TEXT_PREFIX):].split(",") if s.strip())
             if not files:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from tamp.errors import TampError
-from tamp.models.families import TINY_FAMILIES
-from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, tiny_cache_dir
+from tamp.models.families import TINY_FAMILIES, TRAINED_FAMILIES
+from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -135,6 +135,11 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
             return str(exc)
     if name.endswith(".gguf"):
         return gguf_problem(Path(name))
+    if name.startswith(TRAINED_PREFIX):
+        family = name[len(TRAINED_PREFIX):]
+        if family not in TRAINED_FAMILIES:
+            return f"no trained tiny model of family '{family}'; trained families: {', '.join(TRAINED_FAMILIES)}"
+        return None
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX):]
         if family not in TINY_FAMILIES:
@@ -164,7 +169,9 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
     if name in GGUF_MODELS or name.endswith(".gguf"):
         return _load_gguf(name, torch_dtype)
     model_id = name
-    if name.startswith(TINY_PREFIX):
+    if name.startswith(TRAINED_PREFIX):
+        model_id = str(_ensure_trained(name[len(TRAINED_PREFIX):]))
+    elif name.startswith(TINY_PREFIX):
         model_id = str(_ensure_tiny(name[len(TINY_PREFIX):]))
     elif name in HF_MODELS:
         model_id = HF_MODELS[name]
@@ -232,6 +239,20 @@ def _ensure_tiny(family: str) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _ensure_trained(family: str) -> Path:
+    """The trained tiny model of a trained family (model_problem checks the name), trained on first use.
+
+    The cache folder's name carries the fingerprint of the recipe, the data generator and the torch /
+    transformers versions, so a change to any of them trains anew instead of reusing older weights. The
+    build is atomic (tamp.testing.tiny_training writes a temporary folder and renames it into place)."""
+    from tamp.testing.tiny_training import build_trained_tiny, trained_cache_name
+
+    out = tiny_cache_dir() / trained_cache_name(family, seed=0)
+    if not (out / "config.json").exists():
+        build_trained_tiny(family, out, seed=0, overwrite=False)
     return out
 
 

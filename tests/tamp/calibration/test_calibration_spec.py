@@ -20,7 +20,7 @@ from tamp.calibration.text import parse_text_spec
 from tamp.errors import TampError
 from tamp.models.loading import load_model
 
-UNKNOWN = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...] or synthetic"
+UNKNOWN = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...], synthetic or picture-qa"
 
 
 def _sha(path: Path) -> str:
