@@ -13,7 +13,7 @@ FIND_LINKS := $(if $(filter 1 yes true,$(GPU)),,--find-links $(WHEELS))
 # uv reads neither pip.conf nor PIP_* variables; the lock's hashes are checked on every file.
 UV_FLAGS := --python $(PY) --no-config
 
-.PHONY: install lock lock-check lint test test-fast golden clean bench
+.PHONY: install lock lock-check lint test test-fast test-trained golden clean bench
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test: lint
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not golden"
+
+# The trained tiny LLaVA-NeXT end to end (builds it once into ~/.cache/tamp, then a sweep through the harness):
+# 15-40 min on 2 cores, so not part of `make test`
+test-trained:
+	$(PY) -m pytest -q -m trained
 
 # Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json), alone (~5 min); `make test`
 # runs them too.

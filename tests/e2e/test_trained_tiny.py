@@ -23,7 +23,7 @@ HELDOUT_CHANCE = sum(1 / len(r["choices"]) for r in heldout_rows()) / len(heldou
 LIMIT = 40  # held-out questions per cell (the kinds cycle, so 10 of each): ~40 s of evaluation per cell
 TASK = "tamp_heldout_vqa"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trained]
 
 
 @pytest.fixture(scope="module")
