@@ -106,12 +106,30 @@ def load_grid(path: Path) -> Grid:
         outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")))
 
 
+def _check_token_overrides(grid: Grid) -> None:
+    """A token method's parameter must belong to a token method of the grid (a typo or a forgotten method must
+    not silently run the grid without it)."""
+    from tamp.inference.transform import split_method
+    from tamp.methods.base import TokenMethod
+    from tamp.methods.registry import all_methods
+
+    with tamp_errors():
+        in_grid = {split_method(m)[1] for m in grid.methods} - {None}
+    owner = {p.name: m.name for m in all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
+    for override in grid.overrides:
+        name = override.split("=", 1)[0].strip()
+        if name in owner and owner[name] not in in_grid:
+            raise HarnessError(f"--set {name}: a parameter of {owner[name]}, which no method of this grid uses; "
+                               f"add it, e.g. {grid.methods[0].split('+')[0]}+{owner[name]}")
+
+
 def cells(grid: Grid) -> list[Cell]:
     """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
     model whatever the sparsities."""
     from tamp.inference.transform import DENSE, split_method  # torch: only a plan needs it
 
 
+    _check_token_overrides(grid)
     out: list[Cell] = []
     for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
         with tamp_errors():
@@ -138,13 +156,15 @@ class Settings:
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
     """One cell's `harness run`. A grid's overrides apply to the cells whose method takes them: a token method's
-    parameters are left out of the cells without one (a weight method's parameters go to every cell, as before)."""
+    parameters go only to the cells with that token method (a weight method's parameters go to every cell)."""
     from tamp.inference.transform import split_method, token_params  # torch: only a run or a plan needs it
+    from tamp.methods.registry import get
 
     with tamp_errors():
-        has_token = split_method(cell.method)[1] is not None
+        token = split_method(cell.method)[1]
+        own = {p.name for p in get(token).params} if token is not None else set()
         tokens = token_params()
-    overrides = [o for o in grid.overrides if has_token or o.split("=", 1)[0].strip() not in tokens]
+    overrides = [o for o in grid.overrides if (name := o.split("=", 1)[0].strip()) not in tokens or name in own]
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method, pattern=grid.pattern,
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
                       seqlen=grid.seqlen, seed=grid.seed, overrides=overrides, output=settings.output,

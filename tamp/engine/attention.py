@@ -1,9 +1,11 @@
-"""Last-query-row attention (averaged over heads) of a block, captured while the block runs.
+"""Scores of a block's attention (last-row attention, or any function of its query and key), captured while
+the block runs.
 
-AMIA scores tokens by how much the last token attends to them. Rather than re-deriving queries and keys
-per family (RoPE, GQA, Qwen2-VL's mrope), a wrapper is registered in transformers' AttentionInterface:
-it runs the block's own attention function unchanged and additionally computes softmax(q_last k^T) from
-the exact query / key tensors the block produced. Only the last row is formed, so memory stays O(T).
+AMIA and FastV score tokens by how much the last token attends to them; AIM runs PageRank over the whole
+attention. Rather than re-deriving queries and keys per family (RoPE, GQA, Qwen2-VL's mrope), a wrapper is
+registered in transformers' AttentionInterface: it runs the block's own attention function unchanged and
+additionally computes the score from the exact query / key tensors the block produced. The last-row score
+forms one row only, so its memory stays O(T).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +21,18 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 _NAME = "tamp_last_row"
-_state: dict[str, Any] = {"inner": None, "sink": None}
+_state: dict[str, Any] = {"inner": None, "sink": None, "score": None}
+
+# (query [B, H, T, d], key [B, KVH, T, d], attention mask or None, scaling or None) -> a per-token score [B, T]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "float | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionScore:
+    """A score of one layer's attention, and the FLOPs its matmuls cost: (tokens, heads, head_dim) -> FLOPs."""
+
+    fn: ScoreFn
+    flops: Callable[[int, int, int], float]
 
 
 def last_row_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -41,7 +55,7 @@ def last_row_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: t
 def _wrapper(module: nn.Module, query, key, value, attention_mask, **kwargs):
     out = _state["inner"](module, query, key, value, attention_mask, **kwargs)
     if _state["sink"] is not None:
-        _state["sink"].append(last_row_attention(query, key, attention_mask, kwargs.get("scaling")))
+        _state["sink"].append(_state["score"](query, key, attention_mask, kwargs.get("scaling")))
     return out
 
 
@@ -65,17 +79,50 @@ def find_attention(block: nn.Module) -> nn.Module:
     raise RuntimeError(f"no self-attention module found in {type(block).__name__}")
 
 
+def attention_dims(block: nn.Module) -> tuple[int, int]:
+    """(query heads, head_dim) of a block's self-attention."""
+    attn = find_attention(block)
+    config = attn.config
+    heads = getattr(config, "num_attention_heads", None) or config.text_config.num_attention_heads
+    return int(heads), int(attn.head_dim)
+
+
+def head_logits(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None,
+                b: int, h: int) -> torch.Tensor:
+    """Sample b, head h: the masked attention logits [Tq, Tk] in fp32 (the causal mask applied when the block
+    runs without a mask tensor, as sdpa does with is_causal)."""
+    heads, kvh, d = query.shape[1], key.shape[1], query.shape[-1]
+    q = query[b, h].float()
+    k = key[b, h // (heads // kvh)].float()
+    logits = (q @ k.T) * (scaling if scaling is not None else d ** -0.5)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, -q.shape[0]:, : k.shape[0]]
+        return logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+    tq, tk = q.shape[0], k.shape[0]
+    causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+    return logits.masked_fill(~causal, float("-inf"))
+
+
+LAST_ROW = AttentionScore(last_row_attention, lambda tokens, heads, head_dim: 2.0 * tokens * heads * head_dim)
+
+
 @contextmanager
-def capture_last_row_attention(block: nn.Module, sink: list[torch.Tensor]) -> Iterator[None]:
-    """While active, every forward of `block` appends its [B, T] last-row attention to `sink`."""
+def capture_attention_score(block: nn.Module, sink: list[torch.Tensor],
+                            score: ScoreFn = last_row_attention) -> Iterator[None]:
+    """While active, every forward of `block` appends score(query, key, mask, scaling) [B, T] to `sink`."""
     attn = find_attention(block)
     config = attn.config
     original = config._attn_implementation_internal
     _state["inner"] = _inner_function(attn, original or "eager")
-    _state["sink"] = sink
+    _state["sink"], _state["score"] = sink, score
     config._attn_implementation_internal = _NAME
     try:
         yield
     finally:
         config._attn_implementation_internal = original
-        _state["inner"], _state["sink"] = None, None
+        _state["inner"], _state["sink"], _state["score"] = None, None, None
+
+
+def capture_last_row_attention(block: nn.Module, sink: list[torch.Tensor]) -> Any:
+    """While active, every forward of `block` appends its [B, T] last-row attention to `sink`."""
+    return capture_attention_score(block, sink, last_row_attention)

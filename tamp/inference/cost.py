@@ -74,16 +74,17 @@ class CostMeter:
         visual = int(torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)).sum()) if self.visual_ids else 0
         stats = self.dropper.history[-1] if self.dropper is not None and self.dropper.history else None
         if stats is not None and len(stats.tokens_per_layer) == self.layers and stats.visual_in == visual:
-            tokens, kept = stats.tokens_per_layer, stats.visual_kept_per_layer[-1]
+            tokens, visual_layers, scoring = stats.tokens_per_layer, stats.visual_kept_per_layer, stats.scoring_flops
         else:
-            tokens, kept = [int(ids.shape[1])] * self.layers, visual
+            tokens, visual_layers, scoring = [int(ids.shape[1])] * self.layers, [visual // int(ids.shape[0])] * self.layers, 0.0
         logits = getattr(output, "logits", None)
         positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
-        flops = self.shape.prefill(tokens, positions)
+        flops = self.shape.prefill(tokens, positions)  # per sample: token counts are per sample
         batch = int(ids.shape[0])
-        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] / batch,
-                              "nonzero": flops["nonzero"] / batch, "tokens": int(ids.shape[1]),
-                              "visual_in": visual / batch, "visual_kept": kept, "tokens_per_layer": tokens})
+        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring,
+                              "nonzero": flops["nonzero"] + scoring, "tokens": int(ids.shape[1]),
+                              "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,
+                              "visual_per_layer": visual_layers})
 
     def take(self) -> dict[str, Any] | None:
         """Summary since the last take (None when nothing ran), then reset."""
@@ -100,11 +101,13 @@ class CostMeter:
             "visual_tokens_in": statistics.fmean(x["visual_in"] for x in p),
             "visual_tokens_kept": statistics.fmean(x["visual_kept"] for x in p),
             "tokens_per_layer": [statistics.fmean(x["tokens_per_layer"][i] for x in p) for i in range(self.layers)],
+            "visual_tokens_per_layer": [statistics.fmean(x["visual_per_layer"][i] for x in p) for i in range(self.layers)],
             "decode_tokens_per_s": self.decode_steps / self.decode_s if self.decode_s > 0 else None,
             "peak_memory_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "device": str(self.device),
-            "flops_counted": "language model: decoder linears + attention matmuls + LM head (tamp/inference/flops.py)",
+            "flops_counted": "language model: decoder linears + attention matmuls + LM head + token scoring "
+                             "(tamp/inference/flops.py)",
         }
         self._reset()
         return out

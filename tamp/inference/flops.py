@@ -3,7 +3,9 @@
 Per decoder layer with n tokens: every linear costs 2 n (in x out) (dense weights) or 2 n nnz (non-zero
 weights only, what a sparse kernel could reach); attention's two matmuls (q k^T and the weighted sum over
 values) cost 2 x 2 n^2 (heads x head_dim), the full square as the kernels compute it (no causal halving).
-The LM head costs 2 x positions x hidden x vocab for the positions whose logits are computed. Norms,
+The LM head costs 2 x positions x hidden x vocab for the positions whose logits are computed. A token
+method's own scoring (FastV's last-row attention, AIM's PageRank) is charged by the cost meter from what the
+dropper recorded (`PrefillStats.scoring_flops`). Norms,
 rotary embeddings, softmax and activations are left out, as torch.utils.flop_counter leaves them out; the
 vision tower is not counted (token methods leave it unchanged). Checked against FlopCounterMode in the tests.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tamp.engine.attention import find_attention
+from tamp.engine.attention import attention_dims
 from tamp.models.adapters import ModelAdapter
 
 
@@ -37,10 +39,9 @@ class ModelShape:
         shapes = []
         for layer in adapter.language_stack(model).layers:
             linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-            attn = find_attention(layer)
-            heads = getattr(attn.config, "num_attention_heads", None) or attn.config.text_config.num_attention_heads
+            heads, head_dim = attention_dims(layer)
             shapes.append(LayerShape(sum(m.weight.numel() for m in linears),
-                                     sum(int((m.weight != 0).sum()) for m in linears), heads * attn.head_dim))
+                                     sum(int((m.weight != 0).sum()) for m in linears), heads * head_dim))
         head = adapter.runner(model).get_output_embeddings()
         return cls(tuple(shapes), head.weight.numel())
 

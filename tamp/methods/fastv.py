@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
-
 from tamp.algorithms.token_keep import top_visual_keep
-from tamp.inference.token_drop import DropPlan
+from tamp.engine.attention import LAST_ROW
+from tamp.inference.token_drop import Drop, DropInput, DropPlan, Kept
 from tamp.methods.base import Param, TokenMethod
 
 
 def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
     keep = float(params["fastv_keep"])
 
-    def choose(attention: Tensor, visual: Tensor, layer: int) -> Tensor:
-        return top_visual_keep(attention, visual, keep)
+    def choose(seen: DropInput) -> Kept:
+        assert seen.scores is not None
+        return Kept(top_visual_keep(seen.scores, seen.visual, keep))
 
-    return DropPlan({int(params["fastv_k"]): choose})
+    return DropPlan({int(params["fastv_k"]): Drop(choose, LAST_ROW)})
 
 
 PARAMS = (

@@ -1,6 +1,7 @@
-"""Weight pruning, token reduction and both on one table and one cost axis: `harness sweep` over tamp, fastv and
-tamp+fastv on a tiny LLaVA-NeXT, through lmms-eval, then the table with --cost, the accuracy-vs-TFLOPs plot and
-the leaderboard's cost columns; plus the one-line errors for compositions that cannot work."""
+"""Weight pruning, token reduction and both on one table and one cost axis: `harness sweep` over tamp, fastv,
+tamp+fastv, aim and tamp+aim on a tiny LLaVA-NeXT, through lmms-eval, then the table with --cost, the
+accuracy-vs-TFLOPs plot and the leaderboard's cost columns; plus the one-line errors for compositions that cannot
+work."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def _args(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Path:
     root = tmp_path_factory.mktemp("tokens")
-    assert main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,fastv,tamp+fastv", "--sparsities", "0.5",
+    assert main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,fastv,tamp+fastv,aim,tamp+aim",
+                 "--sparsities", "0.5",
                  "--tasks", "tamp_smoke_vqa,tamp_smoke_mc", "--out-dir", str(root / "out"), "--csv",
-                 str(root / "board.csv"), "--set", "fastv_keep=0.25", *_args(root)]) == 0
+                 str(root / "board.csv"), "--set", "fastv_keep=0.25", "--set", "aim_prune_start=1", *_args(root)]) == 0
     return root
 
 
@@ -34,21 +36,28 @@ def test_one_table_with_the_cost_column(swept: Path, capsys: pytest.CaptureFixtu
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
-    assert set(rows) == {"Dense", "TAMP", "TAMP + FastV", "FastV"}
+    assert set(rows) == {"Dense", "TAMP", "TAMP + FastV", "FastV", "AIM", "TAMP + AIM"}
     tflops = {name: float(cells[-1]) for name, cells in rows.items()}
     assert tflops["FastV"] < tflops["Dense"] and tflops["TAMP + FastV"] < tflops["TAMP"]
+    assert tflops["AIM"] < tflops["FastV"] and tflops["TAMP + AIM"] < tflops["TAMP + FastV"]
     assert tflops["TAMP"] == pytest.approx(tflops["Dense"])  # dense kernels: weight sparsity saves no FLOPs here
 
 
 def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
     with (swept / "board.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["headline"] == "True"]
-    assert {r["method"] for r in rows} == {"dense", "tamp", "fastv", "tamp+fastv"} and len(rows) == 8
+    assert {r["method"] for r in rows} == {"dense", "tamp", "fastv", "tamp+fastv", "aim", "tamp+aim"}
+    assert len(rows) == 12
     for r in rows:
         assert float(r["prefill_tflops"]) > 0 and float(r["prefill_latency_s"]) > 0 and r["device"] == "cpu"
         assert float(r["prefill_tflops_nonzero"]) <= float(r["prefill_tflops"])
-        token = "fastv" in r["method"]
-        assert float(r["visual_tokens_kept"]) == pytest.approx(float(r["visual_tokens_in"]) * (0.25 if token else 1))
+        kept, came = float(r["visual_tokens_kept"]), float(r["visual_tokens_in"])
+        if "fastv" in r["method"]:
+            assert kept == pytest.approx(came * 0.25)
+        elif "aim" in r["method"]:  # merged to a quarter, then pruned after layers 1 and 2 of 4
+            assert kept < came * 0.25
+        else:
+            assert kept == came
     sparse = [r for r in rows if r["method"] == "tamp"]
     assert all(float(r["prefill_tflops_nonzero"]) < float(r["prefill_tflops"]) for r in sparse)
     record = json.loads(next((swept / "runs" / "tiny-llava-next" / "tamp+fastv_s0.50_unstructured")
@@ -57,6 +66,11 @@ def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
     assert record["pruning"]["transform"] == record["transform"] and record["pruning"]["config"]["method"] == "tamp"
     assert record["cost"]["decode_tokens_per_s"] > 0 and len(record["cost"]["tokens_per_layer"]) == 4
     assert record["cost"]["tokens_per_layer"][2] < record["cost"]["tokens_per_layer"][1]
+    aim = json.loads(next((swept / "runs" / "tiny-llava-next" / "tamp+aim_s0.50_unstructured")
+                          .glob("tamp_smoke_vqa_*.json")).read_text())
+    assert aim["transform"]["method"] == "aim" and aim["transform"]["params"]["aim_prune_start"] == 1
+    visual = aim["cost"]["visual_tokens_per_layer"]
+    assert visual[0] < aim["cost"]["visual_tokens_in"] and visual[1] > visual[2] > visual[3]
 
 
 def test_accuracy_against_tflops_plot(swept: Path) -> None:
@@ -72,7 +86,7 @@ def test_the_wrapper_reapplies_the_transform(swept: Path) -> None:
     record = json.loads(next((swept / "runs" / "tiny-llava-next" / "fastv_s0.00_unstructured")
                              .glob("tamp_smoke_vqa_*.json")).read_text())
     lm = load_wrapper("tamp_llava_hf", f"pretrained={record['artifact']['path']}", "cpu")
-    assert lm.token_dropper is not None and lm.token_dropper.plan.choosers.keys() == {2}
+    assert lm.token_dropper is not None and lm.token_dropper.plan.drops.keys() == {2}
     assert record["pruning"]["sparsity"]["sparsity"] == 0.0
 
 
@@ -107,3 +121,12 @@ def test_a_drop_layer_the_model_lacks_is_refused_at_prune_time(tiny_model, tmp_p
                       "--device", "cpu", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "drop layers [9] are outside 1..3" in err and not (tmp_path / "x").exists()
+
+
+def test_a_sweep_refuses_a_token_parameter_no_method_of_it_takes(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,tamp+fastv", "--sparsities", "0.5",
+                 "--set", "aim_tau=0.2", "--dry-run", "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set aim_tau: a parameter of aim, which no method of this grid uses; add it, e.g. tamp+aim" \
+        in err and len(err.strip().splitlines()) == 1

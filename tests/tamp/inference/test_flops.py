@@ -1,5 +1,5 @@
 """The analytic prefill FLOP count against torch.utils.flop_counter.FlopCounterMode (eager attention, so the
-attention matmuls are ops the counter sees), per family, with and without FastV, and with pruned weights."""
+attention matmuls are ops the counter sees), per family, with and without FastV and AIM, and with pruned weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tamp.inference.flops import ModelShape
 from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
 from tests.tamp.inference.conftest import FAMILIES, attn
+from tests.tamp.inference.methods import SETTINGS
 
 
 def _counted(model, inputs: dict) -> tuple[float, float]:
@@ -25,24 +26,31 @@ def _counted(model, inputs: dict) -> tuple[float, float]:
     return float(layers), float(head)
 
 
-@pytest.mark.parametrize("keep", (1.0, 0.5, 0.25))
+CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv", {"fastv_keep": 0.25}),
+         ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}))
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_analytic_flops_match_the_counter(loaded, family: str, keep: float) -> None:
+def test_analytic_flops_match_the_counter(loaded, family: str, case: int) -> None:
+    """The layers' linears and attention matmuls from the per-layer token counts, plus what the method spent on
+    scoring (FastV's last row, AIM's merge similarities and PageRank), against every matmul the counter saw."""
     model, inputs, _ = loaded(family)
     attn(model, "eager")
-    dropper = TokenTransform.build("fastv", {"fastv_keep": keep}).install(model)
+    method, params = CASES[case]
+    dropper = TokenTransform.build(method, params).install(model)
     try:
         layers, head = _counted(model, inputs)
     finally:
         dropper.remove()
     shape = ModelShape.of(model, get_adapter(model))
-    tokens = dropper.history[-1].tokens_per_layer
-    got = shape.prefill(tokens, inputs["input_ids"].shape[1])
-    # the counter also sees FastV's own scoring (one query row at layer K-1): well inside 1%
-    assert got["dense"] - got["head"] == pytest.approx(layers, rel=0.01)
+    stats = dropper.history[-1]
+    got = shape.prefill(stats.tokens_per_layer, inputs["input_ids"].shape[1])
+    assert got["dense"] - got["head"] + stats.scoring_flops == pytest.approx(layers, rel=1e-6)
     assert got["head"] == pytest.approx(head, rel=1e-9)
-    if keep < 1:
-        assert tokens[-1] < tokens[0]
+    if params.get("fastv_keep", 0) < 1:
+        assert stats.tokens_per_layer[-1] < stats.tokens_per_layer[0] or method == "aim"
+        assert stats.tokens_per_layer[-1] < inputs["input_ids"].shape[1]
 
 
 def test_nonzero_flops_follow_the_pruned_weights(loaded) -> None:

@@ -1,28 +1,34 @@
-"""FastV with the dropped tokens removed from the sequence: equal to the untransformed model when it keeps
-everything, the kept set equal to a plain loop over the layer's attention, and cached generation equal to
+"""FastV and AIM with the dropped tokens removed from the sequence: equal to the untransformed model when they keep
+everything, the kept sets equal to plain re-statements over the eager attention, and cached generation equal to
 recomputing the whole sequence each step with the dropped tokens masked out (the released code's way)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
+from tamp.algorithms.token_keep import linear_schedule, scheduled_count
+from tamp.algorithms.token_merge import merge_target
 from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
 from tests.tamp.inference.conftest import FAMILIES, attn
+from tests.tamp.inference.methods import METHODS, install, install_keep_all
 
 IMPLS = ("sdpa", "eager")
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("implementation", IMPLS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_keeping_everything_changes_nothing(loaded, family: str, implementation: str) -> None:
+def test_keeping_everything_changes_nothing(loaded, family: str, implementation: str, method: str) -> None:
     model, inputs, media = loaded(family)
     attn(model, implementation)
     with torch.no_grad():
         base = model(**inputs).logits
         base_gen = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=media)
-        dropper = TokenTransform.build("fastv", {"fastv_keep": 1.0}).install(model)
+        dropper = install_keep_all(model, method)
         try:
             same = model(**inputs).logits
             same_gen = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=media)
@@ -32,10 +38,17 @@ def test_keeping_everything_changes_nothing(loaded, family: str, implementation:
     assert torch.equal(base_gen, same_gen)
     stats = dropper.history[-1]
     assert stats.visual_in > 0 and stats.tokens_per_layer == [inputs["input_ids"].shape[1]] * len(stats.tokens_per_layer)
+    assert stats.scoring_flops > 0  # the scores were really computed
+
+
+def _visual_positions(model, ids: list[int]) -> list[int]:
+    adapter = get_adapter(model)
+    visual_ids = set(adapter.media_token_ids.get("image", [])) | set(adapter.media_token_ids.get("video", []))
+    return [i for i, t in enumerate(ids) if t in visual_ids]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_kept_set_is_the_top_of_the_layer_before_k(loaded, family: str) -> None:
+def test_fastv_keeps_the_top_of_the_layer_before_k(loaded, family: str) -> None:
     """Plain re-statement: eager attention weights of layer K-1, last query row, mean over heads; visual tokens
     sorted by it (earlier first on ties), the top round(n x keep) kept with every other token."""
     model, inputs, _ = loaded(family)
@@ -50,9 +63,7 @@ def test_kept_set_is_the_top_of_the_layer_before_k(loaded, family: str) -> None:
             dropper.remove()
     scores = weights.float().mean(0)[-1].tolist()
     ids = inputs["input_ids"][0].tolist()
-    visual_ids = set(get_adapter(model).media_token_ids.get("image", [])) | \
-        set(get_adapter(model).media_token_ids.get("video", []))
-    visual = [i for i, t in enumerate(ids) if t in visual_ids]
+    visual = _visual_positions(model, ids)
     ranked = sorted(visual, key=lambda i: (-scores[i], i))
     n_keep = int(round(len(visual) * keep))
     expected = sorted([i for i in range(len(ids)) if i not in set(visual)] + ranked[:n_keep])
@@ -62,23 +73,76 @@ def test_kept_set_is_the_top_of_the_layer_before_k(loaded, family: str) -> None:
     assert stats.tokens_per_layer[k:] == [len(expected)] * (len(stats.tokens_per_layer) - k)
 
 
-def _masked_recompute(model, inputs: dict, media: list[int], kept: torch.Tensor, k: int, steps: int) -> tuple:
-    """Greedy decoding without a cache: the whole sequence each step, the dropped prompt tokens masked out of
-    every layer from K on (keys only, as the released FastV code does)."""
+def _pagerank_by_hand(weights: torch.Tensor, tau: float = 0.1, iters: int = 5) -> list[float]:
+    """From eager softmax weights P [heads, T, T]: softmax(logits / tau) is P^(1/tau) renormalised per row; a
+    uniform start pushed through it `iters` times per head; root mean square over heads."""
+    walk = weights.double() ** (1 / tau)
+    walk = walk / walk.sum(-1, keepdim=True)
+    dist = torch.full((weights.shape[0], weights.shape[1]), 1.0 / weights.shape[1], dtype=torch.float64)
+    for _ in range(iters):
+        dist = torch.stack([dist[h] @ walk[h] for h in range(weights.shape[0])])
+    return dist.pow(2).mean(0).sqrt().tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_aim_prunes_by_pagerank_of_the_layer_before(loaded, family: str) -> None:
+    """After each pruning layer l, the kept visual tokens are the top int(entering x rate(l)) by PageRank of
+    layer l's attention over the tokens that layer ran on (taken from the eager weights it returned)."""
+    model, inputs, _ = loaded(family)
+    attn(model, "eager")
+    with torch.no_grad():
+        dropper = install(model, "aim")
+        try:
+            attentions = model(**inputs, output_attentions=True).attentions
+        finally:
+            dropper.remove()
+    ids = inputs["input_ids"][0].tolist()
+    visual = set(_visual_positions(model, ids))
+    adapter = get_adapter(model)
+    visual_ids = set(adapter.media_token_ids.get("image", [])) | set(adapter.media_token_ids.get("video", []))
+    entering = sum(1 for i in dropper.kept_by_layer[0][0].tolist() if i in visual)
+    runs = [len(list(g)) for is_visual, g in itertools.groupby(ids, key=lambda t: t in visual_ids) if is_visual]
+    assert entering == sum(merge_target(n, 0.5) for n in runs) < len(visual)  # the merge halved each image
+    for layer in (2, 3):
+        before = dropper.kept_by_layer[layer - 1][0].tolist()
+        scores = _pagerank_by_hand(attentions[layer - 1][0])
+        vis = [j for j, p in enumerate(before) if p in visual]
+        count = scheduled_count(entering, linear_schedule(layer - 1, 1, 0.25))
+        ranked = sorted(vis, key=lambda j: (-scores[j], j))[:count]
+        expected = sorted([p for j, p in enumerate(before) if p not in visual] + [before[j] for j in ranked])
+        assert dropper.kept_by_layer[layer][0].tolist() == expected, layer
+
+
+def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int) -> tuple:
+    """Greedy decoding without a cache: the whole sequence each step; each layer's attention masks out the prompt
+    tokens that layer did not keep (keys only, as the released code does); before layer 0, the states the
+    method rewrote (AIM's merged tokens) are written over the embeddings."""
     layers = get_adapter(model).language_stack(model).layers
     length = inputs["input_ids"].shape[1]
-    dropped = torch.ones(length, dtype=torch.bool)
-    dropped[kept] = False
+    kept = {i: dropper.kept_by_layer[i][0] for i in range(len(layers))}
+    first_states = dropper.first_states
 
-    def mask_hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        n = hidden.shape[1]
-        mask = torch.full((n, n), float("-inf")).triu(1)
-        mask[:, :length][:, dropped] = float("-inf")
-        kwargs["attention_mask"] = mask[None, None].to(hidden.dtype)
-        return args, kwargs
+    def mask_hook(i):
+        dropped = torch.ones(length, dtype=torch.bool)
+        dropped[kept[i]] = False
 
-    handles = [layer.register_forward_pre_hook(mask_hook, with_kwargs=True) for layer in layers[k:]]
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            n = hidden.shape[1]
+            mask = torch.full((n, n), float("-inf")).triu(1)
+            mask[:, :length][:, dropped] = float("-inf")
+            kwargs["attention_mask"] = mask[None, None].to(hidden.dtype)
+            if i == 0 and first_states is not None:
+                hidden = hidden.clone()
+                hidden[:, kept[0]] = first_states
+                args = (hidden, *args[1:]) if args else args
+                if "hidden_states" in kwargs:
+                    kwargs["hidden_states"] = hidden
+            return args, kwargs
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     ids, logits_per_step = inputs["input_ids"], []
     extra = {n: v for n, v in inputs.items() if n not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     try:
@@ -96,22 +160,32 @@ def _masked_recompute(model, inputs: dict, media: list[int], kept: torch.Tensor,
     return ids[0, length:], logits_per_step
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("implementation", IMPLS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_generation_equals_masked_recompute(loaded, family: str, implementation: str) -> None:
+def test_cached_generation_equals_masked_recompute(loaded, family: str, implementation: str, method: str) -> None:
     model, inputs, media = loaded(family)
     attn(model, implementation)
-    k, steps = 2, 5
+    steps = 5
     with torch.no_grad():
-        dropper = TokenTransform.build("fastv", {"fastv_k": k, "fastv_keep": 0.5}).install(model)
+        dropper = install(model, method)
+        seen: dict = {}
+        first = get_adapter(model).language_stack(model).layers[0]
+
+        def record(module, args, kwargs) -> None:  # after the dropper's hook: the states layer 0 really ran on
+            seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
+
+        probe = first.register_forward_pre_hook(record, with_kwargs=True)
         try:
             out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, suppress_tokens=media,
                                  output_scores=True, return_dict_in_generate=True)
         finally:
+            probe.remove()
             dropper.remove()
-        kept = dropper.kept_by_layer[k][0]
-        assert kept.numel() < inputs["input_ids"].shape[1]  # something was really dropped
-        tokens, ref_logits = _masked_recompute(model, inputs, media, kept, k, steps)
+        dropper.first_states = seen["h"][0] if method == "aim" else None
+        last = dropper.kept_by_layer[max(dropper.kept_by_layer)][0]
+        assert last.numel() < inputs["input_ids"].shape[1]  # something was really dropped
+        tokens, ref_logits = _masked_recompute(model, inputs, media, dropper, steps)
     length = inputs["input_ids"].shape[1]
     assert out.sequences[0, length:].tolist() == tokens.tolist()
     for got, want in zip(out.scores, ref_logits):
@@ -121,19 +195,19 @@ def test_cached_generation_equals_masked_recompute(loaded, family: str, implemen
 
 def test_a_batch_must_drop_alike(loaded) -> None:
     """Two samples with different numbers of visual tokens cannot be stacked after a drop: one clear error."""
-    from tamp.inference.token_drop import DropPlan, TokenDropper
+    from tamp.engine.attention import LAST_ROW
+    from tamp.inference.token_drop import Drop, DropPlan, Kept, TokenDropper
 
     model, inputs, _ = loaded("llava")
     attn(model, "sdpa")
     batch = {k: torch.cat([v, v]) for k, v in inputs.items()}
     calls = {"n": 0}
 
-    def uneven(attention: torch.Tensor, visual: torch.Tensor, layer: int) -> torch.Tensor:
+    def uneven(seen) -> Kept:
         calls["n"] += 1
-        keep = torch.arange(attention.shape[0])
-        return keep[:-calls["n"]]
+        return Kept(torch.arange(seen.hidden.shape[0])[:-calls["n"]])
 
-    dropper = TokenDropper(model, get_adapter(model), DropPlan({2: uneven}))
+    dropper = TokenDropper(model, get_adapter(model), DropPlan({2: Drop(uneven, LAST_ROW)}))
     try:
         with pytest.raises(RuntimeError, match="evaluate with batch size 1"), torch.no_grad():
             model(**batch)

@@ -20,7 +20,7 @@ from tamp.params import RUN_PARAMS
 from tamp.pipeline import needs_calibration
 
 BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
-TOKEN = ("fastv",)
+TOKEN = ("fastv", "aim")
 METHODS_DIR = Path(registry.__file__).parent
 
 
@@ -90,7 +90,7 @@ def test_bad_names_and_values_are_one_line_errors() -> None:
         PruneConfig.from_preset("sparsegpt", sparsity=0.5, pattern="2:4", blocksize=6)
     with pytest.raises(TampError, match="keeps every weight"):
         PruneConfig.from_preset("dense", sparsity=0.5)
-    with pytest.raises(TampError, match="unknown config field 'owl_mm'; fields: allocation, "):
+    with pytest.raises(TampError, match="unknown config field 'owl_mm'; fields: aim_iters, .*, allocation, "):
         PruneConfig.parse_overrides(["owl_mm=1"])
     assert PruneConfig.parse_overrides(["owl_released_sign=yes", "amia_k=4", "das_mode=paper"]) == \
         {"owl_released_sign": True, "amia_k": 4, "das_mode": "paper"}

@@ -1,0 +1,134 @@
+"""AIM (Zhong et al., ICCV 2025): merge similar visual tokens before the LLM, then prune them progressively
+inside it by a PageRank importance over each layer's attention.
+
+Released code (LaVi-Lab/AIM): before the LLM, ToMe-style bipartite merging within each video frame, two passes
+leaving 25% (196 -> 98 -> 49 on LLaVA-OneVision-7B); inside the LLM, from a middle layer on, each layer's
+attention logits are softmaxed at temperature 0.1, pushed through 5 PageRank steps, combined over heads by
+RMS, and the visual tokens are cut to a linearly falling share of those that entered the LLM (Qwen2-7B, 28
+layers: 87.5% after layer 14, 0% after layer 21); text tokens are never pruned. Here both stages remove the
+tokens from the sequence (tamp.inference.token_drop) instead of masking them; docs/fidelity.md lists the
+choices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tamp.algorithms.token_keep import linear_schedule, scheduled_count, top_visual
+from tamp.algorithms.token_merge import bipartite_merge, merge_target
+from tamp.algorithms.token_rank import pagerank
+from tamp.engine.attention import AttentionScore, head_logits
+from tamp.inference.token_drop import Drop, DropInput, DropPlan, Kept
+from tamp.methods.base import Param, TokenMethod
+
+# the released schedules' first pruning layer by depth (Qwen2-7B: 28 layers, LLaMA/Vicuna-7B: 32 layers)
+RELEASED_START = {28: 14, 32: 13}
+STAGES = ("merge+prune", "merge", "prune")
+
+
+def prune_start(params: dict[str, Any], num_layers: int) -> int:
+    start = int(params["aim_prune_start"])
+    return start if start >= 0 else RELEASED_START.get(num_layers, num_layers // 2)
+
+
+def merge_drop(keep: float) -> Drop:
+    """Before layer 0: each image / video frame's tokens merged down to `keep` of their count."""
+
+    def choose(seen: DropInput) -> Kept:
+        hidden = seen.hidden.clone()
+        keep_mask = ~seen.visual
+        flops = 0.0
+        for group in torch.unique(seen.groups[seen.groups >= 0]).tolist():
+            members = torch.nonzero(seen.groups == group).flatten()
+            kept, states, spent = bipartite_merge(seen.hidden[members], merge_target(int(members.numel()), keep))
+            hidden[members[kept]] = states
+            keep_mask[members[kept]] = True
+            flops += spent
+        positions = torch.nonzero(keep_mask).flatten()
+        return Kept(positions, hidden[positions], flops)
+
+    return Drop(choose)
+
+
+def pagerank_score(tau: float, iters: int) -> AttentionScore:
+    """Importance of every token from one layer's attention: PageRank per head, RMS over heads."""
+
+    def score(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
+        out = []
+        for b in range(query.shape[0]):
+            squares = sum(pagerank(head_logits(query, key, mask, scaling, b, h)[None], tau, iters)[0].pow(2)
+                          for h in range(query.shape[1]))
+            out.append((squares / query.shape[1]).sqrt())
+        return torch.stack(out)
+
+    def flops(tokens: int, heads: int, head_dim: int) -> float:
+        return 2.0 * tokens * tokens * heads * head_dim + iters * 2.0 * tokens * tokens * heads
+
+    return AttentionScore(score, flops)
+
+
+def prune_drop(rate: float, score: AttentionScore) -> Drop:
+    """Keep int(visual tokens at the LLM's entry x rate) of the visual tokens, the highest scored; all text."""
+
+    def choose(seen: DropInput) -> Kept:
+        assert seen.scores is not None
+        count = min(scheduled_count(seen.visual_at_entry, rate), int(seen.visual.sum()))
+        return Kept(top_visual(seen.scores, seen.visual, count))
+
+    return Drop(choose, score)
+
+
+def prune_drops(params: dict[str, Any], num_layers: int) -> dict[int, Drop]:
+    """After each layer l from the start on, a drop at rate(l) scored by that layer's attention."""
+    start, step = prune_start(params, num_layers), float(params["aim_prune_step"])
+    score = pagerank_score(float(params["aim_tau"]), int(params["aim_iters"]))
+    drops: dict[int, Drop] = {}
+    for layer in range(max(start, 0), num_layers - 1):
+        rate = linear_schedule(layer, start, step)
+        if rate >= 1.0:
+            continue
+        drops[layer + 1] = prune_drop(rate, score)
+        if rate <= 0.0:
+            break
+    return drops
+
+
+def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
+    stages = str(params["aim_stages"])
+    drops = prune_drops(params, num_layers) if "prune" in stages else {}
+    if "merge" in stages and float(params["aim_merge_keep"]) < 1.0:
+        drops[0] = merge_drop(float(params["aim_merge_keep"]))
+    return DropPlan(dict(sorted(drops.items())))
+
+
+def _fraction(name: str, low_open: bool = False):
+    def check(v: float) -> str | None:
+        ok = (0 < v <= 1) if low_open else (0 <= v <= 1)
+        return None if ok else f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {v}"
+    return check
+
+
+PARAMS = (
+    Param("aim_stages", str, "merge+prune", "which stages run: merging before the LLM, pruning inside it, or both",
+          choices=STAGES),
+    Param("aim_merge_keep", float, 0.25, "fraction of each image / video frame's visual tokens left after merging",
+          check=_fraction("aim_merge_keep", low_open=True)),
+    Param("aim_prune_start", int, -1, "first layer whose attention prunes (0-based); -1: the released schedule's "
+          "(14 of 28 layers, 13 of 32), else half the depth",
+          check=lambda v: None if v >= -1 else f"aim_prune_start must be -1 (auto) or a layer index, got {v}"),
+    Param("aim_prune_step", float, 0.125, "share of the entering visual tokens pruned after each layer from the start",
+          check=_fraction("aim_prune_step")),
+    Param("aim_tau", float, 0.1, "softmax temperature of the attention logits before PageRank",
+          check=lambda v: None if v > 0 else f"aim_tau must be positive, got {v}"),
+    Param("aim_iters", int, 5, "PageRank iterations",
+          check=lambda v: None if v >= 1 else f"aim_iters must be at least 1, got {v}"),
+)
+
+METHOD = TokenMethod(
+    name="aim", label="AIM", order=21,
+    summary="merge similar visual tokens per frame before the LLM, then prune them by PageRank on a falling schedule",
+    params=PARAMS, plan=plan,
+)

@@ -1,0 +1,35 @@
+"""The token methods as the inference tests run them on the 4-layer tiny models: FastV dropping half after layer
+2, AIM merging each image to half and pruning after layers 1 and 2 (75%, then 50% of the entering visual tokens)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from tamp.inference.token_drop import DropPlan, TokenDropper
+from tamp.inference.transform import TokenTransform
+from tamp.methods.aim import merge_drop, pagerank_score, prune_drop
+from tamp.models.adapters import get_adapter
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fastv": {"fastv_k": 2, "fastv_keep": 0.5},
+    "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25},
+}
+METHODS = tuple(SETTINGS)
+
+
+def install(model: nn.Module, method: str) -> TokenDropper:
+    return TokenTransform.build(method, SETTINGS[method]).install(model)
+
+
+def install_keep_all(model: nn.Module, method: str) -> TokenDropper:
+    """The method's machinery with nothing dropped: FastV keeping every token; AIM merging to 100% before layer 0
+    and pruning at rate 1 after every layer (so its PageRank runs inside every attention call)."""
+    if method == "fastv":
+        return TokenTransform.build("fastv", {"fastv_keep": 1.0}).install(model)
+    adapter = get_adapter(model)
+    layers = len(adapter.language_stack(model).layers)
+    score = pagerank_score(0.1, 5)
+    drops = {0: merge_drop(1.0), **{i: prune_drop(1.0, score) for i in range(1, layers)}}
+    return TokenDropper(model, adapter, DropPlan(drops))
