@@ -114,13 +114,15 @@ def _check_token_overrides(grid: Grid) -> None:
     from tamp.methods.registry import all_methods
 
     with tamp_errors():
-        in_grid = {split_method(m)[1] for m in grid.methods} - {None}
+        parts = [split_method(m) for m in grid.methods]
+    in_grid = {token for _, token in parts} - {None}
+    weight = next((w for w, _ in parts if w != "dense"), None)
     owner = {p.name: m.name for m in all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
     for override in grid.overrides:
         name = override.split("=", 1)[0].strip()
         if name in owner and owner[name] not in in_grid:
             raise HarnessError(f"--set {name}: a parameter of {owner[name]}, which no method of this grid uses; "
-                               f"add it, e.g. {grid.methods[0].split('+')[0]}+{owner[name]}")
+                               f"add it, e.g. {f'{weight}+' if weight else ''}{owner[name]}")
 
 
 def cells(grid: Grid) -> list[Cell]:
