@@ -3,7 +3,7 @@
 Sections (see bench/README.md): amia (fast vs reference vs compute floor), engine (tamp's sequential engine vs a
 naive full-forward-per-layer capture), smollm2 (whole prunes vs one dense forward on the real SmolLM2-135M),
 peers (llm-compressor on the same model and tokens), 8b (TAMP on llama3-llava-next-8b's shape, CUDA only),
-tokens (prefill time and FLOPs against the fraction of visual tokens FastV keeps).
+tokens (prefill time and FLOPs against the fraction of visual tokens FastV keeps, and AIM's stages).
 """
 
 from __future__ import annotations

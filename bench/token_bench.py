@@ -1,8 +1,10 @@
-"""Section `tokens`: prefill time and FLOPs against the fraction of visual tokens FastV keeps.
+"""Section `tokens`: prefill time and FLOPs against the fraction of visual tokens FastV keeps, and AIM's stages.
 
 A random LLaVA-1.5-style model (a small CLIP tower, so the cost sits in the language model) prefills one
-image prompt with FastV at several keep fractions; each is timed (median of repeats) beside its analytic FLOPs,
-so the measured speed-up can be set against the FLOP ratio. `--size cpu`: a 100M-parameter decoder that fits
+image prompt with FastV at several keep fractions, then with AIM (merging alone, pruning alone, both, at its
+defaults: 25% left after merging, pruning from half the depth, 1/8 fewer per layer); each is timed (median of
+repeats) beside its analytic FLOPs (the methods' own scoring included), so the measured speed-up can be set
+against the FLOP ratio. `--size cpu`: a 100M-parameter decoder that fits
 a laptop; `--size 8b`: llama3-8b's decoder shape (4 of its 32 layers) with 2,880 visual tokens, on a GPU.
 """
 
@@ -18,6 +20,7 @@ from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
+AIM_CASES = (("merge", "AIM merge only (25% left)"), ("prune", "AIM prune only"), ("merge+prune", "AIM merge + prune"))
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,12 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
     flops_shape = ModelShape.of(model, adapter)
     phases: list[Phase] = []
     unit_s = unit_flops = None
-    for keep in KEEPS:
-        phase = Phase("tokens", f"prefill, FastV keep {keep:.0%} of {shape.visual} visual")
-        dropper = TokenTransform.build("fastv", {"fastv_keep": keep}).install(model)
+    cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
+             for keep in KEEPS]
+    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages}) for stages, label in AIM_CASES]
+    for name, method, params in cases:
+        phase = Phase("tokens", name)
+        dropper = TokenTransform.build(method, params).install(model)
         try:
             with torch.inference_mode():
                 model(**inputs, logits_to_keep=1)  # warm-up (logits of the last position, as generation asks)
@@ -82,12 +88,15 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
                         model(**inputs, logits_to_keep=1)
         finally:
             dropper.remove()
-        tokens = dropper.history[-1].tokens_per_layer
-        flops = flops_shape.prefill(tokens, 1)
+        stats = dropper.history[-1]
+        flops = flops_shape.prefill(stats.tokens_per_layer, 1)["dense"] + stats.scoring_flops
         if unit_s is None:
-            unit_s, unit_flops = phase.wall_s, flops["dense"]
+            unit_s, unit_flops = phase.wall_s, flops
         phase.set_ratio(unit_s, "keep 100%")
-        phase.details.update({"keep": keep, "tokens_per_layer": tokens, "prefill_tflops": flops["dense"] / 1e12,
-                              "flop_ratio": flops["dense"] / unit_flops, "shape": shape.__dict__})
+        phase.details.update({"method": method, "params": params, "keep": params.get("fastv_keep"),
+                              "tokens_per_layer": stats.tokens_per_layer,
+                              "visual_per_layer": stats.visual_kept_per_layer, "prefill_tflops": flops / 1e12,
+                              "scoring_tflops": stats.scoring_flops / 1e12, "flop_ratio": flops / unit_flops,
+                              "shape": shape.__dict__})
         phases.append(phase)
     return phases

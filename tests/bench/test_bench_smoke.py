@@ -144,13 +144,20 @@ def test_peers_skip_cleanly_without_llmcompressor() -> None:
 
 
 def test_tokens_section_smoke() -> None:
-    """The FastV prefill section on a scaled-down shape: every keep fraction measured, FLOPs falling with it."""
+    """The token section on a scaled-down shape: every FastV keep fraction and AIM stage measured, FastV's FLOPs
+    falling with the fraction kept, AIM's merge leaving a quarter of the visual tokens from the first layer."""
     from bench import token_bench
 
     shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
                                    dtype="float32")
     phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape)
-    assert [p.details["keep"] for p in phases] == list(token_bench.KEEPS) and all(p.status == "ok" for p in phases)
-    ratios = [p.details["flop_ratio"] for p in phases]
+    fastv, aim = phases[:len(token_bench.KEEPS)], phases[len(token_bench.KEEPS):]
+    assert [p.details["keep"] for p in fastv] == list(token_bench.KEEPS) and all(p.status == "ok" for p in phases)
+    ratios = [p.details["flop_ratio"] for p in fastv]
     assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.7
-    assert phases[-1].details["tokens_per_layer"][2] == 16 + 144
+    assert fastv[-1].details["tokens_per_layer"][2] == 16 + 144
+    assert [p.details["params"]["aim_stages"] for p in aim] == ["merge", "prune", "merge+prune"]
+    merge, prune, both = (p.details for p in aim)
+    assert merge["visual_per_layer"] == [144] * 4 and merge["scoring_tflops"] > 0
+    assert prune["visual_per_layer"][:3] == [576] * 3 and prune["visual_per_layer"][3] == 504  # 87.5% after layer 2
+    assert max(both["flop_ratio"], merge["flop_ratio"]) < 0.5 and both["visual_per_layer"][3] == 126
