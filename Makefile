@@ -93,6 +93,15 @@ sweep:
 	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(METHODS) --sparsities $(SPARSITIES) \
 		$(if $(TASKS),--tasks $(TASKS)) $(GRID_FLAGS)
 
+# Weight pruning, token reduction and both on one table and one accuracy-vs-TFLOPs plot:
+# `make token-sweep MODEL=llava-onevision [TOKEN_METHODS=...] [TASKS=a,b] [LIMIT=N] [DRY_RUN=1]`
+TOKEN_METHODS ?= tamp,fastv,aim,tamp+aim
+TOKEN_SPARSITY ?= 0.5
+.PHONY: token-sweep
+token-sweep:
+	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(TOKEN_METHODS) --sparsities $(TOKEN_SPARSITY) \
+		$(if $(TASKS),--tasks $(TASKS)) --out-dir results/token-sweep $(GRID_FLAGS)
+
 # The first real curve: the sweep above on the trained tiny LLaVA-NeXT (trained on first use, a few CPU minutes, then
 # cached), on the first DEMO_LIMIT held-out picture questions. Writes results/demo/ (table + plot, kept in git) and
 # results/demo/leaderboard.csv; runs and artifacts under results/runs and results/artifacts as any sweep.

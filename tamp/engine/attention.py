@@ -88,17 +88,18 @@ def attention_dims(block: nn.Module) -> tuple[int, int]:
 
 
 def head_logits(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None,
-                b: int, h: int) -> torch.Tensor:
-    """Sample b, head h: the masked attention logits [Tq, Tk] in fp32 (the causal mask applied when the block
-    runs without a mask tensor, as sdpa does with is_causal)."""
-    heads, kvh, d = query.shape[1], key.shape[1], query.shape[-1]
-    q = query[b, h].float()
-    k = key[b, h // (heads // kvh)].float()
-    logits = (q @ k.T) * (scaling if scaling is not None else d ** -0.5)
+                b: int, heads: slice) -> torch.Tensor:
+    """Sample b, a slice of the query heads: the masked attention logits [h, Tq, Tk] in fp32 (the causal mask
+    applied when the block runs without a mask tensor, as sdpa does with is_causal)."""
+    n_heads, kvh, d = query.shape[1], key.shape[1], query.shape[-1]
+    q = query[b, heads].float()
+    kv_index = torch.arange(n_heads, device=key.device)[heads] // (n_heads // kvh)  # GQA: the head's key group
+    k = key[b].float().index_select(0, kv_index)
+    logits = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    tq, tk = q.shape[-2], k.shape[-2]
     if attention_mask is not None and attention_mask.dim() == 4:
-        mask = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, -q.shape[0]:, : k.shape[0]]
+        mask = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, -tq:, :tk]
         return logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
-    tq, tk = q.shape[0], k.shape[0]
     causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
     return logits.masked_fill(~causal, float("-inf"))
 

@@ -27,6 +27,7 @@ from tamp.methods.base import Param, TokenMethod
 # the released schedules' first pruning layer by depth (Qwen2-7B: 28 layers, LLaMA/Vicuna-7B: 32 layers)
 RELEASED_START = {28: 14, 32: 13}
 STAGES = ("merge+prune", "merge", "prune")
+CHUNK_BYTES = 1 << 28  # the PageRank's attention matrices formed at once (256 MiB of fp32)
 
 
 def prune_start(params: dict[str, Any], num_layers: int) -> int:
@@ -57,11 +58,13 @@ def pagerank_score(tau: float, iters: int) -> AttentionScore:
     """Importance of every token from one layer's attention: PageRank per head, RMS over heads."""
 
     def score(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
+        heads, t = query.shape[1], query.shape[2]
+        chunk = max(1, CHUNK_BYTES // (4 * t * t))  # heads whose fp32 T x T matrices are formed at once
         out = []
         for b in range(query.shape[0]):
-            squares = sum(pagerank(head_logits(query, key, mask, scaling, b, h)[None], tau, iters)[0].pow(2)
-                          for h in range(query.shape[1]))
-            out.append((squares / query.shape[1]).sqrt())
+            squares = sum(pagerank(head_logits(query, key, mask, scaling, b, slice(h, h + chunk)), tau, iters)
+                          .pow(2).sum(0) for h in range(0, heads, chunk))
+            out.append((squares / heads).sqrt())
         return torch.stack(out)
 
     def flops(tokens: int, heads: int, head_dim: int) -> float:

@@ -43,3 +43,27 @@ def test_bad_parameters(overrides: dict, message: str) -> None:
     with pytest.raises(TampError, match=None) as err:
         TokenTransform.build("aim", overrides)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("chunk_bytes", (1, 1 << 28))
+def test_the_score_per_head_with_grouped_keys(monkeypatch: pytest.MonkeyPatch, chunk_bytes: int) -> None:
+    """The PageRank score from query and key tensors (8 query heads sharing 2 key heads, no mask tensor: causal),
+    one head at a time or all at once, equals the per-head computation written out."""
+    import math
+
+    import torch
+
+    from tamp.algorithms.token_rank import pagerank
+
+    monkeypatch.setattr(aim, "CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(0)
+    query, key = torch.randn(2, 8, 9, 4, generator=g), torch.randn(2, 2, 9, 4, generator=g)
+    got = aim.pagerank_score(0.1, 5).fn(query, key, None, None)
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    for b in range(2):
+        dists = []
+        for h in range(8):
+            logits = (query[b, h] @ key[b, h // 4].T) / math.sqrt(4)
+            dists.append(pagerank(logits.masked_fill(~causal, -math.inf)[None], 0.1, 5)[0])
+        want = torch.stack(dists).pow(2).mean(0).sqrt()
+        torch.testing.assert_close(got[b], want)
