@@ -17,7 +17,7 @@ def pagerank(logits: Tensor, tau: float = 0.1, iters: int = 5) -> Tensor:
     """logits [H, T, T] (masked entries -inf or very negative) -> [H, T] stationary-ish distribution per head."""
     if logits.dim() != 3 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must be [heads, T, T], got {tuple(logits.shape)}")
-    walk = torch.nan_to_num(torch.softmax(logits.float() / tau, dim=-1), nan=0.0)
+    walk = torch.softmax(logits.float() / tau, dim=-1).nan_to_num_(nan=0.0)  # a row with no key left: zeros
     t = logits.shape[-1]
     dist = torch.full((logits.shape[0], 1, t), 1.0 / t, device=logits.device, dtype=torch.float32)
     for _ in range(iters):

@@ -99,9 +99,9 @@ def head_logits(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Te
     tq, tk = q.shape[-2], k.shape[-2]
     if attention_mask is not None and attention_mask.dim() == 4:
         mask = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, -tq:, :tk]
-        return logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.float()
+        return logits.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else logits.add_(mask.float())
     causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
-    return logits.masked_fill(~causal, float("-inf"))
+    return logits.masked_fill_(~causal, float("-inf"))
 
 
 LAST_ROW = AttentionScore(last_row_attention, lambda tokens, heads, head_dim: 2.0 * tokens * heads * head_dim)
