@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from typing import Any
 
 from harness.errors import EvaluationError
 from harness.tasks_catalog import tasks_dir
+
+COST_DIR_ENV = "TAMP_COST_DIR"  # for data-parallel runs: where each process's wrapper writes its measured cost
 
 
 def load_wrapper(wrapper: str, model_args: str, device: str | None) -> Any:
@@ -42,13 +45,21 @@ def accelerate_command(gpus: int, wrapper: str, model_args: str, task: str, limi
     return cmd
 
 
+def merged_cost(folder: Path) -> dict[str, Any] | None:
+    """The cost summary of every process's share (None when no process measured any)."""
+    from tamp.inference.cost import summarize
+
+    parts = [json.loads(path.read_text()) for path in sorted(folder.glob("rank*.json"))]
+    return summarize(parts) if parts else None
+
+
 def evaluate_with_accelerate(gpus: int, wrapper: str, model_args: str, task: str, limit: int | None,
                              workdir: Path) -> dict[str, Any]:
     """Run the command, then read back what lmms-eval wrote (it exits 0 even when evaluation failed)."""
     shutil.rmtree(workdir, ignore_errors=True)
     cmd = accelerate_command(gpus, wrapper, model_args, task, limit, workdir)
     print("+ " + " ".join(cmd), flush=True)
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, env={**os.environ, COST_DIR_ENV: str(workdir / "cost")})  # each process's cost
     found = sorted(workdir.glob("*/*_results.json"))
     if code != 0 or not found:
         raise EvaluationError(f"lmms-eval wrote no results for task '{task}' (exit code {code}); see its log above")
@@ -58,5 +69,6 @@ def evaluate_with_accelerate(gpus: int, wrapper: str, model_args: str, task: str
     for path in found[-1].parent.glob(f"{stamp}_samples_*.jsonl"):
         leaf = path.stem[len(f"{stamp}_samples_"):]
         result["samples"][leaf] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    result["cost"] = merged_cost(workdir / "cost")
     shutil.rmtree(workdir, ignore_errors=True)  # everything lmms-eval wrote is now in our record and samples
     return result

@@ -249,7 +249,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
         except EmptyAnswers as exc:
             raise EvaluationError(str(exc)) from None
         eval_s = time.perf_counter() - start
-        cost = lm.take_cost() if opts.gpus <= 1 and lm is not None else None  # accelerate runs: not measured
+        cost = result.get("cost") if opts.gpus > 1 else lm.take_cost() if lm is not None else None
         samples = result.get("samples") or {}
         types = {leaf: output_type(leaf, tm) for leaf in samples}
         empties = empty_answers(samples, types)

@@ -9,7 +9,9 @@ What it adds to the stock wrappers:
   into a string and then fails in multiple-choice scoring (and the stock LLaVA implementation calls
   the processor with an image token but no image, which transformers 5 rejects);
 - `clean()` keeps the model: lmms-eval deletes every nn.Module attribute after each evaluation,
-  which would make a wrapper single-use.
+  which would make a wrapper single-use;
+- the cost of what it evaluated (tamp.inference.cost) is measured; under `accelerate launch` each process
+  writes its share to `$TAMP_COST_DIR/rank<N>.json` after every call, for the harness to merge.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 from loguru import logger
 from PIL import Image
 
+from harness.evaluate import COST_DIR_ENV
 from harness.sparsity import ArtifactRefused
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
+from tamp.artifacts import write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device
 from tamp.errors import TampError
 from tamp.inference.cost import CostMeter
@@ -134,6 +138,12 @@ class TampWrapperMixin:
         meter = getattr(self, "cost_meter", None)
         return meter.take() if meter is not None else None
 
+    def _share_cost(self) -> None:
+        """Under the harness's data-parallel runs, write this process's measurements (cumulative, atomically)."""
+        folder, meter = os.environ.get(COST_DIR_ENV), getattr(self, "cost_meter", None)
+        if folder and meter is not None:
+            write_json_atomic(Path(folder) / f"rank{os.environ.get('RANK', '0')}.json", meter.export())
+
     # ---- lmms-eval hooks --------------------------------------------------------------------------
     def clean(self) -> None:
         """Free cached memory but keep the model, so one wrapper serves several evaluations."""
@@ -159,6 +169,7 @@ class TampWrapperMixin:
         finally:
             model.__dict__.pop("generate", None)
         self.generation_errors.extend(errors)
+        self._share_cost()
         for req, out in zip(requests, results):
             text = getattr(out, "text", out)
             counts = self.answer_counts.setdefault(req.task_name, [0, 0])
@@ -191,6 +202,7 @@ class TampWrapperMixin:
             loss, greedy = self._continuation_loss(self._mc_prompt(ctx, len(visuals)), continuation, visuals)
             # GenerationResult: lmms-eval 0.7.3 would turn a bare (loss, greedy) tuple into a string
             out.append(GenerationResult(text=(loss, greedy)))
+        self._share_cost()
         return out
 
     # ---- per family --------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 decoding ran, measured on the model as it is evaluated (with any token transform applied).
 
 One meter per loaded model; `take()` returns the summary of everything since the last `take()` (one task) and
-starts afresh. Timings synchronise CUDA, so GPU work is charged to the step that launched it.
+starts afresh. Timings synchronise CUDA, so GPU work is charged to the step that launched it. Data-parallel
+evaluation has one meter per process: each `export()`s what it measured, and `summarize` merges them.
 """
 
 from __future__ import annotations
@@ -86,28 +87,42 @@ class CostMeter:
                               "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,
                               "visual_per_layer": visual_layers})
 
+    def export(self) -> dict[str, Any]:
+        """What this meter measured since the last take, as JSON (one process's share of a data-parallel run)."""
+        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        return {"prefills": list(self.prefills), "decode_steps": self.decode_steps, "decode_s": self.decode_s,
+                "peak_memory_mb": peak, "device": str(self.device), "layers": self.layers}
+
     def take(self) -> dict[str, Any] | None:
         """Summary since the last take (None when nothing ran), then reset."""
-        if not self.prefills:
-            self._reset()
-            return None
-        p = self.prefills
-        out: dict[str, Any] = {
-            "prefills": len(p),
-            "prefill_tflops": statistics.fmean(x["dense"] for x in p) / 1e12,
-            "prefill_tflops_nonzero": statistics.fmean(x["nonzero"] for x in p) / 1e12,
-            "prefill_latency_s": statistics.median(x["seconds"] for x in p),
-            "prompt_tokens": statistics.fmean(x["tokens"] for x in p),
-            "visual_tokens_in": statistics.fmean(x["visual_in"] for x in p),
-            "visual_tokens_kept": statistics.fmean(x["visual_kept"] for x in p),
-            "tokens_per_layer": [statistics.fmean(x["tokens_per_layer"][i] for x in p) for i in range(self.layers)],
-            "visual_tokens_per_layer": [statistics.fmean(x["visual_per_layer"][i] for x in p) for i in range(self.layers)],
-            "decode_tokens_per_s": self.decode_steps / self.decode_s if self.decode_s > 0 else None,
-            "peak_memory_mb": (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
-                               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "device": str(self.device),
-            "flops_counted": "language model: decoder linears + attention matmuls + LM head + token scoring "
-                             "(tamp/inference/flops.py)",
-        }
+        out = summarize([self.export()])
         self._reset()
         return out
+
+
+def summarize(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One cost summary from the exports of one or more meters (the processes of a data-parallel run): means and
+    the median over every prefill, decode speed per process, the highest peak memory. None when nothing ran."""
+    p = [x for part in parts for x in part["prefills"]]
+    if not p:
+        return None
+    layers = int(parts[0]["layers"])
+    decode_s = sum(part["decode_s"] for part in parts)
+    return {
+        "prefills": len(p),
+        "prefill_tflops": statistics.fmean(x["dense"] for x in p) / 1e12,
+        "prefill_tflops_nonzero": statistics.fmean(x["nonzero"] for x in p) / 1e12,
+        "prefill_latency_s": statistics.median(x["seconds"] for x in p),
+        "prompt_tokens": statistics.fmean(x["tokens"] for x in p),
+        "visual_tokens_in": statistics.fmean(x["visual_in"] for x in p),
+        "visual_tokens_kept": statistics.fmean(x["visual_kept"] for x in p),
+        "tokens_per_layer": [statistics.fmean(x["tokens_per_layer"][i] for x in p) for i in range(layers)],
+        "visual_tokens_per_layer": [statistics.fmean(x["visual_per_layer"][i] for x in p) for i in range(layers)],
+        "decode_tokens_per_s": sum(part["decode_steps"] for part in parts) / decode_s if decode_s > 0 else None,
+        "peak_memory_mb": max(part["peak_memory_mb"] for part in parts),
+        "device": parts[0]["device"],
+        "processes": len(parts),
+        "flops_counted": "language model: decoder linears + attention matmuls + LM head + token scoring "
+                         "(tamp/inference/flops.py)",
+    }

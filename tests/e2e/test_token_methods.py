@@ -130,3 +130,26 @@ def test_a_sweep_refuses_a_token_parameter_no_method_of_it_takes(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and "--set aim_tau: a parameter of aim, which no method of this grid uses; add it, e.g. tamp+aim" \
         in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_process_shares_its_cost_for_data_parallel_runs(swept: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """Under `accelerate launch` (harness --gpus N) each process's wrapper writes what it measured to
+    $TAMP_COST_DIR/rank<RANK>.json after every lmms-eval call; merged, it is what the process's meter holds."""
+    from harness.evaluate import COST_DIR_ENV, evaluate_in_process, load_wrapper, merged_cost
+    from harness.tasks_catalog import task_manager
+    from tamp.inference.cost import summarize
+
+    record = json.loads(next((swept / "runs" / "tiny-llava-next" / "aim_s0.00_unstructured")
+                             .glob("tamp_smoke_vqa_*.json")).read_text())
+    monkeypatch.setenv(COST_DIR_ENV, str(tmp_path / "cost"))
+    monkeypatch.setenv("RANK", "0")  # lmms-eval shards the documents by RANK too
+    lm = load_wrapper("tamp_llava_hf", f"pretrained={record['artifact']['path']}", "cpu")
+    evaluate_in_process(lm, "tamp_smoke_vqa", 2, task_manager("tamp_llava_hf"))
+    share = json.loads((tmp_path / "cost" / "rank0.json").read_text())
+    merged = merged_cost(tmp_path / "cost")
+    own = summarize([lm.cost_meter.export()])
+    assert merged is not None and merged["prefills"] == 2 == own["prefills"] and share["layers"] == 4
+    for key in ("prefill_tflops", "tokens_per_layer", "visual_tokens_per_layer", "visual_tokens_in"):
+        assert merged[key] == own[key]
+    assert merged["visual_tokens_kept"] < merged["visual_tokens_in"]

@@ -156,9 +156,42 @@ def test_accelerate_results_are_read_back(tmp_path: Path, monkeypatch) -> None:
         (out / "20260101_000000_samples_mme.jsonl").write_text(json.dumps({"doc_id": 0, "resps": [["a"]]}) + "\n")
         return 0
 
-    monkeypatch.setattr(ev.subprocess, "call", fake_call)
+    monkeypatch.setattr(ev.subprocess, "call", lambda cmd, env=None: fake_call(cmd))
     result = ev.evaluate_with_accelerate(2, "tamp_llava_hf", "pretrained=/a", "mme", None, tmp_path / "work")
     assert result["results"]["mme"]["acc,none"] == 0.5 and result["samples"]["mme"] == [{"doc_id": 0, "resps": [["a"]]}]
-    monkeypatch.setattr(ev.subprocess, "call", lambda cmd: 0)  # exit 0 but nothing written: lmms-eval failed
+    assert result["cost"] is None  # no process measured anything
+    monkeypatch.setattr(ev.subprocess, "call", lambda cmd, env=None: 0)  # exit 0 but nothing written: lmms-eval failed
     with pytest.raises(EvaluationError, match="lmms-eval wrote no results for task 'mme'"):
         ev.evaluate_with_accelerate(2, "tamp_llava_hf", "pretrained=/a", "mme", None, tmp_path / "work")
+
+
+def _share(prefills: list[tuple[float, float, int]], steps: int, seconds: float, peak: float) -> dict:
+    rows = [{"seconds": t, "dense": f, "nonzero": f / 2, "tokens": n, "visual_in": 8, "visual_kept": 4,
+             "tokens_per_layer": [n, n - 4], "visual_per_layer": [8, 4]} for t, f, n in prefills]
+    return {"prefills": rows, "decode_steps": steps, "decode_s": seconds, "peak_memory_mb": peak, "device": "cuda:0",
+            "layers": 2}
+
+
+def test_each_process_cost_is_merged(tmp_path: Path, monkeypatch) -> None:
+    """Data-parallel runs: every process's wrapper writes its measured share to $TAMP_COST_DIR/rank<N>.json (the
+    harness sets it for the launch); the record gets one summary over all of them."""
+    import harness.evaluate as ev
+
+    def fake_call(cmd: list[str], env: dict) -> int:
+        out = Path(cmd[cmd.index("--output_path") + 1]) / "some__model"
+        out.mkdir(parents=True)
+        (out / "20260101_000000_results.json").write_text(json.dumps({"results": {"mme": {"acc,none": 0.5}}}))
+        cost = Path(env[ev.COST_DIR_ENV])
+        cost.mkdir(parents=True)
+        (cost / "rank0.json").write_text(json.dumps(_share([(1.0, 4e12, 20), (3.0, 2e12, 10)], 10, 1.0, 900.0)))
+        (cost / "rank1.json").write_text(json.dumps(_share([(2.0, 6e12, 30)], 30, 2.0, 1200.0)))
+        return 0
+
+    monkeypatch.setattr(ev.subprocess, "call", fake_call)
+    cost = ev.evaluate_with_accelerate(2, "tamp_llava_hf", "pretrained=/a", "mme", None, tmp_path / "work")["cost"]
+    assert cost["prefills"] == 3 and cost["processes"] == 2
+    assert cost["prefill_tflops"] == pytest.approx(4.0) and cost["prefill_tflops_nonzero"] == pytest.approx(2.0)
+    assert cost["prefill_latency_s"] == 2.0 and cost["prompt_tokens"] == pytest.approx(20)
+    assert cost["tokens_per_layer"] == pytest.approx([20, 16]) and cost["visual_tokens_per_layer"] == [8, 4]
+    assert cost["decode_tokens_per_s"] == pytest.approx(40 / 3) and cost["peak_memory_mb"] == 1200.0
+    assert not (tmp_path / "work").exists()
