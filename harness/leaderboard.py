@@ -6,8 +6,9 @@ Column order (stable; documented in the README):
   metric unpruned), relative_pct (value / dense_value * 100), headline (the metric our tables show),
   run_id (the record's path under the runs folder), artifact_key, git_commit, lmms_eval_version,
   tamp_version, date (UTC, when the task was evaluated), then the cost axis of the task's evaluation (empty
-  when it was not measured, e.g. data-parallel runs): prefill_tflops (per sample, dense weights; language
-  model decoder + head), prefill_tflops_nonzero (non-zero weights only), prefill_latency_s (median),
+  when it was not measured, e.g. records from before the cost axis): prefill_tflops (per sample, dense
+  weights; language model decoder + head + a token method's scoring), prefill_tflops_nonzero (non-zero
+  weights only), prefill_latency_s (median),
   decode_tokens_per_s, visual_tokens_in, visual_tokens_kept (after the last drop), peak_memory_mb, device.
 
 A file written before the cost columns existed is read and rewritten with them (empty for its old rows).

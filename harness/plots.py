@@ -146,6 +146,15 @@ def _finish(fig: Any, axes: Any, used: int, title: str, top: float) -> None:
 _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
 
 
+def flop_unit(largest_tflops: float) -> tuple[str, float]:
+    """The axis unit that keeps the largest value at or above 1 (tiny models run at MFLOPs): (name, factor from
+    TFLOPs)."""
+    for name, factor in (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6)):
+        if largest_tflops * factor >= 1:
+            return name, factor
+    return "kFLOPs", 1e9
+
+
 def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> list[Path]:
     """Accuracy against measured prefill TFLOPs per sample, one figure per (model, limit): a panel per benchmark
     plus the average; weight methods, token methods and their compositions on the same axes (a line joins a
@@ -154,8 +163,8 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
         ours = ours[ours["model"] == model]
     ours = ours[ours["value"].notna() & ours["prefill_tflops"].notna()]
     if ours.empty:
-        raise HarnessError("no run records with a measured cost match; run with this version of `harness run` "
-                           "(data-parallel --gpus N runs record no cost)")
+        raise HarnessError("no run records with a measured cost match; run them again with this version of "
+                           "`harness run` (records written before the cost axis carry none)")
     groups = sorted({(m, int(lim)) for m, lim in zip(ours["model"], ours["limit"])})
     written: list[Path] = []
     for m, lim in groups:
@@ -167,23 +176,24 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
         methods = sorted(set(rows["method"]), key=method_rank)
         colours = {meth: plt.get_cmap("tab10")(i % 10) for i, meth in enumerate(methods)}
+        unit, scale = flop_unit(float(rows["prefill_tflops"].max()))
         for ax, panel in zip(axes.flat, panels):
             ax.set_title(benchmark(panel).label if panel != AVERAGE else "Average (0-100 scale)", fontsize=10)
             for method in methods:
                 sub = rows[rows["method"] == method]
                 if panel == AVERAGE:
-                    pts = [(float(g["prefill_tflops"].mean()), float(g["percent"].mean()))
+                    pts = [(float(g["prefill_tflops"].mean()) * scale, float(g["percent"].mean()))
                            for _, g in sub.groupby(["sparsity", "pattern"]) if set(g["task"]) >= set(tasks)
                            and g["percent"].notna().all()]
                 else:
                     one = sub[sub["task"] == panel]
-                    pts = list(zip(one["prefill_tflops"].astype(float), one["value"].astype(float)))
+                    pts = list(zip(one["prefill_tflops"].astype(float) * scale, one["value"].astype(float)))
                 if pts:
                     xs, ys = zip(*sorted(pts))
                     style = dict(marker="s", linestyle="none") if method == "dense" else dict(marker="o")
                     ax.plot(xs, ys, color="black" if method == "dense" else colours[method],
                             label=method_label(method), **style)
-            ax.set_xlabel("prefill TFLOPs per sample")
+            ax.set_xlabel(f"prefill {unit} per sample")
             ax.grid(alpha=0.3)
         _finish(fig, axes, len(panels), f"{m}: accuracy vs prefill cost" +
                 (f" (first {lim} documents per task)" if lim else ""), top=0.95)

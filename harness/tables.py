@@ -144,9 +144,9 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
     notes = _notes(tasks, theirs, relative)
     if cost:
         frame[COST] = [tflops.get(label, float("nan")) for label in frame.index]
-        notes.append(f"{COST}: per sample, language model (decoder linears + attention + LM head), dense weights, "
-                     "mean over the row's tasks; missing where the cost was not measured (published rows, "
-                     "data-parallel runs)")
+        notes.append(f"{COST}: per sample, language model (decoder linears + attention + LM head + a token "
+                     "method's scoring), dense weights, mean over the row's tasks; missing where the cost was not "
+                     "measured (published rows, records from before the cost axis)")
     return Table(model, sparsity, pattern, limit, relative, frame, notes)
 
 

@@ -195,3 +195,10 @@ def test_each_process_cost_is_merged(tmp_path: Path, monkeypatch) -> None:
     assert cost["tokens_per_layer"] == pytest.approx([20, 16]) and cost["visual_tokens_per_layer"] == [8, 4]
     assert cost["decode_tokens_per_s"] == pytest.approx(40 / 3) and cost["peak_memory_mb"] == 1200.0
     assert not (tmp_path / "work").exists()
+
+
+def test_the_cost_axis_unit_keeps_values_readable() -> None:
+    from harness.plots import flop_unit
+
+    assert flop_unit(3.2) == ("TFLOPs", 1.0) and flop_unit(0.02) == ("GFLOPs", 1e3)
+    assert flop_unit(0.000193) == ("MFLOPs", 1e6) and flop_unit(1e-8)[0] == "kFLOPs"
