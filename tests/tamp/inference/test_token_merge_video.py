@@ -32,7 +32,10 @@ def _video_inputs(model_path, frames: int = 4):
     return dict(proc(text=[prompt], videos=[video], return_tensors="pt"))
 
 
-@pytest.mark.parametrize("family", ("llava-onevision", "qwen2-vl"))
+VIDEO_FAMILIES = ("llava-onevision", "qwen2-vl", "qwen2.5-vl")
+
+
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
 def test_video_frames_merge_apart(tiny_model, family: str) -> None:
     from transformers import AutoModelForImageTextToText
 
@@ -62,7 +65,7 @@ def test_video_frames_merge_apart(tiny_model, family: str) -> None:
         merged.remove()
     video_id = adapter.media_token_ids["video"][0]
     positions = torch.nonzero(inputs["input_ids"][0] == video_id).flatten()
-    if family == "qwen2-vl":
+    if "video_grid_thw" in inputs:  # Qwen: temporal patches of two frames each
         frames = int(inputs["video_grid_thw"][0, 0])
     else:
         frames = int(inputs["pixel_values_videos"].shape[1])
@@ -84,3 +87,46 @@ def test_video_frames_merge_apart(tiny_model, family: str) -> None:
     assert torch.equal(seen["out"][rows], torch.stack(expected_states))
     stats = dropper.history[-1]
     assert stats.visual_kept_per_layer[0] == len(expected_kept) < positions.numel()
+
+
+@pytest.mark.parametrize("implementation", ("sdpa", "eager"))
+@pytest.mark.parametrize("family", VIDEO_FAMILIES)
+def test_cached_video_generation_equals_masked_recompute(tiny_model, family: str, implementation: str) -> None:
+    """AIM on a video (merged per frame, then pruned after layers 1 and 2): cached greedy decoding, with Qwen's
+    3-D mrope positions continuing past the original length, equals recomputing the whole sequence each step."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tamp.inference.methods import SETTINGS
+    from tests.tamp.inference.test_token_drop import _masked_recompute
+
+    path = tiny_model(family)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    model.set_attn_implementation(implementation)
+    inputs = _video_inputs(path)
+    adapter = get_adapter(model)
+    media = [i for ids in adapter.media_token_ids.values() for i in ids]
+    steps = 5
+    with torch.no_grad():
+        dropper = TokenTransform.build("aim", SETTINGS["aim"]).install(model)
+        seen: dict = {}
+
+        def record(module, args, kwargs) -> None:
+            seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
+
+        probe = adapter.language_stack(model).layers[0].register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, suppress_tokens=media,
+                                 output_scores=True, return_dict_in_generate=True)
+        finally:
+            probe.remove()
+            dropper.remove()
+        dropper.first_states = seen["h"][0]
+        stats = dropper.history[-1]
+        assert stats.visual_kept_per_layer[0] < stats.visual_in and stats.visual_kept_per_layer[3] < \
+            stats.visual_kept_per_layer[1]
+        tokens, ref_logits = _masked_recompute(model, inputs, media, dropper, steps)
+    length = inputs["input_ids"].shape[1]
+    assert out.sequences[0, length:].tolist() == tokens.tolist()
+    for got, want in zip(out.scores, ref_logits):
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got.float()[finite], want[finite], rtol=1e-4, atol=1e-4)
