@@ -26,6 +26,8 @@ from harness.run import RunOptions, build_config, run, run_method
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
+from tamp.methods.base import TokenMethod
+from tamp.methods.registry import all_methods, get
 from tamp.models.loading import hf_cache_problem
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
@@ -109,9 +111,7 @@ def load_grid(path: Path) -> Grid:
 def _check_token_overrides(grid: Grid) -> None:
     """A token method's parameter must belong to a token method of the grid (a typo or a forgotten method must
     not silently run the grid without it)."""
-    from tamp.inference.transform import split_method
-    from tamp.methods.base import TokenMethod
-    from tamp.methods.registry import all_methods
+    from tamp.inference.transform import split_method  # torch: only a run or a plan needs it
 
     with tamp_errors():
         parts = [split_method(m) for m in grid.methods]
@@ -160,7 +160,6 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
     """One cell's `harness run`. A grid's overrides apply to the cells whose method takes them: a token method's
     parameters go only to the cells with that token method (a weight method's parameters go to every cell)."""
     from tamp.inference.transform import split_method, token_params  # torch: only a run or a plan needs it
-    from tamp.methods.registry import get
 
     with tamp_errors():
         token = split_method(cell.method)[1]
