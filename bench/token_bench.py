@@ -1,8 +1,10 @@
-"""Section `tokens`: prefill time and FLOPs against the fraction of visual tokens FastV keeps, and AIM's stages.
+"""Section `tokens`: prefill time and FLOPs against the fraction of visual tokens FastV keeps, AIM's stages, YOPO.
 
 A random LLaVA-1.5-style model (a small CLIP tower, so the cost sits in the language model) prefills one
 image prompt with FastV at several keep fractions, then with AIM (merging alone, pruning alone, both, at its
-defaults: 25% left after merging, pruning from half the depth, 1/8 fewer per layer); each is timed (median of
+defaults: 25% left after merging, pruning from half the depth, 1/8 fewer per layer), then with YOPO at its
+defaults (visual tokens through half of each MLP, stopped where 25% of their linear FLOPs is spent); each is
+timed (median of
 repeats) beside its analytic FLOPs (the methods' own scoring included), so the measured speed-up can be set
 against the FLOP ratio. `--size cpu`: a 100M-parameter decoder that fits
 a laptop; `--size 8b`: llama3-8b's decoder shape (4 of its 32 layers) with 2,880 visual tokens, on a GPU.
@@ -77,6 +79,7 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
     cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
              for keep in KEEPS]
     cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages}) for stages, label in AIM_CASES]
+    cases += [(f"prefill, YOPO (budget 25%, FFN 50%) of {shape.visual} visual", "yopo", {})]
     for name, method, params in cases:
         phase = Phase("tokens", name)
         dropper = TokenTransform.build(method, params).install(model)

@@ -76,14 +76,16 @@ class CostMeter:
         stats = self.dropper.history[-1] if self.dropper is not None and self.dropper.history else None
         if stats is not None and len(stats.tokens_per_layer) == self.layers and stats.visual_in == visual:
             tokens, visual_layers, scoring = stats.tokens_per_layer, stats.visual_kept_per_layer, stats.scoring_flops
+            skipped, skipped_nonzero = stats.skipped_flops, stats.skipped_nonzero_flops
         else:
             tokens, visual_layers, scoring = [int(ids.shape[1])] * self.layers, [visual // int(ids.shape[0])] * self.layers, 0.0
+            skipped = skipped_nonzero = 0.0
         logits = getattr(output, "logits", None)
         positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
         flops = self.shape.prefill(tokens, positions)  # per sample: token counts are per sample
         batch = int(ids.shape[0])
-        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring,
-                              "nonzero": flops["nonzero"] + scoring, "tokens": int(ids.shape[1]),
+        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring - skipped,
+                              "nonzero": flops["nonzero"] + scoring - skipped_nonzero, "tokens": int(ids.shape[1]),
                               "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,
                               "visual_per_layer": visual_layers})
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tamp.algorithms.ffn_slice import kept_channels, sliced_mlp
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
 from tamp.models.adapters import ModelAdapter
 
@@ -61,9 +62,11 @@ class Drop:
 
 @dataclass
 class DropPlan:
-    """layer index -> the drop run before that layer."""
+    """layer index -> the drop run before that layer; layer index -> the share of the MLP's intermediate channels
+    the visual tokens in that layer go through (YOPO's sparse FFN projection; the other tokens use them all)."""
 
     drops: dict[int, Drop]
+    visual_mlp_keep: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +77,8 @@ class PrefillStats:
     visual_in: int = 0
     visual_kept_per_layer: list[int] = field(default_factory=list)
     scoring_flops: float = 0.0  # per sample: the matmuls the drops' attention scores cost
+    skipped_flops: float = 0.0  # per sample: linear FLOPs the visual tokens skipped (sliced MLPs), dense weights
+    skipped_nonzero_flops: float = 0.0  # the same, counting non-zero weights only
 
 
 def _take(x: Tensor, index: Tensor, batch_dim: int, seq_dim: int) -> Tensor:
@@ -151,6 +156,11 @@ class TokenDropper:
             if following is not None and following.score is not None:
                 self._handles.append(layer.register_forward_pre_hook(lambda mod, args, i=i: self._start_capture(i)))
                 self._handles.append(layer.register_forward_hook(lambda mod, args, out, i=i: self._stop_capture(i)))
+        self._mlps: list[nn.Module] = []
+        for i, keep in plan.visual_mlp_keep.items():
+            if not 0 <= i < len(self.layers):
+                raise ValueError(f"FFN layer {i} is outside 0..{len(self.layers) - 1}")
+            self._slice_mlp(self.layers[i].mlp, keep)
 
     def _reset(self) -> None:
         self.active = False  # a prefill with visual tokens is being reduced (or its decode steps follow)
@@ -168,6 +178,34 @@ class TokenDropper:
         for h in self._handles:
             h.remove()
         self._handles = []
+        for mlp in self._mlps:
+            mlp.__dict__.pop("forward", None)
+        self._mlps = []
+
+    def _slice_mlp(self, mlp: nn.Module, keep: float) -> None:
+        """In a prefill, the visual rows go through the first `keep` of the intermediate channels only."""
+        for name in ("gate_proj", "up_proj", "down_proj", "act_fn"):
+            if not hasattr(mlp, name):
+                raise ValueError(f"{type(mlp).__name__} is no gated MLP (gate_proj, up_proj, down_proj, act_fn)")
+        channels = kept_channels(mlp.gate_proj.out_features, keep)
+        full = mlp.forward
+        skipped = [mlp.gate_proj.weight[channels:], mlp.up_proj.weight[channels:], mlp.down_proj.weight[:, channels:]]
+        per_row = 2.0 * sum(w.numel() for w in skipped)
+
+        def forward(x: Tensor) -> Tensor:
+            visual = self.visual if self.active and self.visual is not None else None
+            if visual is None or x.shape[1] != visual.shape[1] or not bool(visual.any()):
+                return full(x)  # decoding (text only), or no visual token in this sequence
+            out = torch.empty_like(x)
+            out[~visual] = full(x[~visual])
+            out[visual] = sliced_mlp(x[visual], mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, channels)
+            rows = int(visual.sum()) / visual.shape[0]
+            self.history[-1].skipped_flops += rows * per_row
+            self.history[-1].skipped_nonzero_flops += rows * 2.0 * sum(int((w != 0).sum()) for w in skipped)
+            return out
+
+        mlp.forward = forward
+        self._mlps.append(mlp)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:

@@ -62,9 +62,10 @@ class TokenTransform:
         chosen = registry.get(self.method)
         assert isinstance(chosen, TokenMethod) and chosen.plan is not None
         adapter = get_adapter(model)
-        layers = len(adapter.language_stack(model).layers)
+        layers = list(adapter.language_stack(model).layers)
         try:
-            return TokenDropper(model, adapter, chosen.plan(self.params, layers))
+            params = chosen.resolve(self.params, layers) if chosen.resolve is not None else self.params
+            return TokenDropper(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
             raise TampError(f"{self.method} {self.params}: {exc}") from None
 

@@ -110,4 +110,6 @@ class TokenMethod(Method):
     weight method (`tamp+fastv`). `plan(params, num_layers)` says where tokens are dropped and how chosen."""
 
     plan: Callable[[dict, int], DropPlan] | None = None
+    # model-dependent defaults (e.g. YOPO's layer from a compute budget): (params, decoder layers) -> params
+    resolve: Callable[[dict, list], dict] | None = None
     kind: ClassVar[str] = "token"

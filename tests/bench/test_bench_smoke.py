@@ -151,7 +151,7 @@ def test_tokens_section_smoke() -> None:
     shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
                                    dtype="float32")
     phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape)
-    fastv, aim = phases[:len(token_bench.KEEPS)], phases[len(token_bench.KEEPS):]
+    fastv, aim, (yopo,) = phases[:len(token_bench.KEEPS)], phases[len(token_bench.KEEPS):-1], phases[-1:]
     assert [p.details["keep"] for p in fastv] == list(token_bench.KEEPS) and all(p.status == "ok" for p in phases)
     ratios = [p.details["flop_ratio"] for p in fastv]
     assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.7
@@ -161,3 +161,5 @@ def test_tokens_section_smoke() -> None:
     assert merge["visual_per_layer"] == [144] * 4 and merge["scoring_tflops"] > 0
     assert prune["visual_per_layer"][:3] == [576] * 3 and prune["visual_per_layer"][3] == 504  # 87.5% after layer 2
     assert max(both["flop_ratio"], merge["flop_ratio"]) < 0.5 and both["visual_per_layer"][3] == 126
+    assert yopo.details["method"] == "yopo" and yopo.details["visual_per_layer"][-1] == 0
+    assert yopo.details["flop_ratio"] < 0.6

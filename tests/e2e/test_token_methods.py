@@ -1,5 +1,5 @@
 """Weight pruning, token reduction and both on one table and one cost axis: `harness sweep` over tamp, fastv,
-tamp+fastv, aim and tamp+aim on a tiny LLaVA-NeXT, through lmms-eval, then the table with --cost, the
+tamp+fastv, aim, tamp+aim and yopo on a tiny LLaVA-NeXT, through lmms-eval, then the table with --cost, the
 accuracy-vs-TFLOPs plot and the leaderboard's cost columns; plus the one-line errors for compositions that cannot
 work."""
 
@@ -23,7 +23,7 @@ def _args(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Path:
     root = tmp_path_factory.mktemp("tokens")
-    assert main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,fastv,tamp+fastv,aim,tamp+aim",
+    assert main(["sweep", "--model", "tiny-llava-next", "--methods", "tamp,fastv,tamp+fastv,aim,tamp+aim,yopo",
                  "--sparsities", "0.5",
                  "--tasks", "tamp_smoke_vqa,tamp_smoke_mc", "--out-dir", str(root / "out"), "--csv",
                  str(root / "board.csv"), "--set", "fastv_keep=0.25", "--set", "aim_prune_start=1", *_args(root)]) == 0
@@ -36,18 +36,19 @@ def test_one_table_with_the_cost_column(swept: Path, capsys: pytest.CaptureFixtu
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
-    assert set(rows) == {"Dense", "TAMP", "TAMP + FastV", "FastV", "AIM", "TAMP + AIM"}
+    assert set(rows) == {"Dense", "TAMP", "TAMP + FastV", "FastV", "AIM", "TAMP + AIM", "YOPO"}
     tflops = {name: float(cells[-1]) for name, cells in rows.items()}
     assert tflops["FastV"] < tflops["Dense"] and tflops["TAMP + FastV"] < tflops["TAMP"]
     assert tflops["AIM"] < tflops["FastV"] and tflops["TAMP + AIM"] < tflops["TAMP + FastV"]
+    assert tflops["YOPO"] < tflops["Dense"]
     assert tflops["TAMP"] == pytest.approx(tflops["Dense"])  # dense kernels: weight sparsity saves no FLOPs here
 
 
 def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
     with (swept / "board.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["headline"] == "True"]
-    assert {r["method"] for r in rows} == {"dense", "tamp", "fastv", "tamp+fastv", "aim", "tamp+aim"}
-    assert len(rows) == 12
+    assert {r["method"] for r in rows} == {"dense", "tamp", "fastv", "tamp+fastv", "aim", "tamp+aim", "yopo"}
+    assert len(rows) == 14
     for r in rows:
         assert float(r["prefill_tflops"]) > 0 and float(r["prefill_latency_s"]) > 0 and r["device"] == "cpu"
         assert float(r["prefill_tflops_nonzero"]) <= float(r["prefill_tflops"])
@@ -56,6 +57,8 @@ def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
             assert kept == pytest.approx(came * 0.25)
         elif "aim" in r["method"]:  # merged to a quarter, then pruned after layers 1 and 2 of 4
             assert kept < came * 0.25
+        elif r["method"] == "yopo":  # the budget stops the visual tokens before the last layer
+            assert kept == 0
         else:
             assert kept == came
     sparse = [r for r in rows if r["method"] == "tamp"]
@@ -153,3 +156,12 @@ def test_a_process_shares_its_cost_for_data_parallel_runs(swept: Path, monkeypat
     for key in ("prefill_tflops", "tokens_per_layer", "visual_tokens_per_layer", "visual_tokens_in"):
         assert merged[key] == own[key]
     assert merged["visual_tokens_kept"] < merged["visual_tokens_in"]
+
+
+def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None:
+    record = json.loads(next((swept / "runs" / "tiny-llava-next" / "yopo_s0.00_unstructured")
+                             .glob("tamp_smoke_vqa_*.json")).read_text())
+    assert record["transform"] == {"method": "yopo", "params": {"yopo_strategies": "layers+ffn", "yopo_budget": 0.25,
+                                                                "yopo_layer": -1, "yopo_ffn_keep": 0.5}}
+    visual = record["cost"]["visual_tokens_per_layer"]
+    assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0

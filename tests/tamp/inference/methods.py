@@ -1,5 +1,6 @@
 """The token methods as the inference tests run them on the 4-layer tiny models: FastV dropping half after layer
-2, AIM merging each image to half and pruning after layers 1 and 2 (75%, then 50% of the entering visual tokens)."""
+2, AIM merging each image to half and pruning after layers 1 and 2 (75%, then 50% of the entering visual tokens),
+YOPO sending the visual tokens through half of each MLP in layers 0-1 and no further."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tamp.models.adapters import get_adapter
 SETTINGS: dict[str, dict[str, Any]] = {
     "fastv": {"fastv_k": 2, "fastv_keep": 0.5},
     "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25},
+    "yopo": {"yopo_layer": 2, "yopo_ffn_keep": 0.5},
 }
 METHODS = tuple(SETTINGS)
 
@@ -25,11 +27,14 @@ def install(model: nn.Module, method: str) -> TokenDropper:
 
 def install_keep_all(model: nn.Module, method: str) -> TokenDropper:
     """The method's machinery with nothing dropped: FastV keeping every token; AIM merging to 100% before layer 0
-    and pruning at rate 1 after every layer (so its PageRank runs inside every attention call)."""
+    and pruning at rate 1 after every layer (so its PageRank runs inside every attention call); YOPO's sliced
+    MLP at 100% in every layer."""
     if method == "fastv":
         return TokenTransform.build("fastv", {"fastv_keep": 1.0}).install(model)
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
+    if method == "yopo":  # every MLP sliced at 100% for the visual rows, which then run apart from the text rows
+        return TokenDropper(model, adapter, DropPlan({}, {i: 1.0 for i in range(layers)}))
     score = pagerank_score(0.1, 5)
     drops = {0: merge_drop(1.0), **{i: prune_drop(1.0, score) for i in range(1, layers)}}
     return TokenDropper(model, adapter, DropPlan(drops))

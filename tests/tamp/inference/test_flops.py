@@ -27,14 +27,16 @@ def _counted(model, inputs: dict) -> tuple[float, float]:
 
 
 CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv", {"fastv_keep": 0.25}),
-         ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}))
+         ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}),
+         ("yopo", SETTINGS["yopo"]), ("yopo", {"yopo_strategies": "ffn", "yopo_ffn_keep": 0.25}))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_analytic_flops_match_the_counter(loaded, family: str, case: int) -> None:
     """The layers' linears and attention matmuls from the per-layer token counts, plus what the method spent on
-    scoring (FastV's last row, AIM's merge similarities and PageRank), against every matmul the counter saw."""
+    scoring (FastV's last row, AIM's merge similarities and PageRank), less the MLP channels YOPO's visual rows
+    skipped, against every matmul the counter saw."""
     model, inputs, _ = loaded(family)
     attn(model, "eager")
     method, params = CASES[case]
@@ -46,11 +48,12 @@ def test_analytic_flops_match_the_counter(loaded, family: str, case: int) -> Non
     shape = ModelShape.of(model, get_adapter(model))
     stats = dropper.history[-1]
     got = shape.prefill(stats.tokens_per_layer, inputs["input_ids"].shape[1])
-    assert got["dense"] - got["head"] + stats.scoring_flops == pytest.approx(layers, rel=1e-6)
+    assert got["dense"] - got["head"] + stats.scoring_flops - stats.skipped_flops == pytest.approx(layers, rel=1e-6)
     assert got["head"] == pytest.approx(head, rel=1e-9)
-    if params.get("fastv_keep", 0) < 1:
-        assert stats.tokens_per_layer[-1] < stats.tokens_per_layer[0] or method == "aim"
+    if params.get("fastv_keep", 0) < 1 and params.get("yopo_strategies") != "ffn":
         assert stats.tokens_per_layer[-1] < inputs["input_ids"].shape[1]
+    if method == "yopo":
+        assert stats.skipped_flops > 0
 
 
 def test_nonzero_flops_follow_the_pruned_weights(loaded) -> None:

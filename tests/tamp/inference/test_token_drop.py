@@ -1,5 +1,5 @@
-"""FastV and AIM with the dropped tokens removed from the sequence: equal to the untransformed model when they keep
-everything, the kept sets equal to plain re-statements over the eager attention, and cached generation equal to
+"""FastV, AIM and YOPO with the dropped tokens removed from the sequence: equal to the untransformed model when they
+keep everything, the kept sets equal to plain re-statements over the eager attention, and cached generation equal to
 recomputing the whole sequence each step with the dropped tokens masked out (the released code's way)."""
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ IMPLS = ("sdpa", "eager")
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("implementation", IMPLS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_keeping_everything_changes_nothing(loaded, family: str, implementation: str, method: str) -> None:
+def test_keeping_everything_changes_nothing(loaded, family: str, implementation: str, method: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import tamp.inference.token_drop as token_drop
+
+    sliced: list[int] = []
+    real = token_drop.sliced_mlp
+    monkeypatch.setattr(token_drop, "sliced_mlp", lambda x, *rest: sliced.append(x.shape[0]) or real(x, *rest))
     model, inputs, media = loaded(family)
     attn(model, implementation)
     with torch.no_grad():
@@ -34,11 +40,18 @@ def test_keeping_everything_changes_nothing(loaded, family: str, implementation:
             same_gen = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=media)
         finally:
             dropper.remove()
-    assert torch.equal(base, same)
+    if method == "yopo":  # visual and text rows in separate matmuls: equal up to summation order
+        torch.testing.assert_close(same, base, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(base, same)
     assert torch.equal(base_gen, same_gen)
     stats = dropper.history[-1]
     assert stats.visual_in > 0 and stats.tokens_per_layer == [inputs["input_ids"].shape[1]] * len(stats.tokens_per_layer)
-    assert stats.scoring_flops > 0  # the scores were really computed
+    if method == "yopo":
+        layers = len(get_adapter(model).language_stack(model).layers)  # visual rows ran apart, every channel kept
+        assert sliced[:layers] == [stats.visual_in] * layers and stats.skipped_flops == 0
+    else:
+        assert stats.scoring_flops > 0  # the scores were really computed
 
 
 def _visual_positions(model, ids: list[int]) -> list[int]:
@@ -120,7 +133,21 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
     layers = get_adapter(model).language_stack(model).layers
     length = inputs["input_ids"].shape[1]
     kept = {i: dropper.kept_by_layer[i][0] for i in range(len(layers))}
-    first_states = dropper.first_states
+    first_states = getattr(dropper, "first_states", None)
+    visual = torch.tensor(_visual_positions(model, inputs["input_ids"][0].tolist()), dtype=torch.long)
+
+    def zero_channels(share: float):
+        """The released YOPO's FFN cut: gate and up outputs beyond int(I x share) zeroed at the visual positions."""
+
+        def hook(module, args, out):
+            out = out.clone()
+            cut = int(out.shape[-1] * share)
+            rows = out[:, visual]
+            rows[..., cut:] = 0
+            out[:, visual] = rows
+            return out
+
+        return hook
 
     def mask_hook(i):
         dropped = torch.ones(length, dtype=torch.bool)
@@ -143,6 +170,9 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
         return hook
 
     handles = [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    for i, share in dropper.plan.visual_mlp_keep.items():
+        handles += [layers[i].mlp.gate_proj.register_forward_hook(zero_channels(share)),
+                    layers[i].mlp.up_proj.register_forward_hook(zero_channels(share))]
     ids, logits_per_step = inputs["input_ids"], []
     extra = {n: v for n, v in inputs.items() if n not in ("input_ids", "attention_mask", "mm_token_type_ids")}
     try:

@@ -20,7 +20,7 @@ from tamp.params import RUN_PARAMS
 from tamp.pipeline import needs_calibration
 
 BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
-TOKEN = ("fastv", "aim")
+TOKEN = ("fastv", "aim", "yopo")
 METHODS_DIR = Path(registry.__file__).parent
 
 

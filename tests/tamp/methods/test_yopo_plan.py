@@ -1,0 +1,56 @@
+"""YOPO's plan: the layer a compute budget picks, the strategies alone, and its parameter checks."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from tamp.errors import TampError
+from tamp.inference.transform import TokenTransform
+from tamp.methods import yopo
+
+
+def _layers(n: int) -> list[nn.Module]:
+    config = LlamaConfig(hidden_size=32, intermediate_size=86, num_attention_heads=4, num_key_value_heads=4)
+    return [LlamaDecoderLayer(config, i) for i in range(n)]
+
+
+def test_the_budget_picks_the_last_layer_within_it() -> None:
+    """Per layer and visual token: attention 4 x 32 x 32 = 4096 weights, MLP 3 x 32 x 86 = 8256. Keeping half the
+    MLP, a layer costs 4096 + 4128 = 8224 of 12352: within 25% of 32 layers' cost fit 12 layers (12 x 8224 =
+    98,688 <= 98,816), not 13."""
+    layers = _layers(32)
+    assert yopo.budget_layer(layers, 0.25, 0.5) == 12
+    assert yopo.budget_layer(layers, 0.25, 1.0) == 8
+    assert yopo.budget_layer(layers, 1.0, 1.0) == 32 and yopo.budget_layer(layers, 0.0, 0.5) == 0
+
+
+def _plan(layers: list[nn.Module], **overrides):
+    transform = TokenTransform.build("yopo", overrides)
+    return yopo.plan(yopo.resolve(transform.params, layers), len(layers))
+
+
+def test_strategies_alone() -> None:
+    layers = _layers(32)
+    both = _plan(layers)
+    assert list(both.drops) == [12] and both.drops[12].score is None and sorted(both.visual_mlp_keep) == list(range(12))
+    only_layers = _plan(layers, yopo_strategies="layers")
+    assert list(only_layers.drops) == [8] and not only_layers.visual_mlp_keep
+    only_ffn = _plan(layers, yopo_strategies="ffn")
+    assert not only_ffn.drops and only_ffn.visual_mlp_keep == {i: 0.5 for i in range(32)}
+    explicit = _plan(layers, yopo_layer=20, yopo_ffn_keep=1.0)
+    assert list(explicit.drops) == [20] and not explicit.visual_mlp_keep
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"yopo_strategies": "heads"}, "unknown yopo_strategies 'heads'"),
+    ({"yopo_budget": 2.0}, "yopo_budget must be in [0, 1]"),
+    ({"yopo_layer": -2}, "yopo_layer must be -1"),
+    ({"yopo_ffn_keep": 0.0}, "yopo_ffn_keep must be in (0, 1]"),
+])
+def test_bad_parameters(overrides: dict, message: str) -> None:
+    with pytest.raises(TampError) as err:
+        TokenTransform.build("yopo", overrides)
+    assert message in str(err.value)
