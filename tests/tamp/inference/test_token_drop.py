@@ -5,6 +5,7 @@ recomputing the whole sequence each step with the dropped tokens masked out (the
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -190,37 +191,42 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
     return ids[0, length:], logits_per_step
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("implementation", IMPLS)
-@pytest.mark.parametrize("family", FAMILIES)
-def test_cached_generation_equals_masked_recompute(loaded, family: str, implementation: str, method: str) -> None:
-    model, inputs, media = loaded(family)
-    attn(model, implementation)
-    steps = 5
+def check_cached_generation(model, inputs: dict, media: list[int], dropper, steps: int = 5) -> Any:
+    """Greedy generation with `dropper` installed (removed afterwards) equals `_masked_recompute`, token for token
+    and logits to 1e-4; returns the dropper. A probe after the dropper's hook records the states layer 0 ran on,
+    so a merge's rewritten states go into the reference too."""
+    seen: dict = {}
+
+    def record(module, args, kwargs) -> None:
+        seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    probe = get_adapter(model).language_stack(model).layers[0].register_forward_pre_hook(record, with_kwargs=True)
     with torch.no_grad():
-        dropper = install(model, method)
-        seen: dict = {}
-        first = get_adapter(model).language_stack(model).layers[0]
-
-        def record(module, args, kwargs) -> None:  # after the dropper's hook: the states layer 0 really ran on
-            seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
-
-        probe = first.register_forward_pre_hook(record, with_kwargs=True)
         try:
             out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, suppress_tokens=media,
                                  output_scores=True, return_dict_in_generate=True)
         finally:
             probe.remove()
             dropper.remove()
-        dropper.first_states = seen["h"][0] if method == "aim" else None
-        last = dropper.kept_by_layer[max(dropper.kept_by_layer)][0]
-        assert last.numel() < inputs["input_ids"].shape[1]  # something was really dropped
+        dropper.first_states = seen["h"][0] if 0 in dropper.plan.drops else None
         tokens, ref_logits = _masked_recompute(model, inputs, media, dropper, steps)
     length = inputs["input_ids"].shape[1]
     assert out.sequences[0, length:].tolist() == tokens.tolist()
     for got, want in zip(out.scores, ref_logits):
         finite = torch.isfinite(want)
         torch.testing.assert_close(got.float()[finite], want[finite], rtol=1e-4, atol=1e-4)
+    return dropper
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("implementation", IMPLS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generation_equals_masked_recompute(loaded, family: str, implementation: str, method: str) -> None:
+    model, inputs, media = loaded(family)
+    attn(model, implementation)
+    dropper = check_cached_generation(model, inputs, media, install(model, method))
+    last = dropper.kept_by_layer[max(dropper.kept_by_layer)][0]
+    assert last.numel() < inputs["input_ids"].shape[1]  # something was really dropped
 
 
 def test_a_batch_must_drop_alike(loaded) -> None:

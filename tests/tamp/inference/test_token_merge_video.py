@@ -97,36 +97,14 @@ def test_cached_video_generation_equals_masked_recompute(tiny_model, family: str
     from transformers import AutoModelForImageTextToText
 
     from tests.tamp.inference.methods import SETTINGS
-    from tests.tamp.inference.test_token_drop import _masked_recompute
+    from tests.tamp.inference.test_token_drop import check_cached_generation
 
     path = tiny_model(family)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     model.set_attn_implementation(implementation)
     inputs = _video_inputs(path)
-    adapter = get_adapter(model)
-    media = [i for ids in adapter.media_token_ids.values() for i in ids]
-    steps = 5
-    with torch.no_grad():
-        dropper = TokenTransform.build("aim", SETTINGS["aim"]).install(model)
-        seen: dict = {}
-
-        def record(module, args, kwargs) -> None:
-            seen.setdefault("h", (args[0] if args else kwargs["hidden_states"]).clone())
-
-        probe = adapter.language_stack(model).layers[0].register_forward_pre_hook(record, with_kwargs=True)
-        try:
-            out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, suppress_tokens=media,
-                                 output_scores=True, return_dict_in_generate=True)
-        finally:
-            probe.remove()
-            dropper.remove()
-        dropper.first_states = seen["h"][0]
-        stats = dropper.history[-1]
-        assert stats.visual_kept_per_layer[0] < stats.visual_in and stats.visual_kept_per_layer[3] < \
-            stats.visual_kept_per_layer[1]
-        tokens, ref_logits = _masked_recompute(model, inputs, media, dropper, steps)
-    length = inputs["input_ids"].shape[1]
-    assert out.sequences[0, length:].tolist() == tokens.tolist()
-    for got, want in zip(out.scores, ref_logits):
-        finite = torch.isfinite(want)
-        torch.testing.assert_close(got.float()[finite], want[finite], rtol=1e-4, atol=1e-4)
+    media = [i for ids in get_adapter(model).media_token_ids.values() for i in ids]
+    dropper = check_cached_generation(model, inputs, media, TokenTransform.build("aim", SETTINGS["aim"]).install(model))
+    stats = dropper.history[0]
+    assert stats.visual_kept_per_layer[0] < stats.visual_in and stats.visual_kept_per_layer[3] < \
+        stats.visual_kept_per_layer[1]
