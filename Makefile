@@ -28,9 +28,9 @@ LOCK_OUT ?= lock
 LOCK_FLAGS = --no-config --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
 	--quiet --custom-compile-command "make lock" $(if $(filter 1 yes true,$(UPGRADE)),--upgrade)
 lock:
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/cpu.in --extra test --extra audio \
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/cpu.in --extra test --extra audio --extra cluster \
 		--find-links $(WHEELS) -o $(LOCK_OUT)/cpu.txt
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/gpu.in --extra test --extra audio --extra gpu \
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/gpu.in --extra test --extra audio --extra cluster --extra gpu \
 		-o $(LOCK_OUT)/gpu.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/no-deps.in --no-deps -o $(LOCK_OUT)/no-deps.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/uv.in -o $(LOCK_OUT)/uv.txt
