@@ -73,9 +73,14 @@ bench:
 
 # The paper's main table (grids/table1.yaml): `make reproduce-table1 DRY_RUN=1` prints the plan only.
 # LIMIT=N evaluates the first N documents of each task (a quick look; records are kept apart).
+# EXECUTOR=ray|slurm spreads the cells over a Ray cluster or SLURM jobs (docs/harness.md, "Grids on a cluster");
+# CLUSTER_FLAGS passes more, e.g. CLUSTER_FLAGS="--partition gpu --time 600" or "--ray-address auto".
 DRY_RUN ?=
 LIMIT ?=
-GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT))
+EXECUTOR ?=
+CLUSTER_FLAGS ?=
+GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(if $(EXECUTOR),--executor $(EXECUTOR)) $(CLUSTER_FLAGS)
 .PHONY: reproduce-table1 reproduce-table2 sweep
 reproduce-table1:
 	$(VENV)/bin/harness grid grids/table1.yaml $(GRID_FLAGS)
