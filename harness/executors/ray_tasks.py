@@ -41,8 +41,9 @@ def run_on_ray(jobs: list[CellJob], options: ExecutorOptions, gpus: int) -> list
         if per_cell > have:
             print(f"warning: each cell asks for {per_cell} GPU(s) and the Ray cluster has {have:g} now; cells wait "
                   "until the cluster has them (--device cpu runs cells on CPUs)", flush=True)
-        task = ray.remote(run_cell).options(num_cpus=options.cpus, num_gpus=per_cell, max_retries=options.retries)
-        refs = {task.options(name=f"cell {job.label}").remote(job): i for i, job in enumerate(jobs)}
+        task = ray.remote(run_cell)
+        refs = {task.options(num_cpus=options.cpus, num_gpus=per_cell, max_retries=options.retries,
+                             name=f"cell {job.label}").remote(job): i for i, job in enumerate(jobs)}
         print(f"submitted {len(jobs)} cell(s) to Ray ({per_cell} GPU, {options.cpus} CPU each)", flush=True)
         outcomes: list[CellOutcome | None] = [None] * len(jobs)
         progress = Progress(len(jobs), "running or queued")

@@ -3,7 +3,7 @@
 Partition, time, GPUs and CPUs per job, memory, array parallelism and any other sbatch option come from the
 grid file's `executor:` block or the flags. A cell is Checkpointable: when SLURM preempts it or its time runs
 out, submitit requeues it as is and the cell resumes where it was. Each job's logs (stdout, stderr, the
-submission script) are in <output>/logs/slurm/<job id>/.
+submission script) are <output>/logs/slurm/<job id>_*.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class CellTask(submitit.helpers.Checkpointable):
 def make_executor(options: ExecutorOptions, gpus: int, folder: Path) -> submitit.AutoExecutor:
     """submitit's executor with the options mapped onto its parameters (generic ones, then slurm_* ones)."""
     try:
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=options.cluster)
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
     except RuntimeError as exc:
         raise HarnessError(f"--executor slurm: {exc}") from None
     params = {"name": "tamp-grid", "timeout_min": options.time, "cpus_per_task": options.cpus, "gpus_per_node": gpus,
@@ -59,19 +59,21 @@ def run_with_submitit(jobs: list[CellJob], options: ExecutorOptions, gpus: int, 
           f"{options.cpus} CPU each); logs in {folder}", flush=True)
     outcomes: dict[int, CellOutcome] = {}
     progress = Progress(len(jobs))
-    while len(outcomes) < len(jobs):
-        for i, sub in enumerate(submitted):
-            if i in outcomes or not sub.done():
-                continue
-            try:
-                outcome = sub.result()
-            except Exception as exc:  # killed, out of time past its requeues, or a bug in the cell
-                outcome = CellOutcome(jobs[i].label, f"job {sub.job_id} failed ({one_line(exc)}); log "
-                                      f"{sub.paths.stderr}")
-            outcomes[i] = outcome
-            running = sum(s.state == "RUNNING" for j, s in enumerate(submitted) if j not in outcomes)
-            progress.ended(outcome, running)
-        if len(outcomes) < len(jobs):
-            progress.update(sum(s.state == "RUNNING" for j, s in enumerate(submitted) if j not in outcomes))
-            time.sleep(POLL_S)
-    return [outcomes[i] for i in range(len(jobs))]
+    while True:
+        ended = [i for i, sub in enumerate(submitted) if i not in outcomes and sub.done()]
+        for i in ended:
+            outcomes[i] = _outcome(submitted[i], jobs[i])
+        running = sum(s.state == "RUNNING" for i, s in enumerate(submitted) if i not in outcomes)
+        for i in ended:
+            progress.ended(outcomes[i], running)
+        if len(outcomes) == len(jobs):
+            return [outcomes[i] for i in range(len(jobs))]
+        progress.update(running)
+        time.sleep(POLL_S)
+
+
+def _outcome(sub: submitit.Job, job: CellJob) -> CellOutcome:
+    try:
+        return sub.result()
+    except Exception as exc:  # killed, out of time past its requeues, or a bug in the cell
+        return CellOutcome(job.label, f"job {sub.job_id} failed ({one_line(exc)}); log {sub.paths.stderr}")
