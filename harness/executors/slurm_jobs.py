@@ -8,6 +8,7 @@ submission script) are <output>/logs/slurm/<job id>_*.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class CellTask(submitit.helpers.Checkpointable):
 
 def make_executor(options: ExecutorOptions, gpus: int, folder: Path) -> submitit.AutoExecutor:
     """submitit's executor with the options mapped onto its parameters (generic ones, then slurm_* ones)."""
+    if options.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise HarnessError("--executor slurm: no `sbatch` on this machine; run the grid on a SLURM login node, or try "
+                           "it here with `cluster: local` in the grid file's executor block")
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
     except RuntimeError as exc:

@@ -88,6 +88,20 @@ def test_missing_extra_says_what_to_install(tmp_path: Path, kind: str, module: s
     assert not (tmp_path / "runs").exists()
 
 
+def test_slurm_without_sbatch_says_where_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "sbatch" else real(name, *a, **k))
+    (tmp_path / "g.yaml").write_text(GRID)
+    assert main(["grid", str(tmp_path / "g.yaml"), "--output", str(tmp_path / "runs"), "--executor", "slurm",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --executor slurm: no `sbatch` on this machine; run the grid on a SLURM login")
+    assert not list(tmp_path.rglob("*.json"))
+
+
 HOLD = """
 import sys, time
 from pathlib import Path
