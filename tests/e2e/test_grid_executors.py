@@ -189,6 +189,44 @@ def test_grid_killed_mid_cell_resumes(tmp_path: Path, tiny_root: Path, capsys: p
     assert "wrote artifact" not in log and log.count("reusing artifact") == 1  # the second cell's, pruned before
 
 
+def test_ray_reruns_a_cell_whose_worker_was_killed(tmp_path: Path, tiny_root: Path) -> None:
+    """A preempted node, on Ray: kill -9 of the worker running a cell (held, by the test, waiting on its artifact's
+    lock: a deterministic moment mid-cell). Ray runs the cell again on a new worker; the grid ends with every record,
+    the other cell's records as they were, the artifact pruned once."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPUs: the test holds one cell while the other runs")
+    import re
+
+    from harness.cache import key_lock
+    from harness.run import RunOptions, plan
+
+    (tmp_path / "grid.yaml").write_text(write_grid(tmp_path).read_text().replace("[magnitude, wanda]", "[magnitude]"))
+    key = plan(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
+                          output=tmp_path / "runs", artifacts=tmp_path / "artifacts")).key
+    (tmp_path / "artifacts").mkdir()
+    lock = key_lock(tmp_path / "artifacts", key)
+    lock.acquire()
+    waiting = f"waiting for another process pruning artifact {key}"
+    run = Lines(harness_cmd("grid", str(tmp_path / "grid.yaml"), *grid_args(tmp_path), "--executor", "ray"),
+                {**os.environ, "TQDM_DISABLE": "1", "RAY_DEDUP_LOGS": "0"})
+    try:
+        run.wait_for("[cells: 1/2 done")
+        run.wait_for(waiting)
+        first = sorted((tmp_path / "runs" / "tiny-llava-next" / "magnitude_s0.30_unstructured").glob("*_limit2.json"))
+        mtimes = {p: p.stat().st_mtime_ns for p in first}
+        pid = int(re.search(r"pid=(\d+)\)", next(line for line in run.lines if waiting in line)).group(1))
+        os.kill(pid, signal.SIGKILL)
+        run.wait_for(waiting, count=2)  # the cell again, on a new worker
+    finally:
+        lock.release()
+    assert run.finish() == 0, run.text()
+    pids = {int(m.group(1)) for line in run.lines if waiting in line and (m := re.search(r"pid=(\d+)\)", line))}
+    assert len(pids) == 2 and pid in pids
+    assert "[cells: 2/2 done, 0 running or queued, 0 failed]" in run.text()
+    assert len(first) == 2 and {p: p.stat().st_mtime_ns for p in first} == mtimes
+    assert len(records(tmp_path / "runs")) == 4 and run.text().count("wrote artifact") == 2  # one per cell
+
+
 def test_stale_temp_dir_of_a_killed_pruner_is_cleared(tmp_path: Path, tiny_root: Path) -> None:
     """A process killed while pruning leaves `.<key>.tmp-<pid>`; the next holder of the key's lock removes it."""
     from harness.cache import ensure_artifact, valid_artifact
