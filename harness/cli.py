@@ -259,7 +259,7 @@ def _grid(args: argparse.Namespace) -> int:
         print(f"outputs: {', '.join(str(p) for p in grid.outputs.values()) or '(none)'}")
         print(f"executor: {executor.kind}")
         return 0
-    check_available(executor.kind)
+    check_available(executor)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     failed = run_grid(grid, settings)
     for path in write_reports(grid, settings, args.published):

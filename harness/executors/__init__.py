@@ -30,7 +30,7 @@ def run_jobs(jobs: list[CellJob], options: ExecutorOptions, gpus: int, logs: Pat
         return []
     if options.kind == "local":
         return run_local(jobs)
-    check_available(options.kind)
+    check_available(options)
     if options.kind == "ray":
         from harness.executors.ray_tasks import run_on_ray
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -74,12 +76,25 @@ def executor_options(kind: str, block: dict[str, Any], **flags: Any) -> Executor
     return ExecutorOptions(kind=kind, **{**block, **given})
 
 
-def check_available(kind: str) -> None:
-    """The optional extra is installed (before anything is validated or run)."""
-    module = NEEDS.get(kind)
+def check_available(options: ExecutorOptions) -> None:
+    """The optional extra is installed, and a Ray address given as host:port answers (Ray itself retries an
+    unreachable one for minutes); before anything is validated or run."""
+    module = NEEDS.get(options.kind)
     if module is not None and importlib.util.find_spec(module) is None:
-        raise HarnessError(f"--executor {kind} needs the '{module}' package: pip install 'tamp-harness[cluster]' "
-                           "(`make install` installs it)")
+        raise HarnessError(f"--executor {options.kind} needs the '{module}' package: pip install "
+                           "'tamp-harness[cluster]' (`make install` installs it)")
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if options.kind != "ray" or not address:
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():  # "auto", "local": Ray finds the cluster itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        flag = "--ray-address" if options.address else "RAY_ADDRESS"
+        raise HarnessError(f"{flag} {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           "(`ray start --head`) or leave the address out for a local cluster") from None
 
 
 def cell_gpus(options: ExecutorOptions, gpus: int, device: str) -> int:

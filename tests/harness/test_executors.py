@@ -88,6 +88,20 @@ def test_missing_extra_says_what_to_install(tmp_path: Path, kind: str, module: s
     assert not (tmp_path / "runs").exists()
 
 
+def test_unreachable_ray_address_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "g.yaml").write_text(GRID)
+    assert main(["grid", str(tmp_path / "g.yaml"), "--output", str(tmp_path / "runs"), "--executor", "ray",
+                 "--ray-address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --ray-address 127.0.0.1:{port}: no Ray cluster answers there")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_slurm_without_sbatch_says_where_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
