@@ -28,9 +28,9 @@ LOCK_OUT ?= lock
 LOCK_FLAGS = --no-config --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes \
 	--quiet --custom-compile-command "make lock" $(if $(filter 1 yes true,$(UPGRADE)),--upgrade)
 lock:
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/cpu.in --extra test --extra audio \
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/cpu.in --extra test --extra audio --extra cluster \
 		--find-links $(WHEELS) -o $(LOCK_OUT)/cpu.txt
-	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/gpu.in --extra test --extra audio --extra gpu \
+	$(UV) pip compile $(LOCK_FLAGS) pyproject.toml lock/gpu.in --extra test --extra audio --extra cluster --extra gpu \
 		-o $(LOCK_OUT)/gpu.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/no-deps.in --no-deps -o $(LOCK_OUT)/no-deps.txt
 	$(UV) pip compile $(LOCK_FLAGS) lock/uv.in -o $(LOCK_OUT)/uv.txt
@@ -73,9 +73,14 @@ bench:
 
 # The paper's main table (grids/table1.yaml): `make reproduce-table1 DRY_RUN=1` prints the plan only.
 # LIMIT=N evaluates the first N documents of each task (a quick look; records are kept apart).
+# EXECUTOR=ray|slurm spreads the cells over a Ray cluster or SLURM jobs (docs/harness.md, "Grids on a cluster");
+# CLUSTER_FLAGS passes more, e.g. CLUSTER_FLAGS="--partition gpu --time 600" or "--ray-address auto".
 DRY_RUN ?=
 LIMIT ?=
-GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT))
+EXECUTOR ?=
+CLUSTER_FLAGS ?=
+GRID_FLAGS = $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(if $(EXECUTOR),--executor $(EXECUTOR)) $(CLUSTER_FLAGS)
 .PHONY: reproduce-table1 reproduce-table2 sweep
 reproduce-table1:
 	$(VENV)/bin/harness grid grids/table1.yaml $(GRID_FLAGS)

@@ -7,6 +7,7 @@ and the tamp code (version + hash of its sources, so an edited checkout never re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 import tamp
 from harness.errors import HarnessError
@@ -157,34 +160,75 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def _reusable(final: Path, key: str) -> bool:
+    """A finished artifact whose files are as written; a damaged one is announced (and then pruned again)."""
+    if not valid_artifact(final, key):
+        return False
+    problem = damage(final)
+    if problem is not None:
+        print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
+              flush=True)
+    return problem is None
+
+
+def key_lock(root: Path, key: str) -> FileLock:
+    """The cross-process lock on one cache key (grid cells on other nodes of a shared filesystem included).
+
+    flock-based: the kernel drops it when its holder dies (kill -9, a preempted node), so a stale lock never
+    blocks; no silent fallback to a marker file, which a dead holder would leave behind.
+    """
+    return FileLock(root / f".{key}.lock", fallback_to_soft=False)
+
+
+def _acquire(lock: FileLock, key: str) -> None:
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"waiting for another process pruning artifact {key} (lock {lock.lock_file})", flush=True)
+            lock.acquire()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+            raise HarnessError(f"--artifacts {Path(lock.lock_file).parent}: this filesystem has no working file "
+                               "locks (flock); put the artifact cache on one that has (local disk, NFSv4, Lustre "
+                               "mounted with -o flock)") from None
+        raise
+
+
 def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, cfg: Any, device: str,
                     dtype: str, revision: str | None = None, transform: Any = None) -> tuple[Path, bool, float]:
     """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place.
 
-    A cached artifact whose files were damaged since it was written is pruned again (with a warning naming it).
+    Pruning holds the key's lock: a second process that needs the same artifact meanwhile waits, then reuses
+    it, so an artifact is pruned once however many cells ask for it at the same time. A cached artifact whose
+    files were damaged since it was written is pruned again (with a warning naming it).
     """
     from tamp.pipeline import prune
 
     final = root / key
-    if valid_artifact(final, key):
-        problem = damage(final)
-        if problem is None:
-            return final, True, 0.0
-        print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
-              flush=True)
+    if _reusable(final, key):
+        return final, True, 0.0
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    start = time.perf_counter()
+    lock = key_lock(root, key)
+    _acquire(lock, key)
     try:
-        prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision, transform=transform)
-        record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
-        (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except TampError as exc:
-        raise HarnessError(str(exc)) from None
+        if valid_artifact(final, key) and damage(final) is None:  # pruned by the process we waited for
+            return final, True, 0.0
+        for stale in root.glob(f".{key}.tmp-*"):  # left by a killed holder of this lock: no one else writes them
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".{key}.tmp-{os.getpid()}"
+        start = time.perf_counter()
+        try:
+            prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision, transform=transform)
+            record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
+            (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+            if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except TampError as exc:
+            raise HarnessError(str(exc)) from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final, False, time.perf_counter() - start
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final, False, time.perf_counter() - start
+        lock.release()

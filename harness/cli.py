@@ -98,6 +98,17 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--force", action="store_true", help="re-evaluate tasks that already have a run record")
     p.add_argument("--published", type=Path, default=None, help="published numbers (default results/reference/published.csv)")
+    c = p.add_argument_group("where the cells run (defaults: the grid file's `executor:` block)")
+    c.add_argument("--executor", default="local", metavar="{local,ray,slurm}",
+                   help="local: one after another here (default); ray: Ray tasks; slurm: SLURM jobs through submitit")
+    c.add_argument("--ray-address", dest="address", default=None,
+                   help="the Ray cluster to join (default RAY_ADDRESS, else a local cluster)")
+    c.add_argument("--cell-cpus", dest="cpus", type=int, default=None, help="CPUs per cell (default 1)")
+    c.add_argument("--cell-gpus", dest="gpus_per_cell", type=int, default=None,
+                   help="GPUs per cell (default --gpus; 0 with --device cpu)")
+    c.add_argument("--partition", default=None, help="SLURM partition")
+    c.add_argument("--time", type=int, default=None, help="SLURM minutes per job (default 1440; requeued past it)")
+    c.add_argument("--array-parallelism", type=int, default=None, help="SLURM: at most this many cells at once")
 
 
 def _names(text: str | None, what: str) -> list[str] | None:
@@ -151,10 +162,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\nAll of lmms-eval's tasks: python -m lmms_eval tasks list")
         return 0
     if args.command == "run":
+        from harness.evaluate import quiet_loguru
         from harness.run import RunOptions, run
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        _quiet_loguru(os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
+        quiet_loguru()
         opts = RunOptions(model=args.model, sparsity=args.sparsity, method=args.method, pattern=args.pattern,
                           tasks=_names(args.tasks, "tasks"), limit=args.limit, calib=args.calib, nsamples=args.nsamples,
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
@@ -218,6 +230,8 @@ def _reports(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
+    from harness.evaluate import quiet_loguru
+    from harness.executors import check_available, executor_options
     from harness.grid import Settings, dry_run, load_grid, run_grid, sweep_grid, write_reports
 
     if args.command == "grid":
@@ -226,9 +240,12 @@ def _grid(args: argparse.Namespace) -> int:
         grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
                           _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib,
                           nsamples=args.nsamples, seed=args.seed, overrides=list(args.overrides))
+    executor = executor_options(args.executor, grid.executor, address=args.address, cpus=args.cpus,
+                                gpus=args.gpus_per_cell, partition=args.partition, time=args.time,
+                                array_parallelism=args.array_parallelism)
     settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
-                        dtype=args.dtype, gpus=args.gpus, force=args.force)
-    _quiet_loguru(os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
+                        dtype=args.dtype, gpus=args.gpus, force=args.force, executor=executor)
+    quiet_loguru()
     if args.dry_run:
         plan = dry_run(grid, settings)
         print(f"plan for {grid.name}: {len(plan.cells)} cells, {plan.evaluations} task evaluations, "
@@ -240,7 +257,9 @@ def _grid(args: argparse.Namespace) -> int:
         for line in plan.missing:
             print(f"  - {line}")
         print(f"outputs: {', '.join(str(p) for p in grid.outputs.values()) or '(none)'}")
+        print(f"executor: {executor.kind}")
         return 0
+    check_available(executor)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     failed = run_grid(grid, settings)
     for path in write_reports(grid, settings, args.published):
@@ -252,16 +271,6 @@ def _grid(args: argparse.Namespace) -> int:
             print(f"  - {cell.label}: {why}", file=sys.stderr)
         return 1
     return 0
-
-
-def _quiet_loguru(level: str) -> None:
-    """lmms-eval logs through loguru at DEBUG by default (thousands of task-index lines): keep warnings."""
-    try:
-        from loguru import logger
-    except ImportError:
-        return
-    logger.remove()
-    logger.add(sys.stderr, level=level)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,17 @@ from harness.tasks_catalog import tasks_dir
 COST_DIR_ENV = "TAMP_COST_DIR"  # for data-parallel runs: where each process's wrapper writes its measured cost
 
 
+def quiet_loguru() -> None:
+    """lmms-eval logs through loguru at DEBUG by default (thousands of task-index lines): keep warnings, or the
+    level in HARNESS_LOG_LEVEL (in the grid's driver and in every cell's worker)."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("HARNESS_LOG_LEVEL", "WARNING"))
+
+
 def load_wrapper(wrapper: str, model_args: str, device: str | None) -> Any:
     """Build the registered wrapper by its lmms-eval id (so the entry point is what resolves it)."""
     from lmms_eval.models import get_model

@@ -2,7 +2,8 @@
 
 A grid is models x methods x sparsities on a list of tasks. Running it calls `harness run` once per
 cell, so every cell is resumable (finished tasks are skipped, cached artifacts reused); a failing cell
-is reported and the others still run. At the end the table, the plot and the leaderboard CSV are
+is reported and the others still run. The cells run here one after another, or as jobs of a Ray or SLURM
+cluster (harness/executors/). Once they have all ended, the table, the plot and the leaderboard CSV are
 written from the records of the grid's own cells. A dry run loads no model and writes nothing: it
 lists every cell, whether its artifact and results are cached, and what data must be present.
 """
@@ -10,7 +11,8 @@ lists every cell, whether its artifact and results are cached, and what data mus
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ import yaml
 from harness.cache import artifact_key, calibration_fingerprint, valid_artifact
 from harness.collect import headline_frame, load_published
 from harness.errors import HarnessError, check_output, tamp_errors
+from harness.executors import ExecutorOptions, parse_block, run_jobs
+from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.records import _write_atomic, load_record, record_path
 from harness.registry import expand_calib, resolve_model
-from harness.run import RunOptions, build_config, run, run_method
+from harness.run import RunOptions, build_config, finished, run_method
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
@@ -31,7 +35,7 @@ from tamp.methods.registry import all_methods, get
 from tamp.models.loading import hf_cache_problem
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
-             "seqlen", "seed", "overrides", "outputs"}
+             "seqlen", "seed", "overrides", "outputs", "executor"}
 OUTPUT_KEYS = {"table", "plot", "csv"}
 
 
@@ -50,6 +54,7 @@ class Grid:
     overrides: list[str] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
     description: str = ""
+    executor: dict[str, Any] = field(default_factory=dict)  # where cells run (the `executor:` block), not what
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ def load_grid(path: Path) -> Grid:
         pattern=str(data.get("pattern", "unstructured")), calib=expand_calib(data.get("calib")),
         nsamples=data.get("nsamples"),
         seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
-        outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")))
+        outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")),
+        executor=parse_block(data.get("executor"), str(path)))
 
 
 def _check_token_overrides(grid: Grid) -> None:
@@ -154,6 +160,7 @@ class Settings:
     dtype: str = "auto"
     gpus: int = 1
     force: bool = False
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
@@ -294,19 +301,29 @@ def validate(grid: Grid, settings: Settings) -> None:
 
 
 def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:
-    """Run every cell through `harness run`; returns the failed cells with their one-line reasons."""
+    """Run every cell (here, or as cluster jobs); returns the failed cells with their one-line reasons once every
+    cell has ended."""
 
     validate(grid, settings)
-    failed: list[tuple[Cell, str]] = []
     todo = cells(grid)
-    for i, cell in enumerate(todo, 1):
-        print(f"\n=== [{i}/{len(todo)}] {cell.label} ===", flush=True)
-        try:
-            run(run_options(grid, cell, settings))
-        except HarnessError as exc:
-            print(f"error: {cell.label}: {exc}", flush=True)
-            failed.append((cell, str(exc)))
-    return failed
+    if settings.executor.kind == "local":
+        jobs = [CellJob(cell.label, run_options(grid, cell, settings)) for cell in todo]
+        outcomes = run_jobs(jobs, settings.executor, settings.gpus, settings.output)
+        return [(cell, o.error) for cell, o in zip(todo, outcomes) if o.error is not None]
+    # cluster jobs: absolute paths (a worker starts elsewhere), the driver's command in the records, and the
+    # cells with every record already written are not submitted at all
+    where = replace(settings, output=settings.output.resolve(), artifacts=settings.artifacts.resolve())
+    jobs, sent = [], []
+    for cell in todo:
+        opts = run_options(grid, cell, where)
+        opts.command = list(sys.argv)
+        if not finished(opts):
+            jobs.append(CellJob(cell.label, opts, shipped_env()))
+            sent.append(cell)
+    print(f"{grid.name}: {len(todo)} cell(s), {len(todo) - len(jobs)} finished already, {len(jobs)} to run "
+          f"(--executor {settings.executor.kind})", flush=True)
+    outcomes = run_jobs(jobs, settings.executor, settings.gpus, where.output / "logs")
+    return [(cell, o.error) for cell, o in zip(sent, outcomes) if o.error is not None]
 
 
 def grid_frame(grid: Grid, settings: Settings) -> Any:

@@ -57,6 +57,7 @@ class RunOptions:
     dtype: str = "auto"
     force: bool = False
     max_empty_fraction: float = 0.5
+    command: list[str] | None = None  # what the records name as their command (default: this process's argv)
 
 
 @dataclass
@@ -181,12 +182,7 @@ def plan(opts: RunOptions) -> Plan:
     missing = missing_data(spec, cfg, tasks, tm)
     if missing:
         raise HarnessError(join_problems(missing))
-    from harness.cache import artifact_key, calibration_fingerprint
-    from tamp.pipeline import needs_calibration
-
-    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_calibration(cfg) else None
-    key, inputs = artifact_key(spec, cfg.to_dict(), calib_fp, opts.dtype,
-                               transform=transform.to_dict() if transform is not None else None)
+    key, inputs = _artifact_key(spec, cfg, transform, opts.dtype)
     records, pending = {}, []
     for task in tasks:
         path = record_path(opts.output, spec.name, method, cfg.sparsity, cfg.pattern, task, opts.limit)
@@ -199,6 +195,39 @@ def plan(opts: RunOptions) -> Plan:
                                f"calibration or tamp code changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
     return Plan(spec, cfg, tasks, key, inputs, records, pending, transform, method)
+
+
+def _artifact_key(spec: ModelSpec, cfg: Any, transform: Any, dtype: str) -> tuple[str, dict[str, Any]]:
+    from harness.cache import artifact_key, calibration_fingerprint
+    from tamp.pipeline import needs_calibration
+
+    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_calibration(cfg) else None
+    return artifact_key(spec, cfg.to_dict(), calib_fp, dtype,
+                        transform=transform.to_dict() if transform is not None else None)
+
+
+def finished(opts: RunOptions) -> bool:
+    """Every task already has its record, made from this run's artifact: nothing left to do.
+
+    From the records alone (no device or data checks, which are the worker's: the driver of a cluster grid may
+    have neither the GPUs nor the data of a compute node). In doubt (its calibration data unreadable here), False.
+    """
+    if opts.force:
+        return False
+    spec = resolve_model(opts.model)
+    cfg, transform = build_config(opts, spec)
+    method = run_method(cfg, transform)
+    tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
+    records = [load_record(record_path(opts.output, spec.name, method, cfg.sparsity, cfg.pattern, task, opts.limit))
+               for task in tasks]
+    if any(r is None for r in records):
+        return False
+    try:
+        with tamp_errors():
+            key, _ = _artifact_key(spec, cfg, transform, opts.dtype)
+    except HarnessError:
+        return False
+    return all(r.get("artifact_key") == key for r in records)
 
 
 def run(opts: RunOptions) -> list[dict[str, Any]]:
@@ -282,7 +311,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
             "versions": versions(),
             "git_commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": sys.argv,
+            "command": opts.command or sys.argv,
             "gpus": opts.gpus,
         }
         write_jsonl(samples_path(p.records[task]), sample_rows(samples))

@@ -77,7 +77,9 @@ def edges(external: bool = False) -> list[Edge]:
     return out
 
 
-HEAVY = ("torch", "transformers", "lmms_eval", "accelerate", "datasets", "matplotlib", "librosa", "gguf")
+# ray: seconds to import; submitit: an optional extra (the cluster executors import both only when chosen)
+HEAVY = ("torch", "transformers", "lmms_eval", "accelerate", "datasets", "matplotlib", "librosa", "gguf", "ray",
+         "submitit")
 
 
 def heavy_at_import(graph_edges: list[Edge]) -> dict[str, set[str]]:

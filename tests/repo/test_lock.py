@@ -22,7 +22,7 @@ TARGET_ENV = {**default_environment(), "sys_platform": "linux", "platform_system
               "platform_machine": "x86_64", "python_version": "3.11", "python_full_version": "3.11.7",
               "implementation_name": "cpython"}
 # lock name -> the pyproject extras it is resolved with (Makefile `lock`)
-LOCK_EXTRAS = {"cpu": ("test", "audio"), "gpu": ("test", "audio", "gpu")}
+LOCK_EXTRAS = {"cpu": ("test", "audio", "cluster"), "gpu": ("test", "audio", "cluster", "gpu")}
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.M)
 
 
