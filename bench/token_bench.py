@@ -92,14 +92,15 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
         finally:
             dropper.remove()
         stats = dropper.history[-1]
-        flops = flops_shape.prefill(stats.tokens_per_layer, 1)["dense"] + stats.scoring_flops
+        flops = flops_shape.prefill(stats.tokens_per_layer, 1)["dense"] + stats.scoring_flops - stats.skipped_flops
         if unit_s is None:
             unit_s, unit_flops = phase.wall_s, flops
         phase.set_ratio(unit_s, "keep 100%")
         phase.details.update({"method": method, "params": params, "keep": params.get("fastv_keep"),
                               "tokens_per_layer": stats.tokens_per_layer,
                               "visual_per_layer": stats.visual_kept_per_layer, "prefill_tflops": flops / 1e12,
-                              "scoring_tflops": stats.scoring_flops / 1e12, "flop_ratio": flops / unit_flops,
+                              "scoring_tflops": stats.scoring_flops / 1e12, "skipped_tflops": stats.skipped_flops / 1e12,
+                              "flop_ratio": flops / unit_flops,
                               "shape": shape.__dict__})
         phases.append(phase)
     return phases
