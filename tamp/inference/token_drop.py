@@ -191,6 +191,7 @@ class TokenDropper:
         full = mlp.forward
         skipped = [mlp.gate_proj.weight[channels:], mlp.up_proj.weight[channels:], mlp.down_proj.weight[:, channels:]]
         per_row = 2.0 * sum(w.numel() for w in skipped)
+        per_row_nonzero = 2.0 * sum(int((w != 0).sum()) for w in skipped)  # once: the weights are fixed once loaded
 
         def forward(x: Tensor) -> Tensor:
             visual = self.visual if self.active and self.visual is not None else None
@@ -201,7 +202,7 @@ class TokenDropper:
             out[visual] = sliced_mlp(x[visual], mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, channels)
             rows = int(visual.sum()) / visual.shape[0]
             self.history[-1].skipped_flops += rows * per_row
-            self.history[-1].skipped_nonzero_flops += rows * 2.0 * sum(int((w != 0).sum()) for w in skipped)
+            self.history[-1].skipped_nonzero_flops += rows * per_row_nonzero
             return out
 
         mlp.forward = forward
