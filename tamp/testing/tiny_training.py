@@ -21,8 +21,9 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class Recipe:
     weight_decay: float = 0.01
     clip: float = 1.0
     threads: int = 1
+    init_std: float = 0.02
 
 
 def _pinpoints(r: Recipe) -> list[list[int]]:
@@ -116,6 +118,7 @@ def _config(base: Path, r: Recipe) -> Any:
     vision.projection_dim = r.vision_hidden
     vision.image_size, vision.patch_size = r.tile, r.patch
     vision.num_attention_heads = max(1, r.vision_hidden // 32)
+    text.initializer_range = r.init_std
     config.dtype = torch.float32
     return config
 
@@ -163,10 +166,49 @@ def collate(samples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, to
             "image_sizes": torch.stack([s["image_sizes"] for s in samples])}
 
 
+ATTRIBUTES = {kind: answers for kind, (_, answers) in QUESTIONS.items()}
+
+
 def _batches(processor: Any, stream: Iterator[Conversation], batch: int) -> Iterator[dict[str, torch.Tensor]]:
     pad_id = processor.tokenizer.pad_token_id
     while True:
         yield collate([encode(processor, conv) for conv in itertools.islice(stream, batch)], pad_id)
+
+
+def _answer_batches(processor: Any, r: Recipe, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Stage 2's endless batch stream: one question per picture, the recipe's kind weights."""
+    stream = conversations(scenes(TRAIN_SEED + seed), seed=TRAIN_SEED + seed + 1, turns=r.turns,
+                           first_kind_weights={"word": r.word_weight, "colour": r.colour_weight})
+    return _batches(processor, stream, r.batch)
+
+
+def _probe_batches(processor: Any, r: Recipe, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stage 1's endless batch stream: pixel values and, per picture, the index of each attribute's answer."""
+    stream = scenes(TRAIN_SEED + seed + 2)
+    while True:
+        batch = list(itertools.islice(stream, r.vision_batch))
+        pixels = processor.image_processor([render(s) for s in batch], return_tensors="pt")["pixel_values"]
+        labels = torch.tensor([[answers.index(s.answer(kind)) for kind, answers in ATTRIBUTES.items()] for s in batch])
+        yield pixels, labels
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.make()
+
+
+def prefetched(make: Callable[[], Iterator[Any]], steps: int) -> Iterator[Any]:
+    """The first ``steps`` items of ``make()``, made in one worker process while the caller trains on the last.
+
+    Drawing pictures and running the image processor is a fifth of the build; on a second core it overlaps the
+    training step. One worker consumes the seeded stream in order, so the items are those ``make()`` yields in
+    this process (the worker holds no torch state the training uses).
+    """
+    loader = torch.utils.data.DataLoader(_Stream(make), batch_size=None, num_workers=1, prefetch_factor=4)
+    return itertools.islice(iter(loader), steps)
 
 
 def _schedule(step: int, steps: int, warmup: int) -> float:
@@ -188,9 +230,6 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, steps: in
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, warmup))
 
 
-ATTRIBUTES = {kind: answers for kind, (_, answers) in QUESTIONS.items()}
-
-
 def pretrain_vision(model: Any, processor: Any, r: Recipe, seed: int, log: bool = False) -> list[float]:
     """Stage 1, in place of a pretrained CLIP: teach the vision tower to see each attribute of a picture.
 
@@ -198,24 +237,19 @@ def pretrain_vision(model: Any, processor: Any, r: Recipe, seed: int, log: bool 
     ``vision_feature_layer``) classifies colour, shape, word and position; it is thrown away afterwards.
     """
     tower, layer = model.model.vision_tower, model.config.vision_feature_layer
-    stream = scenes(TRAIN_SEED + seed + 2)
-    images = processor.image_processor
     probe: torch.nn.Module | None = None
     opt = sched = None
     losses = []
-    for step in range(r.vision_steps):
-        batch = list(itertools.islice(stream, r.vision_batch))
-        pixels = images([render(s) for s in batch], return_tensors="pt")["pixel_values"]
+    for step, (pixels, labels) in enumerate(prefetched(partial(_probe_batches, processor, r, seed), r.vision_steps)):
         tiles = pixels.flatten(0, 1)  # (batch * tiles, 3, side, side): base picture + anyres tiles
         feats = tower(tiles, output_hidden_states=True).hidden_states[layer][:, 1:]  # without CLS ("default")
-        feats = feats.reshape(len(batch), -1)
+        feats = feats.reshape(len(pixels), -1)
         if probe is None:
             probe = torch.nn.Linear(feats.shape[1], sum(len(a) for a in ATTRIBUTES.values()))
             opt, sched = _optimizer(torch.nn.ModuleList([tower, probe]), r.vision_lr, r.weight_decay,
                                     r.vision_steps, r.warmup)
         logits = probe(feats).split([len(a) for a in ATTRIBUTES.values()], dim=1)
-        parts = [torch.nn.functional.cross_entropy(out, torch.tensor([answers.index(s.answer(kind)) for s in batch]))
-                 for out, (kind, answers) in zip(logits, ATTRIBUTES.items())]
+        parts = [torch.nn.functional.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)]
         loss = torch.stack(parts).sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*tower.parameters(), *probe.parameters()], r.clip)
@@ -236,11 +270,9 @@ def train(model: torch.nn.Module, processor: Any, r: Recipe, seed: int, log: boo
     """
     model.model.vision_tower.requires_grad_(False)
     opt, sched = _optimizer(model, r.lr, r.weight_decay, r.steps, r.warmup)
-    stream = conversations(scenes(TRAIN_SEED + seed), seed=TRAIN_SEED + seed + 1, turns=r.turns,
-                           first_kind_weights={"word": r.word_weight, "colour": r.colour_weight})
     losses = []
     model.train()
-    for step, batch in zip(range(r.steps), _batches(processor, stream, r.batch)):
+    for step, batch in enumerate(prefetched(partial(_answer_batches, processor, r, seed), r.steps)):
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip)

@@ -99,3 +99,23 @@ def test_the_cache_name_follows_the_recipe_code() -> None:
 
     assert trained_cache_name("llava-next") == f"trained-llava-next-seed0-{recipe_fingerprint()[:12]}"
     assert trained_cache_name("llava-next", seed=1) != trained_cache_name("llava-next")
+
+
+@pytest.mark.parametrize("stage", ["_probe_batches", "_answer_batches"])
+def test_prefetched_batches_are_the_seeded_stream_in_order(tmp_path: Path, stage: str) -> None:
+    """The worker process that draws the pictures hands over exactly the batches this process would draw."""
+    import itertools
+    from functools import partial
+
+    from tamp.processors import load_processor
+    from tamp.testing import tiny_training
+
+    processor = tiny_training._processor(load_processor(build_trained_tiny("llava-next", tmp_path / "m", recipe=QUICK)),
+                                         QUICK)
+    make = partial(getattr(tiny_training, stage), processor, QUICK, 0)
+    here = list(itertools.islice(make(), 3))
+    there = list(tiny_training.prefetched(make, 3))
+    assert len(there) == 3
+    for a, b in zip(here, there):
+        pairs = zip(a.values(), b.values()) if isinstance(a, dict) else zip(a, b)
+        assert all(torch.equal(x, y) for x, y in pairs)
