@@ -207,7 +207,9 @@ def prefetched(make: Callable[[], Iterator[Any]], steps: int) -> Iterator[Any]:
     training step. One worker consumes the seeded stream in order, so the items are those ``make()`` yields in
     this process (the worker holds no torch state the training uses).
     """
-    loader = torch.utils.data.DataLoader(_Stream(make), batch_size=None, num_workers=1, prefetch_factor=4)
+    # its own generator: the loader's worker seed is not drawn from (and does not move) the training's global RNG
+    loader = torch.utils.data.DataLoader(_Stream(make), batch_size=None, num_workers=1, prefetch_factor=4,
+                                         generator=torch.Generator().manual_seed(0))
     return itertools.islice(iter(loader), steps)
 
 
