@@ -165,3 +165,22 @@ def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None
                                                                 "yopo_layer": -1, "yopo_ffn_keep": 0.5}}
     visual = record["cost"]["visual_tokens_per_layer"]
     assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0
+
+
+def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, tmp_path: Path) -> None:
+    """`tamp prune --method yopo` with the heads strategy runs the calibration data, records the heads with the
+    statistic that chose them under the transform's `fitted`, and the lmms-eval wrapper installs exactly those."""
+    from harness.evaluate import load_wrapper
+    from tamp.methods import yopo
+
+    out = tmp_path / "yopo"
+    assert tamp_main(["prune", "--model", str(tiny_model("llava")), "--method", "yopo", "--set",
+                      "yopo_strategies=layers+heads", "--set", "yopo_layer=3", "--nsamples", "2", "--device", "cpu",
+                      "--out", str(out)]) == 0
+    info = json.loads((out / "pruning.json").read_text())
+    fitted = info["transform"]["fitted"]
+    assert info["calibration"]["samples"] == 2 and len(fitted[yopo.HEAD_STAT]) == 4
+    assert sum(len(p) for p in fitted[yopo.PRUNED_HEADS]) == 8  # half of 4 layers x 4 heads
+    lm = load_wrapper("tamp_llava_hf", f"pretrained={out}", "cpu")
+    want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS][:3]) if p}
+    assert lm.token_dropper.plan.visual_heads == want

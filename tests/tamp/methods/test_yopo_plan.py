@@ -44,8 +44,29 @@ def test_strategies_alone() -> None:
     assert list(explicit.drops) == [20] and not explicit.visual_mlp_keep
 
 
+def test_heads_and_window_in_the_plan_and_the_budget() -> None:
+    """Pruned heads apply before the cut only; a layer keeping half its heads costs 2048 + 2048 x 0.5 + 4128 =
+    7200 per visual token (q and o are half of the attention weights), so 25% of 32 layers' cost reaches layer 13."""
+    layers = _layers(32)
+    fitted = {yopo.PRUNED_HEADS: [[0, 1]] * 32}
+    params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn"}).params, **fitted}
+    resolved = yopo.resolve(params, layers)
+    assert resolved["yopo_layer"] == yopo.budget_layer(layers, 0.25, 0.5, [0.5] * 32) == 13
+    plan = yopo.plan(resolved, 32)
+    assert plan.visual_heads == {i: (0, 1) for i in range(13)} and plan.visual_window == {i: 5 for i in range(13)}
+    assert not plan.window_causal and list(plan.drops) == [13]
+    with pytest.raises(ValueError, match="needs the heads chosen at prune time"):
+        yopo.plan(yopo.resolve(TokenTransform.build("yopo", {"yopo_strategies": "heads"}).params, layers), 32)
+    assert yopo.needs_fit({**params, "yopo_strategies": "heads"})
+    assert not yopo.needs_fit({**params, "yopo_strategies": "heads", "yopo_heads_keep": 1.0})
+    assert not yopo.needs_fit({**params, "yopo_strategies": "layers+ffn"})
+
+
 @pytest.mark.parametrize("overrides,message", [
-    ({"yopo_strategies": "heads"}, "unknown yopo_strategies 'heads'"),
+    ({"yopo_strategies": "heads+eyes"}, "unknown yopo_strategies 'heads+eyes'; join any of layers, ffn, heads, attn"),
+    ({"yopo_strategies": "ffn+ffn"}, "unknown yopo_strategies 'ffn+ffn'"),
+    ({"yopo_heads_keep": 1.5}, "yopo_heads_keep must be in [0, 1]"),
+    ({"yopo_window": 4}, "yopo_window must be an odd size"),
     ({"yopo_budget": 2.0}, "yopo_budget must be in [0, 1]"),
     ({"yopo_layer": -2}, "yopo_layer must be -1"),
     ({"yopo_ffn_keep": 0.0}, "yopo_ffn_keep must be in (0, 1]"),
