@@ -153,7 +153,10 @@ class VisualAttention:
                 text_out, _ = inner(module, query[b:b + 1, :, text_rows], key[b:b + 1], value[b:b + 1], mask,
                                     scaling=scaling, **kwargs)
                 out[b, text_rows] = text_out[0]
-            if not visual_rows.numel() or not kept.numel():
+            if not visual_rows.numel():
+                continue
+            if not kept.numel():  # every head pruned: the visual rows attend nowhere
+                spent += 4.0 * visual_rows.numel() * d * heads * key.shape[2]
                 continue
             kv = kept // groups
             q = query[b, kept][:, visual_rows]

@@ -184,3 +184,20 @@ def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, t
     lm = load_wrapper("tamp_llava_hf", f"pretrained={out}", "cpu")
     want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS][:3]) if p}
     assert lm.token_dropper.plan.visual_heads == want
+
+
+def test_tamp_plus_yopo_fits_the_heads_on_the_pruned_weights(tiny_model, tmp_path: Path) -> None:
+    """`--method tamp+yopo`: the weights are pruned with tamp, then the heads are chosen on the pruned model from
+    the same calibration batches; every strategy switched on, the window's causal switch through --set."""
+    from tamp.inference.transform import TokenTransform
+    from tamp.methods import yopo
+
+    out = tmp_path / "tamp-yopo"
+    assert tamp_main(["prune", "--model", str(tiny_model("llava-next")), "--method", "tamp+yopo", "--sparsity", "0.5",
+                      "--set", "yopo_strategies=layers+ffn+heads+attn", "--set", "yopo_window_causal=true",
+                      "--nsamples", "2", "--device", "cpu", "--out", str(out)]) == 0
+    info = json.loads((out / "pruning.json").read_text())
+    assert info["config"]["method"] == "tamp" and info["sparsity"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    transform = TokenTransform.from_dict(info["transform"])
+    assert transform.params["yopo_window_causal"] is True and transform.fitted[yopo.VISUAL_TOKENS] > 0
+    assert "token_fit" in info["timings"]

@@ -62,6 +62,32 @@ def test_heads_and_window_in_the_plan_and_the_budget() -> None:
     assert not yopo.needs_fit({**params, "yopo_strategies": "layers+ffn"})
 
 
+def test_each_strategy_alone() -> None:
+    layers = _layers(32)
+    fitted = {yopo.PRUNED_HEADS: [[0]] * 32}
+    plans = {name: yopo.plan(yopo.resolve({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
+                                          layers), 32) for name in yopo.STRATEGIES}
+    assert list(plans["layers"].drops) == [8] and not plans["layers"].visual_heads and not plans["layers"].visual_window
+    assert not plans["ffn"].drops and len(plans["ffn"].visual_mlp_keep) == 32 and not plans["ffn"].visual_heads
+    assert plans["heads"].visual_heads == {i: (0,) for i in range(32)} and not plans["heads"].drops \
+        and not plans["heads"].visual_mlp_keep and not plans["heads"].visual_window
+    assert plans["attn"].visual_window == {i: 5 for i in range(32)} and not plans["attn"].visual_heads
+
+
+def test_the_budget_weighs_the_window_at_the_calibration_sequence() -> None:
+    """With the fit's mean sequence (600 tokens, 576 visual) the budget counts attention's matmuls per visual token:
+    dense 2 x 32 (4 heads x 8) x 600 per layer on top of the 12352 weights; windowed 2 x 32 x (24 + 25) -- so the
+    same 10% reaches layer 14 rather than 3."""
+    layers = _layers(32)
+    keys = {yopo.TOKENS: 600.0, yopo.VISUAL_TOKENS: 576.0}
+    base = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn", "yopo_budget": 0.1}).params
+    windowed = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+attn", "yopo_budget": 0.1}).params
+    dense_cut = yopo.resolve({**base, **keys}, layers)["yopo_layer"]
+    window_cut = yopo.resolve({**windowed, **keys}, layers)["yopo_layer"]
+    total = 0.1 * 32 * (12352 + 64 * 600)
+    assert window_cut == int(total // (8224 + 64 * 49)) == 14 and dense_cut == int(total // (8224 + 64 * 600)) == 3
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"yopo_strategies": "heads+eyes"}, "unknown yopo_strategies 'heads+eyes'; join any of layers, ffn, heads, attn"),
     ({"yopo_strategies": "ffn+ffn"}, "unknown yopo_strategies 'ffn+ffn'"),
