@@ -161,8 +161,10 @@ def test_a_process_shares_its_cost_for_data_parallel_runs(swept: Path, monkeypat
 def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None:
     record = json.loads(next((swept / "runs" / "tiny-llava-next" / "yopo_s0.00_unstructured")
                              .glob("tamp_smoke_vqa_*.json")).read_text())
-    assert record["transform"] == {"method": "yopo", "params": {"yopo_strategies": "layers+ffn", "yopo_budget": 0.25,
-                                                                "yopo_layer": -1, "yopo_ffn_keep": 0.5}}
+    assert record["transform"] == {"method": "yopo", "params": {
+        "yopo_strategies": "layers+ffn", "yopo_budget": 0.25, "yopo_layer": -1, "yopo_ffn_keep": 0.5,
+        "yopo_heads_keep": 0.5, "yopo_window": 5, "yopo_window_causal": False}}
+    assert "fitted" not in record["pruning"]["transform"]  # layers+ffn choose nothing from calibration data
     visual = record["cost"]["visual_tokens_per_layer"]
     assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0
 
