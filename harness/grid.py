@@ -193,12 +193,12 @@ def _model_status(spec: Any) -> str:
     return "in the HF cache" if problem is None else f"MISSING: {problem}"
 
 
-def _calibration_status(cfg: Any) -> tuple[str, bool]:
+def _calibration_status(cfg: Any, transform: Any = None) -> tuple[str, bool]:
     """(what the calibration needs, whether it is all present)."""
     from tamp.calibration.loader import calibration_problems
     from tamp.pipeline import needs_calibration
 
-    if not needs_calibration(cfg):
+    if not needs_calibration(cfg, transform):
         return "none needed", True
     problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
     if problems:
@@ -239,8 +239,8 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
         cfg, transform = build_config(opts, spec)
         method = run_method(cfg, transform)
         data[("model weights", spec.source)] = _model_status(spec)
-        calib_status, calib_ok = _calibration_status(cfg)
-        needs = needs_calibration(cfg)
+        calib_status, calib_ok = _calibration_status(cfg, transform)
+        needs = needs_calibration(cfg, transform)
         if needs:
             data[("calibration", str(cfg.calib))] = calib_status
         key = None

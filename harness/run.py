@@ -114,14 +114,21 @@ def build_config(opts: RunOptions, spec: ModelSpec) -> tuple[Any, Any]:
             raise HarnessError("--sparsity is required (0 evaluates the dense model)")
         if opts.sparsity is not None:
             check_sparsity(opts.sparsity)
-        if keeps_every_weight or opts.sparsity == 0:
-            return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity), transform
         calib = opts.calib or expand_calib(spec.calib)
+        if keeps_every_weight or opts.sparsity == 0:
+            if transform is None or not transform.wants_fit():
+                return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity), transform
+            if calib is None:  # the token method chooses from calibration statistics (YOPO's heads)
+                raise HarnessError(f"model '{spec.name}' has no default calibration data, which {transform.method} "
+                                   "needs at prune time; pass --calib")
+            return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity, calib=calib,
+                                           nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen,
+                                           seed=opts.seed), transform
         cfg = PruneConfig.from_preset(
             weight, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
             nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
             **weight_sets)
-    if needs_calibration(cfg) and calib is None:
+    if needs_calibration(cfg, transform) and calib is None:
         raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
     return cfg, transform
 
@@ -133,7 +140,7 @@ def run_method(cfg: Any, transform: Any) -> str:
     return transform.method if cfg.method == "dense" else f"{cfg.method}+{transform.method}"
 
 
-def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any) -> list[str]:
+def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any, transform: Any = None) -> list[str]:
     """Everything the run needs that is not here, all of it: calibration files and media, and offline the model's
     weights and each task's dataset. One line per missing piece; empty when the run can start."""
     from tamp.calibration.loader import calibration_problems
@@ -141,7 +148,7 @@ def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any) -> list[s
     from tamp.pipeline import needs_calibration
 
 
-    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if needs_calibration(cfg) else []
+    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if needs_calibration(cfg, transform) else []
     why_offline = offline_reason()
     if why_offline is not None and not spec.source.startswith("tiny-") and not Path(spec.source).exists():
         problems.append(hf_cache_problem(spec.source, None, why_offline))
@@ -179,7 +186,7 @@ def plan(opts: RunOptions) -> Plan:
     wrong_input = input_problems(spec, tasks)
     if wrong_input:
         raise HarnessError(join_problems(wrong_input))
-    missing = missing_data(spec, cfg, tasks, tm)
+    missing = missing_data(spec, cfg, tasks, tm, transform)
     if missing:
         raise HarnessError(join_problems(missing))
     key, inputs = _artifact_key(spec, cfg, transform, opts.dtype)
@@ -201,7 +208,8 @@ def _artifact_key(spec: ModelSpec, cfg: Any, transform: Any, dtype: str) -> tupl
     from harness.cache import artifact_key, calibration_fingerprint
     from tamp.pipeline import needs_calibration
 
-    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs_calibration(cfg) else None
+    calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) \
+        if needs_calibration(cfg, transform) else None
     return artifact_key(spec, cfg.to_dict(), calib_fp, dtype,
                         transform=transform.to_dict() if transform is not None else None)
 

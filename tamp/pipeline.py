@@ -47,15 +47,19 @@ def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def needs_calibration(cfg: PruneConfig) -> bool:
+def needs_calibration(cfg: PruneConfig, transform: TokenTransform | None = None) -> bool:
     """The one rule for whether pruning with `cfg` runs calibration data through the model: a composition
-    part that needs it (derived from the hooks' declared needs; magnitude and dense need none)."""
+    part that needs it (derived from the hooks' declared needs; magnitude and dense need none), or a token
+    method that chooses something from calibration statistics (YOPO's heads)."""
+    if transform is not None and transform.wants_fit():
+        return True
     if cfg.sparsity == 0 and cfg.nm is None:
         return False
     return resolve(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None).needs.calibration
 
 
-def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None) -> None:
+def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None,
+              transform: TokenTransform | None = None) -> None:
     """Everything checkable before the model is loaded (output, model files, calibration data), all reported at once."""
 
     out = Path(out)
@@ -66,7 +70,7 @@ def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, rev
     if where is not None:
         problems.append(f"--out {out}: {where}")
     problems.append(model_problem(model_name, revision))
-    if needs_calibration(cfg):
+    if needs_calibration(cfg, transform):
         problems += calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
     problems = [p for p in problems if p]
     if problems:
@@ -84,7 +88,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     out = Path(out)
 
     resolve_dtype(dtype)
-    preflight(model_name, cfg, out, overwrite, revision)
+    preflight(model_name, cfg, out, overwrite, revision, transform)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT reference numerics
@@ -95,11 +99,11 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
     loaded = load_model(model_name, dtype=dtype, revision=revision)
     timings["load"] = time.perf_counter() - start
     adapter = get_adapter(loaded.model)
-    if transform is not None:
+    if transform is not None and not transform.wants_fit():
         transform.install(loaded.model).remove()  # refused now (one line) if this model cannot run it
     calib = None
     warnings: list[str] = []
-    if needs_calibration(cfg):
+    if needs_calibration(cfg, transform):
         t = time.perf_counter()
         calib = build_calibration(cfg.calib, loaded, cfg.nsamples, cfg.seqlen, cfg.seed)
         timings["calibration"] = time.perf_counter() - t
@@ -111,6 +115,14 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         print(f"warning: {w}")
     result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, dev, offload)
     timings.update(result.timings)
+    if transform is not None and transform.wants_fit():  # on the weights as they will be evaluated
+        t = time.perf_counter()
+        assert calib is not None
+        transform = transform.fit(loaded.model.to(dev), calib.batches, dev)
+        if offload:
+            loaded.model.to("cpu")
+        transform.install(loaded.model).remove()
+        timings["token_fit"] = time.perf_counter() - t
     stacks = adapter.stacks(loaded.model, cfg.prune_vision)
     report = sparsity_report(matrices_to_prune(loaded.model, stacks), result.targets)
     all_params = sum(p.numel() for p in loaded.model.parameters())

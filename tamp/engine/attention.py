@@ -61,9 +61,25 @@ def _wrapper(module: nn.Module, query, key, value, attention_mask, **kwargs):
 
 AttentionInterface.register(_NAME, _wrapper)
 
+_OVERRIDE = "tamp_override"
+_override: dict[str, Any] = {"module": None, "inner": None, "fn": None}
+
+# (the block's own attention function, module, query, key, value, mask, **kwargs) -> (output [B, T, H, d], weights)
+OverrideFn = Callable[..., tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+def _override_wrapper(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    inner = _override["inner"]
+    if module is not _override["module"]:
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    return _override["fn"](inner, module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(_OVERRIDE, _override_wrapper)
+
 
 def _inner_function(attn_module: nn.Module, name: str) -> Callable:
-    if name in ALL_ATTENTION_FUNCTIONS and name != _NAME:
+    if name in ALL_ATTENTION_FUNCTIONS and name not in (_NAME, _OVERRIDE):
         return ALL_ATTENTION_FUNCTIONS[name]
     eager = getattr(sys.modules[type(attn_module).__module__], "eager_attention_forward", None)
     if eager is None:
@@ -104,6 +120,15 @@ def head_logits(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Te
     return logits.masked_fill_(~causal, float("-inf"))
 
 
+def allowed_keys(attention_mask: torch.Tensor | None, b: int, tq: int, tk: int, device: torch.device) -> torch.Tensor:
+    """[tq, tk] bool: which keys each of the last tq queries of sample b may attend to, from a 4-D mask (bool, or
+    additive with 0 where allowed), or the causal pattern when the block runs without one."""
+    if attention_mask is not None and attention_mask.dim() == 4:
+        mask = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, -tq:, :tk]
+        return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+
+
 LAST_ROW = AttentionScore(last_row_attention, lambda tokens, heads, head_dim: 2.0 * tokens * heads * head_dim)
 
 
@@ -122,6 +147,23 @@ def capture_attention_score(block: nn.Module, sink: list[torch.Tensor],
     finally:
         config._attn_implementation_internal = original
         _state["inner"], _state["sink"], _state["score"] = None, None, None
+
+
+@contextmanager
+def override_attention(attn: nn.Module, fn: OverrideFn) -> Iterator[None]:
+    """While active, the attention module `attn` (one block's self-attention, after its own q/k/v projections and
+    rotary embedding) computes its attention with fn(inner, module, query, key, value, mask, **kwargs), where
+    inner is the attention function it would have used. For one call: the config is shared by every block."""
+    config = attn.config
+    original = config._attn_implementation_internal
+    saved = dict(_override)
+    _override.update(module=attn, inner=_inner_function(attn, original or "eager"), fn=fn)
+    config._attn_implementation_internal = _OVERRIDE
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = original
+        _override.update(saved)
 
 
 def capture_last_row_attention(block: nn.Module, sink: list[torch.Tensor]) -> Any:

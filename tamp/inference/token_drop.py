@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from tamp.algorithms.ffn_slice import kept_channels, sliced_mlp
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
+from tamp.inference.visual_attention import Spent, VisualAttention, VisualRows
+from tamp.inference.visual_grid import group_segments, neighbour_positions
 from tamp.models.adapters import ModelAdapter
 
 VISUAL = ("image", "video")
@@ -63,10 +65,15 @@ class Drop:
 @dataclass
 class DropPlan:
     """layer index -> the drop run before that layer; layer index -> the share of the MLP's intermediate channels
-    the visual tokens in that layer go through (YOPO's sparse FFN projection; the other tokens use them all)."""
+    the visual tokens in that layer go through (YOPO's sparse FFN projection; the other tokens use them all);
+    layer index -> the attention heads visual queries skip there (YOPO's inactive visual heads); layer index ->
+    the window w of visual queries' attention to visual keys there (YOPO's neighbour-aware attention)."""
 
     drops: dict[int, Drop]
     visual_mlp_keep: dict[int, float] = field(default_factory=dict)
+    visual_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    visual_window: dict[int, int] = field(default_factory=dict)
+    window_causal: bool = False  # a visual query sees only the window's earlier tokens (the release: all of them)
 
 
 @dataclass
@@ -77,8 +84,10 @@ class PrefillStats:
     visual_in: int = 0
     visual_kept_per_layer: list[int] = field(default_factory=list)
     scoring_flops: float = 0.0  # per sample: the matmuls the drops' attention scores cost
-    skipped_flops: float = 0.0  # per sample: linear FLOPs the visual tokens skipped (sliced MLPs), dense weights
-    skipped_nonzero_flops: float = 0.0  # the same, counting non-zero weights only
+    # per sample: FLOPs the visual tokens skipped (sliced MLPs, pruned heads' q/o projections, attention to keys
+    # they no longer see), with dense weights; and the same counting non-zero weights only
+    skipped_flops: float = 0.0
+    skipped_nonzero_flops: float = 0.0
 
 
 def _take(x: Tensor, index: Tensor, batch_dim: int, seq_dim: int) -> Tensor:
@@ -161,6 +170,12 @@ class TokenDropper:
             if not 0 <= i < len(self.layers):
                 raise ValueError(f"FFN layer {i} is outside 0..{len(self.layers) - 1}")
             self._slice_mlp(self.layers[i].mlp, keep)
+        self._attention: list[VisualAttention] = []
+        for i in sorted(set(plan.visual_window) | {i for i, heads in plan.visual_heads.items() if heads}):
+            if not 0 <= i < len(self.layers):
+                raise ValueError(f"visual attention layer {i} is outside 0..{len(self.layers) - 1}")
+            self._attention.append(VisualAttention(self.layers[i], tuple(plan.visual_heads.get(i, ())),
+                                                   i in plan.visual_window, self._visual_rows, self._spend))
 
     def _reset(self) -> None:
         self.active = False  # a prefill with visual tokens is being reduced (or its decode steps follow)
@@ -173,6 +188,9 @@ class TokenDropper:
         self.full: Tensor | None = None  # [B, T_full, D] states of tokens as they were dropped
         self._sink: list[Tensor] = []
         self._capture: Any = None
+        self._neighbours: list[Tensor] | None = None  # per sample: visual tokens' window neighbours (positions)
+        self._media_kwargs: dict[str, Any] = {}
+        self._video: Tensor | None = None
 
     def remove(self) -> None:
         for h in self._handles:
@@ -181,6 +199,29 @@ class TokenDropper:
         for mlp in self._mlps:
             mlp.__dict__.pop("forward", None)
         self._mlps = []
+        for patch in self._attention:
+            patch.remove()
+        self._attention = []
+
+    def _visual_rows(self) -> VisualRows | None:
+        """The visual rows of the prefill in progress (None in decoding or without visual tokens), with each visual
+        token's window neighbours once per prefill when a window is planned."""
+        if not self.active or self.visual is None:
+            return None
+        if not self.plan.visual_window:
+            return VisualRows(self.visual, None)
+        if self._neighbours is None:
+            if self.index is None or self.index.shape[1] != self.full_len:
+                raise RuntimeError("windowed visual attention after a token drop is not supported")
+            window = next(iter(self.plan.visual_window.values()))
+            segments = group_segments(self.model.config, self._media_kwargs, self._video, self.groups)
+            self._neighbours = [neighbour_positions(self.groups[b], segments, window, self.plan.window_causal)
+                                .to(self.visual.device) for b in range(self.visual.shape[0])]
+        return VisualRows(self.visual, self._neighbours)
+
+    def _spend(self, spent: Spent) -> None:
+        self.history[-1].skipped_flops += spent.dense
+        self.history[-1].skipped_nonzero_flops += spent.nonzero
 
     def _slice_mlp(self, mlp: nn.Module, keep: float) -> None:
         """In a prefill, the visual rows go through the first `keep` of the intermediate channels only."""
@@ -224,6 +265,8 @@ class TokenDropper:
         self.index = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         self.visual = visual
         self.groups = visual_groups(visual.cpu(), video.cpu(), video_frames(kwargs)).to(ids.device)
+        self._video = video
+        self._media_kwargs = {k: kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "image_sizes") if k in kwargs}
         self.history.append(PrefillStats(visual_in=int(visual.sum())))
 
     def _decode_mask(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:

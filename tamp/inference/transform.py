@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from tamp.errors import TampError
@@ -29,8 +30,12 @@ def token_params() -> dict[str, Param]:
 
 @dataclass(frozen=True)
 class TokenTransform:
+    """`fitted`: what the method chose at prune time from calibration statistics (YOPO's heads, with the statistic
+    that chose them); empty for methods without a fit. Recorded beside the params, never set by hand."""
+
     method: str
     params: dict[str, Any] = field(default_factory=dict)
+    fitted: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, method: str, overrides: dict[str, Any] | None = None) -> TokenTransform:
@@ -51,20 +56,38 @@ class TokenTransform:
         return cls(method, params)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "params": dict(self.params)}
+        return {"method": self.method, "params": dict(self.params), **({"fitted": dict(self.fitted)} if self.fitted else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenTransform:
-        return cls.build(str(data["method"]), dict(data.get("params") or {}))
+        built = cls.build(str(data["method"]), dict(data.get("params") or {}))
+        return cls(built.method, built.params, dict(data.get("fitted") or {}))
+
+    def _method(self) -> TokenMethod:
+        chosen = registry.get(self.method)
+        assert isinstance(chosen, TokenMethod) and chosen.plan is not None
+        return chosen
+
+    def wants_fit(self) -> bool:
+        """The method chooses something from calibration data at prune time, and has not yet."""
+        return not self.fitted and self._method().wants_fit(self.params)
+
+    def fit(self, model: nn.Module, batches: list[dict[str, Any]], device: torch.device) -> TokenTransform:
+        """The transform with the method's fit recorded (itself when the method needs none)."""
+        chosen = self._method()
+        if not self.wants_fit():
+            return self
+        assert chosen.fit is not None
+        return TokenTransform(self.method, self.params, chosen.fit(self.params, model, get_adapter(model), batches, device))
 
     def install(self, model: nn.Module) -> TokenDropper:
         """Apply the transform to a loaded model (until `.remove()` on the returned dropper)."""
-        chosen = registry.get(self.method)
-        assert isinstance(chosen, TokenMethod) and chosen.plan is not None
+        chosen = self._method()
         adapter = get_adapter(model)
         layers = list(adapter.language_stack(model).layers)
+        params = {**self.params, **self.fitted}
         try:
-            params = chosen.resolve(self.params, layers) if chosen.resolve is not None else self.params
+            params = chosen.resolve(params, layers) if chosen.resolve is not None else params
             return TokenDropper(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
             raise TampError(f"{self.method} {self.params}: {exc}") from None

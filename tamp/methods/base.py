@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from torch import nn
 
 from tamp.engine.stats import InputStats, TokenSelector
 from tamp.params import Param
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from tamp.config import PruneConfig
     from tamp.engine.context import Context
     from tamp.inference.token_drop import DropPlan
+    from tamp.models.adapters import ModelAdapter
 
 __all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
            "TokenSelection", "WeightMethod"]
@@ -112,4 +114,11 @@ class TokenMethod(Method):
     plan: Callable[[dict, int], DropPlan] | None = None
     # model-dependent defaults (e.g. YOPO's layer from a compute budget): (params, decoder layers) -> params
     resolve: Callable[[dict, list], dict] | None = None
+    # choices made once at prune time from calibration statistics (YOPO's inactive visual heads): (params, model,
+    # adapter, calibration batches, device) -> what install needs besides the params, recorded in pruning.json
+    fit: Callable[[dict, nn.Module, ModelAdapter, list, torch.device], dict] | None = None
+    needs_fit: Callable[[dict], bool] | None = None  # whether these params need a fit (None: whenever fit is set)
     kind: ClassVar[str] = "token"
+
+    def wants_fit(self, params: dict) -> bool:
+        return self.fit is not None and (self.needs_fit is None or self.needs_fit(params))

@@ -161,7 +161,45 @@ def test_a_process_shares_its_cost_for_data_parallel_runs(swept: Path, monkeypat
 def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None:
     record = json.loads(next((swept / "runs" / "tiny-llava-next" / "yopo_s0.00_unstructured")
                              .glob("tamp_smoke_vqa_*.json")).read_text())
-    assert record["transform"] == {"method": "yopo", "params": {"yopo_strategies": "layers+ffn", "yopo_budget": 0.25,
-                                                                "yopo_layer": -1, "yopo_ffn_keep": 0.5}}
+    assert record["transform"] == {"method": "yopo", "params": {
+        "yopo_strategies": "layers+ffn", "yopo_budget": 0.25, "yopo_layer": -1, "yopo_ffn_keep": 0.5,
+        "yopo_heads_keep": 0.5, "yopo_window": 5, "yopo_window_causal": False}}
+    assert "fitted" not in record["pruning"]["transform"]  # layers+ffn choose nothing from calibration data
     visual = record["cost"]["visual_tokens_per_layer"]
     assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0
+
+
+def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, tmp_path: Path) -> None:
+    """`tamp prune --method yopo` with the heads strategy runs the calibration data, records the heads with the
+    statistic that chose them under the transform's `fitted`, and the lmms-eval wrapper installs exactly those."""
+    from harness.evaluate import load_wrapper
+    from tamp.methods import yopo
+
+    out = tmp_path / "yopo"
+    assert tamp_main(["prune", "--model", str(tiny_model("llava")), "--method", "yopo", "--set",
+                      "yopo_strategies=layers+heads", "--set", "yopo_layer=3", "--nsamples", "2", "--device", "cpu",
+                      "--out", str(out)]) == 0
+    info = json.loads((out / "pruning.json").read_text())
+    fitted = info["transform"]["fitted"]
+    assert info["calibration"]["samples"] == 2 and len(fitted[yopo.HEAD_STAT]) == 4
+    assert sum(len(p) for p in fitted[yopo.PRUNED_HEADS]) == 8  # half of 4 layers x 4 heads
+    lm = load_wrapper("tamp_llava_hf", f"pretrained={out}", "cpu")
+    want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS][:3]) if p}
+    assert lm.token_dropper.plan.visual_heads == want
+
+
+def test_tamp_plus_yopo_fits_the_heads_on_the_pruned_weights(tiny_model, tmp_path: Path) -> None:
+    """`--method tamp+yopo`: the weights are pruned with tamp, then the heads are chosen on the pruned model from
+    the same calibration batches; every strategy switched on, the window's causal switch through --set."""
+    from tamp.inference.transform import TokenTransform
+    from tamp.methods import yopo
+
+    out = tmp_path / "tamp-yopo"
+    assert tamp_main(["prune", "--model", str(tiny_model("llava-next")), "--method", "tamp+yopo", "--sparsity", "0.5",
+                      "--set", "yopo_strategies=layers+ffn+heads+attn", "--set", "yopo_window_causal=true",
+                      "--nsamples", "2", "--device", "cpu", "--out", str(out)]) == 0
+    info = json.loads((out / "pruning.json").read_text())
+    assert info["config"]["method"] == "tamp" and info["sparsity"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    transform = TokenTransform.from_dict(info["transform"])
+    assert transform.params["yopo_window_causal"] is True and transform.fitted[yopo.VISUAL_TOKENS] > 0
+    assert "token_fit" in info["timings"]

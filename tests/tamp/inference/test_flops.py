@@ -83,3 +83,31 @@ def test_nonzero_flops_follow_the_pruned_weights(loaded) -> None:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 p.copy_(saved[name])
+
+
+YOPO_ATTENTION = ({"yopo_strategies": "heads"}, {"yopo_strategies": "attn", "yopo_window": 3},
+                  {"yopo_strategies": "attn", "yopo_window": 3, "yopo_window_causal": True},
+                  {"yopo_strategies": "layers+ffn+heads+attn", "yopo_layer": 3, "yopo_window": 3})
+
+
+@pytest.mark.parametrize("case", range(len(YOPO_ATTENTION)))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_yopo_heads_and_window_flops_match_the_counter(loaded, family: str, case: int) -> None:
+    """Pruned visual heads (their q rows, o_proj columns and attention matmuls skipped by visual rows) and the
+    windowed visual attention (non-visual keys + w^2 gathered keys instead of every key): the analytic count
+    less what the dropper recorded as skipped, against the counter within 1% (in fact to 1e-6)."""
+    from tamp.methods import yopo
+
+    model, inputs, _ = loaded(family)
+    attn(model, "eager")
+    built = TokenTransform.build("yopo", YOPO_ATTENTION[case])
+    pruned = [[0], [1, 3], [], [0, 1, 2, 3]]
+    dropper = TokenTransform(built.method, built.params, {yopo.PRUNED_HEADS: pruned}).install(model)
+    try:
+        layers, _ = _counted(model, inputs)
+    finally:
+        dropper.remove()
+    stats = dropper.history[-1]
+    got = ModelShape.of(model, get_adapter(model)).prefill(stats.tokens_per_layer, inputs["input_ids"].shape[1])
+    assert got["dense"] - got["head"] - stats.skipped_flops == pytest.approx(layers, rel=1e-6)
+    assert stats.skipped_flops != 0

@@ -159,6 +159,10 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
             n = hidden.shape[1]
             mask = torch.full((n, n), float("-inf")).triu(1)
             mask[:, :length][:, dropped] = float("-inf")
+            if i in dropper.plan.visual_window:  # YOPO's window: a visual query sees only its neighbours' visual keys
+                for row, near in zip(visual.tolist(), dropper._neighbours[0].tolist()):
+                    mask[row, visual] = float("-inf")
+                    mask[row, [p for p in near if p >= 0]] = 0.0
             kwargs["attention_mask"] = mask[None, None].to(hidden.dtype)
             if i == 0 and first_states is not None:
                 hidden = hidden.clone()
@@ -170,7 +174,21 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
 
         return hook
 
+    def zero_heads(heads: tuple[int, ...], head_dim: int):
+        """The released YOPO's pruned heads: their attention output zeroed at the visual positions (o_proj input)."""
+
+        def hook(module, args):
+            x = args[0].clone()
+            for h in heads:
+                x[:, visual, h * head_dim:(h + 1) * head_dim] = 0
+            return (x, *args[1:])
+
+        return hook
+
     handles = [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    for i, heads in dropper.plan.visual_heads.items():
+        attention = layers[i].self_attn
+        handles.append(attention.o_proj.register_forward_pre_hook(zero_heads(heads, attention.head_dim)))
     for i, share in dropper.plan.visual_mlp_keep.items():
         handles += [layers[i].mlp.gate_proj.register_forward_hook(zero_channels(share)),
                     layers[i].mlp.up_proj.register_forward_hook(zero_channels(share))]

@@ -44,8 +44,55 @@ def test_strategies_alone() -> None:
     assert list(explicit.drops) == [20] and not explicit.visual_mlp_keep
 
 
+def test_heads_and_window_in_the_plan_and_the_budget() -> None:
+    """Pruned heads apply before the cut only; a layer keeping half its heads costs 2048 + 2048 x 0.5 + 4128 =
+    7200 per visual token (q and o are half of the attention weights), so 25% of 32 layers' cost reaches layer 13."""
+    layers = _layers(32)
+    fitted = {yopo.PRUNED_HEADS: [[0, 1]] * 32}
+    params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn"}).params, **fitted}
+    resolved = yopo.resolve(params, layers)
+    assert resolved["yopo_layer"] == yopo.budget_layer(layers, 0.25, 0.5, [0.5] * 32) == 13
+    plan = yopo.plan(resolved, 32)
+    assert plan.visual_heads == {i: (0, 1) for i in range(13)} and plan.visual_window == {i: 5 for i in range(13)}
+    assert not plan.window_causal and list(plan.drops) == [13]
+    with pytest.raises(ValueError, match="needs the heads chosen at prune time"):
+        yopo.plan(yopo.resolve(TokenTransform.build("yopo", {"yopo_strategies": "heads"}).params, layers), 32)
+    assert yopo.needs_fit({**params, "yopo_strategies": "heads"})
+    assert not yopo.needs_fit({**params, "yopo_strategies": "heads", "yopo_heads_keep": 1.0})
+    assert not yopo.needs_fit({**params, "yopo_strategies": "layers+ffn"})
+
+
+def test_each_strategy_alone() -> None:
+    layers = _layers(32)
+    fitted = {yopo.PRUNED_HEADS: [[0]] * 32}
+    plans = {name: yopo.plan(yopo.resolve({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
+                                          layers), 32) for name in yopo.STRATEGIES}
+    assert list(plans["layers"].drops) == [8] and not plans["layers"].visual_heads and not plans["layers"].visual_window
+    assert not plans["ffn"].drops and len(plans["ffn"].visual_mlp_keep) == 32 and not plans["ffn"].visual_heads
+    assert plans["heads"].visual_heads == {i: (0,) for i in range(32)} and not plans["heads"].drops \
+        and not plans["heads"].visual_mlp_keep and not plans["heads"].visual_window
+    assert plans["attn"].visual_window == {i: 5 for i in range(32)} and not plans["attn"].visual_heads
+
+
+def test_the_budget_weighs_the_window_at_the_calibration_sequence() -> None:
+    """With the fit's mean sequence (600 tokens, 576 visual) the budget counts attention's matmuls per visual token:
+    dense 2 x 32 (4 heads x 8) x 600 per layer on top of the 12352 weights; windowed 2 x 32 x (24 + 25) -- so the
+    same 10% reaches layer 14 rather than 3."""
+    layers = _layers(32)
+    keys = {yopo.TOKENS: 600.0, yopo.VISUAL_TOKENS: 576.0}
+    base = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn", "yopo_budget": 0.1}).params
+    windowed = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+attn", "yopo_budget": 0.1}).params
+    dense_cut = yopo.resolve({**base, **keys}, layers)["yopo_layer"]
+    window_cut = yopo.resolve({**windowed, **keys}, layers)["yopo_layer"]
+    total = 0.1 * 32 * (12352 + 64 * 600)
+    assert window_cut == int(total // (8224 + 64 * 49)) == 14 and dense_cut == int(total // (8224 + 64 * 600)) == 3
+
+
 @pytest.mark.parametrize("overrides,message", [
-    ({"yopo_strategies": "heads"}, "unknown yopo_strategies 'heads'"),
+    ({"yopo_strategies": "heads+eyes"}, "unknown yopo_strategies 'heads+eyes'; join any of layers, ffn, heads, attn"),
+    ({"yopo_strategies": "ffn+ffn"}, "unknown yopo_strategies 'ffn+ffn'"),
+    ({"yopo_heads_keep": 1.5}, "yopo_heads_keep must be in [0, 1]"),
+    ({"yopo_window": 4}, "yopo_window must be an odd size"),
     ({"yopo_budget": 2.0}, "yopo_budget must be in [0, 1]"),
     ({"yopo_layer": -2}, "yopo_layer must be -1"),
     ({"yopo_ffn_keep": 0.0}, "yopo_ffn_keep must be in (0, 1]"),
