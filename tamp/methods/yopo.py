@@ -38,6 +38,7 @@ from tamp.methods.base import Param, TokenMethod
 from tamp.models.adapters import ModelAdapter
 
 STRATEGIES = ("layers", "ffn", "heads", "attn")
+FULL = "+".join(STRATEGIES)  # the paper's YOPO, the default; any subset for ablations
 CHUNK_BYTES = 1 << 28  # the visual rows' attention logits formed at once while fitting (256 MiB of fp32)
 # what `fit` adds to the parameters (pruning.json's transform section keeps them under "fitted")
 PRUNED_HEADS, HEAD_STAT, TOKENS, VISUAL_TOKENS = "yopo_pruned_heads", "yopo_head_stat", "yopo_tokens", "yopo_visual_tokens"
@@ -215,7 +216,7 @@ def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
 
 
 PARAMS = (
-    Param("yopo_strategies", str, "layers+ffn", "the strategies that run, joined by '+': layers (visual layer "
+    Param("yopo_strategies", str, FULL, "the strategies that run, joined by '+': layers (visual layer "
           "dropping), ffn (sparse visual FFN), heads (inactive visual heads), attn (neighbour-aware visual attention)",
           check=_strategies_problem),
     Param("yopo_budget", float, 0.25, "share of the visual tokens' linear FLOPs kept; picks the layer they stop at",
@@ -237,6 +238,6 @@ PARAMS = (
 
 METHOD = TokenMethod(
     name="yopo", label="YOPO", order=22,
-    summary="visual tokens use part of each MLP, and stop at a layer picked by a compute budget",
+    summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
     params=PARAMS, plan=plan, resolve=resolve, fit=fit, needs_fit=needs_fit,
 )

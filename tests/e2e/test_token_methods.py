@@ -162,9 +162,12 @@ def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None
     record = json.loads(next((swept / "runs" / "tiny-llava-next" / "yopo_s0.00_unstructured")
                              .glob("tamp_smoke_vqa_*.json")).read_text())
     assert record["transform"] == {"method": "yopo", "params": {
-        "yopo_strategies": "layers+ffn", "yopo_budget": 0.25, "yopo_layer": -1, "yopo_ffn_keep": 0.5,
+        "yopo_strategies": "layers+ffn+heads+attn", "yopo_budget": 0.25, "yopo_layer": -1, "yopo_ffn_keep": 0.5,
         "yopo_heads_keep": 0.5, "yopo_window": 5, "yopo_window_causal": False}}
-    assert "fitted" not in record["pruning"]["transform"]  # layers+ffn choose nothing from calibration data
+    # the default is the paper's whole method: the heads were chosen on the model's default calibration data
+    fitted = record["pruning"]["transform"]["fitted"]
+    assert record["pruning"]["calibration"]["samples"] > 0 and len(fitted["yopo_head_stat"]) == 4
+    assert sum(map(len, fitted["yopo_pruned_heads"])) == 8  # half of 4 layers x 4 heads
     visual = record["cost"]["visual_tokens_per_layer"]
     assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0
 

@@ -16,7 +16,7 @@ from tamp.models.adapters import get_adapter
 SETTINGS: dict[str, dict[str, Any]] = {
     "fastv": {"fastv_k": 2, "fastv_keep": 0.5},
     "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25},
-    "yopo": {"yopo_layer": 2, "yopo_ffn_keep": 0.5},
+    "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5},
 }
 METHODS = tuple(SETTINGS)
 

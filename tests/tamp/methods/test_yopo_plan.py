@@ -34,13 +34,13 @@ def _plan(layers: list[nn.Module], **overrides):
 
 def test_strategies_alone() -> None:
     layers = _layers(32)
-    both = _plan(layers)
+    both = _plan(layers, yopo_strategies="layers+ffn")
     assert list(both.drops) == [12] and both.drops[12].score is None and sorted(both.visual_mlp_keep) == list(range(12))
     only_layers = _plan(layers, yopo_strategies="layers")
     assert list(only_layers.drops) == [8] and not only_layers.visual_mlp_keep
     only_ffn = _plan(layers, yopo_strategies="ffn")
     assert not only_ffn.drops and only_ffn.visual_mlp_keep == {i: 0.5 for i in range(32)}
-    explicit = _plan(layers, yopo_layer=20, yopo_ffn_keep=1.0)
+    explicit = _plan(layers, yopo_strategies="layers+ffn", yopo_layer=20, yopo_ffn_keep=1.0)
     assert list(explicit.drops) == [20] and not explicit.visual_mlp_keep
 
 
@@ -101,3 +101,12 @@ def test_bad_parameters(overrides: dict, message: str) -> None:
     with pytest.raises(TampError) as err:
         TokenTransform.build("yopo", overrides)
     assert message in str(err.value)
+
+
+def test_the_default_is_the_whole_method_and_needs_its_fit() -> None:
+    """`--method yopo` is the paper's YOPO: all four strategies; its heads come from calibration data, so installing
+    it unfitted is refused with the reason."""
+    params = TokenTransform.build("yopo").params
+    assert yopo.strategies(params) == set(yopo.STRATEGIES) and yopo.needs_fit(params)
+    with pytest.raises(ValueError, match="heads chosen at prune time"):
+        yopo.plan(yopo.resolve(params, _layers(4)), 4)
