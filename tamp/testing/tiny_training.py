@@ -57,10 +57,17 @@ class Recipe:
     projector and decoder on one question per picture, word questions ``word_weight`` times and colour questions
     ``colour_weight`` times as often as the others (without the weights, words were learned last and colours
     not at all: 19/30 colour questions right with colour weight 1, 30/30 with 3).
+
+    ``init_std`` 0.08 (transformers' default is 0.02) is what makes pruning hurt, as it hurts a real LLM. At 0.02
+    the trained decoder weights stay near their small random start, magnitude pruning at 70% removes mostly that
+    noise, and the model did not notice (0.93 teacher-forced exact answers on 160 held-out questions, dense 0.91).
+    At 0.08 the decoder computes through all its weights: dense 0.96, magnitude 50% 0.94, 70% 0.49, 80% 0.04.
+    A narrower or deeper decoder at 0.02 did not get there (hidden 64: dense 0.74; 8 layers of 96: 70% at 0.77).
+    ``intermediate`` 256 (512 before) keeps those scores and trains in 2 min 38 s on one core instead of 4 min.
     """
 
     hidden: int = 128
-    intermediate: int = 512
+    intermediate: int = 256
     layers: int = 4
     heads: int = 8
     kv_heads: int = 4
@@ -83,7 +90,7 @@ class Recipe:
     weight_decay: float = 0.01
     clip: float = 1.0
     threads: int = 1
-    init_std: float = 0.02
+    init_std: float = 0.08  # text_config.initializer_range: the std of the random start, see above
 
 
 def _pinpoints(r: Recipe) -> list[list[int]]:

@@ -57,7 +57,7 @@ def test_the_registry_name_loads_the_cached_build(trained_llava_next: Path) -> N
     loaded = load_model(MODEL)
     assert Path(loaded.source) == trained_llava_next  # found in the cache, not trained again
     assert weights_sha256(loaded.model) == info["weights_sha256"]
-    assert 1_000_000 < info["parameters"] < 10_000_000
+    assert 500_000 < info["parameters"] < 10_000_000
 
 
 def test_dense_model_answers_held_out_questions(dirs: dict[str, Path]) -> None:
@@ -94,9 +94,6 @@ def test_dense_is_on_top(sweep) -> None:
             assert sweep[(method, sparsity, TASK)] <= dense, (method, sparsity)
 
 
-@pytest.mark.xfail(strict=True, reason="not reached: this recipe's decoder shrugs off magnitude pruning (measured "
-                   "0.925 at 70% vs 0.95 dense on 40 questions; Wanda at 70%: 0.675); the answers are mostly read "
-                   "off the unpruned vision tower and projector. strict: passing means the recipe got there")
 def test_magnitude_at_70_is_clearly_below_dense(sweep) -> None:
     assert sweep[("magnitude", 0.7, TASK)] <= sweep[("dense", 0.0, TASK)] - 0.2
 
