@@ -48,8 +48,13 @@ def test_lmms_eval_cli_exits_non_zero_on_a_tampered_artifact(tiny_model, tiny_ro
 
 
 def _interrupt_once_torch_is_loaded(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """Start `cmd`, send SIGINT once it has mapped torch (it is inside the command by then), wait for it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    """Start `cmd`, send SIGINT once it has mapped torch (it is inside the command by then), wait for it.
+
+    The command starts with SIGINT at its default, as from a terminal. A suite launched in the background by a
+    non-interactive shell (`make test &`) inherits SIGINT ignored, and so would the command: Python then installs
+    no KeyboardInterrupt handler and every SIGINT is lost (the command ran to the end, exit 0)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text():
