@@ -54,8 +54,8 @@ test: lint
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not golden"
 
-# The trained tiny LLaVA-NeXT end to end (builds it once into ~/.cache/tamp, then a sweep through the harness):
-# 15-40 min on 2 cores, so not part of `make test`
+# The trained tiny LLaVA-NeXT end to end, alone (builds it once into ~/.cache/tamp, then a sweep through the
+# harness); part of `make test` too
 test-trained:
 	$(PY) -m pytest -q -m trained
 
