@@ -71,19 +71,31 @@ def test_pruned_heads_equal_zeroing_their_visual_output(loaded, family: str, imp
     assert stats.skipped_flops >= linear and stats.skipped_flops == stats.skipped_nonzero_flops
 
 
+NOTHING_PRUNED = {
+    "heads kept": {"yopo_strategies": "heads", "yopo_heads_keep": 1.0},
+    # a 100% budget with every budgeted share at 100%: no layer cut, the whole MLP, every head
+    "budget 100%": {"yopo_strategies": "layers+ffn+heads", "yopo_budget": 1.0, "yopo_ffn_keep": 1.0,
+                    "yopo_heads_keep": 1.0},
+}
+
+
+@pytest.mark.parametrize("implementation", IMPLS)
+@pytest.mark.parametrize("setting", NOTHING_PRUNED)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_nothing_pruned_is_bit_identical(loaded, family: str) -> None:
-    """Keeping every head installs nothing on the attention: logits bit-identical, generation too."""
+def test_nothing_pruned_is_bit_identical(loaded, family: str, setting: str, implementation: str) -> None:
+    """Nothing pruned installs nothing on the model: logits bit-identical."""
     model, inputs, media = loaded(family)
-    attn(model, "sdpa")
+    attn(model, implementation)
     with torch.no_grad():
         base = model(**inputs).logits
-        dropper = TokenTransform.build("yopo", {"yopo_strategies": "heads", "yopo_heads_keep": 1.0}).install(model)
+        dropper = TokenTransform.build("yopo", NOTHING_PRUNED[setting]).install(model)
         try:
             same = model(**inputs).logits
         finally:
             dropper.remove()
-    assert not dropper.plan.visual_heads and torch.equal(base, same)
+    plan = dropper.plan
+    assert not (plan.drops or plan.visual_mlp_keep or plan.visual_heads or plan.visual_window)
+    assert torch.equal(base, same)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
