@@ -198,3 +198,40 @@ def test_window_alone_equals_the_explicit_mask(loaded, family: str) -> None:
     n = stats.visual_in
     assert not dropper.plan.visual_heads
     assert stats.skipped_flops == 4 * 4 * n * 16 * 4 * (n - 9) == stats.skipped_nonzero_flops
+
+
+@pytest.mark.parametrize("family", ("llava-onevision", "qwen2-vl", "qwen2.5-vl"))
+def test_the_window_of_a_video_token_stays_in_its_frame(tiny_model, family: str) -> None:
+    """Video: the neighbourhood is per frame. Every window neighbour of a visual token is a visual token of the same
+    frame (AIM's frame groups), and each token sees as many as a w = 3 square holds inside the frame's grid: Qwen's
+    (h / 2) x (w / 2) merged patches from video_grid_thw, OneVision's pooled square frame."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tamp.inference.test_token_merge_video import _video_inputs
+
+    path = tiny_model(family)
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    inputs = _video_inputs(path)
+    dropper = TokenTransform.build("yopo", {"yopo_strategies": "attn", "yopo_window": 3}).install(model)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        groups = dropper.groups[0]
+        near = dropper._neighbours[0]
+    finally:
+        dropper.remove()
+    rows = torch.nonzero(groups >= 0).flatten()
+    frame_ids = torch.unique(groups[rows])
+    assert len(frame_ids) >= 2 and near.shape == (len(rows), 9)  # several frames, each its own group
+    for row, neighbours in zip(rows.tolist(), near):
+        seen = neighbours[neighbours >= 0]
+        assert bool((groups[seen] == groups[row]).all()) and row in seen.tolist()
+    if "video_grid_thw" in inputs:
+        _, h, w = inputs["video_grid_thw"][0].tolist()
+        grid_rows, grid_cols = h // 2, w // 2
+    else:
+        grid_rows = grid_cols = int(int((groups == frame_ids[0]).sum()) ** 0.5)
+    expected = [sum(1 for dr in (-1, 0, 1) for dc in (-1, 0, 1) if 0 <= r + dr < grid_rows and 0 <= c + dc < grid_cols)
+                for r in range(grid_rows) for c in range(grid_cols)]
+    first = (groups[rows] == frame_ids[0])
+    assert (near[first] >= 0).sum(1).tolist() == expected
