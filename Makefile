@@ -110,7 +110,7 @@ token-sweep:
 # The first real curve: the sweep above on the trained tiny LLaVA-NeXT (trained on first use, a few CPU minutes, then
 # cached), on the first DEMO_LIMIT held-out picture questions. Writes results/demo/ (table + plot, kept in git) and
 # results/demo/leaderboard.csv; runs and artifacts under results/runs and results/artifacts as any sweep.
-DEMO_LIMIT ?= 40
+DEMO_LIMIT ?= 80
 DEMO_SPARSITIES ?= 0.3,0.5,0.7
 .PHONY: demo
 demo:

@@ -20,7 +20,7 @@ SPARSITIES = (0.3, 0.5, 0.7)
 EXTRA_AT_HALF = ("ecoflap", "das", "amia")
 # exact-match chance: guessing the likeliest answer of the question's kind (1 / options, averaged over the rows)
 HELDOUT_CHANCE = sum(1 / len(r["choices"]) for r in heldout_rows()) / len(heldout_rows())
-LIMIT = 40  # held-out questions per cell (the kinds cycle, so 10 of each): ~40 s of evaluation per cell
+LIMIT = 80  # held-out questions per cell (the kinds cycle, so 20 of each): about 2 s of evaluation per cell
 TASK = "tamp_heldout_vqa"
 
 pytestmark = [pytest.mark.slow, pytest.mark.trained]
