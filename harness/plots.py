@@ -137,10 +137,11 @@ def _finish(fig: Any, axes: Any, used: int, title: str, top: float) -> None:
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, max(1, len(handles))),
-               frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, top))
+    fig.tight_layout(rect=(0, 0, 1, top))
+    # hung below the panels, outside the figure, whatever its row count (the save is bbox_inches="tight")
+    fig.legend(handles.values(), handles.keys(), loc="upper center", ncol=min(6, max(1, len(handles))),
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
