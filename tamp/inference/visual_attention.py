@@ -100,33 +100,30 @@ class VisualAttention:
         finally:
             self._state = None
 
-    def _q_proj(self, x: Tensor) -> Tensor:
-        layer = self._originals["q"][0]
-        rows = self._current(x.shape[1])
-        if rows is None:
-            return F.linear(x, layer.weight, layer.bias)
-        visual = rows.visual
-        out = x.new_zeros(*x.shape[:-1], layer.out_features)
-        out[~visual] = F.linear(x[~visual], layer.weight, layer.bias)
-        cols = self.kept_cols.to(x.device)
-        part = x.new_zeros(int(visual.sum()), layer.out_features)
-        part[:, cols] = F.linear(x[visual], layer.weight[cols], None if layer.bias is None else layer.bias[cols])
-        out[visual] = part
-        self._spend_rows("q", visual)
-        return out
-
-    def _o_proj(self, x: Tensor) -> Tensor:
-        layer = self._originals["o"][0]
+    def _split(self, name: str, x: Tensor, visual_rows: Callable[[nn.Linear, Tensor, Tensor], Tensor]) -> Tensor:
+        """One projection in a prefill with visual rows: text rows through the whole linear, visual rows through
+        `visual_rows(linear, their inputs, the kept heads' columns)`; outside such a prefill, the whole linear."""
+        layer = self._originals[name][0]
         rows = self._current(x.shape[1])
         if rows is None:
             return F.linear(x, layer.weight, layer.bias)
         visual = rows.visual
         out = x.new_empty(*x.shape[:-1], layer.out_features)
         out[~visual] = F.linear(x[~visual], layer.weight, layer.bias)
-        cols = self.kept_cols.to(x.device)
-        out[visual] = F.linear(x[visual][:, cols], layer.weight[:, cols], layer.bias)
-        self._spend_rows("o", visual)
+        out[visual] = visual_rows(layer, x[visual], self.kept_cols.to(x.device))
+        self._spend_rows(name, visual)
         return out
+
+    def _q_proj(self, x: Tensor) -> Tensor:
+        def kept_heads(layer: nn.Linear, rows: Tensor, cols: Tensor) -> Tensor:  # the pruned heads' queries stay 0
+            part = rows.new_zeros(rows.shape[0], layer.out_features)
+            part[:, cols] = F.linear(rows, layer.weight[cols], None if layer.bias is None else layer.bias[cols])
+            return part
+
+        return self._split("q", x, kept_heads)
+
+    def _o_proj(self, x: Tensor) -> Tensor:
+        return self._split("o", x, lambda layer, rows, cols: F.linear(rows[:, cols], layer.weight[:, cols], layer.bias))
 
     def _spend_rows(self, name: str, visual: Tensor) -> None:
         rows, per_row = int(visual.sum()) / visual.shape[0], self._skipped[name]

@@ -174,21 +174,10 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
 
         return hook
 
-    def zero_heads(heads: tuple[int, ...], head_dim: int):
-        """The released YOPO's pruned heads: their attention output zeroed at the visual positions (o_proj input)."""
-
-        def hook(module, args):
-            x = args[0].clone()
-            for h in heads:
-                x[:, visual, h * head_dim:(h + 1) * head_dim] = 0
-            return (x, *args[1:])
-
-        return hook
-
     handles = [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     for i, heads in dropper.plan.visual_heads.items():
         attention = layers[i].self_attn
-        handles.append(attention.o_proj.register_forward_pre_hook(zero_heads(heads, attention.head_dim)))
+        handles.append(attention.o_proj.register_forward_pre_hook(zero_heads(heads, attention.head_dim, visual)))
     for i, share in dropper.plan.visual_mlp_keep.items():
         handles += [layers[i].mlp.gate_proj.register_forward_hook(zero_channels(share)),
                     layers[i].mlp.up_proj.register_forward_hook(zero_channels(share))]
@@ -207,6 +196,19 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
         for h in handles:
             h.remove()
     return ids[0, length:], logits_per_step
+
+
+def zero_heads(heads, head_dim: int, visual):
+    """The released YOPO's pruned heads, as an o_proj pre-hook: their attention output zeroed at the visual
+    positions."""
+
+    def hook(module, args):
+        x = args[0].clone()
+        for h in heads:
+            x[:, visual, h * head_dim:(h + 1) * head_dim] = 0
+        return (x, *args[1:])
+
+    return hook
 
 
 def check_cached_generation(model, inputs: dict, media: list[int], dropper, steps: int = 5) -> Any:

@@ -13,7 +13,7 @@ from tamp.inference.transform import TokenTransform
 from tamp.methods import yopo
 from tamp.models.adapters import get_adapter
 from tests.tamp.inference.conftest import FAMILIES, attn
-from tests.tamp.inference.test_token_drop import _visual_positions, check_cached_generation
+from tests.tamp.inference.test_token_drop import _visual_positions, check_cached_generation, zero_heads
 
 IMPLS = ("sdpa", "eager")
 PRUNED = [[0], [1, 3], [], [0, 1, 2, 3]]  # per layer of the 4-layer tiny models: one layer keeps none
@@ -30,15 +30,7 @@ def _zeroed_heads_logits(model, inputs: dict, pruned: list[list[int]]) -> torch.
     layers = get_adapter(model).language_stack(model).layers
     visual = torch.tensor(_visual_positions(model, inputs["input_ids"][0].tolist()))
 
-    def hook(heads, d):
-        def zero(module, args):
-            x = args[0].clone()
-            for h in heads:
-                x[:, visual, h * d:(h + 1) * d] = 0
-            return (x, *args[1:])
-        return zero
-
-    handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(heads, layer.self_attn.head_dim))
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(zero_heads(heads, layer.self_attn.head_dim, visual))
                for layer, heads in zip(layers, pruned)]
     try:
         with torch.no_grad():
