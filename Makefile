@@ -47,7 +47,7 @@ lock-check:
 lint:
 	$(VENV)/bin/ruff check .
 
-# everything: lint, then the whole suite (golden hashes included)
+# everything: lint, then the whole suite (golden checks included)
 test: lint
 	$(PY) -m pytest -q
 
@@ -59,8 +59,8 @@ test-fast:
 test-trained:
 	$(PY) -m pytest -q -m trained
 
-# Bit-exact hashes of every method's pruned weights (tests/golden/pruning_hashes.json), alone (~5 min); `make test`
-# runs them too.
+# Golden checks of every method's pruned weights (tests/golden/pruned_weights.json: masks and values within what
+# rounding can move on any CPU, tests/golden_weights.py), alone (~5 min); `make test` runs them too.
 golden:
 	$(PY) -m pytest -q -m golden
 

@@ -17,7 +17,7 @@ from tamp.eval.perplexity import perplexity
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
-from tests.golden_hashes import artifact_digest, check_golden, tensors_digest
+from tests.golden_weights import artifact_tensors, check_pruned
 
 pytestmark = pytest.mark.slow
 
@@ -41,31 +41,38 @@ def results(tmp_path_factory) -> dict[str, float]:
     loaded = load_model("smollm2")
     dense_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     ppl = {"dense": perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)}
-    digests: dict[str, dict] = {}
+    pruned: dict[str, dict[str, torch.Tensor]] = {}
     calib = build_calibration(CALIB, loaded, 32, 256, 0)
     adapter = get_adapter(loaded.model)
     for method in ("magnitude", "sparsegpt"):
         loaded.model.load_state_dict(dense_state)
         prune_model(loaded.model, adapter, calib.batches, _cfg(method), "cpu")
         ppl[method] = perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)
-        digests[method] = tensors_digest(loaded.model.state_dict())
+        pruned[method] = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     out = tmp_path_factory.mktemp("smollm2") / "wanda"
     info = prune("smollm2", _cfg("wanda"), out, device="cpu")
     assert info["calibration"]["fingerprint"] == calib.fingerprint
-    digests["wanda"] = artifact_digest(out)
+    pruned["wanda"] = artifact_tensors(out)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     ppl["wanda"] = perplexity(reloaded, loaded.tokenizer, EVAL_FILES)
     ppl["wanda_pruning_seconds"] = sum(v for k, v in info["timings"].items() if k in ("capture", "statistics", "masks", "rerun"))
     print("SmolLM2-135M perplexities at 50%:", {k: round(v, 2) for k, v in ppl.items()})
-    return {**ppl, "digests": digests}
+    return {**ppl, "pruned": pruned, "dense_state": dense_state}
+
+
+# Sequential pruning of 30 layers cascades a near-tie flip into later layers (tests/golden_weights.py), measured
+# across AVX-512 and AVX2 kernels as the largest share of a matrix's sampled mask bits that differ: Wanda 0.98%,
+# SparseGPT 5.5%. Magnitude pruning reads no activation: the near-tie rule holds for it.
+FLIP_SHARE = {"magnitude": None, "wanda": 0.03, "sparsegpt": 0.10}
 
 
 @pytest.mark.golden
 @pytest.mark.parametrize("method", ("magnitude", "sparsegpt", "wanda"))
 def test_pruned_weights_match_golden(results, method):
-    """Bit-identical weights to the recorded ones (tests/golden_hashes.py): refactors must not move a mask."""
+    """The recorded masks and values (tests/golden_weights.py), within what rounding can move on any CPU."""
     where = "artifact" if method == "wanda" else "in-memory"
-    check_golden("pruned", f"smollm2/{method}/unstructured/{where}", results["digests"][method])
+    check_pruned(f"smollm2/{method}/unstructured/{where}", results["pruned"][method], results["dense_state"],
+                 flip_share=FLIP_SHARE[method])
 
 
 def test_dense_matches_reference(results):
