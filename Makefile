@@ -54,8 +54,8 @@ test: lint
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not golden"
 
-# The trained tiny LLaVA-NeXT end to end, alone (builds it once into ~/.cache/tamp, then a sweep through the
-# harness); part of `make test` too
+# The trained tiny LLaVA-NeXT end to end, alone (a fresh build of its recipe, trained once into ~/.cache/tamp and
+# evaluated dense, then a sweep of the shipped weights through the harness); part of `make test` too
 test-trained:
 	$(PY) -m pytest -q -m trained
 
@@ -107,13 +107,37 @@ token-sweep:
 	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(TOKEN_METHODS) --sparsities $(TOKEN_SPARSITY) \
 		$(if $(TASKS),--tasks $(TASKS)) --out-dir results/token-sweep $(GRID_FLAGS)
 
-# The first real curve: the sweep above on the trained tiny LLaVA-NeXT (trained on first use, a few CPU minutes, then
-# cached), on the first DEMO_LIMIT held-out picture questions. Writes results/demo/ (table + plot, kept in git) and
-# results/demo/leaderboard.csv; runs and artifacts under results/runs and results/artifacts as any sweep.
+# The first real curve: every weight method at 30, 50 and 70% on the trained tiny LLaVA-NeXT (the weights shipped in
+# tamp/testing/trained/: nothing is trained, every machine prunes the same model), on the first DEMO_LIMIT held-out
+# picture questions. Everything goes under DEMO_OUT (out/ is git-ignored): the table and plots, leaderboard.csv, the
+# run records (runs/) and the pruned artifacts (artifacts/). Run again, it reuses them and rewrites the same files;
+# after a change to tamp's code or the shipped weights their records are refused as made from another artifact:
+# `rm -rf out/demo` (or DEMO_OUT=another folder) first.
+DEMO_OUT ?= out/demo
 DEMO_LIMIT ?= 80
+DEMO_METHODS ?= magnitude,wanda,sparsegpt,owl,ecoflap,das,amia,tamp
 DEMO_SPARSITIES ?= 0.3,0.5,0.7
-.PHONY: demo
+DEMO_WHERE = --tasks tamp_heldout_vqa --limit $(DEMO_LIMIT) --device cpu $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
+.PHONY: demo token-demo demo-results
 demo:
-	$(VENV)/bin/harness sweep --model tiny-trained-llava-next --methods $(METHODS) --sparsities $(DEMO_SPARSITIES) \
-		--tasks tamp_heldout_vqa --limit $(DEMO_LIMIT) --device cpu --out-dir results/demo \
-		--csv results/demo/leaderboard.csv $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
+	$(VENV)/bin/harness sweep --model tiny-trained-llava-next --methods $(DEMO_METHODS) --sparsities $(DEMO_SPARSITIES) \
+		$(DEMO_WHERE) --out-dir $(DEMO_OUT) --csv $(DEMO_OUT)/leaderboard.csv \
+		--output $(DEMO_OUT)/runs --artifacts $(DEMO_OUT)/artifacts
+
+# Token reduction beside weight pruning on the same model and questions: TAMP 50%, FastV, AIM, YOPO and compositions,
+# one table and one accuracy-vs-prefill-FLOPs plot, under TOKEN_DEMO_OUT (git-ignored).
+TOKEN_DEMO_OUT ?= out/token-demo
+TOKEN_DEMO_METHODS ?= tamp,fastv,aim,tamp+aim,yopo,tamp+yopo
+token-demo:
+	$(VENV)/bin/harness sweep --model tiny-trained-llava-next --methods $(TOKEN_DEMO_METHODS) --sparsities 0.5 \
+		$(DEMO_WHERE) --out-dir $(TOKEN_DEMO_OUT) --csv $(TOKEN_DEMO_OUT)/leaderboard.csv \
+		--output $(TOKEN_DEMO_OUT)/runs --artifacts $(TOKEN_DEMO_OUT)/artifacts
+
+# Refresh the committed copies that the README shows (results/demo/, results/token-demo/) from the two demos above:
+# runs them (or reuses their runs) and copies their tables, plots and leaderboards. Then update the README's tables
+# from the copied .md files and commit. Only this target writes into committed files.
+demo-results: demo token-demo
+	mkdir -p results/demo results/token-demo
+	cp $(DEMO_OUT)/*.md $(DEMO_OUT)/*.png $(DEMO_OUT)/*.svg $(DEMO_OUT)/leaderboard.csv results/demo/
+	cp $(TOKEN_DEMO_OUT)/*.md $(TOKEN_DEMO_OUT)/*.png $(TOKEN_DEMO_OUT)/*.svg $(TOKEN_DEMO_OUT)/leaderboard.csv \
+		results/token-demo/

@@ -84,10 +84,14 @@ def _hf_revision(repo_id: str, revision: str | None) -> str | None:
 
 def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
     if spec.source.startswith(TRAINED_PREFIX):
-        from tamp.testing.tiny_training import trained_cache_name
+        from tamp.testing.shipped import weights_sha256
 
-        # trained by the tamp code hashed below; the build's name adds the torch / transformers versions
-        return {"tiny": spec.source, "build": trained_cache_name(spec.source.removeprefix(TRAINED_PREFIX))}
+        # the weights shipped in tamp/testing/trained/ (their manifest's hash; the files are checked against it
+        # when the model is resolved and loaded): a refreshed build keys new artifacts
+        try:
+            return {"tiny": spec.source, "weights_sha256": weights_sha256(spec.source.removeprefix(TRAINED_PREFIX))}
+        except ValueError as exc:
+            raise HarnessError(str(exc)) from None
     if spec.source.startswith("tiny-"):
         return {"tiny": spec.source}  # built deterministically by the tamp code hashed below
     path = Path(spec.source)

@@ -33,6 +33,7 @@ from tamp.config import check_sparsity
 from tamp.methods.base import TokenMethod
 from tamp.methods.registry import all_methods, get
 from tamp.models.loading import hf_cache_problem
+from tamp.models.registry import TRAINED_PREFIX
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
              "seqlen", "seed", "overrides", "outputs", "executor"}
@@ -184,6 +185,8 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
 
 
 def _model_status(spec: Any) -> str:
+    if spec.source.startswith(TRAINED_PREFIX):
+        return "shipped with tamp (tamp/testing/trained/)"
     if spec.source.startswith("tiny-"):
         return "built offline on first use"
     if Path(spec.source).is_dir():

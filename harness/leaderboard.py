@@ -1,9 +1,13 @@
-"""`harness export --csv FILE`: the leaderboard, one row per (model, method, sparsity, pattern, limit, task, metric).
+"""`harness export --csv FILE`: the leaderboard, one row per (model, model_build, method, sparsity, pattern, limit,
+task, metric).
 
 Column order (stable; documented in the README):
-  model, method, sparsity, pattern, limit (0 = the whole task), task, metric ("<metric>,<filter>" as
-  lmms-eval names it), value (as lmms-eval reports it), stderr, dense_value (the same model, task and
-  metric unpruned), relative_pct (value / dense_value * 100), headline (the metric our tables show),
+  model, model_build (which weights carry the name: the first 12 hex digits of the shipped weights' sha256 of a
+  trained tiny model, of a local directory's content hash or of an HF snapshot's commit; empty where the name
+  alone fixes the weights, or for records that predate the column and cannot tell), method, sparsity, pattern,
+  limit (0 = the whole task), task, metric ("<metric>,<filter>" as lmms-eval names it), value (as lmms-eval
+  reports it), stderr, dense_value (the same model build, task and metric unpruned), relative_pct (value /
+  dense_value * 100), headline (the metric our tables show),
   run_id (the record's path under the runs folder), artifact_key, git_commit, lmms_eval_version,
   tamp_version, date (UTC, when the task was evaluated), then the cost axis of the task's evaluation (empty
   when it was not measured, e.g. records from before the cost axis): prefill_tflops (per sample, dense
@@ -11,10 +15,13 @@ Column order (stable; documented in the README):
   weights only), prefill_latency_s (median),
   decode_tokens_per_s, visual_tokens_in, visual_tokens_kept (after the last drop), peak_memory_mb, device.
 
-A file written before the cost columns existed is read and rewritten with them (empty for its old rows).
+A file written before the cost columns or model_build existed is read and rewritten with them (empty for its
+old rows).
 
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
-record, other old rows are kept, so the file accumulates without duplicates.
+record, other old rows are kept, so the file accumulates without duplicates. model_build is part of the key, so
+the rows of another build of the same model name (a refreshed trained tiny model, another HF revision) stay rows
+of their own, and each row's dense_value / relative_pct come from the dense run of its own build.
 """
 
 from __future__ import annotations
@@ -29,15 +36,19 @@ import pandas as pd
 from harness.benchmarks import benchmark, raw_value
 from harness.collect import iter_records
 from harness.errors import HarnessError
-from harness.records import _write_atomic
+from harness.records import _write_atomic, record_build
 from harness.tables import method_rank
 
-KEY = ["model", "method", "sparsity", "pattern", "limit", "task", "metric"]
+KEY = ["model", "model_build", "method", "sparsity", "pattern", "limit", "task", "metric"]
 COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode_tokens_per_s", "visual_tokens_in",
         "visual_tokens_kept", "peak_memory_mb", "device"]
-BEFORE_COST = [*KEY, "value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key",
-               "git_commit", "lmms_eval_version", "tamp_version", "date"]
-COLUMNS = [*BEFORE_COST, *COST]
+REST = ["value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key", "git_commit",
+        "lmms_eval_version", "tamp_version", "date"]
+COLUMNS = [*KEY, *REST, *COST]
+# the layouts of older files, read and rewritten with the missing columns empty
+BEFORE_BUILD = [c for c in COLUMNS if c != "model_build"]
+BEFORE_COST = [c for c in BEFORE_BUILD if c not in COST]
+DENSE_KEY = ["model", "model_build", "limit", "task", "metric"]
 
 
 def _numeric(value: Any) -> bool:
@@ -47,7 +58,7 @@ def _numeric(value: Any) -> bool:
 def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every numeric metric of every task in one record (a group's subtasks too), plus derived headlines."""
     versions = rec.get("versions") or {}
-    base = {"model": (rec.get("model") or {}).get("name"), "method": rec["method"],
+    base = {"model": (rec.get("model") or {}).get("name"), "model_build": record_build(rec), "method": rec["method"],
             "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
             "limit": int(rec.get("limit") or 0), "run_id": run_id, "artifact_key": rec.get("artifact_key"),
             "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),
@@ -76,9 +87,9 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
     """Fill dense_value / relative_pct from the dense rows of the same frame."""
-    dense = df[df["method"] == "dense"].set_index(["model", "limit", "task", "metric"])["value"]
+    dense = df[df["method"] == "dense"].set_index(DENSE_KEY)["value"]
     dense = dense[~dense.index.duplicated(keep="last")]
-    idx = pd.MultiIndex.from_frame(df[["model", "limit", "task", "metric"]])
+    idx = pd.MultiIndex.from_frame(df[DENSE_KEY])
     df = df.copy()
     df["dense_value"] = dense.reindex(idx).to_numpy()
     rel = df["value"] / df["dense_value"].where(df["dense_value"] != 0) * 100.0
@@ -93,11 +104,12 @@ def leaderboard(runs: Path) -> pd.DataFrame:
 
 def read_leaderboard(path: Path) -> pd.DataFrame:
     try:
-        old = pd.read_csv(path, keep_default_na=True)
+        # model_build as text: a hex prefix of digits only would otherwise be read as a number
+        old = pd.read_csv(path, keep_default_na=True, dtype={"model_build": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise HarnessError(f"cannot read the existing leaderboard {path} ({str(exc).splitlines()[0]}); "
                            "move it away or choose another --csv") from None
-    if list(old.columns) == BEFORE_COST:
+    if list(old.columns) in (BEFORE_COST, BEFORE_BUILD):
         old = old.reindex(columns=COLUMNS)
     if list(old.columns) != COLUMNS:
         raise HarnessError(f"{path} is not a leaderboard written by `harness export` (its columns differ); "
@@ -113,12 +125,13 @@ def export(runs: Path, csv: Path) -> tuple[int, int]:
     merged = pd.concat([*frames, new], ignore_index=True) if frames else new
     merged["sparsity"] = merged["sparsity"].astype(float).round(4)
     merged["limit"] = merged["limit"].astype(int)
+    merged["model_build"] = merged["model_build"].fillna("").astype(str)
     merged = merged.drop_duplicates(subset=KEY, keep="last")
     merged = _with_dense(merged)
     ranks = merged["method"].map(lambda m: method_rank(m)[0])
     task_rank = merged["task"].map(lambda t: (benchmark(t).label, t))
     merged = merged.assign(_r=ranks, _t=task_rank).sort_values(
-        ["model", "limit", "sparsity", "pattern", "_r", "method", "_t", "metric"], kind="stable")
+        ["model", "model_build", "limit", "sparsity", "pattern", "_r", "method", "_t", "metric"], kind="stable")
     merged = merged.drop(columns=["_r", "_t"])[COLUMNS]
     buf = io.StringIO()
     merged.to_csv(buf, index=False)

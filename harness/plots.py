@@ -40,10 +40,14 @@ def _outputs(out: Path, suffix: str = "") -> list[Path]:
 
 
 def _save(fig: Any, paths: list[Path]) -> list[Path]:
+    """Byte-identical files from identical data: no date in the SVG's metadata, and its element ids hashed with a
+    fixed salt (matplotlib's default is a random one per file), so re-running a report rewrites the same bytes."""
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight")
+        fmt = path.suffix[1:]
+        with plt.rc_context({"svg.hashsalt": "tamp-harness"}):
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
         tmp.replace(path)
     plt.close(fig)
     return paths

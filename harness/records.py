@@ -12,6 +12,30 @@ from typing import Any
 SCHEMA = 1
 
 
+def model_build(fingerprint: dict[str, Any] | None) -> str:
+    """What tells two builds of one model name apart, from the model part of an artifact key's inputs, short (12
+    hex digits): the shipped weights' hash of a trained tiny model, a local directory's content hash, an HF
+    snapshot's commit; "" where the name alone fixes the weights (tiny random models, built deterministically by
+    the tamp code the key hashes) or where nothing is known."""
+    for name in ("weights_sha256", "dir_sha256", "commit"):
+        value = (fingerprint or {}).get(name)
+        if isinstance(value, str) and value:
+            return value[:12]
+    return ""
+
+
+def record_build(rec: dict[str, Any]) -> str:
+    """A run record's model build: written by `harness run` since builds are told apart, else worked out from the
+    key inputs the record keeps ("" for records of trained tiny models from before shipped weights: their
+    weights were trained on the machine that ran them, and are not known)."""
+    model = rec.get("model") if isinstance(rec.get("model"), dict) else {}
+    if isinstance(model.get("build"), str):
+        return model["build"]
+    artifact = rec.get("artifact") if isinstance(rec.get("artifact"), dict) else {}
+    inputs = artifact.get("cache_inputs") if isinstance(artifact.get("cache_inputs"), dict) else {}
+    return model_build(inputs.get("model") if isinstance(inputs.get("model"), dict) else None)
+
+
 def _default(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
         try:

@@ -108,8 +108,8 @@ def _tiny_spec(family: str, evaluation: Evaluation) -> ModelSpec:
 
 
 def _trained_spec(family: str, evaluation: Evaluation) -> ModelSpec:
-    """The family's trained tiny model (trained by tamp on first use): its scores on the held-out tasks mean
-    something, so sweeps on it show what pruning does."""
+    """The family's trained tiny model (shipped with tamp, tamp/testing/trained/): its scores on the held-out tasks
+    mean something, so sweeps on it show what pruning does."""
     name = TRAINED_PREFIX + family
     return ModelSpec(name, name, family, evaluation.wrapper, TRAINED_CALIB, HELDOUT_TASKS, TRAINED_NSAMPLES,
                      TRAINED_SEQLEN)
@@ -143,11 +143,15 @@ def _text_only(name: str) -> HarnessError:
 def resolve_model(name: str) -> ModelSpec:
     """A registry name, a local checkpoint directory or an HF id of a supported family -> ModelSpec.
 
-    tamp's check of the files comes first, so a corrupt checkpoint or GGUF is called corrupt, not unknown.
+    tamp's check of the files comes first, so a corrupt checkpoint or GGUF is called corrupt, not unknown (and a
+    damaged shipped trained tiny model damaged, before anything is keyed or pruned).
     """
     from tamp.models.loading import model_problem
 
     if name in MODELS:
+        problem = model_problem(name) if name.startswith(TRAINED_PREFIX) else None
+        if problem is not None:
+            raise HarnessError(problem)
         return MODELS[name]
     path = Path(name)
     if name in GGUF_MODELS or name.endswith(".gguf") or path.exists():

@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--trained", action="store_true",
                    help="train it on generated picture questions (llava-next; a few minutes on 2 CPU cores)")
+    b.add_argument("--ship", action="store_true",
+                   help="with --trained: also copy the build into the package (tamp/testing/trained/<family>/) and "
+                   "rewrite its manifest: the weights `tiny-trained-<family>` loads from then on")
 
     r = sub.add_parser("prune", help="prune a model and write an artifact directory")
     r.add_argument("--model", required=True, help="registry name, HF id, local directory or .gguf file")
@@ -70,6 +73,9 @@ def _run(args: argparse.Namespace) -> int:
         problem = output_problem(args.out, directory=True)
         if problem is not None:
             raise TampError(f"--out {args.out}: {problem}")
+        if args.ship and (not args.trained or args.seed != 0):
+            raise TampError("--ship copies the registry's trained model into the package: it takes --trained and "
+                            "seed 0")
         try:
             if args.trained:
                 out = build_trained_tiny(args.family, args.out, seed=args.seed, log=True)
@@ -78,6 +84,13 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise TampError(str(exc)) from None
         print(f"wrote {'trained' if args.trained else 'tiny'} {args.family} model to {out}")
+        if args.ship:
+            from tamp.testing.shipped import ship
+            from tamp.testing.tiny_training import provenance
+
+            shipped = ship(out, args.family, provenance=provenance())
+            print(f"shipped it as tiny-trained-{args.family}: {shipped} (commit it with its manifest, "
+                  f"{shipped.parent / (args.family + '.json')})")
         return 0
     if args.command == "prune":
         from tamp.config import PruneConfig

@@ -139,7 +139,9 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
         family = name[len(TRAINED_PREFIX):]
         if family not in TRAINED_FAMILIES:
             return f"no trained tiny model of family '{family}'; trained families: {', '.join(TRAINED_FAMILIES)}"
-        return None
+        from tamp.testing.shipped import problem
+
+        return problem(family)  # every shipped file against its manifest (a few milliseconds)
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX):]
         if family not in TINY_FAMILIES:
@@ -170,7 +172,7 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
         return _load_gguf(name, torch_dtype)
     model_id = name
     if name.startswith(TRAINED_PREFIX):
-        model_id = str(_ensure_trained(name[len(TRAINED_PREFIX):]))
+        model_id = str(_shipped_trained(name[len(TRAINED_PREFIX):]))
     elif name.startswith(TINY_PREFIX):
         model_id = str(_ensure_tiny(name[len(TINY_PREFIX):]))
     elif name in HF_MODELS:
@@ -242,18 +244,13 @@ def _ensure_tiny(family: str) -> Path:
     return out
 
 
-def _ensure_trained(family: str) -> Path:
-    """The trained tiny model of a trained family (model_problem checks the name), trained on first use.
+def _shipped_trained(family: str) -> Path:
+    """The trained tiny model of a trained family: the build shipped in the package (tamp/testing/trained/), whose
+    files model_problem has checked against their manifest. Never trained here: training's last bits depend on
+    the CPU, the shipped weights do not (`tamp build-tiny --trained` trains the recipe anew)."""
+    from tamp.testing.shipped import folder
 
-    The cache folder's name carries the fingerprint of the recipe, the data generator and the torch /
-    transformers versions, so a change to any of them trains anew instead of reusing older weights. The
-    build is atomic (tamp.testing.tiny_training writes a temporary folder and renames it into place)."""
-    from tamp.testing.tiny_training import build_trained_tiny, trained_cache_name
-
-    out = tiny_cache_dir() / trained_cache_name(family, seed=0)
-    if not (out / "config.json").exists():
-        build_trained_tiny(family, out, seed=0, overwrite=False)
-    return out
+    return folder(family)
 
 
 def _load_gguf(name: str, torch_dtype: torch.dtype | str) -> LoadedModel:

@@ -12,12 +12,13 @@ HF_MODELS: dict[str, str] = {f.registry_name: f.hf_id for f in FAMILIES if f.reg
 # short names served from a GGUF file shipped inside a PyPI package
 GGUF_MODELS: tuple[str, ...] = ("smollm2",)
 TINY_PREFIX = "tiny-"
-# tiny-trained-<family>: the trained tiny model (tamp.testing.tiny_training), built and cached like the random ones
+# tiny-trained-<family>: the trained tiny model, trained once (tamp.testing.tiny_training) and shipped in the package
+# (tamp/testing/trained/, tamp.testing.shipped)
 TRAINED_PREFIX = "tiny-trained-"
 
 
 def tiny_cache_dir() -> Path:
-    """Where tiny random and trained models are built on first use (deterministic, so a cache is safe)."""
+    """Where tiny random models are built on first use (deterministic, so a cache is safe)."""
     root = os.environ.get("TAMP_CACHE", str(Path.home() / ".cache" / "tamp"))
     return Path(root) / "tiny"
 

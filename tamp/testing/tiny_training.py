@@ -1,4 +1,4 @@
-"""The training recipe of the trained tiny LLaVA-NeXT: 1.3 M parameters that answer picture questions.
+"""The training recipe of the trained tiny LLaVA-NeXT: 0.95 M parameters that answer picture questions.
 
 Random tiny models score 0 on every task, so they cannot show that pruning hurts. This recipe trains a
 small model of the real LLaVA-NeXT architecture (CLIP vision tower, two-layer projector, Llama decoder; the
@@ -8,8 +8,11 @@ floating-point sums on every machine, whatever its core count).
 
 Deterministic: seeded initialisation, a seeded data stream in a fixed order, deterministic torch
 algorithms and a fixed thread count, so two builds on one machine give byte-identical weights
-(``training.json`` records their sha256). The build is written into a temporary folder and renamed into
-place, so an interrupted build never leaves a half-written model behind.
+(``training.json`` records their sha256). Another CPU (AVX2 instead of AVX-512, another MKL path) or torch
+version may differ in the last bits, which is why ``tiny-trained-llava-next`` loads the build shipped in the
+package (:mod:`tamp.testing.shipped`) and this recipe runs only when asked (``tamp build-tiny --trained``, and
+the tests of the recipe). The build is written into a temporary folder and renamed into place, so an
+interrupted build never leaves a half-written model behind.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -317,8 +321,15 @@ def recipe_fingerprint() -> str:
 
 
 def trained_cache_name(family: str, seed: int = 0) -> str:
-    """The cache folder name of a trained tiny model (under tamp.models.registry.tiny_cache_dir())."""
+    """A folder name for a build of this recipe (the tests train it once into the user's cache under this name,
+    so an edit of the recipe trains anew); the registry model is the shipped build, not this."""
     return f"trained-{family}-seed{seed}-{recipe_fingerprint()[:12]}"
+
+
+def provenance() -> dict[str, str]:
+    """Where a build was made, for the shipped model's manifest: library versions and the CPU kernels torch used."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
 
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:

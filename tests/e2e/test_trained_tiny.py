@@ -1,18 +1,22 @@
-"""The trained tiny LLaVA-NeXT through the harness: its scores show what pruning does to a model.
+"""The trained tiny LLaVA-NeXT: its recipe still trains a model that answers, and the shipped build's scores
+through the harness show what pruning does to a model.
 
-One build per session (the `trained_llava_next` fixture, kept in the user's cache across sessions) and one
-sweep (`harness sweep` of five methods at 30/50/70%, on the first LIMIT held-out questions) shared by the tests.
+The recipe: one fresh build per cache (the `trained_recipe_build` fixture, trained into the user's cache once)
+evaluated dense, with a tolerance (>= 0.9), never against the shipped weights' hash: training's last bits depend
+on the CPU. The sweep (`harness sweep` of five methods at 30/50/70% on the first LIMIT held-out questions, as
+`make demo` runs it) uses `tiny-trained-llava-next`, the shipped weights, like everything else.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from tamp.calibration.pictures import heldout_rows
-from tamp.testing.tiny_training import weights_sha256
+from tamp.testing import shipped
 
 MODEL = "tiny-trained-llava-next"
 METHODS = ("magnitude", "wanda", "sparsegpt", "owl", "tamp")
@@ -27,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.trained]
 
 
 @pytest.fixture(scope="module")
-def dirs(trained_llava_next: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("trained-runs")
     return {"runs": root / "runs", "artifacts": root / "artifacts", "reports": root / "reports"}
 
@@ -50,14 +54,17 @@ def _where(dirs: dict[str, Path]) -> list[str]:
             "--limit", str(LIMIT)]
 
 
-def test_the_registry_name_loads_the_cached_build(trained_llava_next: Path) -> None:
-    from tamp.models.loading import load_model
-
-    info = json.loads((trained_llava_next / "training.json").read_text())
-    loaded = load_model(MODEL)
-    assert Path(loaded.source) == trained_llava_next  # found in the cache, not trained again
-    assert weights_sha256(loaded.model) == info["weights_sha256"]
-    assert 500_000 < info["parameters"] < 10_000_000
+def test_the_recipe_trains_a_model_that_answers_held_out_questions(trained_recipe_build: Path,
+                                                                   tmp_path: Path) -> None:
+    """A build of the recipe on this machine (its own weights, whatever their hash) answers as the shipped one."""
+    info = json.loads((trained_recipe_build / "training.json").read_text())
+    assert 500_000 < info["parameters"] < 10_000_000 and len(info["losses"]) == info["recipe"]["steps"]
+    where = {"runs": tmp_path / "runs", "artifacts": tmp_path / "artifacts"}
+    _harness("run", "--model", str(trained_recipe_build), "--sparsity", "0", "--tasks", f"{TASK},tamp_heldout_mc",
+             *_where(where))
+    scores = _scores(where["runs"])
+    assert scores[("dense", 0.0, TASK)] >= 0.9
+    assert scores[("dense", 0.0, "tamp_heldout_mc")] >= 0.9
 
 
 def test_dense_model_answers_held_out_questions(dirs: dict[str, Path]) -> None:
@@ -82,8 +89,11 @@ def test_sweep_writes_table_plot_and_leaderboard(sweep, dirs: dict[str, Path]) -
     table = next(reports.glob(f"{MODEL}*.md")).read_text()
     assert "Held-out VQA" in table and "Dense" in table and "TAMP" in table
     assert next(reports.glob(f"{MODEL}*.png")).stat().st_size > 10_000
-    rows = (reports / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) > 1 + len(METHODS) * len(SPARSITIES)
+    with (reports / "leaderboard.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) > len(METHODS) * len(SPARSITIES)
+    # every row names the shipped build it was measured on
+    assert {r["model_build"] for r in rows} == {shipped.build_id(shipped.weights_sha256("llava-next"))}
 
 
 def test_dense_is_on_top(sweep) -> None:

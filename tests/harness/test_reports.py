@@ -171,8 +171,10 @@ def test_leaderboard_schema_and_values(runs: Path, tmp_path: Path) -> None:
     rows = read_csv(out)
     assert list(rows[0]) == COLUMNS and len(rows) == total == new
     def key(r):
-        return (r["model"], r["method"], r["sparsity"], r["pattern"], r["limit"], r["task"], r["metric"])
+        return (r["model"], r["model_build"], r["method"], r["sparsity"], r["pattern"], r["limit"], r["task"],
+                r["metric"])
     assert len({key(r) for r in rows}) == len(rows)
+    assert {r["model_build"] for r in rows} == {""}  # records without a build (nor key inputs to tell it)
     wanda_pope = next(r for r in rows if r["method"] == "wanda" and r["sparsity"] == "0.5" and r["task"] == "pope"
                       and r["metric"] == "pope_f1_score,none" and r["pattern"] == "unstructured")
     assert float(wanda_pope["value"]) == pytest.approx(0.83) and float(wanda_pope["dense_value"]) == pytest.approx(0.88)
@@ -213,6 +215,75 @@ def test_reexport_updates_without_duplicates(runs: Path, tmp_path: Path) -> None
     export(other, out)
     models = {r["model"] for r in read_csv(out)}
     assert models == {MODEL, "other-model"}
+
+
+def build_record(build: str, method: str, sparsity: float, acc: float, **kw: Any) -> dict[str, Any]:
+    rec = record(method, sparsity, "pope", pope(acc, acc), **kw)
+    return {**rec, "model": {"name": "tiny-trained-llava-next", "build": build}}
+
+
+def test_leaderboard_keeps_builds_of_one_model_apart(tmp_path: Path) -> None:
+    """Two builds of one model name (e.g. the shipped trained tiny model before and after a refresh) are two sets of
+    rows, each against its own dense run; re-exporting a build replaces its rows."""
+    out = tmp_path / "board.csv"
+    for build, dense, wanda in (("0123456789ab", 0.95, 0.90), ("fedcba987654", 0.80, 0.40)):
+        runs = tmp_path / f"runs-{build}"
+        write_json(record_path(runs, "tiny-trained-llava-next", "dense", 0.0, "unstructured", "pope", None),
+                   build_record(build, "dense", 0.0, dense))
+        write_json(record_path(runs, "tiny-trained-llava-next", "wanda", 0.5, "unstructured", "pope", None),
+                   build_record(build, "wanda", 0.5, wanda))
+        export(runs, out)
+    rows = [r for r in read_csv(out) if r["metric"] == "pope_accuracy,none"]
+    assert len(rows) == 4 and {r["model_build"] for r in rows} == {"0123456789ab", "fedcba987654"}
+    def find(build: str, method: str) -> dict[str, str]:
+        [row] = [r for r in rows if r["model_build"] == build and r["method"] == method]
+        return row
+    assert float(find("0123456789ab", "wanda")["relative_pct"]) == pytest.approx(0.90 / 0.95 * 100)
+    assert float(find("fedcba987654", "wanda")["relative_pct"]) == pytest.approx(0.40 / 0.80 * 100)
+    total = len(read_csv(out))
+    # the same build again: its rows are replaced, the other build's kept
+    runs = tmp_path / "runs-0123456789ab"
+    write_json(record_path(runs, "tiny-trained-llava-next", "wanda", 0.5, "unstructured", "pope", None),
+               build_record("0123456789ab", "wanda", 0.5, 0.85, date="2026-11-22T00:00:00+00:00"))
+    assert export(runs, out)[0] == total
+    rows = [r for r in read_csv(out) if r["metric"] == "pope_accuracy,none"]
+    assert float(find("0123456789ab", "wanda")["value"]) == pytest.approx(0.85)
+    assert float(find("fedcba987654", "wanda")["value"]) == pytest.approx(0.40)
+
+
+def test_record_build_from_the_key_inputs_of_older_records() -> None:
+    from harness.records import record_build
+
+    base = record("dense", 0.0, "pope", pope(0.9, 0.9))
+    assert record_build({**base, "model": {"name": "m", "build": "abc"}}) == "abc"
+    assert record_build({**base, "artifact": {"cache_inputs": {"model": {"dir_sha256": "9" * 64}}}}) == "9" * 12
+    assert record_build({**base, "artifact": {"cache_inputs": {"model": {"hf_id": "a/b", "commit": "c" * 40}}}}) == \
+        "c" * 12
+    # a trained tiny model's record from before shipped weights: trained where it ran, its weights unknown
+    old = {"tiny": "tiny-trained-llava-next", "build": "trained-llava-next-seed0-0123456789ab"}
+    assert record_build({**base, "artifact": {"cache_inputs": {"model": old}}}) == ""
+    assert record_build(base) == ""
+
+
+def test_an_older_leaderboard_without_model_build_is_read(runs: Path, tmp_path: Path) -> None:
+    """A file written before model_build existed: read, rewritten with the column (empty for its rows), and a
+    record of a known build added beside its rows, not over them."""
+    out = tmp_path / "board.csv"
+    export(runs, out)
+    rows = read_csv(out)
+    old_columns = [c for c in COLUMNS if c != "model_build"]
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    fresh = tmp_path / "fresh"
+    rec = {**record("wanda", 0.5, "pope", pope(0.5, 0.5)), "model": {"name": MODEL, "build": "000000000123"}}
+    write_json(record_path(fresh, MODEL, "wanda", 0.5, "unstructured", "pope", None), rec)
+    total, new = export(fresh, out)
+    merged = read_csv(out)
+    assert list(merged[0]) == COLUMNS and total == len(rows) + new == len(merged)
+    assert {r["model_build"] for r in merged} == {"", "000000000123"}  # a build of digits stays text
+    assert export(fresh, out)[0] == total and read_csv(out) == merged
 
 
 def test_export_refuses_a_foreign_csv(runs: Path, tmp_path: Path) -> None:

@@ -98,6 +98,36 @@ def test_artifact_key_tracks_config_and_calibration(tmp_path: Path) -> None:
     assert key != artifact_key(spec, cfg, calibration_fingerprint(f"text:{text}", 8, 64, 42), "auto")[0]
 
 
+def test_trained_model_artifacts_are_keyed_by_the_shipped_weights(tmp_path: Path, monkeypatch) -> None:
+    """The trained tiny model's artifacts follow the weights it loads (the shipped build's hash), not the recipe
+    code or the torch version; its run records name the build."""
+    import shutil
+
+    from harness.cache import artifact_key, model_fingerprint
+    from harness.records import model_build
+    from harness.registry import MODELS
+    from tamp.config import PruneConfig
+    from tamp.testing import shipped
+
+    spec = MODELS["tiny-trained-llava-next"]
+    sha = shipped.weights_sha256("llava-next")
+    assert model_fingerprint(spec, None) == {"tiny": "tiny-trained-llava-next", "weights_sha256": sha}
+    assert model_build(model_fingerprint(spec, None)) == sha[:12]
+    cfg = PruneConfig.from_preset("wanda", sparsity=0.5).to_dict()
+    key = artifact_key(spec, cfg, None, "auto")[0]
+    # a refreshed build (another manifest hash) keys other artifacts
+    root = tmp_path / "trained"
+    shutil.copytree(shipped.ROOT, root)
+    manifest = json.loads((root / "llava-next.json").read_text())
+    (root / "llava-next.json").write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
+    monkeypatch.setattr(shipped, "ROOT", root)
+    assert artifact_key(spec, cfg, None, "auto")[0] != key
+    assert model_build(model_fingerprint(spec, None)) == "0" * 12
+    (root / "llava-next.json").write_text("{")
+    with pytest.raises(HarnessError, match="shipped trained tiny llava-next model is damaged"):
+        model_fingerprint(spec, None)
+
+
 def test_empty_answer_count_and_records(tmp_path: Path) -> None:
     from harness.records import empty_answers, load_record, record_path, write_json
 

@@ -1,7 +1,8 @@
 """The trained tiny LLaVA-NeXT's recipe: deterministic, atomic, token for token what evaluation sends.
 
-Run on a recipe small enough to train twice in seconds (`QUICK`); the registry model itself and its scores are
-tests/e2e/test_trained_tiny.py's.
+Run on a recipe small enough to train twice in seconds (`QUICK`), into temporary folders: determinism is checked
+within this process, on this machine (another CPU may give other last bits). The full recipe's build and its
+scores are tests/e2e/test_trained_tiny.py's; the shipped weights the registry name loads are test_shipped.py's.
 """
 
 from __future__ import annotations
