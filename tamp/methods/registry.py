@@ -8,15 +8,9 @@ parameters are kept in the config's `extra`, so installing a plugin changes no o
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import sys
 from dataclasses import dataclass, replace
-from functools import cache
-from importlib.metadata import entry_points
 
 import tamp.methods as package
-from tamp.errors import TampError
 from tamp.methods.base import (
     ALL_TOKENS,
     UNIFORM,
@@ -27,34 +21,10 @@ from tamp.methods.base import (
     TokenSelection,
     WeightMethod,
 )
-from tamp.params import RUN_FIELDS, Param
+from tamp.params import RUN_FIELDS
+from tamp.plugins import Registry
 
 ENTRY_POINT_GROUP = "tamp.methods"
-_NOT_METHODS = {"base", "registry", "listing"}  # the machinery; every other module is one method
-
-
-def _ordered(methods: list[Method]) -> dict[str, Method]:
-    return {m.name: m for m in sorted(methods, key=lambda m: (m.order, m.name))}
-
-
-@cache
-def builtin_methods() -> dict[str, Method]:
-    """The methods shipped in tamp/methods/, in table order."""
-    found = []
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name in _NOT_METHODS:
-            continue
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        found.append(replace(module.METHOD, source=module.__file__ or info.name))
-    methods = _ordered(found)
-    problems = [p for m in methods.values() for p in _composition_problems(m, methods)]
-    if problems:
-        raise AssertionError("; ".join(problems))  # a mistake in this package, caught by its tests
-    return methods
-
-
-def _warn(text: str) -> None:
-    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def _composition_problems(method: Method, known: dict[str, Method]) -> list[str]:
@@ -73,46 +43,37 @@ def _composition_problems(method: Method, known: dict[str, Method]) -> list[str]
     return out
 
 
-@cache
-def all_methods() -> dict[str, Method]:
-    """Built-in methods plus those of installed plugins (a broken plugin is skipped with a warning)."""
-    methods = dict(builtin_methods())
-    params = {p.name: p for m in methods.values() for p in m.params}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = ep.load()
-        except Exception as exc:  # any error inside a third-party package: report it, keep tamp usable
-            _warn(f"method plugin '{ep.name}' ({ep.value}) failed to import ({type(exc).__name__}: {exc}); skipped")
-            continue
-        source = getattr(sys.modules.get(ep.module), "__file__", None) or ep.value
-        for method in loaded if isinstance(loaded, (list, tuple)) else [loaded]:
-            problem = _plugin_problem(method, methods, params)
-            if problem:
-                _warn(f"method plugin '{ep.name}' ({ep.value}): {problem}; skipped")
-                continue
-            methods[method.name] = replace(method, source=source)
-            params.update({p.name: p for p in method.params})
-    return _ordered(list(methods.values()))
-
-
-def _plugin_problem(method: object, methods: dict[str, Method], params: dict[str, Param]) -> str | None:
-    if not isinstance(method, Method):
-        return f"{method!r} is not a tamp.methods.base.Method"
-    if method.name in methods:
-        return f"the name '{method.name}' is taken by {methods[method.name].source}"
+def _plugin_problem(method: Method, known: dict[str, Method]) -> str | None:
+    params = {p.name: p for m in known.values() for p in m.params}
     for p in method.params:
         if p.name in RUN_FIELDS or (p.name in params and params[p.name] != p):
             return f"parameter '{p.name}' is already declared differently"
-    problems = _composition_problems(method, {**methods, method.name: method})
+    problems = _composition_problems(method, {**known, method.name: method})
     return problems[0] if problems else None
+
+
+REGISTRY: Registry[Method] = Registry(
+    kind="method", package=package.__name__, attribute="METHOD", group=ENTRY_POINT_GROUP, entry_type=Method,
+    with_source=lambda m, source: replace(m, source=source), order=lambda m: (m.order, m.name),
+    skip=frozenset({"base", "registry", "listing"}),
+    builtin_problems=lambda known: [p for m in known.values() for p in _composition_problems(m, known)],
+    plugin_problem=_plugin_problem,
+)
+
+
+def builtin_methods() -> dict[str, Method]:
+    """The methods shipped in tamp/methods/, in table order."""
+    return REGISTRY.builtin()
+
+
+def all_methods() -> dict[str, Method]:
+    """Built-in methods plus those of installed plugins (a broken plugin is skipped with a warning)."""
+    return REGISTRY.all()
 
 
 def get(name: str) -> Method:
     """The method registered under `name`; an unknown name is refused with the list of known ones."""
-    methods = all_methods()
-    if name not in methods:
-        raise TampError(f"unknown method '{name}'; choose one of: {', '.join(methods)}")
-    return methods[name]
+    return REGISTRY.get(name)
 
 
 def part_choices(part: str) -> tuple[str, ...]:

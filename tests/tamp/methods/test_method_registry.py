@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tamp import plugins
 from tamp.config import PruneConfig
 from tamp.errors import TampError
 from tamp.methods import registry
@@ -126,12 +127,12 @@ def test_broken_or_clashing_plugins_are_skipped_with_a_warning(monkeypatch, caps
     monkeypatch.setattr(sys.modules[__name__], "CLASH", good, raising=False)
     eps = [EntryPoint("broken", "no_such_module_xyz:METHOD", registry.ENTRY_POINT_GROUP),
            EntryPoint("clash", f"{__name__}:CLASH", registry.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(registry, "entry_points", lambda group: eps)
-    registry.all_methods.cache_clear()
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps)
+    registry.REGISTRY.clear()
     try:
         methods = registry.all_methods()
     finally:
-        registry.all_methods.cache_clear()
+        registry.REGISTRY.clear()
     assert tuple(methods) == (*BUILTIN, *TOKEN) and methods["wanda"].label == "Wanda"
     err = capsys.readouterr().err
     assert "method plugin 'broken' (no_such_module_xyz:METHOD) failed to import (ModuleNotFoundError" in err
