@@ -83,6 +83,8 @@ class Method:
     order: int
     summary: str
     params: tuple[Param, ...] = ()
+    # bumped whenever what the method computes changes (its artifacts' cache key covers it, not its source text)
+    version: int = 1
     source: str = ""  # the file that defines it (filled in by the registry)
     kind: ClassVar[str]
 
