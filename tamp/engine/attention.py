@@ -10,7 +10,6 @@ forms one row only, so its memory stays O(T).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from tamp.models import internals
 
 _NAME = "tamp_last_row"
 _state: dict[str, Any] = {"inner": None, "sink": None, "score": None}
@@ -81,26 +82,17 @@ AttentionInterface.register(_OVERRIDE, _override_wrapper)
 def _inner_function(attn_module: nn.Module, name: str) -> Callable:
     if name in ALL_ATTENTION_FUNCTIONS and name not in (_NAME, _OVERRIDE):
         return ALL_ATTENTION_FUNCTIONS[name]
-    eager = getattr(sys.modules[type(attn_module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        raise RuntimeError(f"cannot find the eager attention of {type(attn_module).__name__}")
-    return eager
+    return internals.eager_attention(attn_module)
 
 
 def find_attention(block: nn.Module) -> nn.Module:
     """The block's self-attention module (the one whose config picks the attention implementation)."""
-    for name in ("self_attn", "attn", "self_attention"):
-        if hasattr(block, name):
-            return getattr(block, name)
-    raise RuntimeError(f"no self-attention module found in {type(block).__name__}")
+    return internals.self_attention(block)
 
 
 def attention_dims(block: nn.Module) -> tuple[int, int]:
     """(query heads, head_dim) of a block's self-attention."""
-    attn = find_attention(block)
-    config = attn.config
-    heads = getattr(config, "num_attention_heads", None) or config.text_config.num_attention_heads
-    return int(heads), int(attn.head_dim)
+    return internals.attention_heads(block)
 
 
 def head_logits(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None,
@@ -138,14 +130,14 @@ def capture_attention_score(block: nn.Module, sink: list[torch.Tensor],
     """While active, every forward of `block` appends score(query, key, mask, scaling) [B, T] to `sink`."""
     attn = find_attention(block)
     config = attn.config
-    original = config._attn_implementation_internal
+    original = internals.attention_implementation(config)
     _state["inner"] = _inner_function(attn, original or "eager")
     _state["sink"], _state["score"] = sink, score
-    config._attn_implementation_internal = _NAME
+    internals.set_attention_implementation(config, _NAME)
     try:
         yield
     finally:
-        config._attn_implementation_internal = original
+        internals.set_attention_implementation(config, original)
         _state["inner"], _state["sink"], _state["score"] = None, None, None
 
 
@@ -155,14 +147,14 @@ def override_attention(attn: nn.Module, fn: OverrideFn) -> Iterator[None]:
     rotary embedding) computes its attention with fn(inner, module, query, key, value, mask, **kwargs), where
     inner is the attention function it would have used. For one call: the config is shared by every block."""
     config = attn.config
-    original = config._attn_implementation_internal
+    original = internals.attention_implementation(config)
     saved = dict(_override)
     _override.update(module=attn, inner=_inner_function(attn, original or "eager"), fn=fn)
-    config._attn_implementation_internal = _OVERRIDE
+    internals.set_attention_implementation(config, _OVERRIDE)
     try:
         yield
     finally:
-        config._attn_implementation_internal = original
+        internals.set_attention_implementation(config, original)
         _override.update(saved)
 
 

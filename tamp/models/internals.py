@@ -1,0 +1,167 @@
+"""Every access tamp makes to transformers' private internals, in one module.
+
+Token methods and attention scoring need a few things transformers does not promise to keep: the config field
+that picks a block's attention function, the module-level `eager_attention_forward` of each modeling file, the
+final norm stored beside the decoder layers, the gated MLP's and the attention's submodule names, and swapping
+one module instance's `forward`. An upgrade that moves one of them fails here with a `MovedInternal` that names
+the installed transformers version and the internal that moved, instead of deep inside a prefill;
+tests/tamp/models/test_internals.py checks every one of them on every tiny family.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import transformers
+from torch import nn
+
+from tamp.errors import TampError
+
+IMPLEMENTATION_FIELD = "_attn_implementation_internal"  # the config field AttentionInterface dispatches on
+EAGER_FUNCTION = "eager_attention_forward"  # each modeling file's own eager attention
+SELF_ATTENTION_NAMES = ("self_attn", "attn", "self_attention")
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj")
+GATED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj", "act_fn")
+MLP_NAME, NORM_NAME = "mlp", "norm"
+
+
+class MovedInternal(TampError):
+    """A transformers internal tamp relies on is not where this module looks for it."""
+
+
+def moved(internal: str, where: str) -> MovedInternal:
+    """The one message for a moved internal: the installed version, the internal, where it was looked for."""
+    return MovedInternal(f"transformers {transformers.__version__} has no {internal} on {where}: an internal tamp "
+                         "relies on moved; tamp/models/internals.py must follow it")
+
+
+# ---- the attention implementation ------------------------------------------------------------------------
+def attention_implementation(config: Any) -> str | None:
+    """The attention function a config selects (None: transformers picks its default)."""
+    if not hasattr(config, IMPLEMENTATION_FIELD):
+        raise moved(f"config.{IMPLEMENTATION_FIELD}", type(config).__name__)
+    return getattr(config, IMPLEMENTATION_FIELD)
+
+
+def set_attention_implementation(config: Any, name: str | None) -> None:
+    """Select an attention function by its AttentionInterface name for every block sharing the config, without
+    transformers' checks (a temporary wrapper is not a known implementation)."""
+    attention_implementation(config)  # present, or the moved-internal error
+    setattr(config, IMPLEMENTATION_FIELD, name)
+
+
+def eager_attention(attn: nn.Module) -> Callable[..., Any]:
+    """The eager attention function of the modeling file that defines `attn`'s class."""
+    module = sys.modules.get(type(attn).__module__)
+    found = getattr(module, EAGER_FUNCTION, None)
+    if not callable(found):
+        raise moved(EAGER_FUNCTION, type(attn).__module__)
+    return found
+
+
+# ---- where things are inside a decoder block -------------------------------------------------------------
+def self_attention(block: nn.Module) -> nn.Module:
+    """A decoder block's self-attention module."""
+    for name in SELF_ATTENTION_NAMES:
+        found = getattr(block, name, None)
+        if isinstance(found, nn.Module):
+            return found
+    raise moved(f"self-attention module ({' / '.join(SELF_ATTENTION_NAMES)})", type(block).__name__)
+
+
+def attention_heads(block: nn.Module) -> tuple[int, int]:
+    """(query heads, head_dim) of a block's self-attention, from its config (or its text config) and module."""
+    attn = self_attention(block)
+    config = getattr(attn, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or \
+        getattr(getattr(config, "text_config", None), "num_attention_heads", None)
+    head_dim = getattr(attn, "head_dim", None)
+    if heads is None or head_dim is None:
+        raise moved("config.num_attention_heads / head_dim", type(attn).__name__)
+    return int(heads), int(head_dim)
+
+
+@dataclass(frozen=True)
+class Projections:
+    """A self-attention's four linears."""
+
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+
+
+def attention_projections(block: nn.Module) -> Projections:
+    """The q / k / v / o linears of a block's self-attention."""
+    attn = self_attention(block)
+    found = [getattr(attn, name, None) for name in PROJECTION_NAMES]
+    for name, linear in zip(PROJECTION_NAMES, found):
+        if not isinstance(linear, nn.Linear):
+            raise moved(f"{name} linear", type(attn).__name__)
+    return Projections(*found)
+
+
+@dataclass(frozen=True)
+class GatedMlp:
+    """A Llama / Qwen2 MLP: down(act(gate(x)) * up(x))."""
+
+    module: nn.Module
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+    act: Callable[..., Any]
+
+
+def gated_mlp(block: nn.Module) -> GatedMlp:
+    """A decoder block's gated MLP and its parts."""
+    mlp = getattr(block, MLP_NAME, None)
+    if not isinstance(mlp, nn.Module):
+        raise moved(f"{MLP_NAME} module", type(block).__name__)
+    parts = [getattr(mlp, name, None) for name in GATED_MLP_NAMES]
+    for name, part in zip(GATED_MLP_NAMES, parts):
+        if part is None or (name != "act_fn" and not isinstance(part, nn.Linear)):
+            raise moved(f"gated MLP part {name}", type(mlp).__name__)
+    return GatedMlp(mlp, *parts)
+
+
+def final_norm(model: nn.Module, layers_path: str) -> nn.Module:
+    """The norm after the last decoder layer, stored beside the layers (`<text model>.norm`)."""
+    owner_path = layers_path.rsplit(".", 1)[0]
+    owner = model.get_submodule(owner_path)
+    norm = getattr(owner, NORM_NAME, None)
+    if not isinstance(norm, nn.Module):
+        raise moved(f"final {NORM_NAME}", f"{type(owner).__name__} ({owner_path})")
+    return norm
+
+
+# ---- swapping one instance's forward ---------------------------------------------------------------------
+def replace_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Make `module(...)` call `forward` for this instance only; returns the forward it had."""
+    original = module.forward
+    module.forward = forward
+    return original
+
+
+def restore_forward(module: nn.Module) -> None:
+    """Undo `replace_forward`: the class's forward again."""
+    module.__dict__.pop("forward", None)
+
+
+# ---- one check of everything above, for a loaded model ---------------------------------------------------
+def check_model(model: nn.Module, layers_path: str) -> list[str]:
+    """Look up every internal on a loaded model (its first decoder layer and final norm); the names checked, or the
+    MovedInternal of the first one missing."""
+    layers = model.get_submodule(layers_path)
+    block = layers[0]
+    attn = self_attention(block)
+    attention_implementation(attn.config)
+    eager_attention(attn)
+    attention_heads(block)
+    attention_projections(block)
+    gated_mlp(block)
+    final_norm(model, layers_path)
+    return [IMPLEMENTATION_FIELD, EAGER_FUNCTION, "self_attn", "num_attention_heads/head_dim", *PROJECTION_NAMES,
+            *GATED_MLP_NAMES, NORM_NAME]
