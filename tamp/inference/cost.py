@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from tamp.inference.flops import ModelShape
-from tamp.inference.token_drop import VISUAL, TokenDropper
+from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.models.adapters import ModelAdapter, get_adapter
 
 
 class CostMeter:
-    def __init__(self, model: nn.Module, dropper: TokenDropper | None = None,
+    def __init__(self, model: nn.Module, dropper: SequenceEditor | None = None,
                  adapter: ModelAdapter | None = None) -> None:
         self.model, self.dropper = model, dropper
         self.adapter = adapter or get_adapter(model)

@@ -5,7 +5,7 @@ weights only, what a sparse kernel could reach); attention's two matmuls (q k^T 
 values) cost 2 x 2 n^2 (heads x head_dim), the full square as the kernels compute it (no causal halving).
 The LM head costs 2 x positions x hidden x vocab for the positions whose logits are computed. A token
 method's own scoring (FastV's last-row attention, AIM's PageRank) is charged by the cost meter from what the
-dropper recorded (`PrefillStats.scoring_flops`). Norms,
+sequence editor recorded (`PrefillStats.scoring_flops`, declared by the method's own parts). Norms,
 rotary embeddings, softmax and activations are left out, as torch.utils.flop_counter leaves them out; the
 vision tower is not counted (token methods leave it unchanged). Checked against FlopCounterMode in the tests.
 """

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tamp.errors import TampError
-from tamp.inference.token_drop import TokenDropper
+from tamp.inference.sequence_edit import SequenceEditor
 from tamp.methods import registry
 from tamp.methods.base import TokenMethod, WeightMethod
 from tamp.models.adapters import get_adapter
@@ -65,7 +65,8 @@ class TokenTransform:
 
     def _method(self) -> TokenMethod:
         chosen = registry.get(self.method)
-        assert isinstance(chosen, TokenMethod) and chosen.plan is not None
+        if not isinstance(chosen, TokenMethod) or chosen.plan is None:
+            raise TampError(f"'{self.method}' is no token method with a plan")
         return chosen
 
     def wants_fit(self) -> bool:
@@ -80,15 +81,16 @@ class TokenTransform:
         assert chosen.fit is not None
         return TokenTransform(self.method, self.params, chosen.fit(self.params, model, get_adapter(model), batches, device))
 
-    def install(self, model: nn.Module) -> TokenDropper:
-        """Apply the transform to a loaded model (until `.remove()` on the returned dropper)."""
+    def install(self, model: nn.Module) -> SequenceEditor:
+        """Apply the transform to a loaded model (until `.remove()` on the returned editor): the method's plan for
+        this model's depth, carried out by the sequence editor."""
         chosen = self._method()
         adapter = get_adapter(model)
         layers = list(adapter.language_stack(model).layers)
         params = {**self.params, **self.fitted}
         try:
             params = chosen.resolve(params, layers) if chosen.resolve is not None else params
-            return TokenDropper(model, adapter, chosen.plan(params, len(layers)))
+            return SequenceEditor(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
             raise TampError(f"{self.method} {self.params}: {exc}") from None
 

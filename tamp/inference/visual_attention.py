@@ -1,4 +1,5 @@
-"""One decoder layer's self-attention with YOPO's changes for visual query rows, saving the compute for real.
+"""YOPO's visual-attention install: decoder layers' self-attention with changes for visual query rows, saving the
+compute for real. YOPO's plan puts a `VisualAttentionPatch` among its installs; the sequence editor calls it.
 
 - Heads pruned for visual tokens: a visual row's query is not projected for those heads (q_proj runs on the kept
   heads' output columns only), it attends in the kept heads only, and o_proj reads the kept heads' input columns
@@ -8,14 +9,15 @@
   the visual keys of its w x w neighbourhood in its own image grid, gathered (tamp.algorithms.visual_attention).
 
 Text rows go through the block's own attention function (sdpa / eager) on their rows; visual rows through
-`rows_attention`. All of it applies only in a prefill that has visual tokens (`VisualRows` from the dropper);
-decode steps (a text token, every head, every cached key) run the block unchanged.
+`rows_attention`. All of it applies only in a prefill that has visual tokens (the editor's `visual_rows`);
+decode steps (a text token, every head, every cached key) run the block unchanged. What the visual rows skip
+(q / o work of pruned heads, attention to keys outside the window) is charged to the editor's `skipped`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +26,9 @@ from torch.nn import functional as F
 
 from tamp.algorithms.visual_attention import rows_attention
 from tamp.engine.attention import allowed_keys, attention_dims, find_attention, override_attention
+from tamp.inference.sequence_edit import PrefillStats, SequenceEditor
+from tamp.inference.visual_grid import group_segments, neighbour_positions
+from tamp.models import internals
 
 
 @dataclass(frozen=True)
@@ -53,32 +58,29 @@ class VisualAttention:
         bad = [h for h in pruned_heads if not 0 <= h < self.heads]
         if bad:
             raise ValueError(f"heads {bad} are outside 0..{self.heads - 1}")
-        for name in ("q_proj", "o_proj"):
-            if not isinstance(getattr(self.attn, name, None), nn.Linear):
-                raise ValueError(f"{type(self.attn).__name__} has no {name} linear")
+        projections = internals.attention_projections(block)
         self.pruned = tuple(sorted(set(pruned_heads)))
         self.kept = torch.tensor([h for h in range(self.heads) if h not in self.pruned], dtype=torch.long)
         self.windowed, self.rows, self.spend = windowed, rows, spend
         d = self.head_dim
         self.kept_cols = (self.kept[:, None] * d + torch.arange(d)[None, :]).flatten()
         pruned_cols = torch.tensor([h * d + i for h in self.pruned for i in range(d)], dtype=torch.long)
-        q, o = self.attn.q_proj.weight, self.attn.o_proj.weight
+        q, o = projections.q.weight, projections.o.weight
         # per visual row: the q_proj rows and o_proj columns of the pruned heads it skips (dense, non-zero)
         self._skipped = {name: Spent(2.0 * w.numel(), 2.0 * int((w != 0).sum()))
                          for name, w in (("q", q[pruned_cols.to(q.device)]), ("o", o[:, pruned_cols.to(o.device)]))}
         self._originals: dict[str, Any] = {}
         self._patch("forward", self.attn, self._forward)
         if self.pruned:
-            self._patch("q", self.attn.q_proj, self._q_proj)
-            self._patch("o", self.attn.o_proj, self._o_proj)
+            self._patch("q", projections.q, self._q_proj)
+            self._patch("o", projections.o, self._o_proj)
 
     def _patch(self, key: str, module: nn.Module, fn: Callable) -> None:
-        self._originals[key] = (module, module.forward)
-        module.forward = fn
+        self._originals[key] = (module, internals.replace_forward(module, fn))
 
     def remove(self) -> None:
         for module, _ in self._originals.values():
-            module.__dict__.pop("forward", None)
+            internals.restore_forward(module)
         self._originals = {}
 
     def _current(self, length: int) -> VisualRows | None:
@@ -173,3 +175,64 @@ class VisualAttention:
             spent += 4.0 * visual_rows.numel() * d * (heads * key.shape[2] - kept.numel() * keys_used)
         self.spend(Spent(spent / batch, spent / batch))
         return out, None
+
+
+@dataclass(frozen=True)
+class VisualAttentionPatch:
+    """YOPO's install: layer -> heads pruned for visual queries there (an empty tuple: the split path, nothing
+    pruned); layer -> the window w of visual queries' attention to visual keys there; `causal`: the window holds
+    only the earlier visual keys (the release: the whole square)."""
+
+    heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    window: dict[int, int] = field(default_factory=dict)
+    causal: bool = False
+
+    def layers(self) -> list[int]:
+        return sorted(set(self.window) | set(self.heads))
+
+    def __call__(self, editor: SequenceEditor) -> VisualAttentionPatches:
+        return VisualAttentionPatches(self, editor)
+
+
+class VisualAttentionPatches:
+    """A VisualAttentionPatch installed on one editor's model: the patched blocks and, per prefill, each visual
+    token's window neighbours (computed once, from the model's own grid arguments)."""
+
+    def __init__(self, patch: VisualAttentionPatch, editor: SequenceEditor) -> None:
+        self.patch, self.editor = patch, editor
+        self.neighbours: list[Tensor] | None = None  # per sample: visual tokens' window neighbours (positions)
+        self._for: PrefillStats | None = None  # the prefill `neighbours` belong to
+        self.blocks: list[VisualAttention] = []
+        count = len(editor.layers)
+        for i in patch.layers():
+            if not 0 <= i < count:
+                self.remove()
+                raise ValueError(f"visual attention layer {i} is outside 0..{count - 1}")
+            self.blocks.append(VisualAttention(editor.layers[i], tuple(patch.heads.get(i, ())), i in patch.window,
+                                               self.rows, self.spend))
+
+    def rows(self) -> VisualRows | None:
+        """The visual rows of the prefill in progress (None in decoding or without visual tokens), with each visual
+        token's window neighbours once per prefill when a window is planned."""
+        editor = self.editor
+        if not editor.active or editor.visual is None:
+            return None
+        if not self.patch.window:
+            return VisualRows(editor.visual, None)
+        if self._for is not editor.history[-1]:
+            if editor.index is None or editor.index.shape[1] != editor.full_len:
+                raise RuntimeError("windowed visual attention after a token drop is not supported")
+            window = next(iter(self.patch.window.values()))
+            segments = group_segments(editor.model.config, editor.media_kwargs, editor.video, editor.groups)
+            self.neighbours = [neighbour_positions(editor.groups[b], segments, window, self.patch.causal)
+                               .to(editor.visual.device) for b in range(editor.visual.shape[0])]
+            self._for = editor.history[-1]
+        return VisualRows(editor.visual, self.neighbours)
+
+    def spend(self, spent: Spent) -> None:
+        self.editor.skipped(spent.dense, spent.nonzero)
+
+    def remove(self) -> None:
+        for block in self.blocks:
+            block.remove()
+        self.blocks = []

@@ -6,7 +6,7 @@ leaving 25% (196 -> 98 -> 49 on LLaVA-OneVision-7B); inside the LLM, from a midd
 attention logits are softmaxed at temperature 0.1, pushed through 5 PageRank steps, combined over heads by
 RMS, and the visual tokens are cut to a linearly falling share of those that entered the LLM (Qwen2-7B, 28
 layers: 87.5% after layer 14, 0% after layer 21); text tokens are never pruned. Here both stages remove the
-tokens from the sequence (tamp.inference.token_drop) instead of masking them; docs/fidelity.md lists the
+tokens from the sequence (tamp.inference.sequence_edit) instead of masking them; docs/fidelity.md lists the
 choices.
 """
 
@@ -21,7 +21,7 @@ from tamp.algorithms.token_keep import linear_schedule, scheduled_count, top_vis
 from tamp.algorithms.token_merge import bipartite_merge, merge_target
 from tamp.algorithms.token_rank import pagerank
 from tamp.engine.attention import AttentionScore, head_logits
-from tamp.inference.token_drop import Drop, DropInput, DropPlan, Kept
+from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
 from tamp.methods.base import Param, TokenMethod
 
 # the released schedules' first pruning layer by depth (Qwen2-7B: 28 layers, LLaMA/Vicuna-7B: 32 layers)
@@ -99,12 +99,12 @@ def prune_drops(params: dict[str, Any], num_layers: int) -> dict[int, Drop]:
     return drops
 
 
-def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
+def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     stages = str(params["aim_stages"])
     drops = prune_drops(params, num_layers) if "prune" in stages else {}
     if "merge" in stages and float(params["aim_merge_keep"]) < 1.0:
         drops[0] = merge_drop(float(params["aim_merge_keep"]))
-    return DropPlan(dict(sorted(drops.items())))
+    return TokenPlan(dict(sorted(drops.items())))
 
 
 def _fraction(name: str, low_open: bool = False):

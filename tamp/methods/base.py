@@ -22,7 +22,7 @@ from tamp.params import Param
 if TYPE_CHECKING:
     from tamp.config import PruneConfig
     from tamp.engine.context import Context
-    from tamp.inference.token_drop import DropPlan
+    from tamp.inference.sequence_edit import TokenPlan
     from tamp.models.adapters import ModelAdapter
 
 __all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
@@ -111,9 +111,11 @@ class WeightMethod(Method):
 class TokenMethod(Method):
     """Reduces the tokens a model computes on at inference, weights untouched. The artifact records it with its
     parameters and tamp's loader re-applies it, so any evaluation of the artifact runs it. Composes with a
-    weight method (`tamp+fastv`). `plan(params, num_layers)` says where tokens are dropped and how chosen."""
+    weight method (`tamp+fastv`). A token method is one file: `plan(params, num_layers)` returns the TokenPlan of
+    tamp.inference.sequence_edit (its drops before layers, with their choosers and attention scores, and whatever
+    else it installs), and each part declares the FLOPs its own work costs or saves (docs/methods.md)."""
 
-    plan: Callable[[dict, int], DropPlan] | None = None
+    plan: Callable[[dict, int], TokenPlan] | None = None
     # model-dependent defaults (e.g. YOPO's layer from a compute budget): (params, decoder layers) -> params
     resolve: Callable[[dict, list], dict] | None = None
     # choices made once at prune time from calibration statistics (YOPO's inactive visual heads): (params, model,

@@ -3,7 +3,7 @@
 The released code (pkunlp-icler/FastV) ranks the image tokens by the attention that the last token of the
 sequence pays them in the layer before K (averaged over heads), keeps the top ones and masks the rest out of
 every later layer. Paper defaults: K = 2, R = 50% dropped. Here the dropped tokens leave the sequence
-(tamp.inference.token_drop), so later layers really run on fewer tokens.
+(tamp.inference.sequence_edit), so later layers really run on fewer tokens.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from typing import Any
 
 from tamp.algorithms.token_keep import top_visual_keep
 from tamp.engine.attention import LAST_ROW
-from tamp.inference.token_drop import Drop, DropInput, DropPlan, Kept
+from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
 from tamp.methods.base import Param, TokenMethod
 
 
-def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
+def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     keep = float(params["fastv_keep"])
 
     def choose(seen: DropInput) -> Kept:
         assert seen.scores is not None
         return Kept(top_visual_keep(seen.scores, seen.visual, keep))
 
-    return DropPlan({int(params["fastv_k"]): Drop(choose, LAST_ROW)})
+    return TokenPlan({int(params["fastv_k"]): Drop(choose, LAST_ROW)})
 
 
 PARAMS = (

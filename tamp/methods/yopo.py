@@ -5,10 +5,11 @@ compute:
 
 - layers: visual layer dropping. From layer L on nothing attends to the visual tokens and they are computed no
   further (the released code zeroes all heads' attention to them from `layercut_num` on); here they leave the
-  sequence (tamp.inference.token_drop);
+  sequence (tamp.inference.sequence_edit);
 - ffn: sparse FFN projection. In the layers before L the visual tokens go through the first share of the MLP's
   intermediate channels (the release zeroes the gate and up outputs beyond I / mlpcut_ratio at the visual
-  positions; mlpcut_ratio 2 in its scripts); here the sliced weights are applied to the visual rows only;
+  positions; mlpcut_ratio 2 in its scripts); here the sliced weights are applied to the visual rows only
+  (tamp.inference.visual_mlp);
 - heads: inactive visual heads. The heads whose visual queries put the least attention on visual keys (mean over
   the calibration samples, one ranking over all layers) are skipped by visual queries: their q rows and o_proj
   columns are not computed (tamp.inference.visual_attention). Chosen at prune time by `fit`, recorded with the
@@ -33,8 +34,11 @@ from tamp.algorithms.visual_attention import choose_pruned_heads, visual_mass
 from tamp.engine.attention import allowed_keys, attention_dims, capture_attention_score
 from tamp.engine.capture import capture_block_inputs, run_block
 from tamp.errors import TampError
-from tamp.inference.token_drop import VISUAL, Drop, DropInput, DropPlan, Kept
+from tamp.inference.sequence_edit import VISUAL, Drop, DropInput, Install, Kept, TokenPlan
+from tamp.inference.visual_attention import VisualAttentionPatch
+from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.methods.base import Param, TokenMethod
+from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
 
 STRATEGIES = ("layers", "ffn", "heads", "attn")
@@ -62,8 +66,8 @@ def _weights(module: nn.Module) -> int:
 
 
 def _head_weights(layer: nn.Module) -> int:
-    attn = layer.self_attn
-    return attn.q_proj.weight.numel() + attn.o_proj.weight.numel()
+    projections = internals.attention_projections(layer)
+    return projections.q.weight.numel() + projections.o.weight.numel()
 
 
 def budget_layer(layers: list[nn.Module], budget: float, ffn_keep: float, head_keep: list[float] | None = None,
@@ -75,7 +79,7 @@ def budget_layer(layers: list[nn.Module], budget: float, ffn_keep: float, head_k
     spent, total, cut, costs = 0.0, 0.0, 0, []
     for i, layer in enumerate(layers):
         share = 1.0 if head_keep is None else head_keep[i]
-        mlp, heads = _weights(layer.mlp), _head_weights(layer)
+        mlp, heads = _weights(internals.gated_mlp(layer).module), _head_weights(layer)
         other = _weights(layer) - mlp - heads
         dense, kept = float(other + heads + mlp), other + share * heads + ffn_keep * mlp
         if keys is not None:
@@ -193,7 +197,10 @@ def _drop_visual(seen: DropInput) -> Kept:
     return Kept(torch.nonzero(~seen.visual).flatten())
 
 
-def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
+def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
+    """The visual tokens dropped before the cut layer; before it, YOPO's own installs: the sliced visual MLP
+    (tamp.inference.visual_mlp) and the visual-attention patch (pruned heads, window; tamp.inference.visual_attention),
+    each charging the FLOPs it saves to the editor."""
     cut = int(params["yopo_layer"])
     if not 0 <= cut <= num_layers:
         raise ValueError(f"yopo_layer {cut} is outside 0..{num_layers} (the model's decoder layers)")
@@ -212,7 +219,12 @@ def plan(params: dict[str, Any], num_layers: int) -> DropPlan:
             raise ValueError(f"{len(pruned)} layers of pruned heads recorded for a model of {num_layers} layers")
         heads = {i: tuple(int(h) for h in p) for i, p in enumerate(pruned[:cut]) if p}
     window = {i: int(params["yopo_window"]) for i in range(cut)} if "attn" in chosen else {}
-    return DropPlan(drops, ffn, heads, window, bool(params["yopo_window_causal"]))
+    installs: list[Install] = []
+    if ffn:
+        installs.append(VisualMlpSlice(ffn))
+    if heads or window:
+        installs.append(VisualAttentionPatch(heads, window, bool(params["yopo_window_causal"])))
+    return TokenPlan(drops, tuple(installs))
 
 
 PARAMS = (

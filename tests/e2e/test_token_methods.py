@@ -188,7 +188,9 @@ def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, t
     assert sum(len(p) for p in fitted[yopo.PRUNED_HEADS]) == 8  # half of 4 layers x 4 heads
     lm = load_wrapper("tamp_llava_hf", f"pretrained={out}", "cpu")
     want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS][:3]) if p}
-    assert lm.token_dropper.plan.visual_heads == want
+    from tamp.inference.visual_attention import VisualAttentionPatch
+
+    assert lm.token_dropper.plan.part(VisualAttentionPatch).heads == want
 
 
 def test_tamp_plus_yopo_fits_the_heads_on_the_pruned_weights(tiny_model, tmp_path: Path) -> None:

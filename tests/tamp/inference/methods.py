@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from tamp.inference.token_drop import DropPlan, TokenDropper
+from tamp.inference.sequence_edit import SequenceEditor, TokenPlan
 from tamp.inference.transform import TokenTransform
+from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.methods.aim import merge_drop, pagerank_score, prune_drop
 from tamp.models.adapters import get_adapter
 
@@ -21,11 +22,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
 METHODS = tuple(SETTINGS)
 
 
-def install(model: nn.Module, method: str) -> TokenDropper:
+def install(model: nn.Module, method: str) -> SequenceEditor:
     return TokenTransform.build(method, SETTINGS[method]).install(model)
 
 
-def install_keep_all(model: nn.Module, method: str) -> TokenDropper:
+def install_keep_all(model: nn.Module, method: str) -> SequenceEditor:
     """The method's machinery with nothing dropped: FastV keeping every token; AIM merging to 100% before layer 0
     and pruning at rate 1 after every layer (so its PageRank runs inside every attention call); YOPO's sliced
     MLP at 100% in every layer."""
@@ -34,7 +35,7 @@ def install_keep_all(model: nn.Module, method: str) -> TokenDropper:
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
     if method == "yopo":  # every MLP sliced at 100% for the visual rows, which then run apart from the text rows
-        return TokenDropper(model, adapter, DropPlan({}, {i: 1.0 for i in range(layers)}))
+        return SequenceEditor(model, adapter, TokenPlan({}, (VisualMlpSlice({i: 1.0 for i in range(layers)}),)))
     score = pagerank_score(0.1, 5)
     drops = {0: merge_drop(1.0), **{i: prune_drop(1.0, score) for i in range(1, layers)}}
-    return TokenDropper(model, adapter, DropPlan(drops))
+    return SequenceEditor(model, adapter, TokenPlan(drops))

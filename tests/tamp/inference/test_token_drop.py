@@ -13,6 +13,8 @@ import torch
 from tamp.algorithms.token_keep import linear_schedule, scheduled_count
 from tamp.algorithms.token_merge import merge_target
 from tamp.inference.transform import TokenTransform
+from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentionPatches
+from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.models.adapters import get_adapter
 from tests.tamp.inference.conftest import FAMILIES, attn
 from tests.tamp.inference.methods import METHODS, install, install_keep_all
@@ -25,11 +27,11 @@ IMPLS = ("sdpa", "eager")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_keeping_everything_changes_nothing(loaded, family: str, implementation: str, method: str,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import tamp.inference.token_drop as token_drop
+    import tamp.inference.visual_mlp as visual_mlp
 
     sliced: list[int] = []
-    real = token_drop.sliced_mlp
-    monkeypatch.setattr(token_drop, "sliced_mlp", lambda x, *rest: sliced.append(x.shape[0]) or real(x, *rest))
+    real = visual_mlp.sliced_mlp
+    monkeypatch.setattr(visual_mlp, "sliced_mlp", lambda x, *rest: sliced.append(x.shape[0]) or real(x, *rest))
     model, inputs, media = loaded(family)
     attn(model, implementation)
     with torch.no_grad():
@@ -136,6 +138,9 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
     kept = {i: dropper.kept_by_layer[i][0] for i in range(len(layers))}
     first_states = getattr(dropper, "first_states", None)
     visual = torch.tensor(_visual_positions(model, inputs["input_ids"][0].tolist()), dtype=torch.long)
+    patch = dropper.plan.part(VisualAttentionPatch) or VisualAttentionPatch()
+    neighbours = next((p.neighbours for p in dropper.installed if isinstance(p, VisualAttentionPatches)), None)
+    mlp_keep = (dropper.plan.part(VisualMlpSlice) or VisualMlpSlice()).keep
 
     def zero_channels(share: float):
         """The released YOPO's FFN cut: gate and up outputs beyond int(I x share) zeroed at the visual positions."""
@@ -159,8 +164,8 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
             n = hidden.shape[1]
             mask = torch.full((n, n), float("-inf")).triu(1)
             mask[:, :length][:, dropped] = float("-inf")
-            if i in dropper.plan.visual_window:  # YOPO's window: a visual query sees only its neighbours' visual keys
-                for row, near in zip(visual.tolist(), dropper._neighbours[0].tolist()):
+            if i in patch.window:  # YOPO's window: a visual query sees only its neighbours' visual keys
+                for row, near in zip(visual.tolist(), neighbours[0].tolist()):
                     mask[row, visual] = float("-inf")
                     mask[row, [p for p in near if p >= 0]] = 0.0
             kwargs["attention_mask"] = mask[None, None].to(hidden.dtype)
@@ -175,10 +180,10 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
         return hook
 
     handles = [layer.register_forward_pre_hook(mask_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    for i, heads in dropper.plan.visual_heads.items():
+    for i, heads in patch.heads.items():
         attention = layers[i].self_attn
         handles.append(attention.o_proj.register_forward_pre_hook(zero_heads(heads, attention.head_dim, visual)))
-    for i, share in dropper.plan.visual_mlp_keep.items():
+    for i, share in mlp_keep.items():
         handles += [layers[i].mlp.gate_proj.register_forward_hook(zero_channels(share)),
                     layers[i].mlp.up_proj.register_forward_hook(zero_channels(share))]
     ids, logits_per_step = inputs["input_ids"], []
@@ -252,7 +257,7 @@ def test_cached_generation_equals_masked_recompute(loaded, family: str, implemen
 def test_a_batch_must_drop_alike(loaded) -> None:
     """Two samples with different numbers of visual tokens cannot be stacked after a drop: one clear error."""
     from tamp.engine.attention import LAST_ROW
-    from tamp.inference.token_drop import Drop, DropPlan, Kept, TokenDropper
+    from tamp.inference.sequence_edit import Drop, Kept, SequenceEditor, TokenPlan
 
     model, inputs, _ = loaded("llava")
     attn(model, "sdpa")
@@ -263,7 +268,7 @@ def test_a_batch_must_drop_alike(loaded) -> None:
         calls["n"] += 1
         return Kept(torch.arange(seen.hidden.shape[0])[:-calls["n"]])
 
-    dropper = TokenDropper(model, get_adapter(model), DropPlan({2: Drop(uneven, LAST_ROW)}))
+    dropper = SequenceEditor(model, get_adapter(model), TokenPlan({2: Drop(uneven, LAST_ROW)}))
     try:
         with pytest.raises(RuntimeError, match="evaluate with batch size 1"), torch.no_grad():
             model(**batch)

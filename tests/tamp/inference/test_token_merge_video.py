@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tamp.algorithms.token_merge import bipartite_merge, merge_target
-from tamp.inference.token_drop import visual_groups
+from tamp.inference.sequence_edit import visual_groups
 from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
 

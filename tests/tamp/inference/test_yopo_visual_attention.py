@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamp.inference.token_drop import DropPlan, TokenDropper
+from tamp.inference.sequence_edit import SequenceEditor, TokenPlan
 from tamp.inference.transform import TokenTransform
+from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentionPatches
 from tamp.methods import yopo
 from tamp.models.adapters import get_adapter
 from tests.tamp.inference.conftest import FAMILIES, attn
@@ -85,8 +86,7 @@ def test_nothing_pruned_is_bit_identical(loaded, family: str, setting: str, impl
             same = model(**inputs).logits
         finally:
             dropper.remove()
-    plan = dropper.plan
-    assert not (plan.drops or plan.visual_mlp_keep or plan.visual_heads or plan.visual_window)
+    assert dropper.plan.is_empty() and not dropper.installed
     assert torch.equal(base, same)
 
 
@@ -98,21 +98,21 @@ def test_every_head_kept_through_the_split_path_changes_nothing(loaded, family: 
     attn(model, "sdpa")
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
-    from tamp.inference import visual_attention
-
     with torch.no_grad():
         base = model(**inputs).logits
-        dropper = TokenDropper(model, adapter, DropPlan({}))
-        patches = [visual_attention.VisualAttention(layer, (), False, dropper._visual_rows, dropper._spend)
-                   for layer in adapter.language_stack(model).layers]
+        dropper = SequenceEditor(model, adapter, TokenPlan({}, (VisualAttentionPatch({i: () for i in range(layers)}),)))
+        patched = len(_patches(dropper).blocks)
         try:
             same = model(**inputs).logits
         finally:
-            for p in patches:
-                p.remove()
             dropper.remove()
     torch.testing.assert_close(same, base, rtol=1e-5, atol=1e-5)
-    assert layers == len(patches) and dropper.history[-1].skipped_flops == 0
+    assert layers == patched == 4 and dropper.history[-1].skipped_flops == 0
+
+
+def _patches(editor: SequenceEditor) -> VisualAttentionPatches:
+    """YOPO's visual-attention install as it sits on the editor's model."""
+    return next(p for p in editor.installed if isinstance(p, VisualAttentionPatches))
 
 
 def _plain_head_statistic(model, batches: list[dict]) -> torch.Tensor:
@@ -158,7 +158,7 @@ def test_cached_generation_with_pruned_heads(loaded, family: str, implementation
     attn(model, implementation)
     transform = _with_heads({"yopo_strategies": "layers+ffn+heads", "yopo_layer": 3}, PRUNED)
     dropper = check_cached_generation(model, inputs, media, transform.install(model))
-    assert set(dropper.plan.visual_heads) == {0, 1} and 3 in dropper.plan.drops
+    assert set(dropper.plan.part(VisualAttentionPatch).heads) == {0, 1} and 3 in dropper.plan.drops
 
 
 @pytest.mark.parametrize("causal", (False, True))
@@ -172,8 +172,8 @@ def test_cached_generation_with_the_window(loaded, family: str, implementation: 
     transform = _with_heads({"yopo_strategies": "layers+ffn+heads+attn", "yopo_layer": 3, "yopo_window": 3,
                              "yopo_window_causal": causal}, PRUNED)
     dropper = check_cached_generation(model, inputs, media, transform.install(model))
-    assert set(dropper.plan.visual_window) == {0, 1, 2}
-    near = dropper._neighbours[0]
+    assert set(dropper.plan.part(VisualAttentionPatch).window) == {0, 1, 2}
+    near = _patches(dropper).neighbours[0]
     assert near.shape == (dropper.history[0].visual_in, 9) and bool((near >= 0).sum(1).lt(9).any())
 
 
@@ -188,7 +188,7 @@ def test_window_alone_equals_the_explicit_mask(loaded, family: str) -> None:
         "yopo", {"yopo_strategies": "attn", "yopo_window": 3}).install(model), steps=2)
     stats = dropper.history[0]
     n = stats.visual_in
-    assert not dropper.plan.visual_heads
+    assert not dropper.plan.part(VisualAttentionPatch).heads
     assert stats.skipped_flops == 4 * 4 * n * 16 * 4 * (n - 9) == stats.skipped_nonzero_flops
 
 
@@ -209,7 +209,7 @@ def test_the_window_of_a_video_token_stays_in_its_frame(tiny_model, family: str)
         with torch.no_grad():
             model(**inputs)
         groups = dropper.groups[0]
-        near = dropper._neighbours[0]
+        near = _patches(dropper).neighbours[0]
     finally:
         dropper.remove()
     rows = torch.nonzero(groups >= 0).flatten()

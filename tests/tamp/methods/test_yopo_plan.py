@@ -8,13 +8,32 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from tamp.errors import TampError
+from tamp.inference.sequence_edit import TokenPlan
 from tamp.inference.transform import TokenTransform
+from tamp.inference.visual_attention import VisualAttentionPatch
+from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.methods import yopo
 
 
 def _layers(n: int) -> list[nn.Module]:
     config = LlamaConfig(hidden_size=32, intermediate_size=86, num_attention_heads=4, num_key_value_heads=4)
     return [LlamaDecoderLayer(config, i) for i in range(n)]
+
+
+def _mlp(plan: TokenPlan) -> dict[int, float]:
+    """The FFN shares YOPO's plan installs (none: {})."""
+    part = plan.part(VisualMlpSlice)
+    return part.keep if part else {}
+
+
+def _heads(plan: TokenPlan) -> dict[int, tuple[int, ...]]:
+    part = plan.part(VisualAttentionPatch)
+    return part.heads if part else {}
+
+
+def _window(plan: TokenPlan) -> dict[int, int]:
+    part = plan.part(VisualAttentionPatch)
+    return part.window if part else {}
 
 
 def test_the_budget_picks_the_last_layer_within_it() -> None:
@@ -35,13 +54,13 @@ def _plan(layers: list[nn.Module], **overrides):
 def test_strategies_alone() -> None:
     layers = _layers(32)
     both = _plan(layers, yopo_strategies="layers+ffn")
-    assert list(both.drops) == [12] and both.drops[12].score is None and sorted(both.visual_mlp_keep) == list(range(12))
+    assert list(both.drops) == [12] and both.drops[12].score is None and sorted(_mlp(both)) == list(range(12))
     only_layers = _plan(layers, yopo_strategies="layers")
-    assert list(only_layers.drops) == [8] and not only_layers.visual_mlp_keep
+    assert list(only_layers.drops) == [8] and not _mlp(only_layers)
     only_ffn = _plan(layers, yopo_strategies="ffn")
-    assert not only_ffn.drops and only_ffn.visual_mlp_keep == {i: 0.5 for i in range(32)}
+    assert not only_ffn.drops and _mlp(only_ffn) == {i: 0.5 for i in range(32)}
     explicit = _plan(layers, yopo_strategies="layers+ffn", yopo_layer=20, yopo_ffn_keep=1.0)
-    assert list(explicit.drops) == [20] and not explicit.visual_mlp_keep
+    assert list(explicit.drops) == [20] and not _mlp(explicit)
 
 
 def test_heads_and_window_in_the_plan_and_the_budget() -> None:
@@ -53,8 +72,8 @@ def test_heads_and_window_in_the_plan_and_the_budget() -> None:
     resolved = yopo.resolve(params, layers)
     assert resolved["yopo_layer"] == yopo.budget_layer(layers, 0.25, 0.5, [0.5] * 32) == 13
     plan = yopo.plan(resolved, 32)
-    assert plan.visual_heads == {i: (0, 1) for i in range(13)} and plan.visual_window == {i: 5 for i in range(13)}
-    assert not plan.window_causal and list(plan.drops) == [13]
+    assert _heads(plan) == {i: (0, 1) for i in range(13)} and _window(plan) == {i: 5 for i in range(13)}
+    assert not plan.part(VisualAttentionPatch).causal and list(plan.drops) == [13]
     with pytest.raises(ValueError, match="needs the heads chosen at prune time"):
         yopo.plan(yopo.resolve(TokenTransform.build("yopo", {"yopo_strategies": "heads"}).params, layers), 32)
     assert yopo.needs_fit({**params, "yopo_strategies": "heads"})
@@ -67,11 +86,11 @@ def test_each_strategy_alone() -> None:
     fitted = {yopo.PRUNED_HEADS: [[0]] * 32}
     plans = {name: yopo.plan(yopo.resolve({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
                                           layers), 32) for name in yopo.STRATEGIES}
-    assert list(plans["layers"].drops) == [8] and not plans["layers"].visual_heads and not plans["layers"].visual_window
-    assert not plans["ffn"].drops and len(plans["ffn"].visual_mlp_keep) == 32 and not plans["ffn"].visual_heads
-    assert plans["heads"].visual_heads == {i: (0,) for i in range(32)} and not plans["heads"].drops \
-        and not plans["heads"].visual_mlp_keep and not plans["heads"].visual_window
-    assert plans["attn"].visual_window == {i: 5 for i in range(32)} and not plans["attn"].visual_heads
+    assert list(plans["layers"].drops) == [8] and not _heads(plans["layers"]) and not _window(plans["layers"])
+    assert not plans["ffn"].drops and len(_mlp(plans["ffn"])) == 32 and not _heads(plans["ffn"])
+    assert _heads(plans["heads"]) == {i: (0,) for i in range(32)} and not plans["heads"].drops \
+        and not _mlp(plans["heads"]) and not _window(plans["heads"])
+    assert _window(plans["attn"]) == {i: 5 for i in range(32)} and not _heads(plans["attn"])
 
 
 def test_the_budget_weighs_the_window_at_the_calibration_sequence() -> None:

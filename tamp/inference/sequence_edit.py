@@ -1,4 +1,4 @@
-"""Remove tokens from a language model's sequence between decoder layers, for real.
+"""The sequence-editing core that token methods build on: remove or rewrite tokens between decoder layers, for real.
 
 The released token-reduction code (FastV, AIM) masks attention, so dropped tokens still cost compute. Here the
 hidden states of dropped tokens leave the sequence: later layers run on fewer tokens, their KV cache holds only
@@ -10,26 +10,36 @@ continue from the original length and each layer's mask is cut to the keys that 
 At the final norm the sequence is put back to its original length (a dropped token carries the state it had
 when it was dropped), so logits keep their shape and the text positions every consumer reads are exact.
 
-A `DropPlan` says before which layers to drop and how to choose; `TokenDropper` installs the hooks that do it.
-A drop before layer i > 0 may ask for a score of layer i - 1's attention (FastV's last-row attention, AIM's
-PageRank), computed inside that layer's attention call from its own query and key; a drop before layer 0 sees
-the input embeddings and may rewrite the states it keeps (AIM's merging). Batches must drop the same number
-of tokens per sample (true for batch size 1, and for equal media).
+The public API, all a token method needs (docs/methods.md, "Writing a token method"):
+
+- `TokenPlan(drops, installs)`: what a method's `plan(params, num_layers)` returns.
+- `drops`: layer index i -> `Drop(choose, score)`, run before layer i. `choose(DropInput) -> Kept` sees one sample:
+  its states, which tokens are visual, their image / frame groups, and, when `score` is set (an
+  `AttentionScore`, i > 0), that score of layer i - 1's attention computed inside its own attention call.
+  `Kept` lists the positions kept, optionally their rewritten states (a drop before layer 0 may merge, as AIM
+  does) and the FLOPs choosing cost.
+- `installs`: anything else the method puts on the model for the editor's lifetime (YOPO's sliced visual MLP and
+  its visual-attention patch): each is called with the `SequenceEditor` and returns an object with `.remove()`.
+  An install reads the prefill in progress through `visual_rows(length)`, `groups`, `index`, `full_len`, `video`
+  and `media_kwargs`, and charges the FLOPs its own work skips with `skipped(dense, nonzero)`.
+- Per-layer accounting: `history` holds a `PrefillStats` per prefill (tokens each layer ran on, visual tokens,
+  the FLOPs the method's scoring cost and those its installs skipped); the cost meter reads it.
+
+Batches must drop the same number of tokens per sample (true for batch size 1, and for equal media). Nothing
+here names a method; transformers' internals are reached through tamp.models.internals only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from tamp.algorithms.ffn_slice import kept_channels, sliced_mlp
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
-from tamp.inference.visual_attention import Spent, VisualAttention, VisualRows
-from tamp.inference.visual_grid import group_segments, neighbour_positions
+from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
 
 VISUAL = ("image", "video")
@@ -62,18 +72,30 @@ class Drop:
     score: AttentionScore | None = None  # of the previous layer's attention; None: the drop needs none
 
 
-@dataclass
-class DropPlan:
-    """layer index -> the drop run before that layer; layer index -> the share of the MLP's intermediate channels
-    the visual tokens in that layer go through (YOPO's sparse FFN projection; the other tokens use them all);
-    layer index -> the attention heads visual queries skip there (YOPO's inactive visual heads); layer index ->
-    the window w of visual queries' attention to visual keys there (YOPO's neighbour-aware attention)."""
+class Installed(Protocol):
+    """What an install leaves on the model: undone by `remove()`."""
 
-    drops: dict[int, Drop]
-    visual_mlp_keep: dict[int, float] = field(default_factory=dict)
-    visual_heads: dict[int, tuple[int, ...]] = field(default_factory=dict)
-    visual_window: dict[int, int] = field(default_factory=dict)
-    window_causal: bool = False  # a visual query sees only the window's earlier tokens (the release: all of them)
+    def remove(self) -> None: ...
+
+
+# an install: called once with the editor when it is set up, returns what undoes it
+Install = Callable[["SequenceEditor"], Installed]
+_Part = TypeVar("_Part")
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """What a token method puts on a model: drops before layers (layer index -> Drop) and its own installs."""
+
+    drops: dict[int, Drop] = field(default_factory=dict)
+    installs: tuple[Install, ...] = ()
+
+    def part(self, kind: type[_Part]) -> _Part | None:
+        """The install of that type, if the plan has one (for reading a method's own settings back)."""
+        return next((x for x in self.installs if isinstance(x, kind)), None)
+
+    def is_empty(self) -> bool:
+        return not self.drops and not self.installs
 
 
 @dataclass
@@ -83,9 +105,10 @@ class PrefillStats:
     tokens_per_layer: list[int] = field(default_factory=list)
     visual_in: int = 0
     visual_kept_per_layer: list[int] = field(default_factory=list)
-    scoring_flops: float = 0.0  # per sample: the matmuls the drops' attention scores cost
-    # per sample: FLOPs the visual tokens skipped (sliced MLPs, pruned heads' q/o projections, attention to keys
-    # they no longer see), with dense weights; and the same counting non-zero weights only
+    # per sample: what the method's choosing cost (its attention scores' `AttentionScore.flops`, `Kept.flops`)
+    scoring_flops: float = 0.0
+    # per sample: FLOPs the method's installs skipped (YOPO: sliced MLPs, pruned heads' q/o projections, attention
+    # to keys visual rows no longer see), with dense weights; and the same counting non-zero weights only
     skipped_flops: float = 0.0
     skipped_nonzero_flops: float = 0.0
 
@@ -138,14 +161,19 @@ def video_frames(kwargs: dict[str, Any]) -> list[int]:
     return []
 
 
-class TokenDropper:
-    """Hooks on a model's language stack that drop tokens per a DropPlan; `remove()` restores the model."""
+class SequenceEditor:
+    """Hooks on a model's language stack that carry out a TokenPlan; `remove()` restores the model.
 
-    def __init__(self, model: nn.Module, adapter: ModelAdapter, plan: DropPlan) -> None:
+    What installs may read while a prefill runs: `active` (a prefill with visual tokens is being edited, or its
+    decode steps follow), `full_len`, `index` [B, T_cur] (original positions of the tokens now in the sequence),
+    `visual` and `groups` [B, T_cur], `video` [B, T_full] and `media_kwargs` (the model call's image / video grid
+    arguments), `kept_by_layer` (layer -> [B, T_l] original positions it cached), `history[-1]` (its stats)."""
+
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, plan: TokenPlan) -> None:
         self.model, self.adapter, self.plan = model, adapter, plan
         stack = adapter.language_stack(model)
         self.layers = list(stack.layers)
-        self.norm = model.get_submodule(stack.name.rsplit(".", 1)[0]).norm
+        self.norm = internals.final_norm(model, stack.name)
         scored = sorted(i for i, d in plan.drops.items() if d.score is not None and not 0 < i < len(self.layers))
         if scored:
             raise ValueError(f"drop layers {scored} are outside 1..{len(self.layers) - 1}")
@@ -155,6 +183,7 @@ class TokenDropper:
         self.visual_ids = [i for m in VISUAL for i in adapter.media_token_ids.get(m, [])]
         self.video_ids = list(adapter.media_token_ids.get("video", []))
         self.history: list[PrefillStats] = []
+        self.installed: list[Installed] = []
         self._reset()
         self._handles = [adapter.runner(model).register_forward_pre_hook(self._on_model, with_kwargs=True),
                          self.norm.register_forward_pre_hook(self._on_norm)]
@@ -165,89 +194,48 @@ class TokenDropper:
             if following is not None and following.score is not None:
                 self._handles.append(layer.register_forward_pre_hook(lambda mod, args, i=i: self._start_capture(i)))
                 self._handles.append(layer.register_forward_hook(lambda mod, args, out, i=i: self._stop_capture(i)))
-        self._mlps: list[nn.Module] = []
-        for i, keep in plan.visual_mlp_keep.items():
-            if not 0 <= i < len(self.layers):
-                raise ValueError(f"FFN layer {i} is outside 0..{len(self.layers) - 1}")
-            self._slice_mlp(self.layers[i].mlp, keep)
-        self._attention: list[VisualAttention] = []
-        for i in sorted(set(plan.visual_window) | {i for i, heads in plan.visual_heads.items() if heads}):
-            if not 0 <= i < len(self.layers):
-                raise ValueError(f"visual attention layer {i} is outside 0..{len(self.layers) - 1}")
-            self._attention.append(VisualAttention(self.layers[i], tuple(plan.visual_heads.get(i, ())),
-                                                   i in plan.visual_window, self._visual_rows, self._spend))
+        try:
+            for install in plan.installs:
+                self.installed.append(install(self))
+        except Exception:
+            self.remove()  # an install that fails leaves the model as it was
+            raise
 
     def _reset(self) -> None:
-        self.active = False  # a prefill with visual tokens is being reduced (or its decode steps follow)
+        self.active = False
         self.full_len = 0
-        self.index: Tensor | None = None  # [B, T_cur] original positions of the tokens now in the sequence
-        self.visual: Tensor | None = None  # [B, T_cur] which of them are visual
-        self.groups: Tensor | None = None  # [B, T_cur] their image / frame group
+        self.index: Tensor | None = None
+        self.visual: Tensor | None = None
+        self.groups: Tensor | None = None
         self.entry: list[int] = []  # visual tokens per sample at the first layer
-        self.kept_by_layer: dict[int, Tensor] = {}  # layer -> [B, T_l] original positions it cached
+        self.kept_by_layer: dict[int, Tensor] = {}
         self.full: Tensor | None = None  # [B, T_full, D] states of tokens as they were dropped
         self._sink: list[Tensor] = []
         self._capture: Any = None
-        self._neighbours: list[Tensor] | None = None  # per sample: visual tokens' window neighbours (positions)
-        self._media_kwargs: dict[str, Any] = {}
-        self._video: Tensor | None = None
+        self.media_kwargs: dict[str, Any] = {}
+        self.video: Tensor | None = None
 
     def remove(self) -> None:
+        """Restore the model. `installed` stays readable (what the installs recorded), each part removed."""
         for h in self._handles:
             h.remove()
         self._handles = []
-        for mlp in self._mlps:
-            mlp.__dict__.pop("forward", None)
-        self._mlps = []
-        for patch in self._attention:
-            patch.remove()
-        self._attention = []
+        for part in reversed(self.installed):
+            part.remove()
 
-    def _visual_rows(self) -> VisualRows | None:
-        """The visual rows of the prefill in progress (None in decoding or without visual tokens), with each visual
-        token's window neighbours once per prefill when a window is planned."""
-        if not self.active or self.visual is None:
+    # ---- what installs call -------------------------------------------------------------------------
+    def visual_rows(self, length: int) -> Tensor | None:
+        """[B, T] bool: the visual rows of the prefill in progress when its current sequence has `length` tokens
+        and some are visual; None otherwise (decoding, text only, another module's sequence)."""
+        visual = self.visual if self.active else None
+        if visual is None or visual.shape[1] != length or not bool(visual.any()):
             return None
-        if not self.plan.visual_window:
-            return VisualRows(self.visual, None)
-        if self._neighbours is None:
-            if self.index is None or self.index.shape[1] != self.full_len:
-                raise RuntimeError("windowed visual attention after a token drop is not supported")
-            window = next(iter(self.plan.visual_window.values()))
-            segments = group_segments(self.model.config, self._media_kwargs, self._video, self.groups)
-            self._neighbours = [neighbour_positions(self.groups[b], segments, window, self.plan.window_causal)
-                                .to(self.visual.device) for b in range(self.visual.shape[0])]
-        return VisualRows(self.visual, self._neighbours)
+        return visual
 
-    def _spend(self, spent: Spent) -> None:
-        self.history[-1].skipped_flops += spent.dense
-        self.history[-1].skipped_nonzero_flops += spent.nonzero
-
-    def _slice_mlp(self, mlp: nn.Module, keep: float) -> None:
-        """In a prefill, the visual rows go through the first `keep` of the intermediate channels only."""
-        for name in ("gate_proj", "up_proj", "down_proj", "act_fn"):
-            if not hasattr(mlp, name):
-                raise ValueError(f"{type(mlp).__name__} is no gated MLP (gate_proj, up_proj, down_proj, act_fn)")
-        channels = kept_channels(mlp.gate_proj.out_features, keep)
-        full = mlp.forward
-        skipped = [mlp.gate_proj.weight[channels:], mlp.up_proj.weight[channels:], mlp.down_proj.weight[:, channels:]]
-        per_row = 2.0 * sum(w.numel() for w in skipped)
-        per_row_nonzero = 2.0 * sum(int((w != 0).sum()) for w in skipped)  # once: the weights are fixed once loaded
-
-        def forward(x: Tensor) -> Tensor:
-            visual = self.visual if self.active and self.visual is not None else None
-            if visual is None or x.shape[1] != visual.shape[1] or not bool(visual.any()):
-                return full(x)  # decoding (text only), or no visual token in this sequence
-            out = torch.empty_like(x)
-            out[~visual] = full(x[~visual])
-            out[visual] = sliced_mlp(x[visual], mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn, channels)
-            rows = int(visual.sum()) / visual.shape[0]
-            self.history[-1].skipped_flops += rows * per_row
-            self.history[-1].skipped_nonzero_flops += rows * per_row_nonzero
-            return out
-
-        mlp.forward = forward
-        self._mlps.append(mlp)
+    def skipped(self, dense: float, nonzero: float) -> None:
+        """Charge FLOPs per sample that an install's work saved (dense weights, non-zero weights) to this prefill."""
+        self.history[-1].skipped_flops += dense
+        self.history[-1].skipped_nonzero_flops += nonzero
 
     # ---- hooks --------------------------------------------------------------------------------------
     def _on_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
@@ -265,8 +253,8 @@ class TokenDropper:
         self.index = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         self.visual = visual
         self.groups = visual_groups(visual.cpu(), video.cpu(), video_frames(kwargs)).to(ids.device)
-        self._video = video
-        self._media_kwargs = {k: kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "image_sizes") if k in kwargs}
+        self.video = video
+        self.media_kwargs = {k: kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "image_sizes") if k in kwargs}
         self.history.append(PrefillStats(visual_in=int(visual.sum())))
 
     def _decode_mask(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
