@@ -21,7 +21,8 @@ The public API, all a token method needs (docs/methods.md, "Writing a token meth
 - `installs`: anything else the method puts on the model for the editor's lifetime (YOPO's sliced visual MLP and
   its visual-attention patch): each is called with the `SequenceEditor` and returns an object with `.remove()`.
   An install reads the prefill in progress through `visual_rows(length)`, `groups`, `index`, `full_len`, `video`
-  and `media_kwargs`, and charges the FLOPs its own work skips with `skipped(dense, nonzero)`.
+  and `media_kwargs`, and charges the FLOPs its own work costs with `spent(flops)` and what it skips with
+  `skipped(dense, nonzero)`.
 - Per-layer accounting: `history` holds a `PrefillStats` per prefill (tokens each layer ran on, visual tokens,
   the FLOPs the method's scoring cost and those its installs skipped); the cost meter reads it.
 
@@ -68,6 +69,8 @@ class Kept:
 
 @dataclass(frozen=True)
 class Drop:
+    """One edit before a layer: per sample, which tokens stay (and, before layer 0, their new states)."""
+
     choose: Callable[[DropInput], Kept]
     score: AttentionScore | None = None  # of the previous layer's attention; None: the drop needs none
 
@@ -231,6 +234,10 @@ class SequenceEditor:
         if visual is None or visual.shape[1] != length or not bool(visual.any()):
             return None
         return visual
+
+    def spent(self, flops: float) -> None:
+        """Charge FLOPs per sample of an install's own extra work (a score it computes) to this prefill."""
+        self.history[-1].scoring_flops += flops
 
     def skipped(self, dense: float, nonzero: float) -> None:
         """Charge FLOPs per sample that an install's work saved (dense weights, non-zero weights) to this prefill."""

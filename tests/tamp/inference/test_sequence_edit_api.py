@@ -16,7 +16,8 @@ from tests.tamp.inference.conftest import attn
 
 
 class Probe:
-    """An install that counts the visual rows entering layer 0's MLP and charges 2 dense / 1 non-zero FLOPs each."""
+    """An install that counts the visual rows entering layer 0's MLP, says it saved 2 dense / 1 non-zero FLOPs per
+    row and spent 3 per row on work of its own."""
 
     def __init__(self, editor: SequenceEditor) -> None:
         self.editor, self.seen = editor, []
@@ -28,6 +29,7 @@ class Probe:
             rows = int(visual.sum())
             self.seen.append(rows)
             self.editor.skipped(2.0 * rows, 1.0 * rows)
+            self.editor.spent(3.0 * rows)
 
     def remove(self) -> None:
         self.handle.remove()
@@ -56,11 +58,12 @@ def test_an_install_sees_visual_rows_and_charges_its_flops(loaded) -> None:
     probe = editor.installed[0]
     stats = editor.history[-1]
     assert probe.seen == [stats.visual_in] and stats.visual_in > 0
-    assert (stats.skipped_flops, stats.skipped_nonzero_flops) == (2.0 * stats.visual_in, 1.0 * stats.visual_in)
+    n = stats.visual_in
+    assert (stats.skipped_flops, stats.skipped_nonzero_flops, stats.scoring_flops) == (2.0 * n, 1.0 * n, 3.0 * n)
     tokens = int(inputs["input_ids"].shape[1])
     full = meter.shape.prefill([tokens] * len(editor.layers), tokens)
-    assert meter.prefills[0]["dense"] == full["dense"] - 2.0 * stats.visual_in
-    assert meter.prefills[0]["nonzero"] == full["nonzero"] - 1.0 * stats.visual_in
+    assert meter.prefills[0]["dense"] == full["dense"] + 3.0 * n - 2.0 * n
+    assert meter.prefills[0]["nonzero"] == full["nonzero"] + 3.0 * n - 1.0 * n
     assert _hooks(model, inputs) == before
 
 
