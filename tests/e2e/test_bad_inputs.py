@@ -371,7 +371,7 @@ def paths(tiny_model, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory)
     cache = p["tampered_cache"] = root / "tampered_cache"
     plan_ = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                             limit=1, output=root / "tampered_runs", artifacts=cache, device="cpu"))
-    artifact, _, _ = ensure_artifact(cache, plan_.key, plan_.key_inputs, plan_.spec, plan_.cfg, "cpu", "auto")
+    artifact, _, _ = ensure_artifact(cache, plan_.key, plan_.key_inputs, plan_.spec, plan_.recipe, "cpu")
     tamper_zeros(artifact)
     key_file = json.loads((artifact / KEY_FILE).read_text())
     del key_file["files"]
@@ -442,7 +442,7 @@ def test_damaged_cached_artifact_is_pruned_again(tiny_root: Path, tmp_path: Path
 
     p = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                         output=tmp_path / "runs", artifacts=tmp_path / "art", device="cpu"))
-    build = lambda: ensure_artifact(tmp_path / "art", p.key, p.key_inputs, p.spec, p.cfg, "cpu", "auto")  # noqa: E731
+    build = lambda: ensure_artifact(tmp_path / "art", p.key, p.key_inputs, p.spec, p.recipe, "cpu")  # noqa: E731
     artifact, reused, _ = build()
     manifest = json.loads((artifact / KEY_FILE).read_text())["files"]
     assert not reused and {"model.safetensors", "config.json", "pruning.json"} <= set(manifest)
