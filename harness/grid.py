@@ -30,6 +30,7 @@ from harness.run import RunOptions, finished, run_recipe
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
+from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
 from tamp.models.registry import TRAINED_PREFIX
 
@@ -116,8 +117,7 @@ def load_grid(path: Path) -> Grid:
 def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
     """The registered methods a cell of `method` runs when it prunes: its token method, its weight method and that
     method's parts (as the grid's overrides may set them)."""
-    from tamp.methods.registry import get  # torch: only a run or a plan needs it
-    from tamp.recipe import split_method
+    from tamp.recipe import split_method  # torch: only a run or a plan needs it
 
     weight, token = split_method(method)
     chosen = get(weight)
