@@ -219,7 +219,10 @@ def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "
                         f"e.g. {method}+fastv")
     transform = TokenTransform.build(token, token_sets) if token is not None else None
     keeps_every_weight = getattr(registry.get(weight), "keeps_every_weight", False)
-    if keeps_every_weight and token is not None and sparsity:
+    if keeps_every_weight and sparsity:
+        if token is None:
+            raise TampError(f"--method {method} keeps every weight (the unpruned model); it takes --sparsity 0, "
+                            f"not {sparsity}")
         raise TampError(f"--method {method} keeps every weight; it takes --sparsity 0 (or compose it with a weight "
                         f"method, e.g. tamp+{token})")
     if sparsity is None and sparsity_required and not keeps_every_weight:

@@ -17,7 +17,7 @@ from tamp.eval.perplexity import perplexity
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
-from tamp.recipe import recipe_for, resolve_parts, weight_config
+from tamp.recipe import code_versions, recipe_for, resolve_parts, weight_config
 from tests.golden_weights import artifact_tensors, check_pruned
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_pruned_weights_match_golden(results, method):
     """The recorded masks and values (tests/golden_weights.py), within what rounding can move on any CPU."""
     where = "artifact" if method == "wanda" else "in-memory"
     check_pruned(f"smollm2/{method}/unstructured/{where}", results["pruned"][method], results["dense_state"],
-                 flip_share=FLIP_SHARE[method])
+                 flip_share=FLIP_SHARE[method], versions=code_versions(recipe_for(_cfg(method))))
 
 
 def test_dense_matches_reference(results):

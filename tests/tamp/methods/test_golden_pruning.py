@@ -46,8 +46,10 @@ def prune_and_check(tiny_model, tmp_path, monkeypatch, family: str, method: str,
     case = _case_id(family, method, pattern)
     out = tmp_path / "artifact"
     with amia_replay(monkeypatch, case) as amia:
-        prune(str(tiny_model(family)), recipe_for(golden_config(method, pattern, **overrides)), out, device="cpu")
-    check_pruned(case, artifact_tensors(out), artifact_tensors(tiny_model(family)), amia)
+        info = prune(str(tiny_model(family)), recipe_for(golden_config(method, pattern, **overrides)), out,
+                     device="cpu")
+    check_pruned(case, artifact_tensors(out), artifact_tensors(tiny_model(family)), amia,
+                 versions=info["code_versions"])
 
 
 @pytest.mark.golden
@@ -78,6 +80,29 @@ def test_golden_checks_catch_a_change(tiny_model, tmp_path, monkeypatch, family,
         pytest.skip("recording")
     with pytest.raises((pytest.fail.Exception, AssertionError)):
         prune_and_check(tiny_model, tmp_path, monkeypatch, family, method, "unstructured", **change)
+
+
+@pytest.mark.golden
+def test_re_recording_changed_weights_needs_a_version_bump(tiny_model, tmp_path, monkeypatch):
+    """UPDATE_GOLDEN=1 refuses to record a case whose weights changed while every version its artifact key covers
+    stayed the same (the cache would hand out stale weights); with the method's version bumped it records."""
+    import dataclasses
+    import shutil
+
+    import tests.golden_weights as golden
+    from tamp.methods import registry
+
+    copy = tmp_path / "pruned_weights.json"
+    shutil.copy(golden.WEIGHTS_FILE, copy)
+    monkeypatch.setattr(golden, "WEIGHTS_FILE", copy)
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="changed but no version the artifact key covers did"):
+        prune_and_check(tiny_model, tmp_path, monkeypatch, "llama", "magnitude", "unstructured", sparsity=0.52)
+    methods = registry.all_methods()
+    monkeypatch.setitem(methods, "magnitude", dataclasses.replace(methods["magnitude"], version=2))
+    prune_and_check(tiny_model, tmp_path / "bumped", monkeypatch, "llama", "magnitude", "unstructured",
+                    sparsity=0.52)
+    assert golden._read(copy)["llama/magnitude/unstructured"]["versions"]["methods"] == {"magnitude": 2}
 
 
 @pytest.mark.golden
