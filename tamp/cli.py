@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--blocksize", type=int, default=None, help="SparseGPT lazy-update block (default 128)")
     r.add_argument("--percdamp", type=float, default=None, help="SparseGPT dampening (default 0.01)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a run field or a parameter of a method the run uses, e.g. --set owl_lambda=0.1 --set das_mode=paper (see docs/fidelity.md)")
+                   help="a run field or a parameter of a method the run uses, e.g. --set das_mode=paper with "
+                   "--method tamp (see docs/fidelity.md)")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--overwrite", action="store_true")
 
