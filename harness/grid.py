@@ -136,9 +136,13 @@ def _check_overrides(grid: Grid) -> dict[str, Any]:
         owners = method_params()
     for name in values:
         if name in owners and not set(owners[name][1]) & in_grid:
+            from tamp.recipe import split_method, token_params
+
             owner = owners[name][1][0]
-            raise HarnessError(f"--set {name}: a parameter of {owner}, which no method of this grid uses; add a "
-                               f"method that uses it, e.g. {owner}")
+            weight = next((w for w, _ in map(split_method, grid.methods) if w != "dense"), None)
+            example = f"{weight}+{owner}" if weight and name in token_params() else owner
+            raise HarnessError(f"--set {name}: a parameter of {owner}, which no method of this grid uses; add it, "
+                               f"e.g. {example}")
     return values
 
 
