@@ -122,9 +122,9 @@ def naive_wanda(model: nn.Module, adapter: Any, batches: Sequence[dict[str, torc
 def engine_vs_naive(model: nn.Module, adapter: Any, batches: list[dict[str, torch.Tensor]], label: str,
                     device: torch.device, sparsity: float = 0.5) -> list[Phase]:
     """Time tamp's Wanda and the naive capture on the same model and data; restores the dense weights after."""
-    from tamp.config import PruneConfig
     from tamp.engine.context import matrices_to_prune
     from tamp.engine.sequential import prune_model
+    from tamp.recipe import resolve_parts, weight_config
 
     section = "engine-vs-naive"
     stacks = adapter.stacks(model, False)
@@ -132,11 +132,11 @@ def engine_vs_naive(model: nn.Module, adapter: Any, batches: list[dict[str, torc
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
     common = {"model": label, "layers": len(stacks[0].layers), "tokens": tokens, "batches": len(batches)}
     state = clone_state(model)
-    cfg = PruneConfig.from_preset("wanda", sparsity=sparsity, calib="bench", nsamples=max(1, tokens), seqlen=2)
+    cfg = weight_config("wanda", sparsity=sparsity, calib="bench", nsamples=max(1, tokens), seqlen=2)
 
     engine = Phase(section, f"tamp Wanda       {label}", details=dict(common))
     with measured(engine, device):
-        result = prune_model(model, adapter, batches, cfg, device)
+        result = prune_model(model, adapter, batches, cfg, resolve_parts(cfg), device)
         engine.details["engine_timings"] = dict(result.timings)
     masks_engine = pruned_masks(linears) if engine.status == "ok" else None
     model.load_state_dict(state)
@@ -327,12 +327,12 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
     from unittest import mock
 
     from bench.common import TimeLimit, time_limit
-    from tamp.config import PruneConfig
     from tamp.engine import sequential
     from tamp.engine.context import matrices_to_prune
     from tamp.engine.sequential import prune_model
+    from tamp.recipe import resolve_parts, weight_config
 
-    cfg = PruneConfig.from_preset(method, sparsity=0.5, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
+    cfg = weight_config(method, sparsity=0.5, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
                                   seqlen=int(ctx.ids.shape[1]), seed=0)
     sweeps_expected = 1 + int(cfg.allocation in ("owl", "das"))
     phase = Phase("smollm2", f"tamp {method} 50%", details={"preset": method})
@@ -352,7 +352,7 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
             with measured(phase, ctx.device), mock.patch.object(sequential, "EngineResult", recording):
                 try:
                     with time_limit(limit_s):
-                        result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, ctx.device)
+                        result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, resolve_parts(cfg), ctx.device)
                 except TimeLimit as exc:
                     phase.status, phase.reason = "partial", f"stopped at the {limit_s:g} s limit ({exc})"
                     result = recording.instances[-1] if recording.instances else None

@@ -115,8 +115,8 @@ def make_adapter() -> Any:
 
 def run(device: torch.device, shape: Shape8B = FULL, method: str = "tamp", offload: bool = True) -> list[Phase]:
     """Build, calibrate, prune with `method` through prune_model(offload=...); per-phase timings and peaks."""
-    from tamp.config import PruneConfig
     from tamp.engine.sequential import prune_model
+    from tamp.recipe import resolve_parts, weight_config
 
     sizes = {"hidden": shape.hidden, "layers": shape.layers, "heads": shape.heads, "kv_heads": shape.kv_heads,
              "intermediate": shape.intermediate, "vocab": shape.vocab, "samples": shape.samples,
@@ -136,13 +136,13 @@ def run(device: torch.device, shape: Shape8B = FULL, method: str = "tamp", offlo
     adapter = make_adapter()
     masks = adapter.token_masks(batches[0]["input_ids"])
     build.details["image_tokens_recognised"] = int(masks.get("image", torch.zeros(1)).sum())
-    cfg = PruneConfig.from_preset(method, sparsity=0.5, calib="synthetic-llava-next-layout",
+    cfg = weight_config(method, sparsity=0.5, calib="synthetic-llava-next-layout",
                                   nsamples=shape.samples, seqlen=shape.tokens, seed=0)
     prune = Phase(SECTION, f"{method} prune_model(offload={offload})", details=dict(sizes))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     with measured(prune, device):
-        result = prune_model(model, adapter, batches, cfg, device, offload=offload)
+        result = prune_model(model, adapter, batches, cfg, resolve_parts(cfg), device, offload=offload)
         timings = {k: round(v, 4) for k, v in result.timings.items()}
         prune.details["engine_timings"] = timings
         prune.details["token_counts"] = dict(result.token_counts)

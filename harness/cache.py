@@ -1,8 +1,11 @@
 """Content-addressed artifact cache: results/artifacts/<key>/, key = sha256 of everything that shapes the weights.
 
-The key covers the model (HF id + resolved revision, or the content of a local directory), the full
-method config, a calibration fingerprint (spec + content of the files it reads), the seed, the dtype
-and the tamp code (version + hash of its sources, so an edited checkout never reuses stale weights).
+The key covers the model (HF id + resolved revision, or the content of a local directory), the recipe (the
+configs of the methods it uses, the token part, the dtype), a calibration fingerprint (spec + content of the
+files it reads), the seed, and the versions that the code it runs declares (each method, each algorithm module
+they use, the engine, the calibration code, the artifact format: tamp.recipe.code_versions). Not the source
+text: a docstring edit or a change to an unrelated method keeps every cached artifact; a change of what a method
+computes bumps its version (the golden checks fail until it does), which re-keys that method's artifacts only.
 """
 
 from __future__ import annotations
@@ -15,11 +18,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-import tamp
 from harness.errors import HarnessError
 from harness.registry import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
@@ -27,6 +29,9 @@ from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.models.loading import checkpoint_problem
 from tamp.models.registry import TRAINED_PREFIX
+
+if TYPE_CHECKING:
+    from tamp.recipe import Recipe
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -57,16 +62,6 @@ def dir_content_hash(directory: Path) -> str:
             continue
         h.update(rel.encode() + b"\0" + _sha256_file(path).encode() + b"\n")
     return h.hexdigest()
-
-
-def tamp_code_fingerprint() -> dict[str, str]:
-    """tamp's version and a hash of its source files (covers uncommitted edits)."""
-
-    root = Path(tamp.__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return {"version": tamp.__version__, "source_sha256": h.hexdigest()}
 
 
 def _hf_revision(repo_id: str, revision: str | None) -> str | None:
@@ -108,14 +103,16 @@ def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed:
     return CalibrationSpec.parse(calib).fingerprint(nsamples, seqlen, seed, hash_file=_sha256_file)
 
 
-def artifact_key(spec: ModelSpec, config: dict[str, Any], calib_fp: dict[str, Any] | None, dtype: str,
-                 revision: str | None = None, transform: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+def artifact_key(spec: ModelSpec, recipe: Recipe, calib_fp: dict[str, Any] | None,
+                 revision: str | None = None) -> tuple[str, dict[str, Any]]:
     """(short key, the inputs it hashes). Equal inputs -> equal key -> the cached artifact is reused. A token
-    transform is hashed only when there is one, so weight-only keys are what they always were."""
-    inputs = {"model": model_fingerprint(spec, revision), "config": config, "calibration": calib_fp,
-              "seed": config.get("seed"), "dtype": dtype, "tamp": tamp_code_fingerprint()}
-    if transform is not None:
-        inputs["transform"] = transform
+    part is hashed only when there is one."""
+    recipe_inputs = recipe.key_inputs()
+    inputs = {"model": model_fingerprint(spec, revision), "config": recipe_inputs["config"],
+              "calibration": calib_fp, "seed": recipe.weight.seed, "dtype": recipe.dtype,
+              "code": recipe_inputs["code"]}
+    if recipe.token is not None:
+        inputs["transform"] = recipe_inputs["transform"]
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:20], inputs
 
@@ -199,8 +196,8 @@ def _acquire(lock: FileLock, key: str) -> None:
         raise
 
 
-def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, cfg: Any, device: str,
-                    dtype: str, revision: str | None = None, transform: Any = None) -> tuple[Path, bool, float]:
+def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpec, recipe: Recipe, device: str,
+                    revision: str | None = None) -> tuple[Path, bool, float]:
     """(artifact dir, reused?, seconds spent pruning). Prunes into a temp dir and renames it into place.
 
     Pruning holds the key's lock: a second process that needs the same artifact meanwhile waits, then reuses
@@ -223,7 +220,7 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
         tmp = root / f".{key}.tmp-{os.getpid()}"
         start = time.perf_counter()
         try:
-            prune(spec.source, cfg, tmp, device=device, dtype=dtype, revision=revision, transform=transform)
+            prune(spec.source, recipe, tmp, device=device, revision=revision)
             record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
             (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
             if final.exists():  # an invalid leftover (interrupted by hand, or another key file)

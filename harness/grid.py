@@ -26,12 +26,11 @@ from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.records import _write_atomic, load_record, record_path
 from harness.registry import expand_calib, resolve_model
-from harness.run import RunOptions, build_config, finished, run_method
+from harness.run import RunOptions, finished, run_recipe
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
-from tamp.methods.base import TokenMethod
-from tamp.methods.registry import all_methods, get
+from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
 from tamp.models.registry import TRAINED_PREFIX
 
@@ -115,30 +114,44 @@ def load_grid(path: Path) -> Grid:
         executor=parse_block(data.get("executor"), str(path)))
 
 
-def _check_token_overrides(grid: Grid) -> None:
-    """A token method's parameter must belong to a token method of the grid (a typo or a forgotten method must
-    not silently run the grid without it)."""
-    from tamp.inference.transform import split_method  # torch: only a run or a plan needs it
+def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
+    """The registered methods a cell of `method` runs when it prunes: its token method, its weight method and that
+    method's parts (as the grid's overrides may set them)."""
+    from tamp.recipe import split_method  # torch: only a run or a plan needs it
+
+    weight, token = split_method(method)
+    chosen = get(weight)
+    parts = {part: overrides.get(part, name) for part, name in getattr(chosen, "composition", dict)().items()}
+    return {weight, *parts.values(), *([token] if token else [])}
+
+
+def _check_overrides(grid: Grid) -> dict[str, Any]:
+    """The grid's overrides, typed; a method parameter must belong to a method some cell of the grid runs (a typo
+    or a forgotten method must not silently run the grid without it)."""
+    from tamp.recipe import method_params, parse_overrides  # torch: only a run or a plan needs it
 
     with tamp_errors():
-        parts = [split_method(m) for m in grid.methods]
-    in_grid = {token for _, token in parts} - {None}
-    weight = next((w for w, _ in parts if w != "dense"), None)
-    owner = {p.name: m.name for m in all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
-    for override in grid.overrides:
-        name = override.split("=", 1)[0].strip()
-        if name in owner and owner[name] not in in_grid:
-            raise HarnessError(f"--set {name}: a parameter of {owner[name]}, which no method of this grid uses; "
-                               f"add it, e.g. {f'{weight}+' if weight else ''}{owner[name]}")
+        values = parse_overrides(grid.overrides)
+        in_grid = set().union(*(_cell_methods(m, values) for m in grid.methods))
+        owners = method_params()
+    for name in values:
+        if name in owners and not set(owners[name][1]) & in_grid:
+            from tamp.recipe import split_method, token_params
+
+            owner = owners[name][1][0]
+            weight = next((w for w, _ in map(split_method, grid.methods) if w != "dense"), None)
+            example = f"{weight}+{owner}" if weight and name in token_params() else owner
+            raise HarnessError(f"--set {name}: a parameter of {owner}, which no method of this grid uses; add it, "
+                               f"e.g. {example}")
+    return values
 
 
 def cells(grid: Grid) -> list[Cell]:
     """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
     model whatever the sparsities."""
-    from tamp.inference.transform import DENSE, split_method  # torch: only a plan needs it
+    from tamp.recipe import DENSE, split_method  # torch: only a plan needs it
 
-
-    _check_token_overrides(grid)
+    _check_overrides(grid)
     out: list[Cell] = []
     for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
         with tamp_errors():
@@ -165,16 +178,19 @@ class Settings:
 
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
-    """One cell's `harness run`. A grid's overrides apply to the cells whose method takes them: a token method's
-    parameters go only to the cells with that token method (a weight method's parameters go to every cell)."""
-    from tamp.inference.transform import split_method, token_params  # torch: only a run or a plan needs it
+    """One cell's `harness run`. A grid's overrides apply to the cells whose methods take them: a method's
+    parameters go only to the cells that run it (an unpruned cell runs no weight method), run fields to all. The
+    grid's pattern is for its pruned cells; the dense and token-only cells keep every weight."""
+    from tamp.recipe import method_params  # torch: only a run or a plan needs it
 
+    values = _check_overrides(grid)
     with tamp_errors():
-        token = split_method(cell.method)[1]
-        own = {p.name for p in get(token).params} if token is not None else set()
-        tokens = token_params()
-    overrides = [o for o in grid.overrides if (name := o.split("=", 1)[0].strip()) not in tokens or name in own]
-    return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method, pattern=grid.pattern,
+        runs = _cell_methods(cell.method, values)
+        owners = method_params()
+    overrides = [o for o in grid.overrides
+                 if (name := o.split("=", 1)[0].strip()) not in owners or set(owners[name][1]) & runs]
+    return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method,
+                      pattern=grid.pattern if cell.sparsity else "unstructured",
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
                       seqlen=grid.seqlen, seed=grid.seed, overrides=overrides, output=settings.output,
                       artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
@@ -196,12 +212,12 @@ def _model_status(spec: Any) -> str:
     return "in the HF cache" if problem is None else f"MISSING: {problem}"
 
 
-def _calibration_status(cfg: Any, transform: Any = None) -> tuple[str, bool]:
+def _calibration_status(recipe: Any) -> tuple[str, bool]:
     """(what the calibration needs, whether it is all present)."""
     from tamp.calibration.loader import calibration_problems
-    from tamp.pipeline import needs_calibration
 
-    if not needs_calibration(cfg, transform):
+    cfg = recipe.weight
+    if not recipe.needs_calibration:
         return "none needed", True
     problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
     if problems:
@@ -231,26 +247,23 @@ class DryRun:
 
 def dry_run(grid: Grid, settings: Settings) -> DryRun:
     """What running the grid would do, loading no model and writing nothing."""
-    from tamp.pipeline import needs_calibration  # torch: only a plan needs it, not the grid's reports
-
     cell_rows: list[dict[str, str]] = []
     data: dict[tuple[str, str], str] = {}
     evaluations = cached = 0
     for cell in cells(grid):
         opts = run_options(grid, cell, settings)
         spec = resolve_model(cell.model)
-        cfg, transform = build_config(opts, spec)
-        method = run_method(cfg, transform)
+        recipe = run_recipe(opts, spec)
+        cfg, method = recipe.weight, recipe.name
         data[("model weights", spec.source)] = _model_status(spec)
-        calib_status, calib_ok = _calibration_status(cfg, transform)
-        needs = needs_calibration(cfg, transform)
-        if needs:
+        calib_status, calib_ok = _calibration_status(recipe)
+        if recipe.needs_calibration:
             data[("calibration", str(cfg.calib))] = calib_status
         key = None
         if calib_ok:
-            fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) if needs else None
-            key, _ = artifact_key(spec, cfg.to_dict(), fp, settings.dtype,
-                                  transform=transform.to_dict() if transform is not None else None)
+            fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) \
+                if recipe.needs_calibration else None
+            key, _ = artifact_key(spec, recipe, fp)
             todo = "to save (unpruned copy)" if cfg.sparsity == 0 else "to prune"
             artifact = f"cached ({key})" if valid_artifact(settings.artifacts / key, key) else f"{todo} ({key})"
         else:
@@ -299,7 +312,7 @@ def validate(grid: Grid, settings: Settings) -> None:
         check_output(path, f"the grid's {what} output", directory=False)
     for cell in cells(grid):
         spec = resolve_model(cell.model)
-        build_config(run_options(grid, cell, settings), spec)
+        run_recipe(run_options(grid, cell, settings), spec)
         validate_tasks(list(grid.tasks or spec.tasks), task_manager(spec.wrapper))
 
 

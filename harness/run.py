@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import EvaluationError, HarnessError, check_output, tamp_errors
 from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper
@@ -34,6 +34,10 @@ from harness.sparsity import ArtifactRefused
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
+
+if TYPE_CHECKING:
+    from tamp.config import PruneConfig
+    from tamp.recipe import Recipe
 
 
 @dataclass
@@ -63,17 +67,24 @@ class RunOptions:
 
 @dataclass
 class Plan:
-    """The validated run: model, tamp config, tasks, cache key and the record of each task."""
+    """The validated run: model, recipe, tasks, cache key and the record of each task."""
 
     spec: ModelSpec
-    cfg: Any
+    recipe: Recipe
     tasks: list[str]
     key: str
     key_inputs: dict[str, Any]
     records: dict[str, Path]
     pending: list[str]
-    transform: Any = None  # tamp.inference.transform.TokenTransform, applied when the artifact is loaded
-    method: str = ""  # what the records are filed under (run_method)
+
+    @property
+    def cfg(self) -> PruneConfig:
+        return self.recipe.weight
+
+    @property
+    def method(self) -> str:
+        """What the records are filed under."""
+        return self.recipe.name
 
 
 def versions() -> dict[str, str]:
@@ -87,69 +98,34 @@ def versions() -> dict[str, str]:
     return out
 
 
-def build_config(opts: RunOptions, spec: ModelSpec) -> tuple[Any, Any]:
-    """(the tamp PruneConfig, the token transform or None). --sparsity 0 and --method dense both give the dense
-    preset (no calibration); `--method tamp+fastv` prunes with tamp and records FastV for evaluation, and a token
-    method alone (`--method fastv`) keeps every weight.
+def run_recipe(opts: RunOptions, spec: ModelSpec) -> Recipe:
+    """The run's recipe, parsed by tamp's one parser (tamp owns the rules: method names, sparsity range, what the
+    dense model takes) with the model's defaults filled in (calibration, samples, segment length). The calibration
+    data itself is checked by `missing_data`, with everything else a run needs."""
+    from tamp.recipe import build_recipe
 
-    tamp owns the rules (method names, sparsity range, dense takes no sparsity); the calibration data itself
-    is checked by `missing_data`, with everything else a run needs.
-    """
-    from tamp.config import PruneConfig, check_sparsity
-    from tamp.inference.transform import DENSE, TokenTransform, split_method, split_overrides
-    from tamp.methods.registry import get
-    from tamp.pipeline import needs_calibration
-
+    calib = opts.calib or expand_calib(spec.calib)
     with tamp_errors():
-        weight, token = split_method(opts.method)
-        weight_sets, token_sets = split_overrides(PruneConfig.parse_overrides(opts.overrides))
-        if token_sets and token is None:
-            raise HarnessError(f"--set {', '.join(token_sets)}: parameters of a token method; add it to --method, "
-                               f"e.g. {opts.method}+fastv")
-        transform = TokenTransform.build(token, token_sets) if token is not None else None
-        keeps_every_weight = getattr(get(weight), "keeps_every_weight", False)
-        if keeps_every_weight and token is not None and opts.sparsity:
-            raise HarnessError(f"--method {opts.method} keeps every weight; it takes --sparsity 0 (or compose it with "
-                               f"a weight method, e.g. tamp+{token})")
-        if opts.sparsity is None and not keeps_every_weight:
-            raise HarnessError("--sparsity is required (0 evaluates the dense model)")
-        if opts.sparsity is not None:
-            check_sparsity(opts.sparsity)
-        calib = opts.calib or expand_calib(spec.calib)
-        if keeps_every_weight or opts.sparsity == 0:
-            if transform is None or not transform.wants_fit():
-                return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity), transform
-            if calib is None:  # the token method chooses from calibration statistics (YOPO's heads)
-                raise HarnessError(f"model '{spec.name}' has no default calibration data, which {transform.method} "
-                                   "needs at prune time; pass --calib")
-            return PruneConfig.from_preset(DENSE, sparsity=opts.sparsity, calib=calib,
-                                           nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen,
-                                           seed=opts.seed), transform
-        cfg = PruneConfig.from_preset(
-            weight, sparsity=opts.sparsity, pattern=opts.pattern, calib=calib,
-            nsamples=opts.nsamples or spec.nsamples, seqlen=opts.seqlen or spec.seqlen, seed=opts.seed,
-            **weight_sets)
-    if needs_calibration(cfg, transform) and calib is None:
+        recipe = build_recipe(opts.method, opts.sparsity, pattern=opts.pattern, overrides=opts.overrides,
+                              calib=calib, nsamples=opts.nsamples or spec.nsamples,
+                              seqlen=opts.seqlen or spec.seqlen, seed=opts.seed, dtype=opts.dtype,
+                              sparsity_required=True)
+    if recipe.needs_calibration and calib is None:
+        if not recipe.weight.prunes and recipe.token is not None:  # the token method's own prune-time choice
+            raise HarnessError(f"model '{spec.name}' has no default calibration data, which {recipe.token.method} "
+                               "needs at prune time; pass --calib")
         raise HarnessError(f"model '{spec.name}' has no default calibration data; pass --calib")
-    return cfg, transform
+    return recipe
 
 
-def run_method(cfg: Any, transform: Any) -> str:
-    """The name a run is filed and tabulated under: the weight method, the token method, or both (`tamp+fastv`)."""
-    if transform is None:
-        return cfg.method
-    return transform.method if cfg.method == "dense" else f"{cfg.method}+{transform.method}"
-
-
-def missing_data(spec: ModelSpec, cfg: Any, tasks: list[str], tm: Any, transform: Any = None) -> list[str]:
+def missing_data(spec: ModelSpec, recipe: Recipe, tasks: list[str], tm: Any) -> list[str]:
     """Everything the run needs that is not here, all of it: calibration files and media, and offline the model's
     weights and each task's dataset. One line per missing piece; empty when the run can start."""
     from tamp.calibration.loader import calibration_problems
     from tamp.models.loading import hf_cache_problem
-    from tamp.pipeline import needs_calibration
 
-
-    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if needs_calibration(cfg, transform) else []
+    cfg = recipe.weight
+    problems = calibration_problems(cfg.calib, cfg.nsamples, cfg.seed) if recipe.needs_calibration else []
     why_offline = offline_reason()
     if why_offline is not None and not spec.source.startswith("tiny-") and not Path(spec.source).exists():
         problems.append(hf_cache_problem(spec.source, None, why_offline))
@@ -178,8 +154,7 @@ def plan(opts: RunOptions) -> Plan:
         resolve_dtype(opts.dtype)
         pick_device(opts.device)
     spec = resolve_model(opts.model)
-    cfg, transform = build_config(opts, spec)
-    method = run_method(cfg, transform)
+    recipe = run_recipe(opts, spec)
 
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     tm = task_manager(spec.wrapper)
@@ -187,32 +162,31 @@ def plan(opts: RunOptions) -> Plan:
     wrong_input = input_problems(spec, tasks)
     if wrong_input:
         raise HarnessError(join_problems(wrong_input))
-    missing = missing_data(spec, cfg, tasks, tm, transform)
+    missing = missing_data(spec, recipe, tasks, tm)
     if missing:
         raise HarnessError(join_problems(missing))
-    key, inputs = _artifact_key(spec, cfg, transform, opts.dtype)
+    key, inputs = _artifact_key(spec, recipe)
     records, pending = {}, []
     for task in tasks:
-        path = record_path(opts.output, spec.name, method, cfg.sparsity, cfg.pattern, task, opts.limit)
+        path = record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task, opts.limit)
         records[task] = path
         old = load_record(path)
         if old is None or opts.force:
             pending.append(task)
         elif old.get("artifact_key") != key:
             raise HarnessError(f"{path} exists but was made from a different artifact (model, method config, "
-                               f"calibration or tamp code changed: key {old.get('artifact_key')} != {key}); "
+                               f"calibration or a method's version changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
-    return Plan(spec, cfg, tasks, key, inputs, records, pending, transform, method)
+    return Plan(spec, recipe, tasks, key, inputs, records, pending)
 
 
-def _artifact_key(spec: ModelSpec, cfg: Any, transform: Any, dtype: str) -> tuple[str, dict[str, Any]]:
+def _artifact_key(spec: ModelSpec, recipe: Recipe) -> tuple[str, dict[str, Any]]:
     from harness.cache import artifact_key, calibration_fingerprint
-    from tamp.pipeline import needs_calibration
 
+    cfg = recipe.weight
     calib_fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) \
-        if needs_calibration(cfg, transform) else None
-    return artifact_key(spec, cfg.to_dict(), calib_fp, dtype,
-                        transform=transform.to_dict() if transform is not None else None)
+        if recipe.needs_calibration else None
+    return artifact_key(spec, recipe, calib_fp)
 
 
 def finished(opts: RunOptions) -> bool:
@@ -224,16 +198,15 @@ def finished(opts: RunOptions) -> bool:
     if opts.force:
         return False
     spec = resolve_model(opts.model)
-    cfg, transform = build_config(opts, spec)
-    method = run_method(cfg, transform)
+    recipe = run_recipe(opts, spec)
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
-    records = [load_record(record_path(opts.output, spec.name, method, cfg.sparsity, cfg.pattern, task, opts.limit))
-               for task in tasks]
+    records = [load_record(record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task,
+                                       opts.limit)) for task in tasks]
     if any(r is None for r in records):
         return False
     try:
         with tamp_errors():
-            key, _ = _artifact_key(spec, cfg, transform, opts.dtype)
+            key, _ = _artifact_key(spec, recipe)
     except HarnessError:
         return False
     return all(r.get("artifact_key") == key for r in records)
@@ -255,8 +228,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
     from harness.wrappers.common import EmptyAnswers
 
     device = opts.device
-    artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.cfg,
-                                                device, opts.dtype, transform=p.transform)
+    artifact, reused, prune_s = ensure_artifact(opts.artifacts, p.key, p.key_inputs, p.spec, p.recipe, device)
     artifact = artifact.resolve()
     print(f"{'reusing' if reused else 'wrote'} artifact {artifact}" + ("" if reused else f" ({prune_s:.1f}s)"))
     with tamp_errors():
@@ -316,7 +288,7 @@ def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
             "pruning": info,
             "timings": {"prune_s": prune_s, "prune_reused": reused, "model_load_s": load_s, "eval_s": eval_s},
             "cost": cost,
-            "transform": p.transform.to_dict() if p.transform is not None else None,
+            "transform": p.recipe.token.to_dict() if p.recipe.token is not None else None,
             "versions": versions(),
             "git_commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

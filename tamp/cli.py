@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--blocksize", type=int, default=None, help="SparseGPT lazy-update block (default 128)")
     r.add_argument("--percdamp", type=float, default=None, help="SparseGPT dampening (default 0.01)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any PruneConfig field, e.g. --set owl_lambda=0.1 --set das_mode=paper (see docs/fidelity.md)")
+                   help="a run field or a parameter of a method the run uses, e.g. --set das_mode=paper with "
+                   "--method tamp (see docs/fidelity.md)")
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--overwrite", action="store_true")
 
@@ -93,24 +94,17 @@ def _run(args: argparse.Namespace) -> int:
                   f"{shipped.parent / (args.family + '.json')})")
         return 0
     if args.command == "prune":
-        from tamp.config import PruneConfig
-        from tamp.inference.transform import TokenTransform, split_method, split_overrides
         from tamp.inspect_report import format_report
         from tamp.pipeline import prune
+        from tamp.recipe import build_recipe, parse_overrides
 
-        weight, token = split_method(args.method)
-        weight_sets, token_sets = split_overrides(PruneConfig.parse_overrides(args.overrides))
-        if token_sets and token is None:
-            raise TampError(f"--set {', '.join(token_sets)}: parameters of a token method; add it to --method, "
-                            f"e.g. {args.method}+fastv")
-        cfg = PruneConfig.from_preset(
-            weight, sparsity=args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
-            seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, blocksize=args.blocksize,
-            percdamp=args.percdamp, **weight_sets,
-        )
-        transform = TokenTransform.build(token, token_sets) if token is not None else None
-        info = prune(args.model, cfg, args.out, device=args.device, offload=args.offload, dtype=args.dtype,
-                     revision=args.revision, overwrite=args.overwrite, transform=transform)
+        flags = {"blocksize": args.blocksize, "percdamp": args.percdamp}
+        recipe = build_recipe(
+            args.method, args.sparsity, pattern=args.pattern, calib=args.calib, nsamples=args.nsamples,
+            seqlen=args.seqlen, seed=args.seed, prune_vision=args.prune_vision, dtype=args.dtype,
+            overrides={**{k: v for k, v in flags.items() if v is not None}, **parse_overrides(args.overrides)})
+        info = prune(args.model, recipe, args.out, device=args.device, offload=args.offload, revision=args.revision,
+                     overwrite=args.overwrite)
         print(format_report(info, per_matrix=False))
         print(f"wrote {args.out}")
         return 0

@@ -13,18 +13,16 @@ import torch
 from tamp import __version__
 from tamp.artifacts import FORMAT_VERSION, git_commit, save_artifact, sparsity_report, versions, write_pruning_json
 from tamp.calibration.loader import build_calibration, calibration_problems
-from tamp.config import PruneConfig
 from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
 from tamp.errors import TampError, join_problems
 from tamp.inference.transform import SECTION as TRANSFORM_SECTION
-from tamp.inference.transform import TokenTransform
 from tamp.methods.base import UNIFORM
-from tamp.methods.registry import resolve
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
 from tamp.paths import output_problem
+from tamp.recipe import Recipe, code_versions
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -47,19 +45,7 @@ def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def needs_calibration(cfg: PruneConfig, transform: TokenTransform | None = None) -> bool:
-    """The one rule for whether pruning with `cfg` runs calibration data through the model: a composition
-    part that needs it (derived from the hooks' declared needs; magnitude and dense need none), or a token
-    method that chooses something from calibration statistics (YOPO's heads)."""
-    if transform is not None and transform.wants_fit():
-        return True
-    if cfg.sparsity == 0 and cfg.nm is None:
-        return False
-    return resolve(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None).needs.calibration
-
-
-def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, revision: str | None = None,
-              transform: TokenTransform | None = None) -> None:
+def preflight(model_name: str, recipe: Recipe, out: Path, overwrite: bool, revision: str | None = None) -> None:
     """Everything checkable before the model is loaded (output, model files, calibration data), all reported at once."""
 
     out = Path(out)
@@ -70,25 +56,25 @@ def preflight(model_name: str, cfg: PruneConfig, out: Path, overwrite: bool, rev
     if where is not None:
         problems.append(f"--out {out}: {where}")
     problems.append(model_problem(model_name, revision))
-    if needs_calibration(cfg, transform):
+    if recipe.needs_calibration:
+        cfg = recipe.weight
         problems += calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
     problems = [p for p in problems if p]
     if problems:
         raise TampError(join_problems(problems))
 
 
-def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", offload: bool = False,
-          dtype: str = "auto", revision: str | None = None, overwrite: bool = False,
-          transform: TokenTransform | None = None) -> dict[str, Any]:
-    """Prune `model_name` with `cfg` and write the artifact to `out`; returns the pruning.json content.
+def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offload: bool = False,
+          revision: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Prune `model_name` as `recipe` says and write the artifact to `out`; returns the pruning.json content.
 
-    A token `transform` changes no weight: it is recorded (pruning.json's `transform` section) for the loader."""
-    cfg.validate()
+    A token part changes no weight: it is recorded (pruning.json's `transform` section) for the loader."""
+    cfg, transform, dtype = recipe.weight, recipe.token, recipe.dtype
     dev = pick_device(device)
     out = Path(out)
 
     resolve_dtype(dtype)
-    preflight(model_name, cfg, out, overwrite, revision, transform)
+    preflight(model_name, recipe, out, overwrite, revision)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT reference numerics
@@ -103,7 +89,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         transform.install(loaded.model).remove()  # refused now (one line) if this model cannot run it
     calib = None
     warnings: list[str] = []
-    if needs_calibration(cfg, transform):
+    if recipe.needs_calibration:
         t = time.perf_counter()
         calib = build_calibration(cfg.calib, loaded, cfg.nsamples, cfg.seqlen, cfg.seed)
         timings["calibration"] = time.perf_counter() - t
@@ -113,7 +99,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
                         "every matrix is pruned with the uniform N:M pattern")
     for w in warnings:
         print(f"warning: {w}")
-    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, dev, offload)
+    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, recipe.parts, dev, offload)
     timings.update(result.timings)
     if transform is not None and transform.wants_fit():  # on the weights as they will be evaluated
         t = time.perf_counter()
@@ -135,6 +121,7 @@ def prune(model_name: str, cfg: PruneConfig, out: Path, device: str = "cpu", off
         "model": {"name": model_name, "id": loaded.model_id, "revision": revision, "family": adapter.family,
                   "from_gguf": loaded.from_gguf, "dtype": str(next(loaded.model.parameters()).dtype)},
         "config": cfg.to_dict(),
+        "code_versions": code_versions(recipe),
         "calibration": None if calib is None else {
             "spec": calib.spec, "fingerprint": calib.fingerprint, "samples": calib.samples,
             "batches": len(calib.batches), "token_counts": dict(result.token_counts), **calib.details},

@@ -245,22 +245,42 @@ def _compare_matrix(name: str, got: dict[str, Any], want: dict[str, Any]) -> tup
 
 
 def check_pruned(case: str, tensors: Mapping[str, torch.Tensor], dense: Mapping[str, torch.Tensor],
-                 amia: AmiaReplay | None = None, flip_share: float | None = None) -> None:
+                 amia: AmiaReplay | None = None, flip_share: float | None = None,
+                 versions: Mapping[str, Any] | None = None) -> None:
     """Compare one pruned model with the golden record of ``case`` (or record it under UPDATE_GOLDEN=1).
 
     ``flip_share``: the cascade rule (a share of sampled mask bits and of the values' norm) instead of the
-    near-tie rule, for deep models pruned sequentially."""
+    near-tie rule, for deep models pruned sequentially. ``versions``: the code versions the artifact key covers
+    (pruning.json's ``code_versions``), recorded with the case; re-recording a case whose weights changed while
+    none of them did is refused, since every cached artifact of that recipe would be reused with stale weights."""
     got = model_digest(tensors, dense, sample=flip_share is not None)
     for name, t in tensors.items():  # tensors without zeros are the dense ones, on this machine
         if not _is_pruned(t) and name in dense:
             assert torch.equal(t, dense[name]), f"{case}: {name} holds no zero but differs from the dense model"
     if amia is not None and amia.selections:
         got["amia"] = amia.encoded()
+    if versions is not None:
+        got["versions"] = dict(versions)
+    want = _read(WEIGHTS_FILE).get(case)
     if updating():
+        if want is not None and versions is not None and want.get("versions") == got["versions"]:
+            problems = _problems(case, got, want, flip_share)
+            if problems:
+                pytest.fail(f"{case}: the pruned weights changed but no version the artifact key covers did "
+                            f"({problems[0]}); bump the `version` of the method (or the VERSION of the "
+                            "tamp/algorithms module, the engine, the calibration code) whose output changed, then "
+                            "re-record")
         _record(WEIGHTS_FILE, case, got, depth=3)
         return
-    want = _read(WEIGHTS_FILE).get(case)
     assert want is not None, f"{case} has no golden record; record it with UPDATE_GOLDEN=1"
+    problems = _problems(case, got, want, flip_share)
+    if problems:
+        pytest.fail(f"{case}: the pruned weights differ from the golden record ({len(problems)} problems): "
+                    + "; ".join(problems[:6]))
+
+
+def _problems(case: str, got: dict[str, Any], want: dict[str, Any], flip_share: float | None) -> list[str]:
+    """What differs between a pruned model's digest and its record beyond what rounding moves."""
     assert got["layout"] == want["layout"], f"{case}: tensor names, dtypes or shapes differ from the golden record"
     assert set(got["matrices"]) == set(want["matrices"]), (
         f"{case}: pruned matrices differ: {sorted(set(got['matrices']) ^ set(want['matrices']))[:5]}")
@@ -278,9 +298,7 @@ def check_pruned(case: str, tensors: Mapping[str, torch.Tensor], dense: Mapping[
     if len(flipped_matrices) > FLIPPED_MATRICES:
         problems.append(f"{len(flipped_matrices)} matrices hold near-tie flips (at most {FLIPPED_MATRICES}): "
                         f"{flipped_matrices[:5]}")
-    if problems:
-        pytest.fail(f"{case}: the pruned weights differ from the golden record ({len(problems)} problems): "
-                    + "; ".join(problems[:6]))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------------

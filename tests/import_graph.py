@@ -1,5 +1,6 @@
 """The import graph of tamp/ and harness/, read from the source (no imports run): which module imports which,
-at module level or inside a function. Imports under `if TYPE_CHECKING:` are left out (they never run)."""
+at module level or inside a function. Imports under `if TYPE_CHECKING:` never run: they are edges only when asked
+for (`type_checking=True`), as the cycle check does (a type-only circle is still a circle of the design)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Edge:
     target: str
     line: int
     in_function: bool
+    type_only: bool = False
 
 
 def modules() -> dict[str, Path]:
@@ -37,43 +39,51 @@ def _is_type_checking(node: ast.If) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool):
-    """(imported names, line, inside a function?) for every import statement that can run."""
-    def visit(node: ast.AST, in_function: bool):
+def _imports(tree: ast.AST, module: str, is_package: bool, type_checking: bool):
+    """(imported names, line, inside a function?, type-only?) for every import statement that can run (and, with
+    `type_checking`, those under `if TYPE_CHECKING:`)."""
+    def visit(node: ast.AST, in_function: bool, type_only: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child):
+                if type_checking:
+                    for sub in child.body:
+                        yield from visit_one(sub, in_function, True)
                 for sub in child.orelse:
-                    yield from visit(sub, in_function)
+                    yield from visit_one(sub, in_function, type_only)
                 continue
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            if isinstance(child, ast.Import):
-                for alias in child.names:
-                    yield [alias.name], child.lineno, in_function
-            elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = module.split(".") if is_package else module.split(".")[:-1]
-                    anchor = anchor[:len(anchor) - (child.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
-                yield [base, *(f"{base}.{a.name}" for a in child.names)], child.lineno, in_function
-            yield from visit(child, inner)
+            yield from visit_one(child, in_function, type_only)
 
-    yield from visit(tree, False)
+    def visit_one(child: ast.AST, in_function: bool, type_only: bool):
+        inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        if isinstance(child, ast.Import):
+            for alias in child.names:
+                yield [alias.name], child.lineno, in_function, type_only
+        elif isinstance(child, ast.ImportFrom):
+            base = child.module or ""
+            if child.level:
+                anchor = module.split(".") if is_package else module.split(".")[:-1]
+                anchor = anchor[:len(anchor) - (child.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield [base, *(f"{base}.{a.name}" for a in child.names)], child.lineno, in_function, type_only
+        yield from visit(child, inner, type_only)
+
+    yield from visit(tree, False, False)
 
 
-def edges(external: bool = False) -> list[Edge]:
+def edges(external: bool = False, type_checking: bool = False) -> list[Edge]:
     """Imports between the packages' modules; with `external`, also those of other top-level packages (the
-    target is then the top-level name, e.g. `torch`)."""
+    target is then the top-level name, e.g. `torch`); with `type_checking`, also the type-only imports."""
     known = modules()
     out = []
     for name, path in known.items():
         tree = ast.parse(path.read_text(), str(path))
-        for candidates, line, in_function in _imports(tree, name, path.name == "__init__.py"):
+        for candidates, line, in_function, type_only in _imports(tree, name, path.name == "__init__.py",
+                                                                 type_checking):
             internal = [t for t in candidates if t in known and t != name]
-            out += [Edge(name, t, line, in_function) for t in internal]
+            out += [Edge(name, t, line, in_function, type_only) for t in internal]
             top = candidates[0].split(".")[0]
             if external and not internal and top and top not in PACKAGES:
-                out.append(Edge(name, top, line, in_function))
+                out.append(Edge(name, top, line, in_function, type_only))
     return out
 
 

@@ -12,6 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+# bumped when what this module computes changes: the artifact keys of the methods using it cover it
+VERSION = 1
+
 
 def kept_channels(intermediate: int, keep: float) -> int:
     """Channels left at fraction `keep` (int(), as the release's int(I / mlpcut_ratio)); at least one."""

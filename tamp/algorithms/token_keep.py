@@ -7,6 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+# bumped when what this module computes changes: the artifact keys of the methods using it cover it
+VERSION = 1
+
 
 def keep_count(n_visual: int, keep_ratio: float) -> int:
     """Visual tokens kept out of `n_visual` at `keep_ratio` (rounded to the nearest token; FastV)."""

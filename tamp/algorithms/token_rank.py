@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# bumped when what this module computes changes: the artifact keys of the methods using it cover it
+VERSION = 1
+
 
 def pagerank(logits: Tensor, tau: float = 0.1, iters: int = 5) -> Tensor:
     """logits [H, T, T] (masked entries -inf or very negative) -> [H, T] stationary-ish distribution per head."""

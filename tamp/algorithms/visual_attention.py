@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# bumped when what this module computes changes: the artifact keys of the methods using it cover it
+VERSION = 1
+
 
 def visual_mass(logits: Tensor, visual_keys: Tensor) -> Tensor:
     """[h, Tq, Tk] masked logits of visual query rows (-inf where not allowed), [Tk] bool -> [h]: per head, the

@@ -2,8 +2,8 @@
 
 Each block runs twice over the calibration set (statistics, then the pruned block to produce the next
 block's inputs), so the cost grows linearly with depth. Allocations that need dense-model statistics run
-their own observing sweep (tamp.engine.sweep) first. The method's parts come from the registry as hooks:
-this file names no method.
+their own observing sweep (tamp.engine.sweep) first. The method's parts arrive resolved, as hooks
+(tamp.engine.parts): this package names no method and imports nothing from tamp.methods.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from tamp.config import PruneConfig
 from tamp.engine.attention import capture_last_row_attention
 from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, EngineResult, PhaseTimer, matrices_to_prune
+from tamp.engine.parts import Parts, Scoring
 from tamp.engine.stats import StatsCollector, TokenSelector
 from tamp.engine.sweep import sweep
-from tamp.methods.base import Scoring
-from tamp.methods.registry import resolve
 from tamp.models.adapters import ModelAdapter, Stack, prunable_linears
 
 
@@ -30,19 +29,20 @@ def prune_model(
     adapter: ModelAdapter,
     batches: list[dict[str, torch.Tensor]],
     cfg: PruneConfig,
+    parts: Parts | None,
     device: torch.device | str = "cpu",
     offload: bool = False,
 ) -> EngineResult:
-    """Prune `model` in place with `cfg`; returns the per-matrix targets and timings."""
+    """Prune `model` in place with `cfg`'s composition, resolved to `parts` (None: nothing is pruned); returns the
+    per-matrix targets and timings."""
     device = torch.device(device)
     stacks = adapter.stacks(model, cfg.prune_vision)
     result = EngineResult()
     ctx = Context(model, adapter, stacks, matrices_to_prune(model, stacks), batches, cfg, device, offload,
                   result, PhaseTimer(result.timings, device))
-    if cfg.sparsity == 0.0 and cfg.nm is None:
+    if parts is None or not cfg.prunes:
         result.targets = {name: 0.0 for name in ctx.linears}
         return result
-    parts = resolve(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None)
     if not offload:
         model.to(device)
     if cfg.nm is not None:

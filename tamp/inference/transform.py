@@ -16,16 +16,10 @@ from torch import nn
 from tamp.errors import TampError
 from tamp.inference.sequence_edit import SequenceEditor
 from tamp.methods import registry
-from tamp.methods.base import TokenMethod, WeightMethod
+from tamp.methods.base import TokenMethod
 from tamp.models.adapters import get_adapter
-from tamp.params import Param
 
 SECTION = "transform"  # pruning.json's key for it
-DENSE = "dense"
-
-
-def token_params() -> dict[str, Param]:
-    return {p.name: p for m in registry.all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
 
 
 @dataclass(frozen=True)
@@ -93,31 +87,3 @@ class TokenTransform:
             return SequenceEditor(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
             raise TampError(f"{self.method} {self.params}: {exc}") from None
-
-
-def split_method(name: str) -> tuple[str, str | None]:
-    """`tamp+fastv` -> ('tamp', 'fastv'); `fastv` -> ('dense', 'fastv'); `wanda` -> ('wanda', None).
-
-    At most one weight method and one token method, each registered under its kind."""
-    parts = [p.strip() for p in name.split("+")]
-    if any(not p for p in parts):
-        raise TampError(f"--method '{name}': empty part; compose as WEIGHT+TOKEN, e.g. tamp+fastv")
-    kinds: dict[str, list[str]] = {"weight": [], "token": []}
-    for part in parts:
-        method = registry.get(part)
-        if isinstance(method, WeightMethod):
-            kinds["weight"].append(part)
-        elif isinstance(method, TokenMethod):
-            kinds["token"].append(part)
-        else:
-            raise TampError(f"--method: '{part}' is a {method.kind} method, which does not compose yet")
-    if len(kinds["weight"]) > 1 or len(kinds["token"]) > 1:
-        raise TampError(f"--method '{name}': at most one weight method and one token method, e.g. tamp+fastv")
-    weight = kinds["weight"][0] if kinds["weight"] else DENSE
-    return weight, kinds["token"][0] if kinds["token"] else None
-
-
-def split_overrides(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`--set` values -> (the weight config's, the token method's)."""
-    tokens = token_params()
-    return ({k: v for k, v in values.items() if k not in tokens}, {k: v for k, v in values.items() if k in tokens})

@@ -28,9 +28,9 @@ class AmiaSelector:
     needs_attention = True
 
     def __init__(self, cfg: PruneConfig) -> None:
-        self.kw: dict[str, Any] = dict(k=cfg.amia_k, edge_temp=cfg.amia_edge_temp, suppress_temp=cfg.amia_suppress_temp,
-                                       mmd_factor=cfg.amia_mmd_factor, sigma=cfg.amia_sigma)
-        self.scope = cfg.amia_scope
+        self.kw: dict[str, Any] = {key: cfg.param(f"amia_{key}")
+                                   for key in ("k", "edge_temp", "suppress_temp", "mmd_factor", "sigma")}
+        self.scope = cfg.param("amia_scope")
 
     def __call__(self, buffers: dict[str, tuple[torch.Tensor, torch.Tensor]], item: Captured,
                  attention: torch.Tensor | None) -> dict[str, torch.Tensor]:

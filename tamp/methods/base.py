@@ -10,18 +10,17 @@ never listed by hand. The engine only calls hooks; it names no method.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
-from tamp.engine.stats import InputStats, TokenSelector
+from tamp.engine.parts import Allocation, Needs, Scoring, TokenSelection
 from tamp.params import Param
 
 if TYPE_CHECKING:
     from tamp.config import PruneConfig
-    from tamp.engine.context import Context
     from tamp.inference.sequence_edit import TokenPlan
     from tamp.models.adapters import ModelAdapter
 
@@ -30,48 +29,6 @@ __all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "P
 
 KINDS = ("weight", "token")  # shape-changing structured pruners are the next kind
 UNIFORM, ALL_TOKENS = "uniform", "all"  # the neutral allocation and token selection: no hook
-
-
-@dataclass(frozen=True)
-class Needs:
-    """What running a hook requires of the engine."""
-
-    calibration: bool = False  # calibration data runs through the model
-    col_norms: bool = False  # per input column sum of x^2 (Wanda's statistic)
-    hessian: bool = False  # X^T X per linear (SparseGPT)
-    attention: bool = False  # each block's last-row attention (AMIA's token scores)
-    dense_sweep: bool = False  # a pass over the dense model before anything is pruned
-
-    def __or__(self, other: Needs) -> Needs:
-        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
-
-    def names(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name)]
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """Fills the per-matrix sparsity map: {full matrix name: sparsity}, from the engine Context."""
-
-    fn: Callable[[Context], dict[str, float]]
-    needs: Needs = Needs(calibration=True, dense_sweep=True)
-
-
-@dataclass(frozen=True)
-class TokenSelection:
-    """Builds the selector that picks which tokens feed the statistics (per batch and linear). With a scoring
-    that needs no statistic, the engine feeds the selected tokens to Wanda's column norms."""
-
-    make: Callable[[PruneConfig], TokenSelector]
-    needs: Needs = Needs(calibration=True)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """Prunes one weight matrix to a sparsity (or the config's N:M pattern) from its input statistics."""
-
-    prune: Callable[[torch.Tensor, InputStats | None, float, PruneConfig], torch.Tensor]
-    needs: Needs = Needs()
 
 
 @dataclass(frozen=True)

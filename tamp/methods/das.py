@@ -75,10 +75,10 @@ def allocate(ctx: Context) -> dict[str, float]:
             handles = []
 
             def hook(key: str, output: torch.Tensor) -> None:
-                for terms in _similarities(output, current["item"], cfg.das_positive_only):
+                for terms in _similarities(output, current["item"], cfg.param("das_positive_only")):
                     running.add(key, terms)
 
-            if cfg.das_mode == "released":
+            if cfg.param("das_mode") == "released":
                 for name, mod in prunable_linears(layer).items():
                     handles.append(mod.register_forward_hook(
                         lambda m, a, o, key=f"{block}.{name}": hook(key, o)))
@@ -86,20 +86,20 @@ def allocate(ctx: Context) -> dict[str, float]:
                 for item in items:
                     current["item"] = item
                     item.hidden = run_block(layer, item, ctx.device)
-                    if cfg.das_mode == "paper":
-                        for t in _similarities(item.hidden, item, cfg.das_positive_only):
+                    if cfg.param("das_mode") == "paper":
+                        for t in _similarities(item.hidden, item, cfg.param("das_positive_only")):
                             running.add(block, t)
             for h in handles:
                 h.remove()
 
         sweep(ctx, stack, observe, desc=f"DAS diversity {stack.name}")
-    target, max_s = cfg.sparsity, cfg.sparsity + cfg.das_max_delta
-    if cfg.das_mode == "released":
+    target, max_s = cfg.sparsity, cfg.sparsity + cfg.param("das_max_delta")
+    if cfg.param("das_mode") == "released":
         scores = das_scores({name: running.means(name) for name in ctx.linears})
         numels = {name: mod.weight.numel() for name, mod in ctx.linears.items()}
         ctx.result.details["das_scores"] = scores
         return das_allocation(scores, numels, target, max_s, mode="released",
-                              released_overshoot_bug=cfg.allocation_overshoot_bug)
+                              released_overshoot_bug=cfg.param("allocation_overshoot_bug"))
     scores = das_scores({block: running.means(block) for block in block_members})
     numels = {block: sum(ctx.linears[n].weight.numel() for n in names) for block, names in block_members.items()}
     ctx.result.details["das_scores"] = scores

@@ -59,7 +59,7 @@ def allocate(ctx: Context) -> dict[str, float]:
     media_ids = [i for ids in ctx.adapter.media_token_ids.values() for i in ids]
     nbatches, seen = 0, 0
     for batch in ctx.batches:
-        if seen >= cfg.ecoflap_samples:
+        if seen >= cfg.param("ecoflap_samples"):
             break
         nbatches += 1
         seen += int(batch["input_ids"].shape[0])
@@ -75,12 +75,12 @@ def allocate(ctx: Context) -> dict[str, float]:
         for b in range(nbatches):
             generator.manual_seed(cfg.seed * 1_000_003 + index[name] * 10_007 + b)
             z = torch.randn(original.shape, generator=generator, device=original.device, dtype=torch.float32)
-            step = (cfg.ecoflap_eps * z).to(original.dtype)
+            step = (cfg.param("ecoflap_eps") * z).to(original.dtype)
             mod.weight.data = original + step
             plus = loss_fn(b)
             mod.weight.data = original - step
             minus = loss_fn(b)
-            total += zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
+            total += zeroth_order_grad(plus, minus, cfg.param("ecoflap_eps"))
         mod.weight.data = original  # the untouched tensor itself: restored bit-exactly
         scores[name] = total
 
@@ -111,8 +111,8 @@ def allocate(ctx: Context) -> dict[str, float]:
     numels = [sum(ctx.linears[n].weight.numel() for n in groups[g]) for g in group_names]
     group_scores = [sum(scores[n] for n in groups[g]) for g in group_names]
     total_keep = int(sum(numels) * (1 - cfg.sparsity))
-    keep = keep_budget_allocation(group_scores, numels, total_keep, cfg.sparsity + cfg.ecoflap_max_delta,
-                                  released_overshoot_bug=cfg.allocation_overshoot_bug)
+    keep = keep_budget_allocation(group_scores, numels, total_keep, cfg.sparsity + cfg.param("ecoflap_max_delta"),
+                                  released_overshoot_bug=cfg.param("allocation_overshoot_bug"))
     sparsity = sparsities_from_keep(keep, numels)
     ctx.result.details["ecoflap_block_scores"] = dict(zip(group_names, group_scores))
     return {n: s for g, s in zip(group_names, sparsity) for n in groups[g]}

@@ -36,11 +36,12 @@ def allocate(ctx: Context) -> dict[str, float]:
             collector.remove()
             metric = torch.cat([(mod.weight.abs().float() * collector.result(n).col_sq.sqrt()).flatten()
                                 for n, mod in linears.items()])
-            ratios.append(outlier_ratio(metric, cfg.owl_m))
+            ratios.append(outlier_ratio(metric, cfg.param("owl_m")))
             blocks.append(block_names(stack, i, layer))
 
         sweep(ctx, stack, observe, desc=f"OWL outliers {stack.name}")
-        sparsities = owl_block_sparsities(ratios, cfg.sparsity, cfg.owl_lambda, released_tamp_sign=cfg.owl_released_sign)
+        sparsities = owl_block_sparsities(ratios, cfg.sparsity, cfg.param("owl_lambda"),
+                                          released_tamp_sign=cfg.param("owl_released_sign"))
         ctx.result.details.setdefault("owl_outlier_ratios", {})[stack.name] = ratios
         for names, s in zip(blocks, sparsities):
             targets.update({n: s for n in names})

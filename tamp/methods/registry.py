@@ -2,23 +2,20 @@
 
 A plugin is any installed distribution with an entry point in the group `tamp.methods` whose value is a
 Method (or a list of them); `tamp` and `harness` pick it up with no change here, as lmms-eval finds our
-wrappers. Built-in methods' parameters are PruneConfig fields (pruning.json's format); a plugin's
-parameters are kept in the config's `extra`, so installing a plugin changes no other method's artifact key.
+wrappers. A run's config holds the parameters of the methods it uses only (nested under each one's name), so
+installing a plugin changes no other method's artifact key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import tamp.methods as package
+from tamp.engine.parts import Parts
 from tamp.methods.base import (
     ALL_TOKENS,
     UNIFORM,
-    Allocation,
     Method,
-    Needs,
-    Scoring,
-    TokenSelection,
     WeightMethod,
 )
 from tamp.params import RUN_FIELDS
@@ -82,16 +79,6 @@ def part_choices(part: str) -> tuple[str, ...]:
     neutral = {"allocation": (UNIFORM,), "token_selection": (ALL_TOKENS,), "scoring": ()}[part]
     return neutral + tuple(n for n, m in all_methods().items()
                            if isinstance(m, WeightMethod) and getattr(m, hook) is not None)
-
-
-@dataclass(frozen=True)
-class Parts:
-    """A config's composition resolved to hooks, and what running it needs."""
-
-    allocation: Allocation | None
-    selection: TokenSelection | None
-    scoring: Scoring
-    needs: Needs
 
 
 def resolve(allocation: str, token_selection: str, scoring: str, nm_pattern: bool) -> Parts:

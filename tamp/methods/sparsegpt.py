@@ -19,13 +19,14 @@ def prune_matrix(weight: torch.Tensor, stats: InputStats | None, sparsity: float
     assert stats is not None and stats.hessian is not None
     n, m = cfg.nm if cfg.nm is not None else (0, 0)
     new_weight, _ = sparsegpt_prune(weight, stats.hessian, sparsity, n=n, m=m,
-                                    blocksize=cfg.blocksize, percdamp=cfg.percdamp)
+                                    blocksize=cfg.param("blocksize"), percdamp=cfg.param("percdamp"))
     return new_weight
 
 
 def _block_fits_pattern(cfg: PruneConfig) -> str | None:
-    if cfg.nm is not None and cfg.blocksize % cfg.nm[1]:
-        return (f"--blocksize {cfg.blocksize} must be a multiple of {cfg.nm[1]} for the {cfg.pattern} pattern "
+    blocksize = cfg.param("blocksize")
+    if cfg.nm is not None and blocksize % cfg.nm[1]:
+        return (f"--blocksize {blocksize} must be a multiple of {cfg.nm[1]} for the {cfg.pattern} pattern "
                 "(SparseGPT must not split an N:M group between blocks)")
     return None
 

@@ -71,11 +71,18 @@ ROWS = [
     row("prune-set-field", "tamp", "prune --model {tiny} --out {out} --set nope=1", "unknown config field 'nope'"),
     row("prune-set-int", "tamp", "prune --model {tiny} --out {out} --set amia_k=x", "--set amia_k: 'x' is not a valid int"),
     row("prune-set-bool", "tamp", "prune --model {tiny} --out {out} --set prune_vision=maybe", "is not a valid bool"),
-    row("prune-set-amia-k", "tamp", "prune --model {tiny} --out {out} --set amia_k=0", "amia_k must be at least 1"),
-    row("prune-set-amia-sigma", "tamp", "prune --model {tiny} --out {out} --set amia_sigma=0",
+    row("prune-set-amia-k", "tamp", "prune --model {tiny} --out {out} --method tamp --set amia_k=0", "amia_k must be at least 1"),
+    row("prune-set-amia-sigma", "tamp", "prune --model {tiny} --out {out} --method tamp --set amia_sigma=0",
         "amia_sigma must be positive"),
-    row("prune-set-das-mode", "tamp", "prune --model {tiny} --out {out} --set das_mode=x", "unknown das_mode 'x'"),
-    row("prune-set-amia-scope", "tamp", "prune --model {tiny} --out {out} --set amia_scope=x", "unknown amia_scope"),
+    row("prune-set-das-mode", "tamp", "prune --model {tiny} --out {out} --method tamp --set das_mode=x", "unknown das_mode 'x'"),
+    row("prune-set-amia-scope", "tamp", "prune --model {tiny} --out {out} --method tamp --set amia_scope=x",
+        "unknown amia_scope"),
+    row("prune-set-unused-param", "tamp", "prune --model {tiny} --out {out} --method wanda --set das_mode=paper",
+        "--set das_mode: a parameter of das, which --method wanda does not use"),
+    row("prune-token-pattern", "tamp", "prune --model {tiny} --out {out} --method fastv --pattern 2:4",
+        "--pattern 2:4 prunes weights, but --method fastv keeps every weight"),
+    row("run-zero-sparsity-pattern", "harness", "run --model tiny-llava-next --sparsity 0 --pattern 2:4",
+        "--pattern 2:4 prunes weights, but --sparsity 0 keeps every weight"),
     row("prune-set-allocation", "tamp", "prune --model {tiny} --out {out} --set allocation=x", "unknown allocation"),
     row("prune-set-tokens", "tamp", "prune --model {tiny} --out {out} --set token_selection=x",
         "unknown token selection"),
@@ -371,7 +378,7 @@ def paths(tiny_model, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory)
     cache = p["tampered_cache"] = root / "tampered_cache"
     plan_ = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                             limit=1, output=root / "tampered_runs", artifacts=cache, device="cpu"))
-    artifact, _, _ = ensure_artifact(cache, plan_.key, plan_.key_inputs, plan_.spec, plan_.cfg, "cpu", "auto")
+    artifact, _, _ = ensure_artifact(cache, plan_.key, plan_.key_inputs, plan_.spec, plan_.recipe, "cpu")
     tamper_zeros(artifact)
     key_file = json.loads((artifact / KEY_FILE).read_text())
     del key_file["files"]
@@ -442,7 +449,7 @@ def test_damaged_cached_artifact_is_pruned_again(tiny_root: Path, tmp_path: Path
 
     p = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                         output=tmp_path / "runs", artifacts=tmp_path / "art", device="cpu"))
-    build = lambda: ensure_artifact(tmp_path / "art", p.key, p.key_inputs, p.spec, p.cfg, "cpu", "auto")  # noqa: E731
+    build = lambda: ensure_artifact(tmp_path / "art", p.key, p.key_inputs, p.spec, p.recipe, "cpu")  # noqa: E731
     artifact, reused, _ = build()
     manifest = json.loads((artifact / KEY_FILE).read_text())["files"]
     assert not reused and {"model.safetensors", "config.json", "pruning.json"} <= set(manifest)

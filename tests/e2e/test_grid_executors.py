@@ -237,7 +237,7 @@ def test_stale_temp_dir_of_a_killed_pruner_is_cleared(tmp_path: Path, tiny_root:
     stale = tmp_path / "artifacts" / f".{p.key}.tmp-999999"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_bytes(b"half")
-    path, reused, _ = ensure_artifact(tmp_path / "artifacts", p.key, p.key_inputs, p.spec, p.cfg, "cpu", "auto")
+    path, reused, _ = ensure_artifact(tmp_path / "artifacts", p.key, p.key_inputs, p.spec, p.recipe, "cpu")
     assert not reused and valid_artifact(path, p.key) and not stale.exists()
     shutil.rmtree(path)
 

@@ -61,7 +61,7 @@ def test_harness_run_prunes_and_evaluates_with_the_plugin(plugin_site: Path, tin
     assert "exact_match,none" in record["metrics"]
     info = json.loads((Path(record["artifact"]["path"]) / "pruning.json").read_text())
     assert info["config"]["method"] == "normpow" and info["config"]["scoring"] == "normpow"
-    assert info["config"]["extra"] == {"normpow_p": 0.5}
+    assert info["config"]["params"] == {"normpow": {"normpow_p": 0.5}}
     assert info["sparsity"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     table = subprocess.run([str(BIN / "harness"), "table", "--runs", str(runs)], env=_env(plugin_site),
                            capture_output=True, text=True, timeout=300, check=True).stdout

@@ -17,6 +17,7 @@ from tamp.eval.perplexity import perplexity
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
+from tamp.recipe import code_versions, recipe_for, resolve_parts, weight_config
 from tests.golden_weights import artifact_tensors, check_pruned
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ EVAL_FILES = [LICENSES / "GPL-3", LICENSES / "GFDL-1.3"]
 
 
 def _cfg(method: str, pattern: str = "unstructured") -> PruneConfig:
-    return PruneConfig.from_preset(method, sparsity=0.5, pattern=pattern, calib=CALIB, nsamples=32, seqlen=256,
+    return weight_config(method, sparsity=0.5, pattern=pattern, calib=CALIB, nsamples=32, seqlen=256,
                                    seed=0)
 
 
@@ -46,11 +47,12 @@ def results(tmp_path_factory) -> dict[str, float]:
     adapter = get_adapter(loaded.model)
     for method in ("magnitude", "sparsegpt"):
         loaded.model.load_state_dict(dense_state)
-        prune_model(loaded.model, adapter, calib.batches, _cfg(method), "cpu")
+        cfg = _cfg(method)
+        prune_model(loaded.model, adapter, calib.batches, cfg, resolve_parts(cfg), "cpu")
         ppl[method] = perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)
         pruned[method] = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     out = tmp_path_factory.mktemp("smollm2") / "wanda"
-    info = prune("smollm2", _cfg("wanda"), out, device="cpu")
+    info = prune("smollm2", recipe_for(_cfg("wanda")), out, device="cpu")
     assert info["calibration"]["fingerprint"] == calib.fingerprint
     pruned["wanda"] = artifact_tensors(out)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -72,7 +74,7 @@ def test_pruned_weights_match_golden(results, method):
     """The recorded masks and values (tests/golden_weights.py), within what rounding can move on any CPU."""
     where = "artifact" if method == "wanda" else "in-memory"
     check_pruned(f"smollm2/{method}/unstructured/{where}", results["pruned"][method], results["dense_state"],
-                 flip_share=FLIP_SHARE[method])
+                 flip_share=FLIP_SHARE[method], versions=code_versions(recipe_for(_cfg(method))))
 
 
 def test_dense_matches_reference(results):

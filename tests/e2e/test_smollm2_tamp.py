@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tamp.config import PruneConfig
 from tamp.engine.sequential import prune_model
 from tamp.eval.perplexity import perplexity
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
+from tamp.recipe import resolve_parts, weight_config
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def results() -> dict[str, dict]:
     out = {"dense": {"ppl": perplexity(loaded.model, loaded.tokenizer, EVAL_FILES)}}
     for method in ("magnitude", *METHODS):
         loaded.model.load_state_dict(dense_state)
-        cfg = PruneConfig.from_preset(method, sparsity=0.5, calib=CALIB, nsamples=8, seqlen=128, seed=0)
-        engine = prune_model(loaded.model, adapter, calib.batches, cfg, "cpu")
+        cfg = weight_config(method, sparsity=0.5, calib=CALIB, nsamples=8, seqlen=128, seed=0)
+        engine = prune_model(loaded.model, adapter, calib.batches, cfg, resolve_parts(cfg), "cpu")
         out[method] = {"ppl": perplexity(loaded.model, loaded.tokenizer, EVAL_FILES), "engine": engine,
                        "seconds": sum(engine.timings.values())}
     print("SmolLM2-135M, 50%, 8 x 128 calibration tokens, ppl on GPL-3:",

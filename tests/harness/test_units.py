@@ -84,18 +84,20 @@ def test_gpus_needs_cuda_devices(tmp_path: Path) -> None:
 def test_artifact_key_tracks_config_and_calibration(tmp_path: Path) -> None:
     from harness.cache import artifact_key, calibration_fingerprint
     from harness.registry import MODELS
-    from tamp.config import PruneConfig
+    from tamp.recipe import build_recipe
 
     spec = MODELS["tiny-llava-next"]
     text = tmp_path / "calib.txt"
     text.write_text("some words")
     fp = calibration_fingerprint(f"text:{text}", 8, 64, 42)
-    cfg = PruneConfig.from_preset("wanda", sparsity=0.5).to_dict()
-    key, inputs = artifact_key(spec, cfg, fp, "auto")
-    assert key == artifact_key(spec, cfg, fp, "auto")[0] and inputs["tamp"]["source_sha256"]
-    assert key != artifact_key(spec, PruneConfig.from_preset("wanda", sparsity=0.6).to_dict(), fp, "auto")[0]
+    recipe = build_recipe("wanda", 0.5)
+    key, inputs = artifact_key(spec, recipe, fp)
+    assert key == artifact_key(spec, build_recipe("wanda", 0.5), fp)[0]
+    assert inputs["code"]["methods"] == {"wanda": 1} and "engine" in inputs["code"]
+    assert key != artifact_key(spec, build_recipe("wanda", 0.6), fp)[0]
+    assert key != artifact_key(spec, build_recipe("wanda", 0.5, dtype="float32"), fp)[0]
     text.write_text("other words")
-    assert key != artifact_key(spec, cfg, calibration_fingerprint(f"text:{text}", 8, 64, 42), "auto")[0]
+    assert key != artifact_key(spec, recipe, calibration_fingerprint(f"text:{text}", 8, 64, 42))[0]
 
 
 def test_trained_model_artifacts_are_keyed_by_the_shipped_weights(tmp_path: Path, monkeypatch) -> None:
@@ -106,22 +108,23 @@ def test_trained_model_artifacts_are_keyed_by_the_shipped_weights(tmp_path: Path
     from harness.cache import artifact_key, model_fingerprint
     from harness.records import model_build
     from harness.registry import MODELS
-    from tamp.config import PruneConfig
     from tamp.testing import shipped
 
     spec = MODELS["tiny-trained-llava-next"]
     sha = shipped.weights_sha256("llava-next")
     assert model_fingerprint(spec, None) == {"tiny": "tiny-trained-llava-next", "weights_sha256": sha}
     assert model_build(model_fingerprint(spec, None)) == sha[:12]
-    cfg = PruneConfig.from_preset("wanda", sparsity=0.5).to_dict()
-    key = artifact_key(spec, cfg, None, "auto")[0]
+    from tamp.recipe import build_recipe
+
+    recipe = build_recipe("wanda", 0.5)
+    key = artifact_key(spec, recipe, None)[0]
     # a refreshed build (another manifest hash) keys other artifacts
     root = tmp_path / "trained"
     shutil.copytree(shipped.ROOT, root)
     manifest = json.loads((root / "llava-next.json").read_text())
     (root / "llava-next.json").write_text(json.dumps({**manifest, "weights_sha256": "0" * 64}))
     monkeypatch.setattr(shipped, "ROOT", root)
-    assert artifact_key(spec, cfg, None, "auto")[0] != key
+    assert artifact_key(spec, recipe, None)[0] != key
     assert model_build(model_fingerprint(spec, None)) == "0" * 12
     (root / "llava-next.json").write_text("{")
     with pytest.raises(HarnessError, match="shipped trained tiny llava-next model is damaged"):

@@ -20,15 +20,24 @@ def test_cycle_finder_finds_a_cycle() -> None:
 def test_the_graph_sees_the_tree() -> None:
     known = modules()
     assert {"tamp.engine.sequential", "tamp.methods.registry", "harness.run", "harness.wrappers"} <= set(known)
-    assert any(e.source == "tamp.engine.sequential" and e.target == "tamp.methods.registry" and not e.in_function
-               for e in edges())
-    # an import under `if TYPE_CHECKING:` never runs, so it is no edge (tamp.engine.context names PruneConfig so)
+    assert any(e.source == "tamp.pipeline" and e.target == "tamp.recipe" and not e.in_function for e in edges())
+    # an import under `if TYPE_CHECKING:` never runs: an edge only when type-only imports are asked for
     assert not any(e.source == "tamp.engine.context" and e.target == "tamp.config" for e in edges())
+    assert any(e.source == "tamp.engine.context" and e.target == "tamp.config" and e.type_only
+               for e in edges(type_checking=True))
 
 
-def test_no_import_cycles() -> None:
-    found = cycles(edges())
+def test_no_import_cycles_counting_type_only_imports() -> None:
+    found = cycles(edges(type_checking=True))
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_engine_imports_no_method() -> None:
+    """The engine receives a composition's hooks (tamp.engine.parts); it names and imports no method, not even for
+    types. The methods build on the engine, never the reverse."""
+    wrong = [f"{e.source}:{e.line} imports {e.target}" for e in edges(type_checking=True)
+             if e.source.startswith("tamp.engine") and e.target.startswith("tamp.methods")]
+    assert not wrong, "; ".join(wrong)
 
 
 def test_function_level_imports_are_justified() -> None:

@@ -14,7 +14,7 @@ from tamp.methods.base import Needs, Param, Scoring, WeightMethod
 
 def prune_matrix(weight: torch.Tensor, stats, sparsity: float, cfg) -> torch.Tensor:
     """The engine hands over the column sums of x^2 because `needs` asks for col_norms."""
-    p = cfg.param("normpow_p")  # a plugin's parameters live in cfg.extra; cfg.param reads them with defaults
+    p = cfg.param("normpow_p")  # its parameters sit under its name in cfg.params; cfg.param reads them
     scores = weight.abs().float() * stats.col_sq.sqrt().pow(p)
     mask = nm_mask(scores, *cfg.nm) if cfg.nm is not None else row_mask(scores, sparsity)
     return weight.masked_fill(mask, 0)

@@ -15,11 +15,11 @@ from PIL import Image
 
 from tamp.calibration.loader import build_calibration
 from tamp.calibration.media import decode_video, sample_frame_indices
-from tamp.config import PruneConfig
 from tamp.errors import TampError
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 
 
 def write_mjpeg_avi(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -163,8 +163,8 @@ def test_missing_media_and_wrong_model_are_one_line_errors(omni, tiny_model, tmp
 
 def test_pruning_json_records_tokens_per_modality(tiny_model, tmp_path: Path) -> None:
     path = _av_dataset(tmp_path / "data")
-    cfg = PruneConfig.from_preset("tamp", sparsity=0.5, calib=f"{path}:{tmp_path / 'data' / 'media'}", nsamples=4)
-    info = prune(str(tiny_model("qwen2.5-omni")), cfg, tmp_path / "out", device="cpu")
+    cfg = weight_config("tamp", sparsity=0.5, calib=f"{path}:{tmp_path / 'data' / 'media'}", nsamples=4)
+    info = prune(str(tiny_model("qwen2.5-omni")), recipe_for(cfg), tmp_path / "out", device="cpu")
     counts = info["calibration"]["token_counts"]
     assert counts["video"] > 0 and counts["audio"] > 0 and counts["text"] > 0
     assert info["engine"]["samples_with_modality"] == {"video": 3, "audio": 3, "text": 4}

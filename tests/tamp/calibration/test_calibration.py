@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from tamp.calibration.loader import build_calibration
-from tamp.config import PruneConfig
 from tamp.errors import TampError
 from tamp.models.loading import load_model
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 
 
 def _llava_dataset(root, n=6, with_text_only=True):
@@ -66,8 +66,8 @@ def test_default_image_folder_is_the_json_folder(llava_next, tmp_path):
 
 def test_samples_without_media_are_warned_and_recorded(tiny_model, tmp_path):
     path = _llava_dataset(tmp_path)
-    cfg = PruneConfig.from_preset("wanda", calib=f"{path}:{tmp_path / 'images'}", nsamples=6)
-    info = prune(str(tiny_model("llava-next")), cfg, tmp_path / "out", device="cpu")
+    cfg = weight_config("wanda", calib=f"{path}:{tmp_path / 'images'}", nsamples=6)
+    info = prune(str(tiny_model("llava-next")), recipe_for(cfg), tmp_path / "out", device="cpu")
     assert any("1 of 6 calibration samples carry no image" in w for w in info["warnings"])
     counts = info["calibration"]["token_counts"]
     assert counts["image"] > 0 and counts["text"] > 0

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tamp.calibration.loader import build_calibration
-from tamp.config import PruneConfig
 from tamp.engine.capture import capture_block_inputs, run_block
 from tamp.engine.sequential import prune_model
 from tamp.models.adapters import get_adapter, prunable_linears
 from tamp.models.loading import load_model
+from tamp.recipe import resolve_parts, weight_config
 
 FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
 
@@ -74,8 +74,8 @@ def _slow_wanda(model, adapter, batches, sparsity):
 def test_sequential_wanda_matches_full_forward_per_layer(tiny_model, family):
     loaded, adapter, batches = _setup(tiny_model, family)
     reference, _, _ = _setup(tiny_model, family)
-    cfg = PruneConfig.from_preset("wanda", sparsity=0.5)
-    prune_model(loaded.model, adapter, batches, cfg, "cpu")
+    cfg = weight_config("wanda", sparsity=0.5)
+    prune_model(loaded.model, adapter, batches, cfg, resolve_parts(cfg), "cpu")
     _slow_wanda(reference.model, adapter, batches, 0.5)
     for (name, a), (_, b) in zip(loaded.model.named_parameters(), reference.model.named_parameters()):
         assert torch.equal(a == 0, b == 0), f"mask differs in {name}"
@@ -88,7 +88,8 @@ def test_each_block_runs_twice_per_batch(tiny_model):
     stack = adapter.language_stack(loaded.model)
     for i, layer in enumerate(stack.layers):
         layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls.get(i, 0) + 1))
-    prune_model(loaded.model, adapter, batches, PruneConfig.from_preset("sparsegpt"), "cpu")
+    cfg = weight_config("sparsegpt")
+    prune_model(loaded.model, adapter, batches, cfg, resolve_parts(cfg), "cpu")
     # block 0 is also entered once per batch by the capture forward (stopped by the hook before it runs)
     assert calls == {0: 3 * len(batches), **{i: 2 * len(batches) for i in range(1, len(stack.layers))}}
 
@@ -96,9 +97,9 @@ def test_each_block_runs_twice_per_batch(tiny_model):
 def test_offload_mode_gives_the_same_weights(tiny_model):
     a, adapter, batches = _setup(tiny_model, "llava-next")
     b, _, _ = _setup(tiny_model, "llava-next")
-    cfg = PruneConfig.from_preset("sparsegpt")
-    prune_model(a.model, adapter, batches, cfg, "cpu", offload=False)
-    prune_model(b.model, adapter, batches, cfg, "cpu", offload=True)
+    cfg = weight_config("sparsegpt")
+    prune_model(a.model, adapter, batches, cfg, resolve_parts(cfg), "cpu", offload=False)
+    prune_model(b.model, adapter, batches, cfg, resolve_parts(cfg), "cpu", offload=True)
     for (name, x), (_, y) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert torch.equal(x, y), name
 

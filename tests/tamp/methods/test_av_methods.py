@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 
 FAMILIES = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")
 METHODS = ("magnitude", "wanda", "sparsegpt", "owl", "ecoflap", "das", "amia", "tamp")
@@ -53,9 +53,9 @@ def _generate(path, family: str) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", METHOD_PARAMS)
 def test_method_on_av_family(tiny_model, tmp_path, family: str, method: str) -> None:
-    cfg = PruneConfig.from_preset(method, sparsity=0.5, calib="synthetic", nsamples=3, seqlen=32, seed=42)
+    cfg = weight_config(method, sparsity=0.5, calib="synthetic", nsamples=3, seqlen=32, seed=42)
     out = tmp_path / f"{family}-{method}"
-    info = prune(str(tiny_model(family)), cfg, out, device="cpu")
+    info = prune(str(tiny_model(family)), recipe_for(cfg), out, device="cpu")
     per = info["per_matrix"]
     assert len(per) == 4 * 7 and all(".language_model.layers." in name for name in per)
     before, after = _weights(tiny_model(family)), _weights(out)
@@ -98,8 +98,8 @@ def test_das_sees_six_terms_on_the_audio_visual_model(tiny_model, tmp_path, monk
         original(self, key, terms)
 
     monkeypatch.setattr(das.RunningTerms, "add", spy)
-    cfg = PruneConfig.from_preset("das", sparsity=0.5, calib="synthetic", nsamples=2, seqlen=32, seed=0)
-    info = prune(str(tiny_model("qwen2.5-omni")), cfg, tmp_path / "out", device="cpu")
+    cfg = weight_config("das", sparsity=0.5, calib="synthetic", nsamples=2, seqlen=32, seed=0)
+    info = prune(str(tiny_model("qwen2.5-omni")), recipe_for(cfg), tmp_path / "out", device="cpu")
     assert set(seen) == set(info["per_matrix"])
     for key, terms in seen.items():
         assert {t for t in terms if "|" not in t} == {"video", "audio", "text"}, key

@@ -20,6 +20,7 @@ from tamp.methods.base import WeightMethod
 from tamp.methods.registry import builtin_methods
 from tamp.models.families import TINY_FAMILIES
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 from tests.golden_weights import amia_replay, artifact_tensors, check_golden_value, check_pruned
 
 # ECoFLaP's zeroth-order estimate runs a forward pass per noise draw: 8 draws keep it to seconds per model.
@@ -37,7 +38,7 @@ def golden_config(method: str, pattern: str = "unstructured", **overrides: Any) 
     """The configuration every golden case prunes with (50%, 4 synthetic samples of 32 tokens, seed 42)."""
     settings = {"sparsity": 0.0 if method == "dense" else 0.5, "pattern": pattern, "calib": "synthetic",
                 "nsamples": 4, "seqlen": 32, "seed": 42, **OVERRIDES.get(method, {}), **overrides}
-    return PruneConfig.from_preset(method, **settings)
+    return weight_config(method, **settings)
 
 
 def prune_and_check(tiny_model, tmp_path, monkeypatch, family: str, method: str, pattern: str,
@@ -45,8 +46,10 @@ def prune_and_check(tiny_model, tmp_path, monkeypatch, family: str, method: str,
     case = _case_id(family, method, pattern)
     out = tmp_path / "artifact"
     with amia_replay(monkeypatch, case) as amia:
-        prune(str(tiny_model(family)), golden_config(method, pattern, **overrides), out, device="cpu")
-    check_pruned(case, artifact_tensors(out), artifact_tensors(tiny_model(family)), amia)
+        info = prune(str(tiny_model(family)), recipe_for(golden_config(method, pattern, **overrides)), out,
+                     device="cpu")
+    check_pruned(case, artifact_tensors(out), artifact_tensors(tiny_model(family)), amia,
+                 versions=info["code_versions"])
 
 
 @pytest.mark.golden
@@ -80,6 +83,29 @@ def test_golden_checks_catch_a_change(tiny_model, tmp_path, monkeypatch, family,
 
 
 @pytest.mark.golden
+def test_re_recording_changed_weights_needs_a_version_bump(tiny_model, tmp_path, monkeypatch):
+    """UPDATE_GOLDEN=1 refuses to record a case whose weights changed while every version its artifact key covers
+    stayed the same (the cache would hand out stale weights); with the method's version bumped it records."""
+    import dataclasses
+    import shutil
+
+    import tests.golden_weights as golden
+    from tamp.methods import registry
+
+    copy = tmp_path / "pruned_weights.json"
+    shutil.copy(golden.WEIGHTS_FILE, copy)
+    monkeypatch.setattr(golden, "WEIGHTS_FILE", copy)
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="changed but no version the artifact key covers did"):
+        prune_and_check(tiny_model, tmp_path, monkeypatch, "llama", "magnitude", "unstructured", sparsity=0.52)
+    methods = registry.all_methods()
+    monkeypatch.setitem(methods, "magnitude", dataclasses.replace(methods["magnitude"], version=2))
+    prune_and_check(tiny_model, tmp_path / "bumped", monkeypatch, "llama", "magnitude", "unstructured",
+                    sparsity=0.52)
+    assert golden._read(copy)["llama/magnitude/unstructured"]["versions"]["methods"] == {"magnitude": 2}
+
+
+@pytest.mark.golden
 def test_golden_checks_hold_on_another_kernel_path(tmp_path):
     """The same cases with ATen's vector kernels off (ATEN_CPU_CAPABILITY=default) and one thread: the last bits
     of matmuls, exp and softmax move (measured here: 58 TAMP mask flips on tiny LLaVA, SparseGPT values ~2e-5),
@@ -107,13 +133,12 @@ KEY_CASES = [
 
 @pytest.mark.parametrize("model,method,sparsity,pattern,sets", KEY_CASES,
                          ids=[f"{c[0]}/{c[1]}/{c[2]}/{c[3]}" for c in KEY_CASES])
-def test_harness_artifact_keys_match_golden(monkeypatch, tmp_path, model, method, sparsity, pattern, sets):
-    """The key hashes tamp's own source on purpose (an edited checkout never reuses stale weights); that part is
-    held fixed here so the rest (model, config, calibration fingerprint, dtype) is what must stay identical."""
-    import harness.cache
+def test_harness_artifact_keys_match_golden(tmp_path, model, method, sparsity, pattern, sets):
+    """The key covers the model, the recipe (the used methods' configs, the dtype), the calibration fingerprint and
+    the versions the code declares, not tamp's source text: it changes only when one of those does (recorded
+    anew once, for the recipe's key scheme of 2026-12-07)."""
     from harness.run import RunOptions, plan
 
-    monkeypatch.setattr(harness.cache, "tamp_code_fingerprint", lambda: {"version": "fixed", "source_sha256": "0"})
     opts = RunOptions(model=model, sparsity=sparsity, method=method, pattern=pattern, tasks=["tamp_smoke_vqa"],
                       calib="synthetic", nsamples=8, seed=42, overrides=sets, output=tmp_path / "runs",
                       artifacts=tmp_path / "artifacts", device="cpu")

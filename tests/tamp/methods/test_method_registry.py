@@ -18,7 +18,7 @@ from tamp.errors import TampError
 from tamp.methods import registry
 from tamp.methods.base import Method, TokenMethod, WeightMethod
 from tamp.params import RUN_PARAMS
-from tamp.pipeline import needs_calibration
+from tamp.recipe import build_recipe, parse_overrides, weight_config
 
 BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
 TOKEN = ("fastv", "aim", "yopo")
@@ -46,55 +46,73 @@ def test_compositions_are_the_papers() -> None:
     assert registry.part_choices("scoring") == ("magnitude", "sparsegpt", "wanda")
 
 
-def test_config_fields_are_run_params_plus_method_params() -> None:
+def test_config_is_run_fields_plus_the_used_methods_params() -> None:
+    """PruneConfig is static (run fields, RUN_PARAMS' defaults) and nests the parameters of the methods a
+    composition uses, under each method's name: nothing another method declared."""
     names = [f.name for f in dataclasses.fields(PruneConfig)]
-    declared = [p.name for p in RUN_PARAMS] + list(dict.fromkeys(
-        p.name for m in registry.builtin_methods().values() if isinstance(m, WeightMethod) for p in m.params))
-    assert names == declared + ["extra"]
+    assert names == [p.name for p in RUN_PARAMS] + ["params"]
     defaults = PruneConfig()
+    assert all(getattr(defaults, p.name) == p.default for p in RUN_PARAMS)
+    assert weight_config("wanda").params == {}
+    assert weight_config("sparsegpt").params == {"sparsegpt": {"blocksize": 128, "percdamp": 0.01}}
+    tamp_cfg = weight_config("tamp", sparsity=0.5, das_mode="paper")
+    assert set(tamp_cfg.params) == {"das", "amia"} and tamp_cfg.param("das_mode") == "paper"
+    assert tamp_cfg.param("amia_k") == 3
+    assert set(weight_config("magnitude", allocation="owl").params) == {"owl"}
     for method in registry.builtin_methods().values():
-        for p in method.params if isinstance(method, WeightMethod) else ():
-            assert getattr(defaults, p.name) == p.default and type(p.default) is p.type, p.name
-    # the reference constants the methods' files declare
-    assert (defaults.blocksize, defaults.percdamp, defaults.owl_m, defaults.owl_lambda, defaults.amia_k) == \
-        (128, 0.01, 5.0, 0.08, 3)
+        if isinstance(method, WeightMethod) and not method.keeps_every_weight:
+            cfg = weight_config(method.name)
+            for p in method.params:
+                assert cfg.param(p.name) == p.default and type(p.default) is p.type, p.name
+    assert (weight_config("owl").param("owl_m"), weight_config("owl").param("owl_lambda")) == (5.0, 0.08)
+    with pytest.raises(KeyError, match="owl_m is no parameter of the methods this config uses"):
+        weight_config("wanda").param("owl_m")
+
+
+def _needs(method: str, sparsity: float, pattern: str = "unstructured", **sets: str) -> bool:
+    return build_recipe(method, sparsity, pattern=pattern, overrides=sets).needs_calibration
 
 
 @pytest.mark.parametrize("method", BUILTIN)
 def test_needs_data_rule(method: str) -> None:
     """Written out by hand: only magnitude and dense prune without calibration data."""
-    cfg = PruneConfig.from_preset(method, sparsity=0.0 if method == "dense" else 0.5)
-    assert needs_calibration(cfg) is (method not in ("dense", "magnitude"))
-    if method not in ("dense",):
-        assert needs_calibration(PruneConfig.from_preset(method, sparsity=0.0)) is False  # nothing to prune
+    assert _needs(method, 0.0 if method == "dense" else 0.5) is (method not in ("dense", "magnitude"))
+    assert _needs(method, 0.0) is False  # nothing to prune
+    assert _needs(f"{method}+yopo", 0.0 if method == "dense" else 0.5)  # YOPO's heads are fitted on data
 
 
 def test_needs_data_follows_every_part() -> None:
     """Magnitude scoring under a data-hungry allocation or token selection needs data (the old rule looked at
     the scoring alone); under N:M the allocation is not used, so magnitude N:M needs none."""
-    assert needs_calibration(PruneConfig.from_preset("magnitude", sparsity=0.5, allocation="owl"))
-    assert needs_calibration(PruneConfig.from_preset("magnitude", sparsity=0.5, token_selection="amia"))
-    assert not needs_calibration(PruneConfig.from_preset("magnitude", sparsity=0.5, pattern="2:4", allocation="owl"))
-    assert needs_calibration(PruneConfig.from_preset("wanda", sparsity=0.5, pattern="2:4"))
+    assert _needs("magnitude", 0.5, allocation="owl")
+    assert _needs("magnitude", 0.5, token_selection="amia")
+    assert not _needs("magnitude", 0.5, pattern="2:4", allocation="owl")
+    assert _needs("wanda", 0.5, pattern="2:4")
 
 
 def test_bad_names_and_values_are_one_line_errors() -> None:
     with pytest.raises(TampError, match="unknown method 'nope'; choose one of: dense, magnitude, sparsegpt"):
-        PruneConfig.from_preset("nope")
+        weight_config("nope")
     with pytest.raises(TampError, match="unknown allocation 'x'; choose one of: uniform, owl, ecoflap, das"):
-        PruneConfig.from_preset("wanda", allocation="x")
+        weight_config("wanda", allocation="x")
     with pytest.raises(TampError, match="unknown das_mode 'x'; choose one of: released, paper"):
-        PruneConfig.from_preset("das", das_mode="x")
+        weight_config("das", das_mode="x")
     with pytest.raises(TampError, match="--percdamp must be positive"):
-        PruneConfig.from_preset("sparsegpt", percdamp=0.0)
+        weight_config("sparsegpt", percdamp=0.0)
     with pytest.raises(TampError, match="must be a multiple of 4 for the 2:4 pattern"):
-        PruneConfig.from_preset("sparsegpt", sparsity=0.5, pattern="2:4", blocksize=6)
+        weight_config("sparsegpt", sparsity=0.5, pattern="2:4", blocksize=6)
     with pytest.raises(TampError, match="keeps every weight"):
-        PruneConfig.from_preset("dense", sparsity=0.5)
+        weight_config("dense", sparsity=0.5)
     with pytest.raises(TampError, match="unknown config field 'owl_mm'; fields: aim_iters, .*, allocation, "):
-        PruneConfig.parse_overrides(["owl_mm=1"])
-    assert PruneConfig.parse_overrides(["owl_released_sign=yes", "amia_k=4", "das_mode=paper"]) == \
+        parse_overrides(["owl_mm=1"])
+    assert parse_overrides(["owl_released_sign=yes", "amia_k=4", "das_mode=paper"]) == \
         {"owl_released_sign": True, "amia_k": 4, "das_mode": "paper"}
+    with pytest.raises(TampError, match="--set das_mode: a parameter of das, which --method wanda does not use"):
+        weight_config("wanda", das_mode="paper")
+    with pytest.raises(TampError, match="--pattern 2:4 prunes weights, but --method fastv keeps every weight"):
+        build_recipe("fastv", None, pattern="2:4")
+    with pytest.raises(TampError, match="--pattern 2:4 prunes weights, but --sparsity 0 keeps every weight"):
+        build_recipe("wanda", 0.0, pattern="2:4")
 
 
 def test_table_labels_and_order_come_from_the_registry() -> None:
@@ -147,19 +165,19 @@ from tamp.methods.base import Param, Scoring, WeightMethod
 
 
 def prune_matrix(weight, stats, sparsity, cfg):
-    assert cfg.rowmag_unused == 7
+    assert cfg.param("rowmag_unused") == 7
     return weight.masked_fill(row_mask(weight.abs().float(), sparsity), 0)
 
 
 METHOD = WeightMethod(name="rowmag", label="RowMag", order=20, summary="row-wise magnitude",
-                      params=(Param("rowmag_unused", int, 7, "shows that a new file's parameter becomes a field"),),
+                      params=(Param("rowmag_unused", int, 7, "shows that a new file's parameter reaches its hooks"),),
                       scoring="rowmag", score=Scoring(prune_matrix))
 '''
 
 
 def test_a_new_method_is_one_file(tiny_model, tmp_path: Path) -> None:
     """Drop one file into the methods folder (here: a second folder of the package's search path, so the
-    checkout is not touched) and the CLI prunes with it; its parameter is a config field and --set works."""
+    checkout is not touched) and the CLI prunes with it; its parameter is nested under its name and --set works."""
     extra_dir = tmp_path / "more_methods"
     extra_dir.mkdir()
     (extra_dir / "rowmag.py").write_text(NEW_METHOD)
@@ -175,7 +193,7 @@ def test_a_new_method_is_one_file(tiny_model, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((out / "pruning.json").read_text())
-    assert info["config"]["method"] == "rowmag" and info["config"]["rowmag_unused"] == 7
+    assert info["config"]["method"] == "rowmag" and info["config"]["params"] == {"rowmag": {"rowmag_unused": 7}}
     assert info["sparsity"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 

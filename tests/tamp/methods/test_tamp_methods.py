@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 from tests.helpers import generate_once, load_weights
 
 FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
@@ -14,10 +14,10 @@ PRESETS = ("owl", "ecoflap", "das", "amia", "tamp")
 
 
 def _prune(tiny_model, tmp_path, family, method, pattern="unstructured", **kw):
-    cfg = PruneConfig.from_preset(method, sparsity=kw.pop("sparsity", 0.5), pattern=pattern, calib="synthetic",
+    cfg = weight_config(method, sparsity=kw.pop("sparsity", 0.5), pattern=pattern, calib="synthetic",
                                   nsamples=4, seqlen=32, seed=kw.pop("seed", 42), **kw)
     out = tmp_path / f"{family}-{method}-{pattern.replace(':', 'of')}"
-    return out, prune(str(tiny_model(family)), cfg, out, device="cpu")
+    return out, prune(str(tiny_model(family)), recipe_for(cfg), out, device="cpu")
 
 
 def _kept(info) -> int:
@@ -98,7 +98,8 @@ def test_tamp_same_seed_same_masks(tiny_model, tmp_path):
 
 def test_amia_layer_scope_and_config_switches_are_recorded(tiny_model, tmp_path):
     _, info = _prune(tiny_model, tmp_path, "llava", "tamp", amia_scope="layer", das_positive_only=False)
-    assert info["config"]["amia_scope"] == "layer" and info["config"]["das_positive_only"] is False
+    assert info["config"]["params"]["amia"]["amia_scope"] == "layer"
+    assert info["config"]["params"]["das"]["das_positive_only"] is False
     assert info["engine"]["selected_tokens"] > 0
 
 
@@ -137,7 +138,7 @@ def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
     loaded = load_model(str(tiny_model(family)))
     model, adapter = loaded.model, get_adapter(loaded.model)
     batches = build_calibration("synthetic", loaded, 2, 24, seed=0).batches
-    cfg = PruneConfig.from_preset("ecoflap", sparsity=0.5)
+    cfg = weight_config("ecoflap", sparsity=0.5)
     stacks = adapter.stacks(model, False)
     linears = matrices_to_prune(model, stacks)
     result = EngineResult()
@@ -152,13 +153,13 @@ def test_ecoflap_suffix_losses_equal_whole_model_losses(tiny_model, family):
             original = mod.weight.data
             for b, batch in enumerate(batches):
                 generator.manual_seed(cfg.seed * 1_000_003 + index * 10_007 + b)
-                step = cfg.ecoflap_eps * torch.randn(original.shape, generator=generator)
+                step = cfg.param("ecoflap_eps") * torch.randn(original.shape, generator=generator)
                 mod.weight.data = original + step
                 plus = full_loss(model, batch, lm_labels(batch, media))
                 mod.weight.data = original - step
                 minus = full_loss(model, batch, lm_labels(batch, media))
                 block = name.split(".self_attn")[0].split(".mlp")[0]
-                expected[block] = expected.get(block, 0.0) + zeroth_order_grad(plus, minus, cfg.ecoflap_eps)
+                expected[block] = expected.get(block, 0.0) + zeroth_order_grad(plus, minus, cfg.param("ecoflap_eps"))
             mod.weight.data = original
     got = result.details["ecoflap_block_scores"]
     assert set(got) == set(expected)

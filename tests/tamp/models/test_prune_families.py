@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tamp.recipe import recipe_for, weight_config
 from tests.helpers import generate_once, load_weights
 
 FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
@@ -16,10 +16,10 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
 def _prune(tiny_model, tmp_path, family, method, pattern="unstructured", sparsity=0.5, **kw):
-    cfg = PruneConfig.from_preset(method, sparsity=sparsity, pattern=pattern, calib="synthetic", nsamples=4,
+    cfg = weight_config(method, sparsity=sparsity, pattern=pattern, calib="synthetic", nsamples=4,
                                   seqlen=32, seed=kw.pop("seed", 42), **kw)
     out = tmp_path / f"{family}-{method}-{pattern.replace(':', 'of')}"
-    info = prune(str(tiny_model(family)), cfg, out, device="cpu")
+    info = prune(str(tiny_model(family)), recipe_for(cfg), out, device="cpu")
     return out, info
 
 
