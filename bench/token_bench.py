@@ -18,8 +18,8 @@ import torch
 
 from bench.common import Phase, measured
 from tamp.inference.flops import ModelShape
-from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
 AIM_CASES = (("merge", "AIM merge only (25% left)"), ("prune", "AIM prune only"), ("merge+prune", "AIM merge + prune"))

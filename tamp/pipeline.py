@@ -17,12 +17,12 @@ from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
 from tamp.errors import TampError, join_problems
-from tamp.inference.transform import SECTION as TRANSFORM_SECTION
 from tamp.methods.base import UNIFORM
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
 from tamp.paths import output_problem
 from tamp.recipe import Recipe, code_versions
+from tamp.token_transform import SECTION as TRANSFORM_SECTION
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

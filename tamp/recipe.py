@@ -21,14 +21,15 @@ from typing import Any
 import tamp.algorithms
 import tamp.calibration
 import tamp.engine
+import tamp.inference
 from tamp.artifacts import FORMAT_VERSION
 from tamp.config import PruneConfig, check_sparsity
 from tamp.engine.parts import Parts
 from tamp.errors import TampError
-from tamp.inference.transform import TokenTransform
 from tamp.methods import registry
 from tamp.methods.base import ALL_TOKENS, UNIFORM, Method, TokenMethod, WeightMethod
 from tamp.params import RUN_PARAMS, Param
+from tamp.token_transform import TokenTransform
 
 DENSE = "dense"
 _PARTS = ("allocation", "token_selection", "scoring")
@@ -280,9 +281,9 @@ def _module_of(method: Method) -> ModuleType | None:
 
 def code_versions(recipe: Recipe) -> dict[str, Any]:
     """The versions of the code that made an artifact: each method the recipe runs (and each algorithm module
-    its file uses), the engine when weights are pruned, the calibration code when data is drawn, the artifact
-    format. A docstring edit changes none of them; a change of what a method computes bumps its version (the
-    golden checks in tests/golden fail until it does)."""
+    its file uses), the engine when weights are pruned, the calibration code when data is drawn, the
+    sequence-editing core when a token method runs, the artifact format. A docstring edit changes none of them;
+    a change of what a method computes bumps its version (the golden checks in tests/golden fail until it does)."""
     seen: set[str] = set()
     for method in recipe.methods:
         module = _module_of(method)
@@ -296,4 +297,6 @@ def code_versions(recipe: Recipe) -> dict[str, Any]:
         out["engine"] = tamp.engine.VERSION
     if recipe.needs_calibration:
         out["calibration"] = tamp.calibration.VERSION
+    if recipe.token is not None:
+        out["inference"] = tamp.inference.VERSION
     return out

@@ -34,9 +34,9 @@ from tamp.artifacts import write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device
 from tamp.errors import TampError
 from tamp.inference.cost import CostMeter
-from tamp.inference.transform import SECTION as TRANSFORM_SECTION
-from tamp.inference.transform import TokenTransform
 from tamp.models.loading import checkpoint_problem
+from tamp.token_transform import SECTION as TRANSFORM_SECTION
+from tamp.token_transform import TokenTransform
 
 # what a user of lmms-eval's CLI can do about a refused artifact (harness words its own)
 REFUSED_HINT = "prune it again, or pass verify_sparsity=false in --model_args to evaluate it anyway"

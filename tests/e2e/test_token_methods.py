@@ -196,8 +196,8 @@ def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, t
 def test_tamp_plus_yopo_fits_the_heads_on_the_pruned_weights(tiny_model, tmp_path: Path) -> None:
     """`--method tamp+yopo`: the weights are pruned with tamp, then the heads are chosen on the pruned model from
     the same calibration batches; every strategy switched on, the window's causal switch through --set."""
-    from tamp.inference.transform import TokenTransform
     from tamp.methods import yopo
+    from tamp.token_transform import TokenTransform
 
     out = tmp_path / "tamp-yopo"
     assert tamp_main(["prune", "--model", str(tiny_model("llava-next")), "--method", "tamp+yopo", "--sparsity", "0.5",

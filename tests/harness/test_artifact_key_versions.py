@@ -80,7 +80,8 @@ def test_the_key_names_what_it_covers() -> None:
     code = inputs["code"]
     assert code["methods"] == {"tamp": 1, "das": 1, "amia": 1, "wanda": 1, "fastv": 1}
     assert {"allocations", "amia", "masks"} <= set(code["algorithms"]) and "sparsegpt" not in code["algorithms"]
-    assert {"engine", "calibration", "artifact_format"} <= set(code)
+    assert {"engine", "calibration", "artifact_format", "inference"} <= set(code)
+    assert "inference" not in artifact_key(SPEC, build_recipe("tamp", 0.5), None)[1]["code"]
     assert inputs["config"]["params"].keys() == {"das", "amia"} and inputs["transform"]["method"] == "fastv"
     assert "tamp" not in inputs  # no source hash, no package version
 

@@ -9,10 +9,10 @@ from typing import Any
 from torch import nn
 
 from tamp.inference.sequence_edit import SequenceEditor, TokenPlan
-from tamp.inference.transform import TokenTransform
 from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.methods.aim import merge_drop, pagerank_score, prune_drop
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fastv": {"fastv_k": 2, "fastv_keep": 0.5},

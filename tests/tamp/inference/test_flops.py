@@ -8,8 +8,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tamp.inference.flops import ModelShape
-from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import FAMILIES, attn
 from tests.tamp.inference.methods import SETTINGS
 

@@ -12,8 +12,10 @@ import pytest
 import tamp
 
 ROOT = Path(tamp.__file__).parent
-CORE = ("inference/sequence_edit.py", "inference/visual_attention.py", "inference/visual_mlp.py",
-        "inference/cost.py", "inference/flops.py", "engine/attention.py", "models/internals.py")
+# every module of the sequence-editing core and the installs it shares (tamp/inference/), of the engine, and
+# the internals module: the methods build on them, never the reverse
+CORE = tuple(sorted(str(p.relative_to(ROOT)) for folder in ("inference", "engine") for p in (ROOT / folder).glob("*.py"))
+             ) + ("models/internals.py",)
 # the names only tamp/models/internals.py may spell (as attributes or strings)
 PRIVATE = ("_attn_implementation_internal", "eager_attention_forward")
 

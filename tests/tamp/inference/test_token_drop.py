@@ -12,10 +12,10 @@ import torch
 
 from tamp.algorithms.token_keep import linear_schedule, scheduled_count
 from tamp.algorithms.token_merge import merge_target
-from tamp.inference.transform import TokenTransform
 from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentionPatches
 from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import FAMILIES, attn
 from tests.tamp.inference.methods import METHODS, install, install_keep_all
 

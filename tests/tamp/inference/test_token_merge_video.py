@@ -9,8 +9,8 @@ import torch
 
 from tamp.algorithms.token_merge import bipartite_merge, merge_target
 from tamp.inference.sequence_edit import visual_groups
-from tamp.inference.transform import TokenTransform
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 
 
 def test_groups_split_video_runs_into_frames() -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tamp.inference.sequence_edit import SequenceEditor, TokenPlan
-from tamp.inference.transform import TokenTransform
 from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentionPatches
 from tamp.methods import yopo
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import FAMILIES, attn
 from tests.tamp.inference.test_token_drop import _visual_positions, check_cached_generation, zero_heads
 

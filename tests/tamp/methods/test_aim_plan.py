@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tamp.errors import TampError
-from tamp.inference.transform import TokenTransform
 from tamp.methods import aim
+from tamp.token_transform import TokenTransform
 
 
 def _plan(num_layers: int, **overrides) -> dict:

@@ -9,10 +9,10 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from tamp.errors import TampError
 from tamp.inference.sequence_edit import TokenPlan
-from tamp.inference.transform import TokenTransform
 from tamp.inference.visual_attention import VisualAttentionPatch
 from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.methods import yopo
+from tamp.token_transform import TokenTransform
 
 
 def _layers(n: int) -> list[nn.Module]:

@@ -1,4 +1,5 @@
-"""A token method as applied to one artifact: its name and parameters, validated against the registry.
+"""A run's token part: a token method as applied to one artifact, its name and parameters validated against
+the registry (this glue knows the registry; the sequence-editing core in tamp/inference/ knows no method).
 
 `tamp+fastv` is a weight method composed with a token method: the weights are pruned with tamp, and FastV
 runs whenever the artifact is evaluated. pruning.json records the transform in its `transform` section; the
