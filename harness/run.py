@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import EvaluationError, HarnessError, check_output, tamp_errors
+from harness.errors import ArtifactRefused, EvaluationError, HarnessError, check_output, tamp_errors
 from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper
 from harness.records import (
     SCHEMA,
@@ -30,7 +30,6 @@ from harness.records import (
     write_jsonl,
 )
 from harness.registry import ModelSpec, expand_calib, input_problems, resolve_model
-from harness.sparsity import ArtifactRefused
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems

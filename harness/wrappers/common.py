@@ -27,8 +27,8 @@ import torch
 from loguru import logger
 from PIL import Image
 
+from harness.errors import ArtifactRefused
 from harness.evaluate import COST_DIR_ENV
-from harness.sparsity import ArtifactRefused
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
 from tamp.artifacts import write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device

@@ -509,8 +509,8 @@ def _break_pruning_json(artifact: Path) -> None:
 def test_wrapper_refuses_a_damaged_artifact(pruned: Path, tmp_path: Path, damage_it: Any, reason: str,
                                             hint: str) -> None:
     """The refusal is a SystemExit, so lmms-eval's CLI cannot swallow it (its exit code: test_bad_inputs_process)."""
+    from harness.errors import ArtifactRefused
     from harness.evaluate import load_wrapper
-    from harness.sparsity import ArtifactRefused
 
     artifact = tmp_path / "artifact"
     shutil.copytree(pruned, artifact)

@@ -137,8 +137,8 @@ def test_mostly_empty_answers_fail_loudly(tiny_model, tmp_path: Path, dirs: dict
 
 
 def test_tampered_artifact_is_refused(pruned: Path, tiny_model, tmp_path: Path) -> None:
+    from harness.errors import ArtifactRefused
     from harness.evaluate import load_wrapper
-    from harness.sparsity import ArtifactRefused
 
     rec = json.loads((pruned / "tamp_smoke_vqa_limit4.json").read_text())
     tampered = tmp_path / "tampered"
