@@ -133,8 +133,8 @@ token-demo:
 		$(DEMO_WHERE) --out-dir $(TOKEN_DEMO_OUT) --csv $(TOKEN_DEMO_OUT)/leaderboard.csv \
 		--output $(TOKEN_DEMO_OUT)/runs --artifacts $(TOKEN_DEMO_OUT)/artifacts
 
-# Refresh the committed copies that the README shows (results/demo/, results/token-demo/) from the two demos above:
-# runs them (or reuses their runs) and copies their tables, plots and leaderboards. Then update the README's tables
+# Refresh the committed copies that docs/benchmarks.md shows (results/demo/, results/token-demo/) from the two demos
+# above: runs them (or reuses their runs) and copies their tables, plots and leaderboards. Then update its tables
 # from the copied .md files and commit. Only this target writes into committed files.
 demo-results: demo token-demo
 	mkdir -p results/demo results/token-demo

@@ -1,7 +1,7 @@
 """`harness export --csv FILE`: the leaderboard, one row per (model, model_build, method, sparsity, pattern, limit,
 task, metric).
 
-Column order (stable; documented in the README):
+Column order (stable):
   model, model_build (which weights carry the name: the first 12 hex digits of the shipped weights' sha256 of a
   trained tiny model, of a local directory's content hash or of an HF snapshot's commit; empty where the name
   alone fixes the weights, or for records that predate the column and cannot tell), method, sparsity, pattern,

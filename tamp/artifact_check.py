@@ -4,7 +4,7 @@ pruning.json lists every pruned matrix with its exact zero count. Recounting the
 catches an artifact whose weights were replaced or edited after pruning, and a loading path that
 silently dropped the zeros (e.g. a wrong dtype cast or a different checkpoint). It lives beside the
 format it checks (tamp.artifacts); the lmms-eval wrappers call it and turn a SparsityMismatch into
-their refusal (harness.sparsity.ArtifactRefused).
+their refusal (harness.errors.ArtifactRefused).
 """
 
 from __future__ import annotations
