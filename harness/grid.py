@@ -117,7 +117,7 @@ def load_grid(path: Path) -> Grid:
 def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
     """The registered methods a cell of `method` runs when it prunes: its token method, its weight method and that
     method's parts (as the grid's overrides may set them)."""
-    from tamp.recipe import split_method  # torch: only a run or a plan needs it
+    from tamp.recipe import split_method  # torch: only a run or its planning needs it
 
     weight, token = split_method(method)
     chosen = get(weight)
@@ -128,7 +128,7 @@ def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
 def _check_overrides(grid: Grid) -> dict[str, Any]:
     """The grid's overrides, typed; a method parameter must belong to a method some cell of the grid runs (a typo
     or a forgotten method must not silently run the grid without it)."""
-    from tamp.recipe import method_params, parse_overrides  # torch: only a run or a plan needs it
+    from tamp.recipe import method_params, parse_overrides  # torch: only a run or its planning needs it
 
     with tamp_errors():
         values = parse_overrides(grid.overrides)
@@ -149,7 +149,7 @@ def _check_overrides(grid: Grid) -> dict[str, Any]:
 def cells(grid: Grid) -> list[Cell]:
     """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
     model whatever the sparsities."""
-    from tamp.recipe import DENSE, split_method  # torch: only a plan needs it
+    from tamp.recipe import DENSE, split_method  # torch: only planning needs it
 
     _check_overrides(grid)
     out: list[Cell] = []
@@ -181,7 +181,7 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
     """One cell's `harness run`. A grid's overrides apply to the cells whose methods take them: a method's
     parameters go only to the cells that run it (an unpruned cell runs no weight method), run fields to all. The
     grid's pattern is for its pruned cells; the dense and token-only cells keep every weight."""
-    from tamp.recipe import method_params  # torch: only a run or a plan needs it
+    from tamp.recipe import method_params  # torch: only a run or its planning needs it
 
     values = _check_overrides(grid)
     with tamp_errors():

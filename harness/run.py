@@ -65,7 +65,7 @@ class RunOptions:
 
 
 @dataclass
-class Plan:
+class RunPlan:
     """The validated run: model, recipe, tasks, cache key and the record of each task."""
 
     spec: ModelSpec
@@ -131,7 +131,7 @@ def missing_data(spec: ModelSpec, recipe: Recipe, tasks: list[str], tm: Any) -> 
     return [p for p in problems if p] + dataset_problems(tasks, tm, why_offline)
 
 
-def plan(opts: RunOptions) -> Plan:
+def plan_run(opts: RunOptions) -> RunPlan:
     """Validate everything and work out what is left to do; loads no model."""
     if opts.limit is not None and opts.limit < 1:
         raise HarnessError(f"--limit must be at least 1, got {opts.limit}")
@@ -176,7 +176,7 @@ def plan(opts: RunOptions) -> Plan:
             raise HarnessError(f"{path} exists but was made from a different artifact (model, method config, "
                                f"calibration or a method's version changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
-    return Plan(spec, recipe, tasks, key, inputs, records, pending)
+    return RunPlan(spec, recipe, tasks, key, inputs, records, pending)
 
 
 def _artifact_key(spec: ModelSpec, recipe: Recipe) -> tuple[str, dict[str, Any]]:
@@ -213,7 +213,7 @@ def finished(opts: RunOptions) -> bool:
 
 def run(opts: RunOptions) -> list[dict[str, Any]]:
     """Do the run; returns one summary row per task (finished now or skipped as already done)."""
-    p = plan(opts)
+    p = plan_run(opts)
     for task in p.tasks:
         if task not in p.pending:
             print(f"skip {task}: {p.records[task]} is done (--force reruns it)")
@@ -222,7 +222,7 @@ def run(opts: RunOptions) -> list[dict[str, Any]]:
     return [summary_row(load_record(p.records[t]) or {}, t, t in p.pending) for t in p.tasks]
 
 
-def _prune_and_evaluate(opts: RunOptions, p: Plan) -> None:
+def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
     from harness.cache import ensure_artifact
     from harness.wrappers.common import EmptyAnswers
 

@@ -162,7 +162,7 @@ def resolve_parts(cfg: PruneConfig) -> Parts | None:
     """The engine hooks of `cfg`'s composition; None when it zeroes nothing."""
     if not cfg.prunes:
         return None
-    return registry.resolve(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None)
+    return registry.compose_parts(cfg.allocation, cfg.token_selection, cfg.scoring, nm_pattern=cfg.nm is not None)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ class TokenTransform:
         layers = list(adapter.language_stack(model).layers)
         params = {**self.params, **self.fitted}
         try:
-            params = chosen.resolve(params, layers) if chosen.resolve is not None else params
+            params = chosen.model_defaults(params, layers) if chosen.model_defaults is not None else params
             return SequenceEditor(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
             raise TampError(f"{self.method} {self.params}: {exc}") from None

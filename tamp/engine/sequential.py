@@ -2,7 +2,7 @@
 
 Each block runs twice over the calibration set (statistics, then the pruned block to produce the next
 block's inputs), so the cost grows linearly with depth. Allocations that need dense-model statistics run
-their own observing sweep (tamp.engine.sweep) first. The method's parts arrive resolved, as hooks
+their own observing pass (tamp.engine.block_pass) first. The method's parts arrive resolved, as hooks
 (tamp.engine.parts): this package names no method and imports nothing from tamp.methods.
 """
 
@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 
 from tamp.config import PruneConfig
 from tamp.engine.attention import capture_last_row_attention
+from tamp.engine.block_pass import run_blocks
 from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, EngineResult, PhaseTimer, matrices_to_prune
 from tamp.engine.parts import Parts, Scoring
 from tamp.engine.stats import StatsCollector, TokenSelector
-from tamp.engine.sweep import sweep
 from tamp.models.adapters import ModelAdapter, Stack, prunable_linears
 
 
@@ -63,7 +63,7 @@ def prune_model(
         use_selector = selector if stack.is_language_model else None
         if stack.is_language_model:
             _count_tokens(ctx, stack)
-        sweep(ctx, stack, lambda i, layer, items, s=stack, sel=use_selector:
+        run_blocks(ctx, stack, lambda i, layer, items, s=stack, sel=use_selector:
               _prune_block(ctx, parts.scoring, s, i, layer, items, sel), desc=f"prune {stack.name}")
     if offload:
         model.to("cpu")

@@ -6,7 +6,7 @@ compute for real. YOPO's plan puts a `VisualAttentionPatch` among its installs; 
   only; the pruned heads add nothing to a visual row. Keys and values stay whole (text rows attend to visual
   keys in every head), and text rows keep every head.
 - Windowed visual attention: a visual row attends to the non-visual keys it may see (causal, padding) and to
-  the visual keys of its w x w neighbourhood in its own image grid, gathered (tamp.algorithms.visual_attention).
+  the visual keys of its w x w neighbourhood in its own image grid, gathered (tamp.algorithms.attention_window).
 
 Text rows go through the block's own attention function (sdpa / eager) on their rows; visual rows through
 `rows_attention`. All of it applies only in a prefill that has visual tokens (the editor's `visual_rows`);
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from tamp.algorithms.visual_attention import rows_attention
+from tamp.algorithms.attention_window import rows_attention
 from tamp.engine.attention import allowed_keys, attention_dims, find_attention, override_attention
 from tamp.inference.sequence_edit import PrefillStats, SequenceEditor
 from tamp.inference.visual_grid import group_segments, neighbour_positions

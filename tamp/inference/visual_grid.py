@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tamp.algorithms.visual_attention import window_neighbours
+from tamp.algorithms.attention_window import window_neighbours
 
 # one grid within a group: (offset of its first token within the group, rows, cols)
 Segment = tuple[int, int, int]

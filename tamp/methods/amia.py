@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tamp.algorithms.amia import amia_select, amia_select_batched
+from tamp.engine.block_pass import sample_masks
 from tamp.engine.capture import Captured
-from tamp.engine.sweep import sample_masks
 from tamp.methods.base import Needs, Param, TokenSelection, WeightMethod
 
 if TYPE_CHECKING:

@@ -74,7 +74,7 @@ class TokenMethod(Method):
 
     plan: Callable[[dict, int], TokenPlan] | None = None
     # model-dependent defaults (e.g. YOPO's layer from a compute budget): (params, decoder layers) -> params
-    resolve: Callable[[dict, list], dict] | None = None
+    model_defaults: Callable[[dict, list], dict] | None = None
     # choices made once at prune time from calibration statistics (YOPO's inactive visual heads): (params, model,
     # adapter, calibration batches, device) -> what install needs besides the params, recorded in pruning.json
     fit: Callable[[dict, nn.Module, ModelAdapter, list, torch.device], dict] | None = None

@@ -16,9 +16,9 @@ from torch import nn
 
 from tamp.algorithms.allocations import das_allocation, das_scores
 from tamp.algorithms.amia import modality_similarities
+from tamp.engine.block_pass import run_blocks, sample_masks
 from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, block_names
-from tamp.engine.sweep import sample_masks, sweep
 from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.methods.ecoflap import OVERSHOOT_BUG
 from tamp.models.adapters import Stack, prunable_linears
@@ -92,7 +92,7 @@ def allocate(ctx: Context) -> dict[str, float]:
             for h in handles:
                 h.remove()
 
-        sweep(ctx, stack, observe, desc=f"DAS diversity {stack.name}")
+        run_blocks(ctx, stack, observe, desc=f"DAS diversity {stack.name}")
     target, max_s = cfg.sparsity, cfg.sparsity + cfg.param("das_max_delta")
     if cfg.param("das_mode") == "released":
         scores = das_scores({name: running.means(name) for name in ctx.linears})

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tamp.algorithms.allocations import keep_budget_allocation, sparsities_from_keep, zeroth_order_grad
+from tamp.engine.block_pass import run_blocks
 from tamp.engine.capture import Captured, move, run_block
 from tamp.engine.context import Context, block_of
-from tamp.engine.sweep import sweep
 from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.models.adapters import Stack, prunable_linears
 
@@ -101,7 +101,7 @@ def allocate(ctx: Context) -> dict[str, float]:
                 for item in items:
                     item.hidden = run_block(layer, item, device)
 
-        sweep(on_device, stack, on_block, desc=f"ECoFLaP scores {stack.name}")
+        run_blocks(on_device, stack, on_block, desc=f"ECoFLaP scores {stack.name}")
     if ctx.offload:
         model.to("cpu")
     groups: dict[str, list[str]] = defaultdict(list)

@@ -10,7 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from tamp.methods.base import WeightMethod
-from tamp.methods.registry import all_methods, resolve
+from tamp.methods.registry import all_methods, compose_parts
 
 
 def describe() -> list[dict[str, Any]]:
@@ -20,7 +20,7 @@ def describe() -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": method.name, "kind": method.kind, "label": method.label,
                                "order": method.order, "summary": method.summary, "source": method.source}
         if isinstance(method, WeightMethod):
-            parts = resolve(method.allocation, method.token_selection, method.scoring, nm_pattern=False)
+            parts = compose_parts(method.allocation, method.token_selection, method.scoring, nm_pattern=False)
             needs = parts.needs.names() if not method.keeps_every_weight else []
             row.update(method.composition(), needs=needs, keeps_every_weight=method.keeps_every_weight)
         row["params"] = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,

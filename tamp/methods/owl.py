@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from tamp.algorithms.allocations import outlier_ratio, owl_block_sparsities
+from tamp.engine.block_pass import run_blocks
 from tamp.engine.capture import Captured, run_block
 from tamp.engine.context import Context, block_names
 from tamp.engine.stats import StatsCollector
-from tamp.engine.sweep import sweep
 from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.models.adapters import Stack, prunable_linears
 
@@ -39,7 +39,7 @@ def allocate(ctx: Context) -> dict[str, float]:
             ratios.append(outlier_ratio(metric, cfg.param("owl_m")))
             blocks.append(block_names(stack, i, layer))
 
-        sweep(ctx, stack, observe, desc=f"OWL outliers {stack.name}")
+        run_blocks(ctx, stack, observe, desc=f"OWL outliers {stack.name}")
         sparsities = owl_block_sparsities(ratios, cfg.sparsity, cfg.param("owl_lambda"),
                                           released_tamp_sign=cfg.param("owl_released_sign"))
         ctx.result.details.setdefault("owl_outlier_ratios", {})[stack.name] = ratios

@@ -81,7 +81,7 @@ def part_choices(part: str) -> tuple[str, ...]:
                            if isinstance(m, WeightMethod) and getattr(m, hook) is not None)
 
 
-def resolve(allocation: str, token_selection: str, scoring: str, nm_pattern: bool) -> Parts:
+def compose_parts(allocation: str, token_selection: str, scoring: str, nm_pattern: bool) -> Parts:
     """The hooks named by a composition. Under an N:M pattern the allocation is not used (every matrix is N/M)."""
     methods = all_methods()
     alloc = None if allocation == UNIFORM or nm_pattern else methods[allocation].allocate  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tamp.algorithms.visual_attention import choose_pruned_heads, visual_mass
+from tamp.algorithms.attention_window import choose_pruned_heads, visual_mass
 from tamp.engine.attention import allowed_keys, attention_dims, capture_attention_score
 from tamp.engine.capture import capture_block_inputs, run_block
 from tamp.errors import TampError
@@ -113,7 +113,7 @@ def _keys(params: dict[str, Any]) -> tuple[float, float] | None:
     return tokens, tokens
 
 
-def resolve(params: dict[str, Any], layers: list[nn.Module]) -> dict[str, Any]:
+def model_defaults(params: dict[str, Any], layers: list[nn.Module]) -> dict[str, Any]:
     """The layer from the budget when `yopo_layer` is -1 (and the strategies drop layers)."""
     out = dict(params)
     if "layers" not in strategies(params):
@@ -251,5 +251,5 @@ PARAMS = (
 METHOD = TokenMethod(
     name="yopo", label="YOPO", order=22,
     summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
-    params=PARAMS, plan=plan, resolve=resolve, fit=fit, needs_fit=needs_fit,
+    params=PARAMS, plan=plan, model_defaults=model_defaults, fit=fit, needs_fit=needs_fit,
 )

@@ -373,10 +373,10 @@ def paths(tiny_model, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory)
         (grids / f"{name}.yaml").write_text(text)
     # a cached artifact edited after pruning, from before the cache recorded file manifests
     from harness.cache import KEY_FILE, ensure_artifact
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     cache = p["tampered_cache"] = root / "tampered_cache"
-    plan_ = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
+    plan_ = plan_run(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                             limit=1, output=root / "tampered_runs", artifacts=cache, device="cpu"))
     artifact, _, _ = ensure_artifact(cache, plan_.key, plan_.key_inputs, plan_.spec, plan_.recipe, "cpu")
     tamper_zeros(artifact)
@@ -445,9 +445,9 @@ def test_unreadable_run_records_are_named(command: str, paths: dict[str, str], t
 def test_damaged_cached_artifact_is_pruned_again(tiny_root: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from harness.cache import KEY_FILE, damage, ensure_artifact
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
-    p = plan(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
+    p = plan_run(RunOptions(model="tiny-llava-next", sparsity=0.5, method="magnitude", tasks=["tamp_smoke_vqa"],
                         output=tmp_path / "runs", artifacts=tmp_path / "art", device="cpu"))
     build = lambda: ensure_artifact(tmp_path / "art", p.key, p.key_inputs, p.spec, p.recipe, "cpu")  # noqa: E731
     artifact, reused, _ = build()

@@ -139,10 +139,10 @@ def test_two_cells_needing_one_artifact_prune_it_once(tmp_path: Path, tiny_root:
     """Two `harness run`s (two cells, other tasks) of the same model, method and sparsity, both waiting on the
     artifact's lock at once (the test holds it until both wait): one prunes, the other reuses, both record."""
     from harness.cache import key_lock
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     common = ["--model", "tiny-llava-next", "--method", "magnitude", "--sparsity", "0.5", *grid_args(tmp_path)]
-    key = plan(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
+    key = plan_run(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
                           output=tmp_path / "runs", artifacts=tmp_path / "artifacts")).key
     (tmp_path / "artifacts").mkdir()
     lock = key_lock(tmp_path / "artifacts", key)
@@ -198,10 +198,10 @@ def test_ray_reruns_a_cell_whose_worker_was_killed(tmp_path: Path, tiny_root: Pa
     import re
 
     from harness.cache import key_lock
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     (tmp_path / "grid.yaml").write_text(write_grid(tmp_path).read_text().replace("[magnitude, wanda]", "[magnitude]"))
-    key = plan(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
+    key = plan_run(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
                           output=tmp_path / "runs", artifacts=tmp_path / "artifacts")).key
     (tmp_path / "artifacts").mkdir()
     lock = key_lock(tmp_path / "artifacts", key)
@@ -230,9 +230,9 @@ def test_ray_reruns_a_cell_whose_worker_was_killed(tmp_path: Path, tiny_root: Pa
 def test_stale_temp_dir_of_a_killed_pruner_is_cleared(tmp_path: Path, tiny_root: Path) -> None:
     """A process killed while pruning leaves `.<key>.tmp-<pid>`; the next holder of the key's lock removes it."""
     from harness.cache import ensure_artifact, valid_artifact
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
-    p = plan(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
+    p = plan_run(RunOptions(model="tiny-llava-next", method="magnitude", sparsity=0.5, limit=2, device="cpu",
                         output=tmp_path / "runs", artifacts=tmp_path / "artifacts"))
     stale = tmp_path / "artifacts" / f".{p.key}.tmp-999999"
     stale.mkdir(parents=True)

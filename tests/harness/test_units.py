@@ -75,10 +75,10 @@ def test_accelerate_command() -> None:
 
 
 def test_gpus_needs_cuda_devices(tmp_path: Path) -> None:
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     with pytest.raises(HarnessError, match="--gpus 2 needs 2 CUDA devices"):
-        plan(RunOptions(model="tiny-llava-next", sparsity=0.5, gpus=2, output=tmp_path))
+        plan_run(RunOptions(model="tiny-llava-next", sparsity=0.5, gpus=2, output=tmp_path))
 
 
 def test_artifact_key_tracks_config_and_calibration(tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def test_unknown_device_names(no_cuda: None) -> None:
 
 def test_harness_run_checks_the_device_with_tamps_picker(no_cuda: None, tmp_path: Path) -> None:
     from harness.errors import HarnessError
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     with pytest.raises(HarnessError, match="--device cuda requested but no CUDA device is visible"):
-        plan(RunOptions(model="tiny-llava-next", sparsity=0.5, device="cuda", output=tmp_path))
+        plan_run(RunOptions(model="tiny-llava-next", sparsity=0.5, device="cuda", output=tmp_path))

@@ -137,9 +137,9 @@ def test_harness_artifact_keys_match_golden(tmp_path, model, method, sparsity, p
     """The key covers the model, the recipe (the used methods' configs, the dtype), the calibration fingerprint and
     the versions the code declares, not tamp's source text: it changes only when one of those does (recorded
     anew once, for the recipe's key scheme of 2026-12-07)."""
-    from harness.run import RunOptions, plan
+    from harness.run import RunOptions, plan_run
 
     opts = RunOptions(model=model, sparsity=sparsity, method=method, pattern=pattern, tasks=["tamp_smoke_vqa"],
                       calib="synthetic", nsamples=8, seed=42, overrides=sets, output=tmp_path / "runs",
                       artifacts=tmp_path / "artifacts", device="cpu")
-    check_golden_value(f"{model}/{method}/{sparsity}/{pattern}/{','.join(sets)}", plan(opts).key)
+    check_golden_value(f"{model}/{method}/{sparsity}/{pattern}/{','.join(sets)}", plan_run(opts).key)

@@ -48,7 +48,7 @@ def test_the_budget_picks_the_last_layer_within_it() -> None:
 
 def _plan(layers: list[nn.Module], **overrides):
     transform = TokenTransform.build("yopo", overrides)
-    return yopo.plan(yopo.resolve(transform.params, layers), len(layers))
+    return yopo.plan(yopo.model_defaults(transform.params, layers), len(layers))
 
 
 def test_strategies_alone() -> None:
@@ -69,13 +69,13 @@ def test_heads_and_window_in_the_plan_and_the_budget() -> None:
     layers = _layers(32)
     fitted = {yopo.PRUNED_HEADS: [[0, 1]] * 32}
     params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn"}).params, **fitted}
-    resolved = yopo.resolve(params, layers)
+    resolved = yopo.model_defaults(params, layers)
     assert resolved["yopo_layer"] == yopo.budget_layer(layers, 0.25, 0.5, [0.5] * 32) == 13
     plan = yopo.plan(resolved, 32)
     assert _heads(plan) == {i: (0, 1) for i in range(13)} and _window(plan) == {i: 5 for i in range(13)}
     assert not plan.part(VisualAttentionPatch).causal and list(plan.drops) == [13]
     with pytest.raises(ValueError, match="needs the heads chosen at prune time"):
-        yopo.plan(yopo.resolve(TokenTransform.build("yopo", {"yopo_strategies": "heads"}).params, layers), 32)
+        yopo.plan(yopo.model_defaults(TokenTransform.build("yopo", {"yopo_strategies": "heads"}).params, layers), 32)
     assert yopo.needs_fit({**params, "yopo_strategies": "heads"})
     assert not yopo.needs_fit({**params, "yopo_strategies": "heads", "yopo_heads_keep": 1.0})
     assert not yopo.needs_fit({**params, "yopo_strategies": "layers+ffn"})
@@ -84,7 +84,7 @@ def test_heads_and_window_in_the_plan_and_the_budget() -> None:
 def test_each_strategy_alone() -> None:
     layers = _layers(32)
     fitted = {yopo.PRUNED_HEADS: [[0]] * 32}
-    plans = {name: yopo.plan(yopo.resolve({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
+    plans = {name: yopo.plan(yopo.model_defaults({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
                                           layers), 32) for name in yopo.STRATEGIES}
     assert list(plans["layers"].drops) == [8] and not _heads(plans["layers"]) and not _window(plans["layers"])
     assert not plans["ffn"].drops and len(_mlp(plans["ffn"])) == 32 and not _heads(plans["ffn"])
@@ -101,8 +101,8 @@ def test_the_budget_weighs_the_window_at_the_calibration_sequence() -> None:
     keys = {yopo.TOKENS: 600.0, yopo.VISUAL_TOKENS: 576.0}
     base = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn", "yopo_budget": 0.1}).params
     windowed = TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+attn", "yopo_budget": 0.1}).params
-    dense_cut = yopo.resolve({**base, **keys}, layers)["yopo_layer"]
-    window_cut = yopo.resolve({**windowed, **keys}, layers)["yopo_layer"]
+    dense_cut = yopo.model_defaults({**base, **keys}, layers)["yopo_layer"]
+    window_cut = yopo.model_defaults({**windowed, **keys}, layers)["yopo_layer"]
     total = 0.1 * 32 * (12352 + 64 * 600)
     assert window_cut == int(total // (8224 + 64 * 49)) == 14 and dense_cut == int(total // (8224 + 64 * 600)) == 3
 
@@ -128,4 +128,4 @@ def test_the_default_is_the_whole_method_and_needs_its_fit() -> None:
     params = TokenTransform.build("yopo").params
     assert yopo.strategies(params) == set(yopo.STRATEGIES) and yopo.needs_fit(params)
     with pytest.raises(ValueError, match="heads chosen at prune time"):
-        yopo.plan(yopo.resolve(params, _layers(4)), 4)
+        yopo.plan(yopo.model_defaults(params, _layers(4)), 4)

@@ -1,6 +1,6 @@
 """The one sequential loop: capture a stack's first-block inputs, then visit its blocks in order.
 
-Pruning and every allocation that observes the dense model (OWL, DAS, ECoFLaP) go through `sweep`. In offload
+Pruning and every allocation that observes the dense model (OWL, DAS, ECoFLaP) go through `run_blocks`. In offload
 mode only the current block lives on the accelerator; the captured activations stay there (every block needs
 them next).
 """
@@ -37,7 +37,7 @@ def _place_for_capture(model: nn.Module, stack: Stack, device: torch.device, off
         layer.to("cpu")
 
 
-def sweep(ctx: Context, stack: Stack, on_block: BlockFn, desc: str) -> None:
+def run_blocks(ctx: Context, stack: Stack, on_block: BlockFn, desc: str) -> None:
     """Capture the stack's inputs, then call `on_block` for each block in order."""
     with ctx.timer("capture"):
         _place_for_capture(ctx.model, stack, ctx.device, ctx.offload)

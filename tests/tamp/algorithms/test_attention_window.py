@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamp.algorithms.visual_attention import choose_pruned_heads, rows_attention, visual_mass, window_neighbours
+from tamp.algorithms.attention_window import choose_pruned_heads, rows_attention, visual_mass, window_neighbours
 from tamp.inference.visual_grid import anyres_segments, neighbour_positions
 
 
