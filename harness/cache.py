@@ -27,6 +27,7 @@ from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.models.loading import checkpoint_problem
 from tamp.models.registry import TRAINED_PREFIX
+from tamp.models.shipped import weights_sha256
 
 KEY_FILE = "cache_key.json"
 BIG_FILE = 256 * 2**20  # files above this are hashed by size + 16 evenly spaced 1 MiB chunks
@@ -84,8 +85,6 @@ def _hf_revision(repo_id: str, revision: str | None) -> str | None:
 
 def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
     if spec.source.startswith(TRAINED_PREFIX):
-        from tamp.testing.shipped import weights_sha256
-
         # the weights shipped in tamp/testing/trained/ (their manifest's hash; the files are checked against it
         # when the model is resolved and loaded): a refreshed build keys new artifacts
         try:

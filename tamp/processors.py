@@ -37,6 +37,8 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import make_batched_metadata, make_batched_videos
 
 from tamp.errors import TampError
+from tamp.families.base import VideoFallback
+from tamp.families.registry import by_model_type
 
 __all__ = [
     "CLIP_MEAN",
@@ -222,12 +224,9 @@ class LlavaOnevisionVideoProcessorNumpy(_NumpyVideoProcessor):
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
 
-# model_type -> (stock processor class name, fallback video processor class, ordered processor parts)
-_VIDEO_FALLBACKS: dict[str, tuple[str, type[_NumpyVideoProcessor]]] = {
-    "qwen2_vl": ("Qwen2VLProcessor", QwenVideoProcessorNumpy),
-    "qwen2_5_vl": ("Qwen2_5_VLProcessor", QwenVideoProcessorNumpy),
-    "qwen2_5_omni": ("Qwen2_5OmniProcessor", QwenVideoProcessorNumpy),
-    "llava_onevision": ("LlavaOnevisionProcessor", LlavaOnevisionVideoProcessorNumpy),
+# the numpy stand-ins a family's VideoFallback names (tamp.families)
+_STAND_INS: dict[str, type[_NumpyVideoProcessor]] = {
+    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy)
 }
 _VIDEO_KEYS = {"size", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
                "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize", "do_convert_rgb",
@@ -276,8 +275,10 @@ def _build_with_fallback_video(path: str | Path, model_type: str, revision: str 
     """The stock processor class, with every part loaded normally except the video processor."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-    class_name, video_cls = _VIDEO_FALLBACKS[model_type]
-    processor_cls = getattr(transformers, class_name)
+    fallback = _video_fallback(model_type)
+    assert fallback is not None
+    processor_cls = getattr(transformers, fallback.processor_class)
+    video_cls = _STAND_INS[fallback.video_processor]
     saved = _read_json(path, "processor_config.json", revision)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     parts: dict[str, Any] = {"tokenizer": tokenizer, "video_processor": video_cls(**_video_settings(path, revision))}
@@ -292,11 +293,16 @@ def _build_with_fallback_video(path: str | Path, model_type: str, revision: str 
     return processor_cls(**parts, **extra, chat_template=_chat_template(path, revision, tokenizer))
 
 
+def _video_fallback(model_type: str) -> VideoFallback | None:
+    family = by_model_type(model_type)
+    return family.video_fallback if family is not None else None
+
+
 def load_processor(path: str | Path, revision: str | None = None) -> Any:
     """``AutoProcessor.from_pretrained(path)``, except that where torchvision is missing the video processor of
     Qwen-VL / Qwen2.5-Omni / LLaVA-OneVision checkpoints is the numpy stand-in (same processor class otherwise)."""
     model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
-    if model_type in _VIDEO_FALLBACKS and not is_torchvision_available():
+    if _video_fallback(model_type) is not None and not is_torchvision_available():
         try:
             return _build_with_fallback_video(path, model_type, revision)
         except OSError as exc:

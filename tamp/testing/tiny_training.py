@@ -43,7 +43,7 @@ from transformers import (
 
 from tamp.calibration import pictures
 from tamp.calibration.pictures import QUESTIONS, TRAIN_SEED, Conversation, conversations, render, scenes
-from tamp.models.families import TRAINED_FAMILIES
+from tamp.families.registry import trained_families
 from tamp.processors import load_processor
 from tamp.testing import tiny, tiny_tokenizers
 from tamp.testing.tiny import build_tiny
@@ -351,8 +351,8 @@ def build_trained_tiny(family: str, out: str | Path, seed: int = 0, recipe: Reci
     ``overwrite`` a finished ``out`` (another process's build of the same cache entry) is kept. The caller's
     torch RNG state, thread count and deterministic-algorithms setting are left as they were.
     """
-    if family not in TRAINED_FAMILIES:
-        raise ValueError(f"no training recipe for family {family!r}; trained families: {', '.join(TRAINED_FAMILIES)}")
+    if family not in trained_families():
+        raise ValueError(f"no training recipe for family {family!r}; trained families: {', '.join(trained_families())}")
     r = recipe or Recipe()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tamp.testing import shipped
+from tamp.models import shipped
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
