@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.errors import HarnessError
 from tamp.families.base import Evaluation
@@ -23,7 +24,7 @@ from tamp.families.defaults import (
     SMOKE_VIDEO,
     VIDEO_TASKS,
 )
-from tamp.families.registry import evaluated_families, families, tiny_families, trained_families
+from tamp.families.registry import evaluated_families, families, family_of, tiny_families, trained_families
 from tamp.models.registry import GGUF_MODELS, TINY_PREFIX, TRAINED_PREFIX, registry_names
 
 # tiny random models are pruned on a few short synthetic samples: they only prove the path runs
@@ -97,15 +98,6 @@ MODELS: dict[str, ModelSpec] = {
         *(_trained_spec(family, EVALUATIONS[family]) for family in trained_families()),
     )
 }
-# model_type -> family, for the families lmms-eval can run (a local directory or an HF id resolves through it)
-# (the first family in table order that claims a model_type: a plugin reusing a built-in's model_type is reached by
-# its names, never by a checkpoint folder)
-EVALUATED_TYPES: dict[str, str] = {}
-for _family in families().values():
-    if _family.name in EVALUATIONS:
-        EVALUATED_TYPES.setdefault(_family.model_type, _family.name)
-
-
 def expand_calib(spec: str | None) -> str | None:
     """Fill $TAMP_DATA (default ./data) into a default calibration spec."""
     if spec is None:
@@ -142,23 +134,25 @@ def resolve_model(name: str) -> ModelSpec:
     if not path.is_dir() and not looks_like_hf_id:
         raise HarnessError(f"unknown model '{name}': give a name from `harness models`, a local checkpoint "
                            "directory or an HF id (org/name)")
-    model_type = _model_type(name)
-    if model_type not in EVALUATED_TYPES:
-        supported = ", ".join(sorted(EVALUATED_TYPES))
-        raise HarnessError(f"model '{name}' has model_type '{model_type}', which has no lmms-eval wrapper here; "
-                           f"supported model types: {supported}")
-    family = EVALUATED_TYPES[model_type]
+    config = _config(name)
+    row = family_of(config)
+    if row is None or row.name not in EVALUATIONS:
+        supported = ", ".join(sorted({f.model_type for f in evaluated_families()}))
+        raise HarnessError(f"model '{name}' has model_type '{config.model_type}', which has no lmms-eval wrapper "
+                           f"here; supported model types: {supported}")
+    family = row.name
     evaluation = EVALUATIONS[family]
     label = path.resolve().name if path.is_dir() else name.replace("/", "__")
     return ModelSpec(label, str(path.resolve()) if path.is_dir() else name, family, evaluation.wrapper,
                      evaluation.calib, evaluation.tasks)
 
 
-def _model_type(name: str) -> str:
+def _config(name: str) -> Any:
+    """The transformers config of a checkpoint folder or HF id (its model_type, and the family it may claim)."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name).model_type
+        return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if Path(name).is_dir():  # its config.json parses (tamp checked it): an unknown model_type or the like

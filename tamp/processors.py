@@ -38,7 +38,7 @@ from transformers.video_utils import make_batched_metadata, make_batched_videos
 
 from tamp.errors import TampError
 from tamp.families.base import VideoFallback
-from tamp.families.registry import by_model_type
+from tamp.families.registry import family_of
 
 __all__ = [
     "CLIP_MEAN",
@@ -271,12 +271,10 @@ def _chat_template(path: str | Path, revision: str | None, tokenizer: Any) -> st
     return saved or getattr(tokenizer, "chat_template", None)
 
 
-def _build_with_fallback_video(path: str | Path, model_type: str, revision: str | None) -> Any:
+def _build_with_fallback_video(path: str | Path, fallback: VideoFallback, revision: str | None) -> Any:
     """The stock processor class, with every part loaded normally except the video processor."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-    fallback = _video_fallback(model_type)
-    assert fallback is not None
     processor_cls = getattr(transformers, fallback.processor_class)
     video_cls = _STAND_INS[fallback.video_processor]
     saved = _read_json(path, "processor_config.json", revision)
@@ -293,18 +291,15 @@ def _build_with_fallback_video(path: str | Path, model_type: str, revision: str 
     return processor_cls(**parts, **extra, chat_template=_chat_template(path, revision, tokenizer))
 
 
-def _video_fallback(model_type: str) -> VideoFallback | None:
-    family = by_model_type(model_type)
-    return family.video_fallback if family is not None else None
-
-
 def load_processor(path: str | Path, revision: str | None = None) -> Any:
-    """``AutoProcessor.from_pretrained(path)``, except that where torchvision is missing the video processor of
-    Qwen-VL / Qwen2.5-Omni / LLaVA-OneVision checkpoints is the numpy stand-in (same processor class otherwise)."""
-    model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
-    if _video_fallback(model_type) is not None and not is_torchvision_available():
+    """``AutoProcessor.from_pretrained(path)``, except that where torchvision is missing the video processor of a
+    family with a ``VideoFallback`` (Qwen-VL, Qwen2.5-Omni, LLaVA-OneVision) is the numpy stand-in (same processor
+    class otherwise)."""
+    family = family_of(AutoConfig.from_pretrained(path, revision=revision))
+    fallback = family.video_fallback if family is not None else None
+    if fallback is not None and not is_torchvision_available():
         try:
-            return _build_with_fallback_video(path, model_type, revision)
+            return _build_with_fallback_video(path, fallback, revision)
         except OSError as exc:
             raise TampError(f"cannot load the processor of {path} ({str(exc).splitlines()[0]})") from None
     return AutoProcessor.from_pretrained(path, revision=revision)

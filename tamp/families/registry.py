@@ -1,21 +1,24 @@
 """The family registry: every module of ``tamp.families`` that defines FAMILY, plus plugins (entry-point group
 ``tamp.families``), and the views the rest of tamp reads (by model_type, tiny and trained builds, HF models).
 
-A plugin family may reuse a built-in family's transformers classes and model_type: it is then reached by its names
-(its registry name, HF id, ``tiny-<name>``), while a checkpoint folder of that model_type keeps resolving to the
-first family in table order that claims it (a built-in one), so installing a plugin never changes what an existing
-checkpoint is.
+A checkpoint's family is the one its config claims (``"tamp_family": NAME`` in config.json, for a family of the
+same model_type), else the first family in table order with its model_type. So a plugin family may reuse a built-in
+family's transformers classes and model_type: its own checkpoints claim it, while every other checkpoint of that
+model_type stays the built-in family's (installing a plugin never changes what an existing checkpoint is).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import tamp.families as package
 from tamp.families.base import Family
 from tamp.plugins import Registry
 
 ENTRY_POINT_GROUP = "tamp.families"
+# the config.json key by which a checkpoint names its family (needed only where a model_type has several families)
+CLAIM_KEY = "tamp_family"
 
 
 def _builtin_problems(known: dict[str, Family]) -> list[str]:
@@ -60,6 +63,15 @@ def get(name: str) -> Family:
 def by_model_type(model_type: str) -> Family | None:
     """The first family in table order whose checkpoints have this model_type (None: no family claims it)."""
     return next((f for f in families().values() if f.model_type == model_type), None)
+
+
+def family_of(config: Any) -> Family | None:
+    """The family of a checkpoint with this transformers config: the one it claims, else its model_type's first."""
+    model_type = getattr(config, "model_type", "")
+    claimed = families().get(getattr(config, CLAIM_KEY, None) or "")
+    if claimed is not None and claimed.model_type == model_type:
+        return claimed
+    return by_model_type(model_type)
 
 
 def tiny_families() -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from tamp.errors import TampError
 from tamp.families.base import Family
-from tamp.families.registry import by_model_type, families
+from tamp.families.registry import families, family_of
 
 MODALITIES = ("image", "video", "audio", "text")
 # config attributes that carry the special token id standing for each media modality
@@ -131,10 +131,10 @@ def media_token_ids(config, sub_configs: tuple[str, ...] = ("", "thinker_config"
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The adapter for a loaded model, from its config's model_type: its family's, else the generic causal LM's."""
+    """The adapter for a loaded model: its family's (tamp.families.registry.family_of), else the generic causal LM's."""
     config = model.config
     model_type = getattr(config, "model_type", "")
-    family = by_model_type(model_type)
+    family = family_of(config)
     if family is not None:
         tokens = media_token_ids(config, family.media_token_configs) if family.multimodal else {}
         return ModelAdapter(family.name, family.text_model_paths, family.vision_layer_paths, tokens,

@@ -14,7 +14,7 @@ import torch
 
 from tamp.errors import TampError
 from tamp.families.base import Family
-from tamp.families.registry import by_model_type, tiny_families, trained_families
+from tamp.families.registry import family_of, tiny_families, trained_families
 from tamp.models import shipped
 from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
@@ -189,7 +189,7 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
         ) from None
     multimodal = _is_multimodal(config)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype}
-    family = by_model_type(getattr(config, "model_type", ""))
+    family = family_of(config)
     if multimodal:
         from tamp.processors import load_processor
 
