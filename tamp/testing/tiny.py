@@ -72,6 +72,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from tamp.errors import TampError
 from tamp.families.qwen2_5_omni import SPEAKER_FILE
 from tamp.families.registry import families, tiny_families
 from tamp.models.qwen_image_only import (
@@ -392,10 +393,14 @@ def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, P
 Builder = Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, ProcessorMixin | None]]
 
 
-def _builder(path: str) -> Builder:
-    """A family's ``module:function`` builder (this module's for the built-in families, a plugin's own for others)."""
+def _builder(family: str, path: str) -> Builder:
+    """A family's ``module:function`` builder (this module's for the built-in families, a plugin's own for others);
+    one that cannot be imported is the plugin's mistake, said in one line."""
     module, _, function = path.partition(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        raise TampError(f"family '{family}': its tiny builder {path!r} cannot be imported ({exc})") from None
 
 
 def _generation_config(tok: PreTrainedTokenizerFast, family: str) -> GenerationConfig:
@@ -424,7 +429,7 @@ def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     tok = make_tokenizer(row.tiny.tokenizer)
-    build = _builder(row.tiny.builder)
+    build = _builder(family, row.tiny.builder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device("cpu"):
