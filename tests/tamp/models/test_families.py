@@ -79,12 +79,15 @@ def test_each_tiny_model_gets_its_familys_adapter(tiny_model, family: str) -> No
 PLUGIN = replace(LLAVA_NEXT, name="llava-next-other", order=PLUGIN_ORDER, registry_name="llava-next-other",
                  hf_id="org/other", tiny=TinyBuild("tamp.testing.tiny:build_llava_next", "llava-next", PLUGIN_ORDER))
 CLASH = replace(PLUGIN, name="llava-next-clash", registry_name="llava-next")
+NO_BUILDER = replace(PLUGIN, name="llava-next-nobuilder", registry_name=None, hf_id=None, evaluation=None,
+                     tiny=TinyBuild("no_such_module_xyz:build", "llava-next", PLUGIN_ORDER + 1))
 
 
 @pytest.fixture()
 def with_plugins(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
-    """The registry with PLUGIN, CLASH and a broken plugin installed; returns what it warned."""
+    """The registry with PLUGIN, CLASH, NO_BUILDER and a broken plugin installed; returns what it warned."""
     eps = [EntryPoint("other", f"{__name__}:PLUGIN", registry.ENTRY_POINT_GROUP),
+           EntryPoint("nobuilder", f"{__name__}:NO_BUILDER", registry.ENTRY_POINT_GROUP),
            EntryPoint("clash", f"{__name__}:CLASH", registry.ENTRY_POINT_GROUP),
            EntryPoint("broken", "no_such_module_xyz:FAMILY", registry.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(plugins, "entry_points", lambda group: eps if group == registry.ENTRY_POINT_GROUP else [])
@@ -95,12 +98,20 @@ def with_plugins(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[
 
 
 def test_plugins_list_after_the_builtins_and_bad_ones_are_skipped(with_plugins: str) -> None:
-    assert tuple(registry.families()) == (*BUILTIN, "llava-next-other")
-    assert registry.tiny_families()[-1] == "llava-next-other"
+    assert tuple(registry.families()) == (*BUILTIN, "llava-next-nobuilder", "llava-next-other")
+    assert registry.tiny_families()[-2:] == ("llava-next-other", "llava-next-nobuilder")
     assert registry.families()["llava-next-other"].source.endswith("test_families.py")
     assert "family plugin 'clash' (tests.tamp.models.test_families:CLASH): registry name 'llava-next' is taken by " \
            "family 'llava-next'; skipped" in with_plugins
     assert "family plugin 'broken' (no_such_module_xyz:FAMILY) failed to import (ModuleNotFoundError" in with_plugins
+
+
+def test_a_tiny_builder_that_cannot_be_imported_is_one_error_line(with_plugins: str, tmp_path: Path) -> None:
+    from tamp.testing.tiny import build_tiny
+
+    with pytest.raises(TampError, match=r"^family 'llava-next-nobuilder': its tiny builder 'no_such_module_xyz:build' "
+                                        r"cannot be imported \(No module named 'no_such_module_xyz'\)$"):
+        build_tiny("llava-next-nobuilder", tmp_path / "out")
 
 
 def test_a_checkpoint_claims_its_family_else_its_model_type_decides(with_plugins: str) -> None:
