@@ -10,7 +10,7 @@ Deterministic: seeded initialisation, a seeded data stream in a fixed order, det
 algorithms and a fixed thread count, so two builds on one machine give byte-identical weights
 (``training.json`` records their sha256). Another CPU (AVX2 instead of AVX-512, another MKL path) or torch
 version may differ in the last bits, which is why ``tiny-trained-llava-next`` loads the build shipped in the
-package (:mod:`tamp.testing.shipped`) and this recipe runs only when asked (``tamp build-tiny --trained``, and
+package (:mod:`tamp.models.shipped`) and this recipe runs only when asked (``tamp build-tiny --trained``, and
 the tests of the recipe). The build is written into a temporary folder and renamed into place, so an
 interrupted build never leaves a half-written model behind.
 """
