@@ -27,8 +27,10 @@ from harness.registry import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
+from tamp.families.registry import get as get_family
 from tamp.models.loading import checkpoint_problem
 from tamp.models.registry import TRAINED_PREFIX
+from tamp.models.shipped import weights_sha256
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -79,8 +81,6 @@ def _hf_revision(repo_id: str, revision: str | None) -> str | None:
 
 def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
     if spec.source.startswith(TRAINED_PREFIX):
-        from tamp.testing.shipped import weights_sha256
-
         # the weights shipped in tamp/testing/trained/ (their manifest's hash; the files are checked against it
         # when the model is resolved and loaded): a refreshed build keys new artifacts
         try:
@@ -88,7 +88,9 @@ def model_fingerprint(spec: ModelSpec, revision: str | None) -> dict[str, Any]:
         except ValueError as exc:
             raise HarnessError(str(exc)) from None
     if spec.source.startswith("tiny-"):
-        return {"tiny": spec.source}  # built deterministically by the tamp code hashed below
+        # built deterministically by the family's tiny builder, which declares a version
+        build = get_family(spec.family).tiny
+        return {"tiny": spec.source, "build_version": build.version if build is not None else None}
     path = Path(spec.source)
     if path.is_dir():
         return {"dir_sha256": dir_content_hash(path)}

@@ -68,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build-tiny":
         from tamp.paths import output_problem
-        from tamp.testing.tiny import build_tiny
-        from tamp.testing.tiny_training import build_trained_tiny
 
         problem = output_problem(args.out, directory=True)
         if problem is not None:
@@ -77,10 +75,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.ship and (not args.trained or args.seed != 0):
             raise TampError("--ship copies the registry's trained model into the package: it takes --trained and "
                             "seed 0")
-        try:
+        try:  # the builders are test scaffolding (tamp.testing): imported only here, for the build asked for
             if args.trained:
+                from tamp.testing.tiny_training import build_trained_tiny
+
                 out = build_trained_tiny(args.family, args.out, seed=args.seed, log=True)
             else:
+                from tamp.testing.tiny import build_tiny
+
                 out = build_tiny(args.family, args.out, seed=args.seed)
         except ValueError as exc:
             raise TampError(str(exc)) from None

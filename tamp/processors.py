@@ -37,6 +37,8 @@ from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import make_batched_metadata, make_batched_videos
 
 from tamp.errors import TampError
+from tamp.families.base import VideoFallback
+from tamp.families.registry import family_of
 
 __all__ = [
     "CLIP_MEAN",
@@ -222,12 +224,9 @@ class LlavaOnevisionVideoProcessorNumpy(_NumpyVideoProcessor):
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
 
-# model_type -> (stock processor class name, fallback video processor class, ordered processor parts)
-_VIDEO_FALLBACKS: dict[str, tuple[str, type[_NumpyVideoProcessor]]] = {
-    "qwen2_vl": ("Qwen2VLProcessor", QwenVideoProcessorNumpy),
-    "qwen2_5_vl": ("Qwen2_5_VLProcessor", QwenVideoProcessorNumpy),
-    "qwen2_5_omni": ("Qwen2_5OmniProcessor", QwenVideoProcessorNumpy),
-    "llava_onevision": ("LlavaOnevisionProcessor", LlavaOnevisionVideoProcessorNumpy),
+# the numpy stand-ins a family's VideoFallback names (tamp.families)
+_STAND_INS: dict[str, type[_NumpyVideoProcessor]] = {
+    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy)
 }
 _VIDEO_KEYS = {"size", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
                "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize", "do_convert_rgb",
@@ -272,12 +271,12 @@ def _chat_template(path: str | Path, revision: str | None, tokenizer: Any) -> st
     return saved or getattr(tokenizer, "chat_template", None)
 
 
-def _build_with_fallback_video(path: str | Path, model_type: str, revision: str | None) -> Any:
+def _build_with_fallback_video(path: str | Path, fallback: VideoFallback, revision: str | None) -> Any:
     """The stock processor class, with every part loaded normally except the video processor."""
     from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-    class_name, video_cls = _VIDEO_FALLBACKS[model_type]
-    processor_cls = getattr(transformers, class_name)
+    processor_cls = getattr(transformers, fallback.processor_class)
+    video_cls = _STAND_INS[fallback.video_processor]
     saved = _read_json(path, "processor_config.json", revision)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     parts: dict[str, Any] = {"tokenizer": tokenizer, "video_processor": video_cls(**_video_settings(path, revision))}
@@ -293,12 +292,14 @@ def _build_with_fallback_video(path: str | Path, model_type: str, revision: str 
 
 
 def load_processor(path: str | Path, revision: str | None = None) -> Any:
-    """``AutoProcessor.from_pretrained(path)``, except that where torchvision is missing the video processor of
-    Qwen-VL / Qwen2.5-Omni / LLaVA-OneVision checkpoints is the numpy stand-in (same processor class otherwise)."""
-    model_type = AutoConfig.from_pretrained(path, revision=revision).model_type
-    if model_type in _VIDEO_FALLBACKS and not is_torchvision_available():
+    """``AutoProcessor.from_pretrained(path)``, except that where torchvision is missing the video processor of a
+    family with a ``VideoFallback`` (Qwen-VL, Qwen2.5-Omni, LLaVA-OneVision) is the numpy stand-in (same processor
+    class otherwise)."""
+    family = family_of(AutoConfig.from_pretrained(path, revision=revision))
+    fallback = family.video_fallback if family is not None else None
+    if fallback is not None and not is_torchvision_available():
         try:
-            return _build_with_fallback_video(path, model_type, revision)
+            return _build_with_fallback_video(path, fallback, revision)
         except OSError as exc:
             raise TampError(f"cannot load the processor of {path} ({str(exc).splitlines()[0]})") from None
     return AutoProcessor.from_pretrained(path, revision=revision)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# lmms-eval model id -> wrapper class path (harness.registry.EVALUATIONS says which family each id evaluates)
+# lmms-eval model id -> wrapper class path (each family's Evaluation.wrapper, tamp.families, names the id it uses)
 WRAPPER_CLASSES: dict[str, str] = {
     "tamp_llava_hf": "harness.wrappers.llava_hf.TampLlavaHf",
     "tamp_qwen2_vl": "harness.wrappers.qwen_vl.TampQwen2VL",

@@ -1,4 +1,5 @@
-"""Per-family knowledge: where the decoder layers are, which linears to prune, which token is which modality.
+"""The generic model adapter: where the decoder layers are, which linears to prune, which token is which modality,
+read from the model's family (``tamp.families``: each family's paths and media token configs).
 
 Running a layer needs no per-family code: the engine captures every argument the model itself passes to
 the first layer (position embeddings, masks, 3-D mrope position ids, cache position ...) and replays them,
@@ -13,7 +14,8 @@ import torch
 from torch import nn
 
 from tamp.errors import TampError
-from tamp.models.families import FAMILIES, Family
+from tamp.families.base import Family
+from tamp.families.registry import families, family_of
 
 MODALITIES = ("image", "video", "audio", "text")
 # config attributes that carry the special token id standing for each media modality
@@ -98,25 +100,25 @@ def prunable_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {name: mod for name, mod in layer.named_modules() if isinstance(mod, nn.Linear)}
 
 
-_LANGUAGE_PATHS = ("model.language_model", "model", "language_model.model", "thinker.model.language_model")
-_VISION_PATHS = (
-    "model.vision_tower.encoder.layers",  # CLIP / SigLIP vision transformer (LLaVA family)
-    "model.vision_tower.vision_model.encoder.layers",
-    "model.visual.blocks",  # Qwen2-VL / Qwen2.5-VL
-    "vision_tower.vision_model.encoder.layers",
-    "visual.blocks",
-    "thinker.model.visual.blocks",  # Qwen2.5-Omni
-)
-
-# model_type -> family row, for the multimodal families (text-only LMs take the generic causal-LM adapter)
-MULTIMODAL_TYPES: dict[str, Family] = {f.model_type: f for f in FAMILIES if f.multimodal}
+# model_types of causal LMs the generic adapter takes without a family of their own
 CAUSAL_LM_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo", "granite")
 
 
-def media_token_ids(config) -> dict[str, list[int]]:
-    """Special token ids per media modality, read from the model config (top level, or Qwen2.5-Omni's thinker)."""
+def multimodal_types() -> dict[str, Family]:
+    """model_type -> family, for the multimodal families (the first family in table order per model_type)."""
+    out: dict[str, Family] = {}
+    for family in families().values():
+        if family.multimodal:
+            out.setdefault(family.model_type, family)
+    return out
+
+
+def media_token_ids(config, sub_configs: tuple[str, ...] = ("", "thinker_config")) -> dict[str, list[int]]:
+    """Special token ids per media modality, read from the model config and the sub-configs a family names
+    ("" = the top level; Qwen2.5-Omni's ids sit in its thinker's config too)."""
     ids: dict[str, list[int]] = {}
-    sources = [config] + [c for c in (getattr(config, "thinker_config", None),) if c is not None]
+    found = (config if not name else getattr(config, name, None) for name in sub_configs)
+    sources = [c for c in found if c is not None]
     for modality, attrs in _TOKEN_ATTRS.items():
         for source in sources:
             for attr in attrs:
@@ -129,15 +131,16 @@ def media_token_ids(config) -> dict[str, list[int]]:
 
 
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The adapter for a loaded model, chosen by its config's model_type."""
+    """The adapter for a loaded model: its family's (tamp.families.registry.family_of), else the generic causal LM's."""
     config = model.config
     model_type = getattr(config, "model_type", "")
-    if model_type in MULTIMODAL_TYPES:
-        family = MULTIMODAL_TYPES[model_type]
-        return ModelAdapter(family.name, _LANGUAGE_PATHS, _VISION_PATHS, media_token_ids(config), family.forward_path,
-                            family.extra_files)
+    family = family_of(config)
+    if family is not None:
+        tokens = media_token_ids(config, family.media_token_configs) if family.multimodal else {}
+        return ModelAdapter(family.name, family.text_model_paths, family.vision_layer_paths, tokens,
+                            family.forward_path, family.extra_files)
     if model_type in CAUSAL_LM_TYPES or hasattr(model, "model") and hasattr(model.model, "layers"):
         return ModelAdapter(model_type or "causal-lm", ("model",), (), {})
     raise TampError(
-        f"unsupported model type '{model_type}'; supported: {', '.join([*MULTIMODAL_TYPES, *CAUSAL_LM_TYPES])}"
+        f"unsupported model type '{model_type}'; supported: {', '.join([*multimodal_types(), *CAUSAL_LM_TYPES])}"
     )

@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from tamp.errors import TampError
-from tamp.models.families import TINY_FAMILIES, TRAINED_FAMILIES
+from tamp.families.base import Family
+from tamp.families.registry import family_of, tiny_families, trained_families
+from tamp.models import shipped
 from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -137,15 +139,13 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
         return gguf_problem(Path(name))
     if name.startswith(TRAINED_PREFIX):
         family = name[len(TRAINED_PREFIX):]
-        if family not in TRAINED_FAMILIES:
-            return f"no trained tiny model of family '{family}'; trained families: {', '.join(TRAINED_FAMILIES)}"
-        from tamp.testing.shipped import problem
-
-        return problem(family)  # every shipped file against its manifest (a few milliseconds)
+        if family not in trained_families():
+            return f"no trained tiny model of family '{family}'; trained families: {', '.join(trained_families())}"
+        return shipped.problem(family)  # every shipped file against its manifest (a few milliseconds)
     if name.startswith(TINY_PREFIX):
         family = name[len(TINY_PREFIX):]
-        if family not in TINY_FAMILIES:
-            return f"unknown tiny family '{family}'; choose one of: {', '.join(TINY_FAMILIES)}"
+        if family not in tiny_families():
+            return f"unknown tiny family '{family}'; choose one of: {', '.join(tiny_families())}"
         return None
     path = Path(name)
     if name not in HF_MODELS and path.exists():
@@ -189,28 +189,34 @@ def load_model(name: str, dtype: str = "auto", revision: str | None = None) -> L
         ) from None
     multimodal = _is_multimodal(config)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype}
+    family = family_of(config)
     if multimodal:
-        # the multimodal-LM mapping is the image-text-to-text one plus audio LMs and Qwen2.5-Omni
-        from transformers import AutoModelForMultimodalLM
-
         from tamp.processors import load_processor
 
-        model = _from_pretrained(AutoModelForMultimodalLM, model_id, config, kwargs)
+        model = _from_pretrained(_model_class(family, "AutoModelForMultimodalLM"), model_id, kwargs)
         processor = load_processor(model_id, revision=revision)
         tokenizer = getattr(processor, "tokenizer", processor)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        model = _from_pretrained(AutoModelForCausalLM, model_id, config, kwargs)
+        model = _from_pretrained(_model_class(family, "AutoModelForCausalLM"), model_id, kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
         processor = tokenizer
     model.eval()
     return LoadedModel(model, processor, tokenizer, model_id, model_id, revision, False)
 
 
-def _from_pretrained(auto_cls: Any, model_id: str, config: Any, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _model_class(family: Family | None, auto_class: str) -> Any:
+    """The class that loads a checkpoint: its family's (what the Auto mapping picks for the built-in ones), else the
+    Auto class (the multimodal-LM mapping is the image-text-to-text one plus audio LMs and Qwen2.5-Omni)."""
+    import transformers
+
+    return getattr(transformers, family.model_class if family is not None else auto_class)
+
+
+def _from_pretrained(model_cls: Any, model_id: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     try:
-        return auto_cls.from_pretrained(model_id, **kwargs)
+        return model_cls.from_pretrained(model_id, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             from transformers import AutoModel
@@ -223,7 +229,8 @@ def _from_pretrained(auto_cls: Any, model_id: str, config: Any, kwargs: dict[str
 def _ensure_tiny(family: str) -> Path:
     """The tiny model of a known family (model_problem checks the name), built on first use.
 
-    The builders are test scaffolding (tamp.testing), imported only here, when a tiny name is loaded."""
+    The builders are test scaffolding (tamp.testing), imported only here, when a tiny model is missing from the
+    cache and must be built."""
     from tamp.testing.tiny import build_tiny
 
     out = tiny_cache_dir() / f"{family}-seed0"
@@ -248,9 +255,7 @@ def _shipped_trained(family: str) -> Path:
     """The trained tiny model of a trained family: the build shipped in the package (tamp/testing/trained/), whose
     files model_problem has checked against their manifest. Never trained here: training's last bits depend on
     the CPU, the shipped weights do not (`tamp build-tiny --trained` trains the recipe anew)."""
-    from tamp.testing.shipped import folder
-
-    return folder(family)
+    return shipped.folder(family)
 
 
 def _load_gguf(name: str, torch_dtype: torch.dtype | str) -> LoadedModel:

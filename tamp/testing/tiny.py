@@ -20,14 +20,17 @@ are the upstream layout under the stock class names (so ``AutoProcessor`` works
 wherever torchvision is installed); use :func:`tamp.processors.load_processor`, which
 falls back to the numpy video processors of :mod:`tamp.processors` where it is missing.
 
-This is test scaffolding, kept out of the library's save path: only resolving a
-``tiny-<family>`` name (``tamp.models.loading``) and ``tamp build-tiny`` import it, lazily.
-Which families have a tiny build is the family table's (``tamp.models.families``);
-how each is built is this module's, and its tokenizers are ``tamp.testing.tiny_tokenizers``'.
+This is test scaffolding, kept out of the library's save, load and evaluation paths: only
+building a missing ``tiny-<family>`` model (``tamp.models.loading``) and ``tamp build-tiny``
+import it, lazily. Which families have a tiny build, with which builder function and tokenizer
+recipe, is each family module's (``tamp.families``, its ``TinyBuild``); the built-in families'
+builders are this module's ``build_<family>`` functions, their tokenizers
+``tamp.testing.tiny_tokenizers``'.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,7 +72,9 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from tamp.models.families import OMNI_SPEAKER_FILE, TINY_FAMILIES
+from tamp.errors import TampError
+from tamp.families.qwen2_5_omni import SPEAKER_FILE
+from tamp.families.registry import families, tiny_families
 from tamp.models.qwen_image_only import (
     IMAGE_ONLY_PROCESSORS,
     QWEN_MIN_PIXELS,
@@ -207,7 +212,7 @@ def _llava_processor_kwargs(tok: PreTrainedTokenizerFast) -> dict:
     )
 
 
-def _build_llava(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_llava(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     side = _LLAVA_IMAGE_SIZE
     config = LlavaConfig(**_llava_common(tok, "llava", side))
     image_processor = CLIPImageProcessorPil(
@@ -220,7 +225,7 @@ def _build_llava(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Process
     return LlavaForConditionalGeneration(config), processor
 
 
-def _build_llava_next(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_llava_next(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     side = _LLAVA_NEXT_TILE
     config = LlavaNextConfig(
         **_llava_common(tok, "llava-next", side),
@@ -237,7 +242,7 @@ def _build_llava_next(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Pr
     return LlavaNextForConditionalGeneration(config), processor
 
 
-def _build_qwen2_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_qwen2_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     config = Qwen2VLConfig(
         text_config=_qwen_text_kwargs(tok, "qwen2-vl"),
         vision_config=dict(
@@ -257,7 +262,7 @@ def _build_qwen2_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Proc
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-def _build_qwen2_5_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_qwen2_5_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_kwargs(tok, "qwen2.5-vl"),
         vision_config=dict(
@@ -279,11 +284,11 @@ def _build_qwen2_5_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Pr
     return Qwen2_5_VLForConditionalGeneration(config), processor
 
 
-def _build_llama(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, None]:
+def build_llama(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, None]:
     return LlamaForCausalLM(_llama_config(tok, "llama")), None
 
 
-def _build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, None]:
+def build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, None]:
     config = Qwen2Config(
         **_TEXT_SHAPE,
         **special_ids(tok, "qwen2"),
@@ -308,7 +313,7 @@ def _qwen_video_processor() -> QwenVideoProcessorNumpy:
     )
 
 
-def _build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     config = Qwen2AudioConfig(
         audio_config=dict(**_AUDIO_ENCODER, max_source_positions=_AUDIO_FRAMES // 2),
         text_config=dict(model_type="qwen2", **_qwen_text_kwargs(tok, "qwen2-audio", mrope=False)),
@@ -319,7 +324,7 @@ def _build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, P
     return Qwen2AudioForConditionalGeneration(config), processor
 
 
-def _build_llava_onevision(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_llava_onevision(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     pinpoints = [list(p) for p in _ONEVISION_PINPOINTS]
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(**_SIGLIP_SHAPE),
@@ -347,7 +352,7 @@ def _build_llava_onevision(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedMode
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
-def _build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
     ids = {name: token_id(tok, token) for name, token in OMNI_TOKENS.items()}
     thinker = dict(
         audio_config=dict(**_AUDIO_ENCODER, max_source_positions=_AUDIO_FRAMES // 2, n_window=50,
@@ -385,17 +390,17 @@ def _build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, 
     return Qwen2_5OmniForConditionalGeneration(config), processor
 
 
-_BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, ProcessorMixin | None]]] = {
-    "llava": _build_llava,
-    "llava-next": _build_llava_next,
-    "qwen2-vl": _build_qwen2_vl,
-    "qwen2.5-vl": _build_qwen2_5_vl,
-    "llama": _build_llama,
-    "qwen2": _build_qwen2,
-    "qwen2-audio": _build_qwen2_audio,
-    "llava-onevision": _build_llava_onevision,
-    "qwen2.5-omni": _build_qwen2_5_omni,
-}
+Builder = Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, ProcessorMixin | None]]
+
+
+def _builder(family: str, path: str) -> Builder:
+    """A family's ``module:function`` builder (this module's for the built-in families, a plugin's own for others);
+    one that cannot be imported is the plugin's mistake, said in one line."""
+    module, _, function = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        raise TampError(f"family '{family}': its tiny builder {path!r} cannot be imported ({exc})") from None
 
 
 def _generation_config(tok: PreTrainedTokenizerFast, family: str) -> GenerationConfig:
@@ -417,19 +422,21 @@ def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
     ``chat_template.jinja``. The same family and seed give byte-identical files; the
     caller's torch RNG state is left untouched.
     """
-    if family not in _BUILDERS:
-        raise ValueError(f"unknown tiny family {family!r}; known families: {', '.join(TINY_FAMILIES)}")
+    row = families().get(family)
+    if row is None or row.tiny is None:
+        raise ValueError(f"unknown tiny family {family!r}; known families: {', '.join(tiny_families())}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = make_tokenizer(family)
+    tok = make_tokenizer(row.tiny.tokenizer)
+    build = _builder(family, row.tiny.builder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device("cpu"):
-            model, processor = _BUILDERS[family](tok)
+            model, processor = build(tok)
     model = model.to(torch.float32).eval()
     model.config.dtype = torch.float32
-    model.generation_config = _generation_config(tok, family)
+    model.generation_config = _generation_config(tok, row.tiny.tokenizer)
 
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -437,10 +444,10 @@ def build_tiny(family: str, out: str | Path, seed: int = 0) -> Path:
         processor.save_pretrained(out)
         if model.config.model_type in IMAGE_ONLY_PROCESSORS:
             restore_stock_processor_files(out, model.config.model_type)
-    if family == "qwen2.5-omni":
+    if SPEAKER_FILE in row.extra_files:
         # Qwen2_5OmniForConditionalGeneration.from_pretrained insists on the talker's speaker file and generate()
         # on a known speaker, even with the talker disabled; placeholders do (only the talker reads them).
         speakers = {name: {"cond": torch.zeros(1, 4), "ref_mel": torch.zeros(1, 4, 4), "bos_token": 0}
                     for name in ("Chelsie", "Ethan")}
-        torch.save(speakers, out / OMNI_SPEAKER_FILE)
+        torch.save(speakers, out / SPEAKER_FILE)
     return out

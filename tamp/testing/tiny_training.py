@@ -10,7 +10,7 @@ Deterministic: seeded initialisation, a seeded data stream in a fixed order, det
 algorithms and a fixed thread count, so two builds on one machine give byte-identical weights
 (``training.json`` records their sha256). Another CPU (AVX2 instead of AVX-512, another MKL path) or torch
 version may differ in the last bits, which is why ``tiny-trained-llava-next`` loads the build shipped in the
-package (:mod:`tamp.testing.shipped`) and this recipe runs only when asked (``tamp build-tiny --trained``, and
+package (:mod:`tamp.models.shipped`) and this recipe runs only when asked (``tamp build-tiny --trained``, and
 the tests of the recipe). The build is written into a temporary folder and renamed into place, so an
 interrupted build never leaves a half-written model behind.
 """
@@ -43,7 +43,7 @@ from transformers import (
 
 from tamp.calibration import pictures
 from tamp.calibration.pictures import QUESTIONS, TRAIN_SEED, Conversation, conversations, render, scenes
-from tamp.models.families import TRAINED_FAMILIES
+from tamp.families.registry import trained_families
 from tamp.processors import load_processor
 from tamp.testing import tiny, tiny_tokenizers
 from tamp.testing.tiny import build_tiny
@@ -351,8 +351,8 @@ def build_trained_tiny(family: str, out: str | Path, seed: int = 0, recipe: Reci
     ``overwrite`` a finished ``out`` (another process's build of the same cache entry) is kept. The caller's
     torch RNG state, thread count and deterministic-algorithms setting are left as they were.
     """
-    if family not in TRAINED_FAMILIES:
-        raise ValueError(f"no training recipe for family {family!r}; trained families: {', '.join(TRAINED_FAMILIES)}")
+    if family not in trained_families():
+        raise ValueError(f"no training recipe for family {family!r}; trained families: {', '.join(trained_families())}")
     r = recipe or Recipe()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tamp.calibration.pictures import heldout_rows
-from tamp.testing import shipped
+from tamp.models import shipped
 
 MODEL = "tiny-trained-llava-next"
 METHODS = ("magnitude", "wanda", "sparsegpt", "owl", "tamp")

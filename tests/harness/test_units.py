@@ -31,17 +31,17 @@ def test_family_table_has_one_owner_per_fact() -> None:
     every family it evaluates is a multimodal row with a default HF model, and tiny names come from the table."""
     from harness.registry import EVALUATIONS, MODELS
     from harness.wrappers import WRAPPER_CLASSES
-    from tamp.models.families import BY_NAME, TINY_FAMILIES, TRAINED_FAMILIES
+    from tamp.families.registry import families, tiny_families, trained_families
     from tamp.models.registry import HF_MODELS, TRAINED_PREFIX, registry_names
 
     for family, evaluation in EVALUATIONS.items():
         assert evaluation.wrapper in WRAPPER_CLASSES
-        row = BY_NAME[family]
+        row = families()[family]
         assert row.multimodal and HF_MODELS[row.registry_name] == row.hf_id == MODELS[row.registry_name].source
     tiny = [n for n in MODELS if n.startswith("tiny-") and not n.startswith(TRAINED_PREFIX)]
-    assert tiny == [f"tiny-{f}" for f in TINY_FAMILIES if f in EVALUATIONS]
-    assert [n for n in MODELS if n.startswith(TRAINED_PREFIX)] == [TRAINED_PREFIX + f for f in TRAINED_FAMILIES]
-    assert {f"tiny-{f}" for f in TINY_FAMILIES} | {TRAINED_PREFIX + f for f in TRAINED_FAMILIES} <= set(registry_names())
+    assert tiny == [f"tiny-{f}" for f in tiny_families() if f in EVALUATIONS]
+    assert [n for n in MODELS if n.startswith(TRAINED_PREFIX)] == [TRAINED_PREFIX + f for f in trained_families()]
+    assert {f"tiny-{f}" for f in tiny_families()} | {TRAINED_PREFIX + f for f in trained_families()} <= set(registry_names())
 
 
 def test_save_path_does_not_import_the_tiny_builders() -> None:
@@ -108,7 +108,7 @@ def test_trained_model_artifacts_are_keyed_by_the_shipped_weights(tmp_path: Path
     from harness.cache import artifact_key, model_fingerprint
     from harness.records import model_build
     from harness.registry import MODELS
-    from tamp.testing import shipped
+    from tamp.models import shipped
 
     spec = MODELS["tiny-trained-llava-next"]
     sha = shipped.weights_sha256("llava-next")

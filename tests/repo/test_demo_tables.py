@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tamp.testing import shipped
+from tamp.models import shipped
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = (ROOT / "docs" / "benchmarks.md").read_text()

@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 
 from harness.cache import _sha256_file, calibration_fingerprint
-from harness.registry import AVINSTRUCT, SHAREGPT4V, expand_calib
+from harness.registry import expand_calib
 from tamp.calibration.loader import build_calibration, calibration_problems
 from tamp.calibration.spec import CalibrationSpec
 from tamp.calibration.text import parse_text_spec
 from tamp.errors import TampError
+from tamp.families.defaults import AVINSTRUCT, SHAREGPT4V
 from tamp.models.loading import load_model
 
 UNKNOWN = "give a LLaVA-format .json[:MEDIA_DIR], text:FILE[,FILE...], synthetic or picture-qa"

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 
 from tamp.config import PruneConfig
+from tamp.families.registry import tiny_families
 from tamp.methods.base import WeightMethod
 from tamp.methods.registry import builtin_methods
-from tamp.models.families import TINY_FAMILIES
 from tamp.pipeline import prune
 from tamp.recipe import recipe_for, weight_config
 from tests.golden_weights import amia_replay, artifact_tensors, check_golden_value, check_pruned
 
 # ECoFLaP's zeroth-order estimate runs a forward pass per noise draw: 8 draws keep it to seconds per model.
 OVERRIDES: dict[str, dict[str, Any]] = {"ecoflap": {"ecoflap_samples": 8}}
-PRUNE_CASES = [(f, m, "unstructured") for f in TINY_FAMILIES for m, meth in builtin_methods().items()
+PRUNE_CASES = [(f, m, "unstructured") for f in tiny_families() for m, meth in builtin_methods().items()
                                                                    if isinstance(meth, WeightMethod)] + \
     [(f, m, "2:4") for f in ("llava-next", "qwen2-vl") for m in ("magnitude", "wanda", "sparsegpt", "tamp")]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tamp.testing import shipped
+from tamp.models import shipped
+from tamp.testing.shipped import ship
 from tamp.testing.tiny_training import weights_sha256
 
 MODEL = "tiny-trained-llava-next"
@@ -113,7 +114,7 @@ def test_ship_copies_a_build_and_writes_its_manifest(tmp_path: Path) -> None:
 
     build = build_trained_tiny(FAMILY, tmp_path / "build", recipe=QUICK)
     root = tmp_path / "trained"
-    out = shipped.ship(build, FAMILY, root=root, provenance=provenance())
+    out = ship(build, FAMILY, root=root, provenance=provenance())
     assert out == root / FAMILY and shipped.problem(FAMILY, root) is None
     manifest = json.loads(shipped.manifest_path(FAMILY, root).read_text())
     assert manifest["weights_sha256"] == json.loads((build / "training.json").read_text())["weights_sha256"]
@@ -121,12 +122,12 @@ def test_ship_copies_a_build_and_writes_its_manifest(tmp_path: Path) -> None:
     assert (out / "model.safetensors").read_bytes() == (build / "model.safetensors").read_bytes()
     # shipping again replaces the folder and manifest; nothing temporary is left beside them
     other = build_trained_tiny(FAMILY, tmp_path / "build1", recipe=QUICK, seed=1)
-    shipped.ship(other, FAMILY, root=root)
+    ship(other, FAMILY, root=root)
     assert shipped.weights_sha256(FAMILY, root) != manifest["weights_sha256"]
     assert shipped.problem(FAMILY, root) is None
     assert sorted(p.name for p in root.iterdir()) == [FAMILY, f"{FAMILY}.json"]
     with pytest.raises(ValueError, match="not 'llava'"):
-        shipped.ship(build, "llava", root=root)
+        ship(build, "llava", root=root)
 
 
 def test_cli_ship_takes_a_trained_seed_zero_build(tmp_path: Path, capsys) -> None:

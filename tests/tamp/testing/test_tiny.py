@@ -18,7 +18,7 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from tamp.models.families import TINY_FAMILIES
+from tamp.families.registry import tiny_families
 from tamp.processors import load_processor
 from tamp.testing.tiny import build_tiny
 
@@ -43,7 +43,7 @@ ROUND_TRIP_TEXTS = (
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every family built once with the default seed."""
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny(family, root / family) for family in TINY_FAMILIES}
+    return {family: build_tiny(family, root / family) for family in tiny_families()}
 
 
 def _test_image(width: int = 112, height: int = 112) -> Image.Image:
@@ -88,7 +88,7 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def test_families_constant() -> None:
-    assert TINY_FAMILIES == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO)
+    assert tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO)
 
 
 def test_unknown_family_raises(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_unknown_family_raises(tmp_path: Path) -> None:
         build_tiny("gpt-17", tmp_path / "x")
     message = str(info.value)
     assert "\n" not in message
-    assert all(family in message for family in TINY_FAMILIES)
+    assert all(family in message for family in tiny_families())
     assert not (tmp_path / "x").exists()
 
 
@@ -105,7 +105,7 @@ def test_unknown_family_raises(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_files_and_config(built: dict[str, Path], family: str) -> None:
     out = built[family]
     names = {p.name for p in out.iterdir()}
@@ -140,7 +140,7 @@ def test_files_and_config(built: dict[str, Path], family: str) -> None:
         assert config.image_grid_pinpoints == image_processor.image_grid_pinpoints
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_deterministic(built: dict[str, Path], tmp_path: Path, family: str) -> None:
     before = torch.random.get_rng_state()
     again = build_tiny(family, tmp_path / "again", seed=0)
@@ -157,7 +157,7 @@ def test_deterministic(built: dict[str, Path], tmp_path: Path, family: str) -> N
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_tokenizer_round_trip(built: dict[str, Path], family: str) -> None:
     tok = AutoTokenizer.from_pretrained(built[family])
     assert 300 <= len(tok) <= 600
@@ -172,7 +172,7 @@ def test_tokenizer_round_trip(built: dict[str, Path], family: str) -> None:
         assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_chat_template(built: dict[str, Path], family: str) -> None:
     tok = AutoTokenizer.from_pretrained(built[family])
     as_list = [
