@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 
 from harness.errors import HarnessError
-from harness.registry import ModelSpec
+from harness.model_specs import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.families.registry import get as get_family
 from tamp.models.loading import checkpoint_problem
-from tamp.models.registry import TRAINED_PREFIX
 from tamp.models.shipped import weights_sha256
+from tamp.models.sources import TRAINED_PREFIX
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe

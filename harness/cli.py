@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models":
-        from harness.registry import MODELS
+        from harness.model_specs import MODELS
 
         rows = [(s.name, s.source if not s.source.startswith("tiny-") else "built offline by tamp", s.family,
                  s.wrapper, s.calib or "(pass --calib)", ", ".join(s.tasks)) for s in MODELS.values()]

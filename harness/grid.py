@@ -24,15 +24,15 @@ from harness.errors import HarnessError, check_output, tamp_errors
 from harness.executors import ExecutorOptions, parse_block, run_jobs
 from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
+from harness.model_specs import expand_calib, resolve_model
 from harness.records import _write_atomic, load_record, record_path
-from harness.registry import expand_calib, resolve_model
 from harness.run import RunOptions, finished, run_recipe
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.config import check_sparsity
 from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
-from tamp.models.registry import TRAINED_PREFIX
+from tamp.models.sources import TRAINED_PREFIX
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
              "seqlen", "seed", "overrides", "outputs", "executor"}

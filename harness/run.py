@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArtifactRefused, EvaluationError, HarnessError, check_output, tamp_errors
 from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper
+from harness.model_specs import ModelSpec, expand_calib, input_problems, resolve_model
 from harness.records import (
     SCHEMA,
     empty_answers,
@@ -29,7 +30,6 @@ from harness.records import (
     write_json,
     write_jsonl,
 )
-from harness.registry import ModelSpec, expand_calib, input_problems, resolve_model
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems

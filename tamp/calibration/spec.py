@@ -15,7 +15,7 @@ Forms, tried in this order:
   (split at the last colon, unless the spec ends in ``.json``).
 
 The text is taken literally: the harness fills ``$TAMP_DATA`` into its default specs before they get here
-(harness.registry.expand_calib).
+(harness.model_specs.expand_calib).
 """
 
 from __future__ import annotations

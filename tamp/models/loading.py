@@ -16,7 +16,7 @@ from tamp.errors import TampError
 from tamp.families.base import Family
 from tamp.families.registry import family_of, tiny_families, trained_families
 from tamp.models import shipped
-from tamp.models.registry import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
+from tamp.models.sources import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

@@ -15,7 +15,7 @@ import pytest
 
 import tamp
 from harness.cache import artifact_key
-from harness.registry import MODELS
+from harness.model_specs import MODELS
 from tamp.methods import registry
 from tamp.recipe import build_recipe
 

@@ -25,7 +25,7 @@ def test_table1_grid_is_the_papers_experiment() -> None:
     assert grid.nsamples == 128 and grid.seed == 42 and grid.calib is None  # the model's default: ShareGPT4V
     assert grid.tasks == TABLE1_TASKS
     assert set(grid.outputs) == {"table", "plot", "csv"}
-    from harness.registry import MODELS
+    from harness.model_specs import MODELS
 
     assert MODELS["llava-next"].source == "llava-hf/llama3-llava-next-8b-hf"
     assert "sharegpt4v" in (MODELS["llava-next"].calib or "")
@@ -62,7 +62,7 @@ def test_table2_grid_is_the_audio_visual_experiment() -> None:
     assert grid.methods == ["dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "tamp"]
     assert grid.tasks == ["clotho_aqa_test", "vocalsound_test", "mvbench", "videomme", "nextqa_mc_test",
                           "egoschema_subset"]
-    from harness.registry import MODELS
+    from harness.model_specs import MODELS
 
     assert MODELS["qwen2.5-omni"].source == "Qwen/Qwen2.5-Omni-7B"
     assert "avinstruct_avqa_music.json" in (MODELS["qwen2.5-omni"].calib or "")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_registry_resolves_names_and_local_dirs(tiny_model) -> None:
-    from harness.registry import MODELS, resolve_model
+    from harness.model_specs import MODELS, resolve_model
 
     spec = resolve_model("llava-next")
     assert spec.source == "llava-hf/llama3-llava-next-8b-hf" and spec.wrapper == "tamp_llava_hf"
@@ -29,10 +29,10 @@ def test_registry_resolves_names_and_local_dirs(tiny_model) -> None:
 def test_family_table_has_one_owner_per_fact() -> None:
     """The harness adds a wrapper and tasks to families of tamp's table; every wrapper id it names is registered,
     every family it evaluates is a multimodal row with a default HF model, and tiny names come from the table."""
-    from harness.registry import EVALUATIONS, MODELS
+    from harness.model_specs import EVALUATIONS, MODELS
     from harness.wrappers import WRAPPER_CLASSES
     from tamp.families.registry import families, tiny_families, trained_families
-    from tamp.models.registry import HF_MODELS, TRAINED_PREFIX, registry_names
+    from tamp.models.sources import HF_MODELS, TRAINED_PREFIX, source_names
 
     for family, evaluation in EVALUATIONS.items():
         assert evaluation.wrapper in WRAPPER_CLASSES
@@ -41,14 +41,14 @@ def test_family_table_has_one_owner_per_fact() -> None:
     tiny = [n for n in MODELS if n.startswith("tiny-") and not n.startswith(TRAINED_PREFIX)]
     assert tiny == [f"tiny-{f}" for f in tiny_families() if f in EVALUATIONS]
     assert [n for n in MODELS if n.startswith(TRAINED_PREFIX)] == [TRAINED_PREFIX + f for f in trained_families()]
-    assert {f"tiny-{f}" for f in tiny_families()} | {TRAINED_PREFIX + f for f in trained_families()} <= set(registry_names())
+    assert {f"tiny-{f}" for f in tiny_families()} | {TRAINED_PREFIX + f for f in trained_families()} <= set(source_names())
 
 
 def test_save_path_does_not_import_the_tiny_builders() -> None:
     """tamp.testing (the tiny-model builders) is test scaffolding: the save path and the wrappers never load it."""
     import subprocess
 
-    code = ("import sys, tamp.artifacts, tamp.models.loading, tamp.models.qwen_image_only, harness.registry, "
+    code = ("import sys, tamp.artifacts, tamp.models.loading, tamp.models.qwen_image_only, harness.model_specs, "
             "harness.wrappers; print([m for m in sys.modules if m.startswith('tamp.testing')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
@@ -83,7 +83,7 @@ def test_gpus_needs_cuda_devices(tmp_path: Path) -> None:
 
 def test_artifact_key_tracks_config_and_calibration(tmp_path: Path) -> None:
     from harness.cache import artifact_key, calibration_fingerprint
-    from harness.registry import MODELS
+    from harness.model_specs import MODELS
     from tamp.recipe import build_recipe
 
     spec = MODELS["tiny-llava-next"]
@@ -106,8 +106,8 @@ def test_trained_model_artifacts_are_keyed_by_the_shipped_weights(tmp_path: Path
     import shutil
 
     from harness.cache import artifact_key, model_fingerprint
+    from harness.model_specs import MODELS
     from harness.records import model_build
-    from harness.registry import MODELS
     from tamp.models import shipped
 
     spec = MODELS["tiny-trained-llava-next"]

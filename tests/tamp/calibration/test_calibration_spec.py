@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from harness.cache import _sha256_file, calibration_fingerprint
-from harness.registry import expand_calib
+from harness.model_specs import expand_calib
 from tamp.calibration.loader import build_calibration, calibration_problems
 from tamp.calibration.spec import CalibrationSpec
 from tamp.calibration.text import parse_text_spec

@@ -14,7 +14,7 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from harness.cache import model_fingerprint
-from harness.registry import resolve_model
+from harness.model_specs import resolve_model
 from harness.wrappers.llava_hf import TampLlavaHf
 from tamp.config import PruneConfig
 from tamp.pipeline import prune

@@ -84,11 +84,11 @@ def test_cli_refuses_a_family_without_recipe(tmp_path: Path, capsys) -> None:
 
 
 def test_registry_knows_the_trained_model() -> None:
-    from harness.registry import HELDOUT_TASKS, MODELS
+    from harness.model_specs import HELDOUT_TASKS, MODELS
     from tamp.models.loading import model_problem
-    from tamp.models.registry import registry_names
+    from tamp.models.sources import source_names
 
-    assert "tiny-trained-llava-next" in registry_names()
+    assert "tiny-trained-llava-next" in source_names()
     spec = MODELS["tiny-trained-llava-next"]
     assert spec.family == "llava-next" and spec.calib == "picture-qa" and spec.tasks == HELDOUT_TASKS
     assert model_problem("tiny-trained-llava-next") is None

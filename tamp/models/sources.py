@@ -23,6 +23,6 @@ def tiny_cache_dir() -> Path:
     return Path(root) / "tiny"
 
 
-def registry_names() -> list[str]:
+def source_names() -> list[str]:
     return [*HF_MODELS, *GGUF_MODELS, *(TINY_PREFIX + f for f in tiny_families()),
             *(TRAINED_PREFIX + f for f in trained_families())]

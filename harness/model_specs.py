@@ -25,7 +25,7 @@ from tamp.families.defaults import (
     VIDEO_TASKS,
 )
 from tamp.families.registry import evaluated_families, families, family_of, tiny_families, trained_families
-from tamp.models.registry import GGUF_MODELS, TINY_PREFIX, TRAINED_PREFIX, registry_names
+from tamp.models.sources import GGUF_MODELS, TINY_PREFIX, TRAINED_PREFIX, source_names
 
 # tiny random models are pruned on a few short synthetic samples: they only prove the path runs
 TINY_CALIB, TINY_NSAMPLES, TINY_SEQLEN = "synthetic", 4, 64
@@ -128,7 +128,7 @@ def resolve_model(name: str) -> ModelSpec:
         problem = model_problem(name)
         if problem is not None:
             raise HarnessError(problem)
-    if name in registry_names() or name.endswith(".gguf"):  # smollm2, tiny-llama, any GGUF: text LMs
+    if name in source_names() or name.endswith(".gguf"):  # smollm2, tiny-llama, any GGUF: text LMs
         raise _text_only(name)
     looks_like_hf_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not path.exists()
     if not path.is_dir() and not looks_like_hf_id:
