@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.benchmarks import registered_tasks
 from harness.errors import HarnessError
 from tamp.families.base import Evaluation
 from tamp.families.defaults import (
-    AUDIO_TASKS,
-    IMAGE_TASKS,
-    SMOKE_AUDIO,
     SMOKE_TASKS,
-    SMOKE_VIDEO,
-    VIDEO_TASKS,
 )
 from tamp.families.registry import evaluated_families, families, family_of, tiny_families, trained_families
 from tamp.models.sources import GGUF_MODELS, TINY_PREFIX, TRAINED_PREFIX, source_names
@@ -34,12 +30,9 @@ HELDOUT_TASKS: tuple[str, ...] = ("tamp_heldout_vqa", "tamp_heldout_mc")
 # trained tiny models are pruned on their own domain: generated picture conversations (tamp.calibration.pictures)
 TRAINED_CALIB, TRAINED_NSAMPLES, TRAINED_SEQLEN = "picture-qa", 16, 512
 
-# the input each task we know needs (lmms-eval's other tasks are not checked)
-TASK_INPUT: dict[str, str] = {
-    **{t: "image" for t in (*IMAGE_TASKS, "gqa", "mmbench_en_dev", *SMOKE_TASKS, *HELDOUT_TASKS)},
-    **{t: "video" for t in (*VIDEO_TASKS, *SMOKE_VIDEO)},
-    **{t: "audio" for t in (*AUDIO_TASKS, *SMOKE_AUDIO)},
-}
+def task_inputs() -> dict[str, str]:
+    """The input each registered task needs (the task registry's rows; lmms-eval's other tasks are not checked)."""
+    return {name: b.input for name, b in registered_tasks().items() if b.input is not None}
 
 
 # tamp family -> its evaluation, for the families lmms-eval can run (multimodal only: the wrappers need a
@@ -165,6 +158,7 @@ def _config(name: str) -> Any:
 def input_problems(spec: ModelSpec, tasks: list[str]) -> list[str]:
     """Tasks whose input (image, video, audio) the model cannot take: refused before pruning, not mid-evaluation."""
     takes = families()[spec.family].inputs if spec.family in families() else ()
-    return [f"task '{task}' needs {TASK_INPUT[task]} input, which {spec.name} ({spec.family}) cannot take (it takes "
+    needs = task_inputs()
+    return [f"task '{task}' needs {needs[task]} input, which {spec.name} ({spec.family}) cannot take (it takes "
             f"{', '.join(takes)}); its default tasks: {', '.join(spec.tasks)}"
-            for task in tasks if task in TASK_INPUT and TASK_INPUT[task] not in takes]
+            for task in tasks if task in needs and needs[task] not in takes]

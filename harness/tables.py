@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from tabulate import tabulate
 
-from harness.benchmarks import BY_TASK, benchmark, order
+from harness.benchmarks import benchmark, order, registered_tasks
 from tamp.methods.registry import all_methods
 
 AVG = "Avg"
@@ -151,7 +151,8 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
 
 
 def _notes(tasks: list[str], theirs: pd.DataFrame | None, relative: bool) -> list[str]:
-    notes = [f"{BY_TASK[t].label}: {BY_TASK[t].note}" for t in tasks if t in BY_TASK and BY_TASK[t].note]
+    known = registered_tasks()
+    notes = [f"{known[t].label}: {known[t].note}" for t in tasks if t in known and known[t].note]
     unscaled = [t for t in tasks if math.isnan(benchmark(t).percent_scale)]
     if unscaled:
         notes.append(f"not in the average (scale unknown to the harness): {', '.join(unscaled)}")

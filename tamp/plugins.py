@@ -1,6 +1,7 @@
 """One registry type for everything tamp finds by name: methods, model families, tasks.
 
-Built-ins are the modules of one package that define a module-level constant (``METHOD``, ``FAMILY`` ...);
+Built-ins are the modules of one package that define a module-level constant (``METHOD``, ``FAMILY`` ...), or the
+rows a `builtins` callable lists (the benchmark catalog, one table of tasks);
 plugins are installed distributions with an entry point in the registry's group whose value is an entry (or a
 list of them). A broken plugin is skipped with one warning line, so an installed third-party package can never
 make `tamp` or `harness` unusable; a mistake in a built-in is a bug of this package and fails loudly.
@@ -43,6 +44,7 @@ class Registry(Generic[T]):
     with_source: Callable[[T, str], T] = lambda entry, _source: entry
     order: Callable[[T], object] | None = None
     skip: frozenset[str] = frozenset()  # modules of the package that are machinery, not entries
+    builtins: Callable[[], list[T]] | None = None  # the built-ins as rows, instead of one module each
     builtin_problems: Callable[[dict[str, T]], list[str]] = lambda _entries: []
     plugin_problem: Callable[[T, dict[str, T]], str | None] = lambda _entry, _known: None
     _builtin: dict[str, T] | None = field(default=None, init=False, repr=False)
@@ -56,8 +58,9 @@ class Registry(Generic[T]):
         """The entries shipped in the package, in listing order (imported once)."""
         if self._builtin is None:
             package = importlib.import_module(self.package)
-            found = []
-            for info in pkgutil.iter_modules(package.__path__):
+            found = [self.with_source(e, package.__file__ or self.package) for e in self.builtins()] \
+                if self.builtins is not None else []
+            for info in pkgutil.iter_modules(package.__path__ if self.builtins is None else []):
                 if info.name in self.skip or info.name.startswith("_"):
                     continue
                 module = importlib.import_module(f"{self.package}.{info.name}")
