@@ -7,33 +7,25 @@ own family. The package is installed into a temporary folder, so the test venv s
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "family-plugin"
+from tests.plugin_site import install_example, site_env
+
 BIN = Path(sys.executable).parent
 FAMILY = "llava-next-mistral"
 
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("family-plugin")
-    source = root / "src"
-    shutil.copytree(EXAMPLE, source)
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(site), str(source)], check=True, timeout=300)
-    assert (site / "tamp_llava_next_mistral").is_dir()
-    return site
+    return install_example("family-plugin", tmp_path_factory.mktemp("family-plugin"), "tamp_llava_next_mistral")
 
 
 def _env(site: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(site), "TQDM_DISABLE": "1"}
+    return site_env(site)
 
 
 def _model_rows(env: dict[str, str] | None) -> dict[str, list[str]]:

@@ -5,8 +5,6 @@ is built and installed into a temporary folder, so the test venv stays as the lo
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from tamp.algorithms.masks import row_mask, wanda_scores
+from tests.plugin_site import install_example, site_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "method-plugin"
 BIN = Path(sys.executable).parent
@@ -22,18 +21,11 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("plugin")
-    source = root / "src"
-    shutil.copytree(EXAMPLE, source)
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(site), str(source)], check=True, timeout=300)
-    assert (site / "tamp_normpow").is_dir()
-    return site
+    return install_example("method-plugin", tmp_path_factory.mktemp("plugin"), "tamp_normpow")
 
 
 def _env(site: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(site), "TQDM_DISABLE": "1"}
+    return site_env(site)
 
 
 def test_plugin_is_listed(plugin_site: Path) -> None:
