@@ -35,7 +35,6 @@ from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
 
 if TYPE_CHECKING:
-    from tamp.config import PruneConfig
     from tamp.recipe import Recipe
 
 
@@ -75,10 +74,6 @@ class RunPlan:
     key_inputs: dict[str, Any]
     records: dict[str, Path]
     pending: list[str]
-
-    @property
-    def cfg(self) -> PruneConfig:
-        return self.recipe.weight
 
     @property
     def method(self) -> str:
@@ -272,7 +267,7 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
             "artifact_key": p.key,
             "model": {"name": p.spec.name, "source": p.spec.source, "family": p.spec.family,
                       "wrapper": p.spec.wrapper, "build": model_build(p.key_inputs.get("model"))},
-            "method": p.method, "sparsity": p.cfg.sparsity, "pattern": p.cfg.pattern, "task": task,
+            "method": p.method, "sparsity": p.recipe.sparsity, "pattern": p.recipe.pattern, "task": task,
             "limit": opts.limit,
             "metrics": metrics,
             "results": results,

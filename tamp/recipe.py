@@ -191,10 +191,6 @@ class Recipe:
     def pattern(self) -> str:
         return self.weight.pattern
 
-    def with_token(self, token: TokenTransform) -> Recipe:
-        """The same recipe with its token part replaced (by its fitted self, after a prune-time fit)."""
-        return Recipe(self.weight, token, self.dtype, self.parts, self.needs_calibration, self.methods)
-
     def key_inputs(self) -> dict[str, Any]:
         """What of the recipe shapes an artifact: the configs as recorded, the dtype, the code's versions."""
         return {"config": self.weight.to_dict(), "transform": self.token.to_dict() if self.token else None,
