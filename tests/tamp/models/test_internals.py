@@ -10,9 +10,9 @@ import torch
 import transformers
 from torch import nn
 
+from tamp.families.registry import tiny_families
 from tamp.models import internals
 from tamp.models.adapters import get_adapter
-from tamp.models.families import TINY_FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def loaded(tiny_model):
     return get
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_every_internal_is_where_tamp_looks(loaded, family: str) -> None:
     model, path = loaded(family)
     checked = internals.check_model(model, path)  # a moved internal raises MovedInternal here
@@ -50,7 +50,7 @@ def test_every_internal_is_where_tamp_looks(loaded, family: str) -> None:
     assert norm is not block and tuple(norm.weight.shape) == (hidden,)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_replacing_one_instance_forward_is_undone(loaded, family: str) -> None:
     model, path = loaded(family)
     mlp = internals.gated_mlp(model.get_submodule(path)[0]).module
@@ -80,7 +80,7 @@ def _owner(model: nn.Module, path: str, what: str) -> tuple[object, str]:
 
 
 @pytest.mark.parametrize("what", ["config", "eager", "self_attn", "q_proj", "gate_proj", "norm"])
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", tiny_families())
 def test_a_moved_internal_names_the_version_and_itself(loaded, family: str, what: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     model, path = loaded(family)
