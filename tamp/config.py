@@ -12,9 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tamp.algorithms.masks import parse_pattern
 from tamp.errors import TampError
-from tamp.params import RUN_PARAMS
+from tamp.params import RUN_PARAMS, parse_pattern
 
 _RUN = {p.name: p for p in RUN_PARAMS}
 

@@ -1,11 +1,12 @@
-"""Typed parameters: the fields every pruning run has, and the type methods declare their own with.
+"""Typed parameters: the fields every pruning run has, the type methods declare their own with, and the
+pattern grammar. Torch-free, as is tamp.config's PruneConfig built on them.
 
-tamp.config builds PruneConfig from RUN_PARAMS plus the built-in methods' parameters; the method registry
-refuses a plugin parameter that reuses one of these names.
+The method registry refuses a plugin parameter that reuses a run field's name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,3 +48,18 @@ RUN_PARAMS: tuple[Param, ...] = (
     Param("prune_vision", bool, False, "also prune the vision tower (default: the language model's decoder only)"),
 )
 RUN_FIELDS = frozenset(p.name for p in RUN_PARAMS) | {"extra"}
+
+_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """Parse a sparsity pattern string: ``"unstructured"`` -> ``None``, ``"2:4"`` -> ``(2, 4)``."""
+    text = str(pattern).strip()
+    if text.lower() == "unstructured":
+        return None
+    match = _PATTERN_RE.match(text)
+    if match is not None:
+        n, m = int(match.group(1)), int(match.group(2))
+        if 0 < n < m:
+            return n, m
+    raise ValueError(f"bad sparsity pattern {pattern!r}: accepted forms are 'unstructured' or 'N:M' with 0<N<M (e.g. 2:4, 4:8)")

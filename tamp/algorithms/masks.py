@@ -13,10 +13,11 @@ Ties are always broken as a stable sort would (lower index pruned first) so that
 from __future__ import annotations
 
 import operator
-import re
 
 import torch
 from torch import Tensor
+
+from tamp.params import parse_pattern
 
 # bumped when what this module computes changes: the artifact keys of the methods using it cover it
 VERSION = 1
@@ -32,7 +33,6 @@ __all__ = [
     "wanda_scores",
 ]
 
-_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -75,19 +75,6 @@ def _lowest_k_mask(values: Tensor, k: int) -> Tensor:
     if bool((tied.sum(dim=-1, keepdim=True) > need).any()):
         tied &= tied.cumsum(dim=-1) <= need
     return chosen | tied
-
-
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """Parse a sparsity pattern string: ``"unstructured"`` -> ``None``, ``"2:4"`` -> ``(2, 4)``."""
-    text = str(pattern).strip()
-    if text.lower() == "unstructured":
-        return None
-    match = _PATTERN_RE.match(text)
-    if match is not None:
-        n, m = int(match.group(1)), int(match.group(2))
-        if 0 < n < m:
-            return n, m
-    raise ValueError(f"bad sparsity pattern {pattern!r}: accepted forms are 'unstructured' or 'N:M' with 0<N<M (e.g. 2:4, 4:8)")
 
 
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:

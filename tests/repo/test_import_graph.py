@@ -47,3 +47,10 @@ def test_function_level_imports_are_justified() -> None:
                    if e.in_function and e.target in heavy and e.source not in CLI_MODULES
                    and not e.target.startswith("tamp.testing") and not heavy[e.target] - heavy[e.source]]
     assert not unjustified, "move these imports to module level: " + "; ".join(unjustified)
+
+
+def test_the_weight_config_is_torch_free() -> None:
+    """PruneConfig (the recipe's weight part, what pruning.json's config holds) reads and checks without torch:
+    a grid planner or a report can hold one without loading the ML stack."""
+    heavy = heavy_at_import(edges(external=True))
+    assert not heavy.get("tamp.config", set()) and not heavy.get("tamp.params", set())
