@@ -13,16 +13,18 @@ ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = """
 import sys
 from pathlib import Path
-from harness.cache import model_fingerprint
+from harness.cache import artifact_key, model_fingerprint
 from harness.model_specs import resolve_model
 from harness.wrappers.llava_hf import TampLlavaHf
-from tamp.config import PruneConfig
 from tamp.pipeline import prune
+from tamp.recipe import build_recipe
 
 out = Path(sys.argv[1])
 spec = resolve_model("tiny-trained-llava-next")
 assert model_fingerprint(spec, None)["weights_sha256"]
-prune(spec.source, PruneConfig.from_preset("magnitude", sparsity=0.5), out, device="cpu")
+recipe = build_recipe("magnitude", 0.5)
+assert artifact_key(spec, recipe, None)[0]
+prune(spec.source, recipe, out, device="cpu")
 wrapper = TampLlavaHf(pretrained=str(out), device="cpu")
 assert wrapper.model is not None
 print(sorted(m for m in sys.modules if m.startswith("tamp.testing")))
