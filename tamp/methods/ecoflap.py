@@ -21,6 +21,7 @@ from tamp.engine.capture import Captured, move, run_block
 from tamp.engine.context import Context, block_of
 from tamp.methods.base import Allocation, Param, WeightMethod
 from tamp.models.adapters import Stack, prunable_linears
+from tamp.models.internals import final_norm
 
 
 def lm_labels(batch: dict[str, torch.Tensor], media_ids: list[int]) -> torch.Tensor:
@@ -45,7 +46,7 @@ def _suffix_loss(ctx: Context, stack: Stack, start: int, item: Captured, labels:
     hidden = item.hidden
     for layer in stack.layers[start:]:
         hidden = run_block(layer, Captured(hidden, item.args, item.kwargs), ctx.device)
-    norm = ctx.model.get_submodule(stack.name.rsplit(".", 1)[0]).norm
+    norm = final_norm(ctx.model, stack.name)
     logits = ctx.adapter.runner(ctx.model).get_output_embeddings()(norm(hidden)).float()
     return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),
                                  ignore_index=-100))
