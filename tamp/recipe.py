@@ -132,7 +132,7 @@ def weight_config(method: str, **overrides: Any) -> PruneConfig:
     unknown = [k for k in given if k not in known]
     if unknown:
         raise TampError(f"unknown config field '{unknown[0]}'; fields: {', '.join(sorted({*_RUN, *known}))}")
-    cfg = PruneConfig(**{k: v for k, v in values.items()})
+    cfg = PruneConfig(**values)
     _check_parts(values)
     used = used_methods(values)
     declared = {p.name for m in used for p in m.params}
