@@ -2,13 +2,13 @@
 decoding ran, measured on the model as it is evaluated (with any token transform applied).
 
 One meter per loaded model; `take()` returns the summary of everything since the last `take()` (one task) and
-starts afresh. Timings synchronise CUDA, so GPU work is charged to the step that launched it. Data-parallel
-evaluation has one meter per process: each `export()`s what it measured, and `summarize` merges them.
+starts afresh, peak memory included (the run's own, with how it was measured: tamp/inference/peak_memory.py).
+Timings synchronise CUDA, so GPU work is charged to the step that launched it. Data-parallel evaluation has one
+meter per process: each `export()`s what it measured, and `summarize` merges them.
 """
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tamp.inference.flops import ModelShape
+from tamp.inference.peak_memory import RunPeak
 from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.models.adapters import ModelAdapter, get_adapter
 
@@ -40,8 +41,7 @@ class CostMeter:
         self.decode_steps, self.decode_s = 0, 0.0
         self._start: float | None = None
         self._kind = ""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._peak = RunPeak.start(self.device)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -67,6 +67,8 @@ class CostMeter:
         self._sync()
         elapsed = time.perf_counter() - self._start
         self._start = None
+        if self._peak.samples:
+            self._peak.sample()
         if self._kind == "decode":
             self.decode_steps += int(self._ids.shape[0])
             self.decode_s += elapsed
@@ -91,10 +93,9 @@ class CostMeter:
 
     def export(self) -> dict[str, Any]:
         """What this meter measured since the last take, as JSON (one process's share of a data-parallel run)."""
-        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peak, how = self._peak.read()
         return {"prefills": list(self.prefills), "decode_steps": self.decode_steps, "decode_s": self.decode_s,
-                "peak_memory_mb": peak, "device": str(self.device), "layers": self.layers}
+                "peak_memory_mb": peak, "peak_memory_how": how, "device": str(self.device), "layers": self.layers}
 
     def take(self) -> dict[str, Any] | None:
         """Summary since the last take (None when nothing ran), then reset."""
@@ -105,7 +106,8 @@ class CostMeter:
 
 def summarize(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """One cost summary from the exports of one or more meters (the processes of a data-parallel run): means and
-    the median over every prefill, decode speed per process, the highest peak memory. None when nothing ran."""
+    the median over every prefill, decode speed per process, the highest peak memory (and how each process measured
+    it, joined when they differ). None when nothing ran."""
     p = [x for part in parts for x in part["prefills"]]
     if not p:
         return None
@@ -123,6 +125,8 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
         "visual_tokens_per_layer": [statistics.fmean(x["visual_per_layer"][i] for x in p) for i in range(layers)],
         "decode_tokens_per_s": sum(part["decode_steps"] for part in parts) / decode_s if decode_s > 0 else None,
         "peak_memory_mb": max(part["peak_memory_mb"] for part in parts),
+        "peak_memory_how": ",".join(sorted({part["peak_memory_how"] for part in parts
+                                            if part.get("peak_memory_how")})) or None,
         "device": parts[0]["device"],
         "processes": len(parts),
         "flops_counted": "language model: decoder linears + attention matmuls + LM head + token scoring "
