@@ -14,6 +14,14 @@ from harness.errors import EvaluationError
 from harness.tasks_catalog import tasks_dir
 
 COST_DIR_ENV = "TAMP_COST_DIR"  # for data-parallel runs: where each process's wrapper writes its measured cost
+KEY_ARG = "tamp_key"  # the model argument naming the artifact's cache key (the recipe it was made from)
+
+
+def model_args(artifact: Path, key: str, max_empty_fraction: float) -> str:
+    """lmms-eval's `model_args` for one of our artifacts. lmms-eval keys its response cache (`--use_cache`) by the
+    model name and these arguments; the artifact key makes two configurations of one checkpoint path differ there
+    (the wrappers refuse a key that is not the artifact's)."""
+    return f"pretrained={artifact},{KEY_ARG}={key},max_empty_fraction={max_empty_fraction}"
 
 
 def quiet_loguru() -> None:

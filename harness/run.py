@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArtifactRefused, EvaluationError, HarnessError, check_output, tamp_errors
-from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper
+from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper, model_args
 from harness.model_specs import ModelSpec, expand_calib, input_problems, resolve_model
 from harness.records import (
     SCHEMA,
@@ -229,7 +229,7 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
         info = read_pruning_json(artifact, PER_MATRIX)
     if reused:
         prune_s = float(info.get("timings", {}).get("total_before_save", 0.0))
-    model_args = f"pretrained={artifact},max_empty_fraction={opts.max_empty_fraction}"
+    args = model_args(artifact, p.key, opts.max_empty_fraction)
     tm = task_manager(p.spec.wrapper)
     lm, load_s = None, 0.0
     for task in p.pending:
@@ -237,12 +237,12 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
         try:
             if opts.gpus > 1:
 
-                result = evaluate_with_accelerate(opts.gpus, p.spec.wrapper, model_args, task, opts.limit,
+                result = evaluate_with_accelerate(opts.gpus, p.spec.wrapper, args, task, opts.limit,
                                                   p.records[task].parent / f".{task}.lmms-eval")
             else:
 
                 if lm is None:
-                    lm = load_wrapper(p.spec.wrapper, model_args, device)  # the wrapper resolves "auto"
+                    lm = load_wrapper(p.spec.wrapper, args, device)  # the wrapper resolves "auto"
                     load_s = time.perf_counter() - start
                     start = time.perf_counter()
                 lm.take_cost()  # start this task's cost axis afresh
@@ -278,7 +278,7 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
             "lmms_eval_config": result.get("config"),
             "samples_file": samples_path(p.records[task]).name,
             "empty_answers": empties,
-            "artifact": {"path": str(artifact), "reused": reused, "cache_inputs": p.key_inputs},
+            "artifact": {"path": str(artifact), "reused": reused, "cache_inputs": p.key_inputs, "model_args": args},
             "pruning": info,
             "timings": {"prune_s": prune_s, "prune_reused": reused, "model_load_s": load_s, "eval_s": eval_s},
             "cost": cost,

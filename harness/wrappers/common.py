@@ -10,6 +10,9 @@ What it adds to the stock wrappers:
   the processor with an image token but no image, which transformers 5 rejects);
 - `clean()` keeps the model: lmms-eval deletes every nn.Module attribute after each evaluation,
   which would make a wrapper single-use;
+- the model argument `tamp_key` (the artifact's cache key, which `harness run` passes so that lmms-eval's response
+  cache keeps two configurations of one checkpoint path apart) is taken off before the stock wrapper sees it,
+  kept as `tamp_key`, and refused when the artifact's own key file names another key;
 - the cost of what it evaluated (tamp.inference.cost) is measured; under `accelerate launch` each process
   writes its share to `$TAMP_COST_DIR/rank<N>.json` after every call, for the harness to merge.
 """
@@ -17,6 +20,7 @@ What it adds to the stock wrappers:
 from __future__ import annotations
 
 import gc
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +31,9 @@ import torch
 from loguru import logger
 from PIL import Image
 
+from harness.cache import KEY_FILE
 from harness.errors import ArtifactRefused
-from harness.evaluate import COST_DIR_ENV
+from harness.evaluate import COST_DIR_ENV, KEY_ARG
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
 from tamp.artifacts import write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device
@@ -91,6 +96,33 @@ class TampWrapperMixin:
     max_empty_fraction: float
     answer_counts: dict[str, list[int]]
     generation_errors: list[str]
+
+    tamp_key: str | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Reached from each family wrapper's `super().__init__`, after `_tamp_before_load` and before the stock
+        wrapper loads any weight: takes `tamp_key` off the arguments (the stock wrappers refuse unknown ones)."""
+        self.tamp_key = self._check_key(kwargs.pop(KEY_ARG, None), kwargs.get("pretrained"))
+        super().__init__(*args, **kwargs)
+
+    def _check_key(self, given: Any, pretrained: Any) -> str | None:
+        """The artifact key the caller named, checked against the key file `harness run`'s cache writes into each
+        artifact (an artifact without one, pruned by `tamp prune` or copied without it, cannot be checked)."""
+        if given is None:
+            return None
+        stored = None
+        try:
+            stored = json.loads((Path(str(pretrained)) / KEY_FILE).read_text()).get("key")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass
+        if stored is None:
+            return str(given)
+        from lmms_eval.utils import handle_arg_string
+
+        if given != stored and given != handle_arg_string(str(stored)):  # lmms-eval reads an all-digit key as a number
+            raise ArtifactRefused(f"{KEY_ARG}={given} was asked for, but {pretrained} is the artifact of key {stored}",
+                                  f"pass {KEY_ARG}={stored}, or the artifact directory of key {given}")
+        return str(stored)
 
     # ---- loading ----------------------------------------------------------------------------------
     def _tamp_before_load(self, pretrained: str, verify: bool, max_empty_fraction: float) -> None:
