@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--pattern", default=None, help="only this pattern: unstructured, 2:4, 4:8")
     t.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
-    t.add_argument("--cost", action="store_true", help="add the measured prefill TFLOPs per sample (the cost axis)")
+    t.add_argument("--cost", nargs="?", const="all", default=None, metavar="PARTS",
+                   help="add the measured cost: flops, latency, decode, memory (comma-separated; all when none named)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)
@@ -206,10 +207,12 @@ def _reports(args: argparse.Namespace) -> int:
     if df.empty:
         raise HarnessError(f"no finished run records under {args.runs} (run `harness run` first)")
     if args.command == "table":
+        from harness.cost_columns import parse_parts
         from harness.tables import build_tables, render
 
+        cost = parse_parts(args.cost) if args.cost is not None else ()
         tables = build_tables(df, pub, model=args.model, sparsity=args.sparsity, pattern=args.pattern,
-                              relative=args.relative, cost=args.cost)
+                              relative=args.relative, cost=cost)
         if not tables:
             raise HarnessError("no run records match --model/--sparsity/--pattern; `harness table` alone shows all")
         text = render(tables, args.format)

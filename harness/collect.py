@@ -16,7 +16,10 @@ from harness.records import read_record
 # one row per record: its headline number
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
                     "source", "run_id", "git_commit", "lmms_eval_version", "date", "n_samples", "prefill_tflops",
-                    "prefill_latency_s", "visual_tokens_kept"]
+                    "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
+                    "peak_memory_how", "device"]
+COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
+               "peak_memory_how", "device"]  # from the record's cost (tables' --cost columns, the TFLOPs plot)
 # results/reference/published.csv: published numbers in the benchmark's display units (see benchmarks.py)
 PUBLISHED_COLUMNS = ["model", "method", "sparsity", "pattern", "task", "value", "source"]
 DEFAULT_PUBLISHED = Path("results/reference/published.csv")
@@ -68,10 +71,11 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "source": "ours", "run_id": run_id, "git_commit": rec.get("git_commit"),
             "lmms_eval_version": (rec.get("versions") or {}).get("lmms-eval"), "date": rec.get("date"),
             "n_samples": (n.get(rec["task"]) or {}).get("effective") if isinstance(n, dict) else None,
-            **{c: (rec.get("cost") or {}).get(c) for c in ("prefill_tflops", "prefill_latency_s", "visual_tokens_kept")},
+            **{c: (rec.get("cost") or {}).get(c) for c in COST_FIELDS},
         })
     df = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
-    for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept"):
+    for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
+                   "decode_tokens_per_s", "peak_memory_mb"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["limit"] = df["limit"].astype(int)
     return df

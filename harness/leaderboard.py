@@ -13,10 +13,12 @@ Column order (stable):
   when it was not measured, e.g. records from before the cost axis): prefill_tflops (per sample, dense
   weights; language model decoder + head + a token method's scoring), prefill_tflops_nonzero (non-zero
   weights only), prefill_latency_s (median),
-  decode_tokens_per_s, visual_tokens_in, visual_tokens_kept (after the last drop), peak_memory_mb, device.
+  decode_tokens_per_s, visual_tokens_in, visual_tokens_kept (after the last drop), peak_memory_mb, device; then the
+  rest of the record's cost: peak_memory_how (how the run's own peak was measured, tamp/inference/peak_memory.py),
+  prefills, prompt_tokens, processes, tokens_per_layer and visual_tokens_per_layer (JSON lists), flops_counted.
 
-A file written before the cost columns or model_build existed is read and rewritten with them (empty for its
-old rows).
+A file written before a group of columns existed (model_build, the cost columns, the rest of the cost) is read and
+rewritten with them (empty for its old rows).
 
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
 record, other old rows are kept, so the file accumulates without duplicates. model_build is part of the key, so
@@ -27,6 +29,7 @@ of their own, and each row's dense_value / relative_pct come from the dense run 
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -44,11 +47,25 @@ COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode
         "visual_tokens_kept", "peak_memory_mb", "device"]
 REST = ["value", "stderr", "dense_value", "relative_pct", "headline", "run_id", "artifact_key", "git_commit",
         "lmms_eval_version", "tamp_version", "date"]
-COLUMNS = [*KEY, *REST, *COST]
-# the layouts of older files, read and rewritten with the missing columns empty
-BEFORE_BUILD = [c for c in COLUMNS if c != "model_build"]
-BEFORE_COST = [c for c in BEFORE_BUILD if c not in COST]
+COST_DETAIL = ["peak_memory_how", "prefills", "prompt_tokens", "processes", "tokens_per_layer", "visual_tokens_per_layer",
+               "flops_counted"]  # the rest of the record's cost, appended after COST
+COLUMNS = [*KEY, *REST, *COST, *COST_DETAIL]
+# the column groups added since the first layout: a file lacking whole groups of them, in order, is an older one,
+# read and rewritten with the missing columns empty
+ADDED = (("model_build",), tuple(COST), tuple(COST_DETAIL))
 DENSE_KEY = ["model", "model_build", "limit", "task", "metric"]
+
+
+def _cell(value: Any) -> Any:
+    """A list (tokens per layer) as JSON text, anything else as it is."""
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+def older_layout(columns: list[str]) -> bool:
+    """COLUMNS, in order, without one or more whole groups of ADDED: a file from before they existed."""
+    gone = set(COLUMNS) - set(columns)
+    return (bool(gone) and columns == [c for c in COLUMNS if c in set(columns)]
+            and gone == {c for group in ADDED if set(group) & gone for c in group})
 
 
 def _numeric(value: Any) -> bool:
@@ -63,7 +80,8 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "limit": int(rec.get("limit") or 0), "run_id": run_id, "artifact_key": rec.get("artifact_key"),
             "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),
             "tamp_version": versions.get("tamp"), "date": rec.get("date"),
-            **{c: (rec.get("cost") or {}).get(c) for c in COST}}
+            **{c: (rec.get("cost") or {}).get(c) for c in COST},
+            **{c: _cell((rec.get("cost") or {}).get(c)) for c in COST_DETAIL}}
     results = dict(rec.get("results") or {})
     results.setdefault(rec["task"], rec.get("metrics") or {})
     head_metric, head_value = raw_value(rec)
@@ -109,7 +127,7 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise HarnessError(f"cannot read the existing leaderboard {path} ({str(exc).splitlines()[0]}); "
                            "move it away or choose another --csv") from None
-    if list(old.columns) in (BEFORE_COST, BEFORE_BUILD):
+    if older_layout(list(old.columns)):
         old = old.reindex(columns=COLUMNS)
     if list(old.columns) != COLUMNS:
         raise HarnessError(f"{path} is not a leaderboard written by `harness export` (its columns differ); "

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harness.benchmarks import benchmark, order  # noqa: E402
+from harness.cost_columns import flop_unit  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.tables import method_label, method_rank  # noqa: E402
 from tamp.artifacts import (  # noqa: E402
@@ -149,15 +150,6 @@ def _finish(fig: Any, axes: Any, used: int, title: str, top: float) -> None:
 
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
-
-
-def flop_unit(largest_tflops: float) -> tuple[str, float]:
-    """The axis unit that keeps the largest value at or above 1 (tiny models run at MFLOPs): (name, factor from
-    TFLOPs)."""
-    for name, factor in (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6)):
-        if largest_tflops * factor >= 1:
-            return name, factor
-    return "kFLOPs", 1e9
 
 
 def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> list[Path]:

@@ -8,16 +8,18 @@ a different subset of benchmarks is not comparable across rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 from tabulate import tabulate
 
 from harness.benchmarks import benchmark, order, registered_tasks
+from harness.cost_columns import HEADERS, PARTS, cost_columns, cost_text
 from tamp.methods.registry import all_methods
 
 AVG = "Avg"
-COST = "Prefill TFLOPs"  # `--cost`: mean per-sample prefill TFLOPs of the row's tasks (dense weights)
+COST = HEADERS  # `--cost`: the headers a cost column can have (harness/cost_columns.py: units, notes)
 MISSING = "–"
 FORMATS = ("markdown", "latex", "csv")
 
@@ -86,8 +88,9 @@ def _average(percent: pd.Series, tasks: list[str]) -> float:
 
 def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, model: str | None = None,
                  sparsity: float | None = None, pattern: str | None = None,
-                 relative: bool = False, cost: bool = False) -> list[Table]:
-    """The tables for every (model, sparsity, pattern, limit) of our records that match the filters."""
+                 relative: bool = False, cost: bool | Sequence[str] = False) -> list[Table]:
+    """The tables for every (model, sparsity, pattern, limit) of our records that match the filters; `cost`: True
+    for every cost column, or the parts to show (harness.cost_columns.PARTS)."""
     ours = _pick(ours, model, sparsity, pattern)
     pub = _pick(published, model, sparsity, pattern) if published is not None and len(published) else None
     tables = []
@@ -109,20 +112,19 @@ def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, m
 
 
 def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, sparsity: float, pattern: str,
-               limit: int, relative: bool, cost: bool = False) -> Table:
+               limit: int, relative: bool, cost: bool | Sequence[str] = False) -> Table:
     tasks = order(list(mine["task"]))
     labels = [benchmark(t).label for t in tasks]
     # several tasks can share a label (mmbench_en_dev and its static variant): keep them apart
     labels = [lab if labels.count(lab) == 1 else f"{lab} ({t})" for lab, t in zip(labels, tasks)]
     rows: dict[str, tuple[pd.Series, pd.Series, str]] = {}
-    tflops: dict[str, float] = {}
+    measured: dict[str, pd.DataFrame] = {}  # our rows' records, for the cost columns
     for method in sorted(set(mine["method"]) | (set(theirs["method"]) if theirs is not None else set()),
                          key=method_rank):
         sub = mine[mine["method"] == method]
         if len(sub):
             rows[method_label(method)] = (_row_frame(sub, tasks, "value"), _row_frame(sub, tasks, "percent"), "ours")
-            if "prefill_tflops" in sub:
-                tflops[method_label(method)] = float(pd.to_numeric(sub["prefill_tflops"], errors="coerce").mean())
+            measured[method_label(method)] = sub
         if theirs is not None:
             pubs = theirs[theirs["method"] == method]
             if len(pubs):
@@ -143,10 +145,10 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
     frame = pd.DataFrame.from_dict(data, orient="index", columns=[*labels, AVG])
     notes = _notes(tasks, theirs, relative)
     if cost:
-        frame[COST] = [tflops.get(label, float("nan")) for label in frame.index]
-        notes.append(f"{COST}: per sample, language model (decoder linears + attention + LM head + a token "
-                     "method's scoring), dense weights, mean over the row's tasks; missing where the cost was not "
-                     "measured (published rows, records from before the cost axis)")
+        columns, cost_notes = cost_columns(measured, list(frame.index), PARTS if cost is True else tuple(cost))
+        for header, values in columns.items():
+            frame[header] = values
+        notes += cost_notes
     return Table(model, sparsity, pattern, limit, relative, frame, notes)
 
 
@@ -165,8 +167,8 @@ def _notes(tasks: list[str], theirs: pd.DataFrame | None, relative: bool) -> lis
 
 
 def _cells(table: Table, missing: str) -> list[list[str]]:
-    formats = ["{:.3g}" if column == COST else "{:.2f}" for column in table.data.columns]
-    return [[label, *[missing if math.isnan(v) else f.format(v) for f, v in zip(formats, row)]]
+    formats = [cost_text if column in COST else "{:.2f}".format for column in table.data.columns]
+    return [[label, *[missing if math.isnan(v) else f(v) for f, v in zip(formats, row)]]
             for label, row in zip(table.data.index, table.data.itertuples(index=False))]
 
 

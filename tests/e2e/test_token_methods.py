@@ -32,7 +32,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Path:
 
 def test_one_table_with_the_cost_column(swept: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    assert main(["table", "--runs", str(swept / "runs"), "--cost"]) == 0
+    assert main(["table", "--runs", str(swept / "runs"), "--cost", "flops"]) == 0
     table = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in table.splitlines() if line.startswith("| ") and "Method" not in line}
