@@ -95,6 +95,20 @@ def test_a_later_reset_turns_an_open_run_into_a_lower_bound() -> None:
     assert first.read()[1] == pm.LOWER_BOUND and second.read()[1] == pm.HIGH_WATER
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_run_reports_its_own_peak() -> None:
+    device = torch.device("cuda")
+    big = torch.ones(BIG * 2**20, dtype=torch.uint8, device=device)  # before the run: not its peak
+    del big
+    floor = torch.cuda.memory_allocated(device) / 2**20
+    run = pm.RunPeak.start(device)
+    peak, how = run.read()
+    assert how == pm.CUDA and peak < floor + 1
+    during = torch.ones(BIG // 4 * 2**20, dtype=torch.uint8, device=device)
+    del during
+    assert run.read()[0] >= floor + BIG // 4
+
+
 def test_merged_processes_name_each_way_of_measuring() -> None:
     def part(peak: float, how: str | None) -> dict:
         out = {"prefills": [{"seconds": 1.0, "dense": 1e9, "nonzero": 1e9, "tokens": 4, "visual_in": 0,
