@@ -117,6 +117,10 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
     if parts and old:
         notes.append(f"cost columns: – for {_join(old)}: its records predate the cost axis (run them again with "
                      "--force to measure it)")
+    partial = [label for label in measured if flops[label].isna().any()]
+    if parts and partial:
+        notes.append(f"cost columns: {_join(partial)} from some of its tasks only (the others' records predate the "
+                     "cost axis)")
     return columns, notes
 
 

@@ -89,9 +89,11 @@ def test_missing_fields_are_explained(tmp_path: Path, capsys: pytest.CaptureFixt
     runs = tmp_path / "runs"
     put(runs, record("dense", 0.0, "pope", 0.8, cost(0.000125, 0.0135, None, 920.0, how=None)))  # old CPU record
     put(runs, record("fastv", 0.0, "pope", 0.7, cost(0.0000625, 0.009, None, 2048.0, how=None, device="cuda:0")))
+    put(runs, record("fastv", 0.0, "textvqa_val", 0.4, None))  # this task's record predates the cost axis
     headers, rows, out = table(runs, capsys, "--cost", "decode,memory")
     assert headers[-2:] == ["Decode tok/s", "Peak GiB"] and "Prefill ms" not in headers
     assert rows["Dense"][-2:] == ["–", "–"]
+    assert "cost columns: FastV from some of its tasks only" in out
     assert rows["FastV"][-2:] == ["–", "2.00"]  # a GPU peak was always the run's own (reset per task)
     assert "Decode tok/s: – for Dense, FastV: none of its tasks generates text" in out
     assert "Peak GiB: – for Dense: its CPU records predate per-run peaks" in out
