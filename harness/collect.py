@@ -139,7 +139,7 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "n_docs": len(scores) if scores is not None else None, "p_vs_dense": None, "paired_test": None,
             "no_interval": why or None, "scores": scores,
         })
-    _pair_with_dense(rows)
+    pair_with_dense(rows)
     df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS])
     for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
                    "ci_low", "ci_high", "p_vs_dense"):
@@ -150,8 +150,9 @@ def headline_frame(runs: Path) -> pd.DataFrame:
     return df
 
 
-def _pair_with_dense(rows: list[dict[str, Any]]) -> None:
-    """Fill p_vs_dense / paired_test: each run with per-document scores against its dense run's, matched by id."""
+def pair_with_dense(rows: list[dict[str, Any]]) -> None:
+    """Fill p_vs_dense / paired_test of rows (model, model_build, limit, task, method, scores): each run with
+    per-document scores against its dense run's (the first of a key), documents matched by id."""
     dense: dict[tuple[Any, ...], dict[int, float]] = {}
     for row in rows:
         key = (row["model"], row["model_build"], row["limit"], row["task"])

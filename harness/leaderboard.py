@@ -34,10 +34,11 @@ from typing import Any
 import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
-from harness.collect import iter_records
+from harness.collect import document_scores, iter_records, pair_with_dense, record_seed
 from harness.errors import HarnessError
 from harness.records import _write_atomic, record_build
 from harness.tables import method_rank
+from harness.uncertainty import bootstrap_interval
 
 KEY = ["model", "model_build", "method", "sparsity", "pattern", "limit", "task", "metric"]
 COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode_tokens_per_s", "visual_tokens_in",
@@ -48,6 +49,10 @@ COLUMNS = [*KEY, *REST, *COST]
 # the layouts of older files, read and rewritten with the missing columns empty
 BEFORE_BUILD = [c for c in COLUMNS if c != "model_build"]
 BEFORE_COST = [c for c in BEFORE_BUILD if c not in COST]
+# how sure the headline row is (harness/uncertainty.py), appended last; a file from before them is read and rewritten
+UNCERTAINTY = ["ci_low", "ci_high", "n_docs", "p_vs_dense", "seed"]
+BEFORE_UNCERTAINTY = list(COLUMNS)
+COLUMNS = [*COLUMNS, *UNCERTAINTY]
 DENSE_KEY = ["model", "model_build", "limit", "task", "metric"]
 
 
@@ -82,7 +87,21 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
     if head_value is not None and not any(r["headline"] for r in rows):  # e.g. MVBench's mean of subtasks
         rows.append({**base, "task": rec["task"], "metric": head_metric, "value": head_value, "stderr": None,
                      "headline": True})
-    return rows
+    seed = record_seed(rec)
+    return [{**r, "seed": seed} for r in rows]
+
+
+def _with_uncertainty(rows: list[dict[str, Any]], scores: dict[int, dict[int, float] | None]) -> None:
+    """The headline rows' interval (as lmms-eval reports the metric), documents and paired p-value vs dense."""
+    heads = []
+    for i, row in enumerate(rows):
+        if i in scores and scores[i] is not None:
+            low, high = bootstrap_interval(list(scores[i].values()))
+            row.update(ci_low=low, ci_high=high, n_docs=len(scores[i]))
+            heads.append({**row, "scores": scores[i], "p_vs_dense": None, "_i": i})
+    pair_with_dense(heads)
+    for head in heads:
+        rows[head["_i"]]["p_vs_dense"] = head["p_vs_dense"]
 
 
 def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +117,15 @@ def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def leaderboard(runs: Path) -> pd.DataFrame:
-    rows = [row for run_id, rec in iter_records(runs) for row in record_rows(run_id, rec)]
+    rows: list[dict[str, Any]] = []
+    scores: dict[int, dict[int, float] | None] = {}
+    for run_id, rec in iter_records(runs):
+        found = record_rows(run_id, rec)
+        head = next((i for i, r in enumerate(found) if r["headline"] and r["task"] == rec["task"]), None)
+        if head is not None:
+            scores[len(rows) + head] = document_scores(Path(runs) / f"{run_id}.json", rec)[0]
+        rows += found
+    _with_uncertainty(rows, scores)
     return pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("dense_value", "relative_pct")])
 
 
@@ -109,7 +136,7 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise HarnessError(f"cannot read the existing leaderboard {path} ({str(exc).splitlines()[0]}); "
                            "move it away or choose another --csv") from None
-    if list(old.columns) in (BEFORE_COST, BEFORE_BUILD):
+    if list(old.columns) in (BEFORE_COST, BEFORE_BUILD, BEFORE_UNCERTAINTY):
         old = old.reindex(columns=COLUMNS)
     if list(old.columns) != COLUMNS:
         raise HarnessError(f"{path} is not a leaderboard written by `harness export` (its columns differ); "
@@ -126,7 +153,15 @@ def export(runs: Path, csv: Path) -> tuple[int, int]:
     merged["sparsity"] = merged["sparsity"].astype(float).round(4)
     merged["limit"] = merged["limit"].astype(int)
     merged["model_build"] = merged["model_build"].fillna("").astype(str)
-    merged = merged.drop_duplicates(subset=KEY, keep="last")
+    merged["seed"] = pd.to_numeric(merged["seed"], errors="coerce").astype("Int64")
+    if frames:  # an old row without its seed (a file from before the column) is replaced by a new row of its key
+        new_keys = pd.MultiIndex.from_frame(new[KEY].assign(sparsity=new["sparsity"].astype(float).round(4),
+                                                            limit=new["limit"].astype(int),
+                                                            model_build=new["model_build"].fillna("").astype(str)))
+        old_part = merged.index < len(frames[0])
+        unknown = old_part & merged["seed"].isna().to_numpy() & pd.MultiIndex.from_frame(merged[KEY]).isin(new_keys)
+        merged = merged[~unknown]
+    merged = merged.drop_duplicates(subset=[*KEY, "seed"], keep="last")
     merged = _with_dense(merged)
     ranks = merged["method"].map(lambda m: method_rank(m)[0])
     task_rank = merged["task"].map(lambda t: (benchmark(t).label, t))
