@@ -153,7 +153,8 @@ def export(runs: Path, csv: Path) -> tuple[int, int]:
     merged["sparsity"] = merged["sparsity"].astype(float).round(4)
     merged["limit"] = merged["limit"].astype(int)
     merged["model_build"] = merged["model_build"].fillna("").astype(str)
-    merged["seed"] = pd.to_numeric(merged["seed"], errors="coerce").astype("Int64")
+    for column in ("seed", "n_docs"):  # whole numbers, empty where unknown
+        merged[column] = pd.to_numeric(merged[column], errors="coerce").astype("Int64")
     if frames:  # an old row without its seed (a file from before the column) is replaced by a new row of its key
         new_keys = pd.MultiIndex.from_frame(new[KEY].assign(sparsity=new["sparsity"].astype(float).round(4),
                                                             limit=new["limit"].astype(int),
