@@ -222,7 +222,8 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method,
                       pattern=grid.pattern if cell.sparsity else "unstructured",
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
-                      seqlen=grid.seqlen, seed=grid.seed if cell.seed is None else cell.seed, overrides=overrides, output=settings.output,
+                      seqlen=grid.seqlen, seed=grid.seed if cell.seed is None else cell.seed, overrides=overrides,
+                      output=settings.output,
                       artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
                       force=settings.force)
 
@@ -378,11 +379,16 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
 
     df = headline_frame(settings.output)
     names = {resolve_model(m).name for m in grid.models}
-    wanted = {(c.method, round(c.sparsity, 4)) for c in cells(grid)}
+    wanted: dict[tuple[str, float], set[int] | None] = {}
+    for c in cells(grid):  # a seeded cell: only the records of the grid's seeds
+        seeds = wanted.setdefault((c.method, round(c.sparsity, 4)), set() if c.seed is not None else None)
+        if seeds is not None and c.seed is not None:
+            seeds.add(c.seed)
     keep = [m in names and (meth, round(s, 4)) in wanted and (meth == "dense" or p == grid.pattern)
             and lim == (settings.limit or 0) and (grid.tasks is None or t in grid.tasks)
-            for m, meth, s, p, lim, t in zip(df["model"], df["method"], df["sparsity"], df["pattern"], df["limit"],
-                                            df["task"])]
+            and (wanted[(meth, round(s, 4))] is None or seed in wanted[(meth, round(s, 4))])
+            for m, meth, s, p, lim, t, seed in zip(df["model"], df["method"], df["sparsity"], df["pattern"],
+                                                  df["limit"], df["task"], df["seed"])]
     return df[keep]
 
 
