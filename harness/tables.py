@@ -209,7 +209,7 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
             data[label] = [*values.tolist(), _average(percent, tasks)]
     frame = pd.DataFrame.from_dict(data, orient="index", columns=[*labels, AVG])
     if relative:  # % of dense: the mark stays, the intervals are the scores table's
-        spread = {key: Spread(None, 1, cell.same_as_dense) for key, cell in spread.items()}
+        spread = {key: Spread(None, cell.seeds, cell.same_as_dense) for key, cell in spread.items()}
     notes = _notes(tasks, theirs, relative)
     notes += _uncertainty_notes(mine, tasks, labels, spread, relative)
     if cost:
@@ -230,8 +230,8 @@ def _uncertainty_notes(mine: pd.DataFrame, tasks: list[str], labels: list[str], 
                      "leaderboard CSV)" + (f"; {AVG}: each benchmark's documents resampled independently"
                                            if any(k[1] == AVG for k in spread) else ""))
     if any(c.seeds > 1 for c in spread.values()):
-        notes.append("(n=k): the mean over k prunings with different calibration seeds, ± their standard deviation "
-                     "(the spread over seeds, not a bootstrap interval)")
+        notes.append("(n=k): the mean over k prunings with different calibration seeds" + (
+            "" if relative else ", ± their standard deviation (the spread over seeds, not a bootstrap interval)"))
     if any(c.same_as_dense is not None for c in spread.values()):
         notes.append(f"{MARK}: not distinguishable from dense (p >= {ALPHA}, two-sided, on the documents both "
                      "scored, matched by id: exact McNemar test when every score is 0 or 1, else a paired bootstrap "
@@ -275,7 +275,8 @@ def _with_spread(text: str, cell: Spread | None) -> str:
     if cell is None:
         return text
     if cell.half is not None:
-        text += f" ± {cell.half:.2f}" + (f" (n={cell.seeds})" if cell.seeds > 1 else "")
+        text += f" ± {cell.half:.2f}"
+    text += f" (n={cell.seeds})" if cell.seeds > 1 else ""
     return text + (f" {MARK}" if cell.same_as_dense else "")
 
 
