@@ -18,6 +18,12 @@ Column order (stable):
 A file written before the cost columns or model_build existed is read and rewritten with them (empty for its
 old rows).
 
+Then how sure the headline row is (harness/uncertainty.py; empty on the other rows and where the samples give no
+per-document scores): ci_low, ci_high (95% bootstrap interval, in the units of value), n_docs, p_vs_dense (paired
+test against the same build's dense run on the documents both scored), seed (the calibration seed of the record's
+artifact; part of a row's identity, so several seeds stay rows of their own). A file from before these columns is
+read and rewritten with them; its rows, whose seed is unknown, are replaced by new rows of the same key.
+
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
 record, other old rows are kept, so the file accumulates without duplicates. model_build is part of the key, so
 the rows of another build of the same model name (a refreshed trained tiny model, another HF revision) stay rows
