@@ -173,3 +173,18 @@ def test_sweep_dry_run_with_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
     capsys.readouterr()
     assert main(["sweep", "--model", MODEL, "--seeds", "0,zero", "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == "error: --seeds takes comma-separated integers, got '0,zero'"
+
+
+def test_plot_error_bars_are_the_interval_or_the_spread_over_seeds(runs: Path, tmp_path: Path) -> None:
+    from harness.plots import _points, plot_curves
+
+    df = headline_frame(runs)
+    wanda = df[df["method"] == "wanda"]
+    xs, ys, (below, above) = _points(wanda)
+    low, high = bootstrap_interval(WANDA)
+    assert xs == [0.3, 0.5] and ys == pytest.approx([85.0, 80.0])
+    assert below[0] == above[0] == pytest.approx(5.0)  # std of 80, 85, 90 over the three seeds
+    assert (below[1], above[1]) == pytest.approx((80.0 - low * 100, high * 100 - 80.0))
+    old = df[df["method"] == "sparsegpt"]
+    assert _points(old)[2] == [[0.0], [0.0]]  # no samples: no bar
+    assert [p.suffix for p in plot_curves(df, None, tmp_path / "c.png")] == [".png", ".svg"]
