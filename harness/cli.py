@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--calib", default=None)
     sw.add_argument("--nsamples", type=int, default=None)
     sw.add_argument("--seed", type=int, default=42)
+    sw.add_argument("--seeds", default=None, metavar="N,N,...",
+                    help="prune each calibrated cell once per seed (e.g. 0,1,2); tables show mean ± spread over seeds")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="a method parameter for every cell, e.g. --set fastv_keep=0.25 (repeatable)")
     sw.add_argument("--out-dir", type=Path, default=Path("results/sweeps"), help="where the table and plot go")
@@ -130,6 +132,19 @@ def _floats(text: str, what: str) -> list[float]:
     if not values:
         raise HarnessError(f"--{what} is empty")
     return values
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """--seeds: comma-separated integers, each a calibration draw of its own."""
+    if text is None:
+        return None
+    from harness.grid import parse_seeds
+
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HarnessError(f"--seeds takes comma-separated integers, got '{text}'") from None
+    return parse_seeds(values, "--seeds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +257,8 @@ def _grid(args: argparse.Namespace) -> int:
     else:
         grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
                           _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib,
-                          nsamples=args.nsamples, seed=args.seed, overrides=list(args.overrides))
+                          nsamples=args.nsamples, seed=args.seed, overrides=list(args.overrides),
+                          seeds=_seeds(args.seeds))
     executor = executor_options(args.executor, grid.executor, address=args.address, cpus=args.cpus,
                                 gpus=args.gpus_per_cell, partition=args.partition, time=args.time,
                                 array_parallelism=args.array_parallelism)

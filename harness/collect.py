@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
 from harness.errors import HarnessError
-from harness.records import read_record
+from harness.records import read_record, record_build, samples_path
+from harness.uncertainty import bootstrap_interval, paired_test
 
 # one row per record: its headline number
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
@@ -20,6 +22,12 @@ HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "
                     "peak_memory_how", "device"]
 COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
                "peak_memory_how", "device"]  # from the record's cost (tables' --cost columns, the TFLOPs plot)
+# how sure each number is (harness/uncertainty.py): the calibration seed, the 95% bootstrap interval (display units),
+# the documents it rests on, the paired p-value against the dense run and its test, or why there is no interval;
+# `scores` holds the per-document scores ({doc id: score}) for the averages' intervals
+UNCERTAINTY_COLUMNS = ["model_build", "seed", "ci_low", "ci_high", "n_docs", "p_vs_dense", "paired_test", "no_interval",
+                       "scores"]
+NO_SAMPLES = "no samples file (a record from before samples were kept)"
 # results/reference/published.csv: published numbers in the benchmark's display units (see benchmarks.py)
 PUBLISHED_COLUMNS = ["model", "method", "sparsity", "pattern", "task", "value", "source"]
 DEFAULT_PUBLISHED = Path("results/reference/published.csv")
@@ -55,13 +63,71 @@ def _limit(value: Any) -> int:
     return int(value) if value else 0
 
 
+def record_seed(rec: dict[str, Any]) -> int | None:
+    """The seed a record's artifact was made with (its calibration draw), from the key inputs it keeps."""
+    inputs = ((rec.get("artifact") or {}).get("cache_inputs") or {}) if isinstance(rec.get("artifact"), dict) else {}
+    seed = inputs.get("seed") if isinstance(inputs, dict) else None
+    return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def document_scores(record: Path, rec: dict[str, Any]) -> tuple[dict[int, float] | None, str]:
+    """{doc id: score} of the headline metric from the samples JSONL beside a record, or (None, why not).
+
+    Only where the headline is the plain mean of per-document numbers: a metric whose samples hold a dict for an
+    aggregation to combine (MME's sums, POPE's F1, GPT-judged scores) or whose mean over the samples is not the
+    reported number gets no interval, and a table says why, rather than a fake one.
+    """
+    task = rec["task"]
+    metric, raw = raw_value(rec)
+    if raw is None:
+        return None, "no headline score"
+    if benchmark(task, rec.get("metrics")).subtask_mean:
+        return None, "a mean of subtask means (no per-document mean)"
+    path = record.with_name(rec["samples_file"]) if isinstance(rec.get("samples_file"), str) else samples_path(record)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None, NO_SAMPLES
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"samples file unreadable ({exc})"
+    name = metric.partition(",")[0]
+    scores: dict[int, float] = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None, "samples file is not valid JSONL"
+        if not isinstance(row, dict) or row.get("task", task) != task:
+            continue  # a group's subtasks
+        value, doc = row.get(name), row.get("doc_id")
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, (int, float)) or not isinstance(doc, int) or math.isnan(value):
+            return None, f"the samples hold no per-document number for {name} (an aggregate-only metric)"
+        if doc in scores:
+            return None, "a document scored twice in the samples (several filters)"
+        scores[doc] = float(value)
+    if not scores:
+        return None, "no per-document samples of the task"
+    mean = sum(scores.values()) / len(scores)
+    if not math.isclose(mean, raw, rel_tol=1e-9, abs_tol=1e-12):
+        return None, f"{name} is not the mean of its per-document scores"
+    return scores, ""
+
+
 def headline_frame(runs: Path) -> pd.DataFrame:
-    """One row per run record: the benchmark's headline number raw, as displayed, and on a 0-100 scale."""
+    """One row per run record: the benchmark's headline number raw, as displayed, and on a 0-100 scale, with its
+    bootstrap interval and its paired p-value against the dense run of the same model build, limit and task
+    (the first such run by run id where there are several)."""
     rows = []
     for run_id, rec in iter_records(runs):
         metric, raw = raw_value(rec)
         bench = benchmark(rec["task"], rec.get("metrics"))
         n = rec.get("n_samples") or {}
+        scores, why = document_scores(Path(runs) / f"{run_id}.json", rec)
+        low = high = None
+        if scores is not None:
+            low, high = (v * bench.display_scale for v in bootstrap_interval(list(scores.values())))
         rows.append({
             "model": (rec.get("model") or {}).get("name"), "method": rec["method"],
             "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
@@ -72,13 +138,36 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "lmms_eval_version": (rec.get("versions") or {}).get("lmms-eval"), "date": rec.get("date"),
             "n_samples": (n.get(rec["task"]) or {}).get("effective") if isinstance(n, dict) else None,
             **{c: (rec.get("cost") or {}).get(c) for c in COST_FIELDS},
+            "model_build": record_build(rec), "seed": record_seed(rec), "ci_low": low, "ci_high": high,
+            "n_docs": len(scores) if scores is not None else None, "p_vs_dense": None, "paired_test": None,
+            "no_interval": why or None, "scores": scores,
         })
-    df = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    pair_with_dense(rows)
+    df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS])
     for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
-                   "decode_tokens_per_s", "peak_memory_mb"):
+                   "decode_tokens_per_s", "peak_memory_mb", "ci_low", "ci_high", "p_vs_dense"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["limit"] = df["limit"].astype(int)
+    df["n_docs"] = df["n_docs"].astype("Int64")
+    df["seed"] = df["seed"].astype("Int64")
     return df
+
+
+def pair_with_dense(rows: list[dict[str, Any]]) -> None:
+    """Fill p_vs_dense / paired_test of rows (model, model_build, limit, task, method, scores): each run with
+    per-document scores against its dense run's (the first of a key), documents matched by id."""
+    dense: dict[tuple[Any, ...], dict[int, float]] = {}
+    for row in rows:
+        key = (row["model"], row["model_build"], row["limit"], row["task"])
+        if row["method"] == "dense" and row["scores"] is not None:
+            dense.setdefault(key, row["scores"])
+    for row in rows:
+        ref = dense.get((row["model"], row["model_build"], row["limit"], row["task"]))
+        if row["method"] == "dense" or row["scores"] is None or ref is None:
+            continue
+        paired = paired_test(row["scores"], ref)
+        if paired is not None:
+            row["p_vs_dense"], row["paired_test"] = paired.p_value, paired.test
 
 
 def load_published(path: Path | None) -> pd.DataFrame:

@@ -35,7 +35,7 @@ from tamp.models.loading import hf_cache_problem
 from tamp.models.sources import TRAINED_PREFIX
 
 GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
-             "seqlen", "seed", "overrides", "outputs", "executor"}
+             "seqlen", "seed", "seeds", "overrides", "outputs", "executor"}
 OUTPUT_KEYS = {"table", "plot", "csv"}
 
 
@@ -55,6 +55,7 @@ class Grid:
     outputs: dict[str, Path] = field(default_factory=dict)
     description: str = ""
     executor: dict[str, Any] = field(default_factory=dict)  # where cells run (the `executor:` block), not what
+    seeds: list[int] | None = None  # each calibrated cell pruned once per seed (the others keep `seed`)
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,21 @@ class Cell:
     model: str
     method: str
     sparsity: float
+    seed: int | None = None  # a calibration seed of the grid's `seeds` (None: the grid's `seed`)
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.method} {self.sparsity:.0%}"
+        return f"{self.model} {self.method} {self.sparsity:.0%}" + (f" seed {self.seed}" if self.seed is not None else "")
+
+
+def parse_seeds(value: Any, where: str) -> list[int]:
+    """A list of distinct integer seeds (a grid file's `seeds:`, `--seeds 0,1,2`)."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise HarnessError(f"{where}: seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
+    if len(set(items)) != len(items):
+        raise HarnessError(f"{where}: seeds must differ, got {items}")
+    return [int(v) for v in items]
 
 
 def _list(value: Any, what: str, path: Path) -> list[Any]:
@@ -111,7 +123,8 @@ def load_grid(path: Path) -> Grid:
         nsamples=data.get("nsamples"),
         seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
         outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")),
-        executor=parse_block(data.get("executor"), str(path)))
+        executor=parse_block(data.get("executor"), str(path)),
+        seeds=parse_seeds(data["seeds"], str(path)) if data.get("seeds") is not None else None)
 
 
 def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
@@ -148,19 +161,36 @@ def _check_overrides(grid: Grid) -> dict[str, Any]:
 
 def cells(grid: Grid) -> list[Cell]:
     """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
-    model whatever the sparsities."""
-    from tamp.recipe import DENSE, split_method  # torch: only planning needs it
+    model whatever the sparsities. With `seeds`, a cell that draws calibration data is one cell per seed (a
+    pruning of its own); a cell that draws none would prune the same weights each time: one cell, the grid's seed."""
+    from tamp.recipe import DENSE, build_recipe, split_method  # torch: only planning needs it
 
-    _check_overrides(grid)
+    values = _check_overrides(grid)
     out: list[Cell] = []
     for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
         with tamp_errors():
             weight, token = split_method(method)
         unpruned = token or DENSE  # what is left of the method at sparsity 0
         cell = Cell(model, unpruned, 0.0) if weight == DENSE or sparsity == 0 else Cell(model, method, sparsity)
-        if cell not in out:
-            out.append(cell)
+        todo = [cell]
+        if grid.seeds:
+            with tamp_errors():
+                recipe = build_recipe(cell.method, cell.sparsity, pattern=grid.pattern if cell.sparsity else
+                                      "unstructured", overrides={k: v for k, v in values.items()
+                                                                 if k in _run_fields(cell.method, values)})
+            if recipe.needs_calibration:
+                todo = [replace(cell, seed=seed) for seed in grid.seeds]
+        out += [c for c in todo if c not in out]
     return out
+
+
+def _run_fields(method: str, values: dict[str, Any]) -> set[str]:
+    """The overrides a cell of `method` takes: its methods' parameters and every run field (as `run_options`)."""
+    from tamp.recipe import method_params
+
+    owners = method_params()
+    runs = _cell_methods(method, values)
+    return {name for name in values if name not in owners or set(owners[name][1]) & runs}
 
 
 @dataclass
@@ -192,7 +222,8 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method,
                       pattern=grid.pattern if cell.sparsity else "unstructured",
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
-                      seqlen=grid.seqlen, seed=grid.seed, overrides=overrides, output=settings.output,
+                      seqlen=grid.seqlen, seed=grid.seed if cell.seed is None else cell.seed, overrides=overrides,
+                      output=settings.output,
                       artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
                       force=settings.force)
 
@@ -278,7 +309,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
                 continue
             data[("dataset", task)] = _dataset_status(task, tm)
             rec = load_record(record_path(settings.output, spec.name, method, cfg.sparsity, cfg.pattern,
-                                          task, settings.limit))
+                                          task, settings.limit, cfg.seed))
             if rec is None:
                 state = "to evaluate"
             elif key is None or rec.get("artifact_key") == key:
@@ -293,7 +324,8 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
             summary = "; ".join(f"{state}: {len(ts)}" + ("" if state == "cached" else f" ({', '.join(ts)})")
                                 for state, ts in states.items())
         cell_rows.append({"model": spec.name, "method": method, "sparsity": f"{cfg.sparsity:.2f}",
-                          "pattern": cfg.pattern, "artifact": artifact, "results": summary})
+                          "pattern": cfg.pattern, **({"seed": str(cfg.seed)} if grid.seeds else {}),
+                          "artifact": artifact, "results": summary})
     data_rows = [{"what": what, "name": name, "status": status} for (what, name), status in data.items()]
     missing = [f"{r['what']} {r['name']}: {r['status'][len('MISSING: '):]}" for r in data_rows
                if r["status"].startswith("MISSING")]
@@ -347,11 +379,16 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
 
     df = headline_frame(settings.output)
     names = {resolve_model(m).name for m in grid.models}
-    wanted = {(c.method, round(c.sparsity, 4)) for c in cells(grid)}
+    wanted: dict[tuple[str, float], set[int] | None] = {}
+    for c in cells(grid):  # a seeded cell: only the records of the grid's seeds
+        seeds = wanted.setdefault((c.method, round(c.sparsity, 4)), set() if c.seed is not None else None)
+        if seeds is not None and c.seed is not None:
+            seeds.add(c.seed)
     keep = [m in names and (meth, round(s, 4)) in wanted and (meth == "dense" or p == grid.pattern)
             and lim == (settings.limit or 0) and (grid.tasks is None or t in grid.tasks)
-            for m, meth, s, p, lim, t in zip(df["model"], df["method"], df["sparsity"], df["pattern"], df["limit"],
-                                            df["task"])]
+            and (wanted[(meth, round(s, 4))] is None or seed in wanted[(meth, round(s, 4))])
+            for m, meth, s, p, lim, t, seed in zip(df["model"], df["method"], df["sparsity"], df["pattern"],
+                                                  df["limit"], df["task"], df["seed"])]
     return df[keep]
 
 

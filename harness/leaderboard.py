@@ -20,6 +20,12 @@ Column order (stable):
 A file written before a group of columns existed (model_build, the cost columns, the rest of the cost) is read and
 rewritten with them (empty for its old rows).
 
+Then how sure the headline row is (harness/uncertainty.py; empty on the other rows and where the samples give no
+per-document scores): ci_low, ci_high (95% bootstrap interval, in the units of value), n_docs, p_vs_dense (paired
+test against the same build's dense run on the documents both scored), seed (the calibration seed of the record's
+artifact; part of a row's identity, so several seeds stay rows of their own). A file from before these columns is
+read and rewritten with them; its rows, whose seed is unknown, are replaced by new rows of the same key.
+
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
 record, other old rows are kept, so the file accumulates without duplicates. model_build is part of the key, so
 the rows of another build of the same model name (a refreshed trained tiny model, another HF revision) stay rows
@@ -37,10 +43,11 @@ from typing import Any
 import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
-from harness.collect import iter_records
+from harness.collect import document_scores, iter_records, pair_with_dense, record_seed
 from harness.errors import HarnessError
 from harness.records import _write_atomic, record_build
 from harness.tables import method_rank
+from harness.uncertainty import bootstrap_interval
 
 KEY = ["model", "model_build", "method", "sparsity", "pattern", "limit", "task", "metric"]
 COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode_tokens_per_s", "visual_tokens_in",
@@ -49,10 +56,15 @@ REST = ["value", "stderr", "dense_value", "relative_pct", "headline", "run_id", 
         "lmms_eval_version", "tamp_version", "date"]
 COST_DETAIL = ["peak_memory_how", "prefills", "prompt_tokens", "processes", "tokens_per_layer", "visual_tokens_per_layer",
                "flops_counted"]  # the rest of the record's cost, appended after COST
-COLUMNS = [*KEY, *REST, *COST, *COST_DETAIL]
+# how sure the headline row is (harness/uncertainty.py), appended last
+UNCERTAINTY = ["ci_low", "ci_high", "n_docs", "p_vs_dense", "seed"]
+COLUMNS = [*KEY, *REST, *COST, *COST_DETAIL, *UNCERTAINTY]
 # the column groups added since the first layout: a file lacking whole groups of them, in order, is an older one,
 # read and rewritten with the missing columns empty
-ADDED = (("model_build",), tuple(COST), tuple(COST_DETAIL))
+ADDED = (("model_build",), tuple(COST), tuple(COST_DETAIL), tuple(UNCERTAINTY))
+# the layouts just before the build and the uncertainty columns (tests write files of those times)
+BEFORE_BUILD = [c for c in COLUMNS if c != "model_build" and c not in COST_DETAIL and c not in UNCERTAINTY]
+BEFORE_UNCERTAINTY = [c for c in COLUMNS if c not in UNCERTAINTY]
 DENSE_KEY = ["model", "model_build", "limit", "task", "metric"]
 
 
@@ -100,7 +112,21 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
     if head_value is not None and not any(r["headline"] for r in rows):  # e.g. MVBench's mean of subtasks
         rows.append({**base, "task": rec["task"], "metric": head_metric, "value": head_value, "stderr": None,
                      "headline": True})
-    return rows
+    seed = record_seed(rec)
+    return [{**r, "seed": seed} for r in rows]
+
+
+def _with_uncertainty(rows: list[dict[str, Any]], scores: dict[int, dict[int, float] | None]) -> None:
+    """The headline rows' interval (as lmms-eval reports the metric), documents and paired p-value vs dense."""
+    heads = []
+    for i, row in enumerate(rows):
+        if i in scores and scores[i] is not None:
+            low, high = bootstrap_interval(list(scores[i].values()))
+            row.update(ci_low=low, ci_high=high, n_docs=len(scores[i]))
+            heads.append({**row, "scores": scores[i], "p_vs_dense": None, "_i": i})
+    pair_with_dense(heads)
+    for head in heads:
+        rows[head["_i"]]["p_vs_dense"] = head["p_vs_dense"]
 
 
 def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +142,15 @@ def _with_dense(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def leaderboard(runs: Path) -> pd.DataFrame:
-    rows = [row for run_id, rec in iter_records(runs) for row in record_rows(run_id, rec)]
+    rows: list[dict[str, Any]] = []
+    scores: dict[int, dict[int, float] | None] = {}
+    for run_id, rec in iter_records(runs):
+        found = record_rows(run_id, rec)
+        head = next((i for i, r in enumerate(found) if r["headline"] and r["task"] == rec["task"]), None)
+        if head is not None:
+            scores[len(rows) + head] = document_scores(Path(runs) / f"{run_id}.json", rec)[0]
+        rows += found
+    _with_uncertainty(rows, scores)
     return pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("dense_value", "relative_pct")])
 
 
@@ -144,7 +178,16 @@ def export(runs: Path, csv: Path) -> tuple[int, int]:
     merged["sparsity"] = merged["sparsity"].astype(float).round(4)
     merged["limit"] = merged["limit"].astype(int)
     merged["model_build"] = merged["model_build"].fillna("").astype(str)
-    merged = merged.drop_duplicates(subset=KEY, keep="last")
+    for column in ("seed", "n_docs"):  # whole numbers, empty where unknown
+        merged[column] = pd.to_numeric(merged[column], errors="coerce").astype("Int64")
+    if frames:  # an old row without its seed (a file from before the column) is replaced by a new row of its key
+        new_keys = pd.MultiIndex.from_frame(new[KEY].assign(sparsity=new["sparsity"].astype(float).round(4),
+                                                            limit=new["limit"].astype(int),
+                                                            model_build=new["model_build"].fillna("").astype(str)))
+        old_part = merged.index < len(frames[0])
+        unknown = old_part & merged["seed"].isna().to_numpy() & pd.MultiIndex.from_frame(merged[KEY]).isin(new_keys)
+        merged = merged[~unknown]
+    merged = merged.drop_duplicates(subset=[*KEY, "seed"], keep="last")
     merged = _with_dense(merged)
     ranks = merged["method"].map(lambda m: method_rank(m)[0])
     task_rank = merged["task"].map(lambda t: (benchmark(t).label, t))

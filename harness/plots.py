@@ -59,9 +59,28 @@ def _average_curve(rows: pd.DataFrame, tasks: list[str]) -> pd.Series:
     scaled = [t for t in tasks if not math.isnan(benchmark(t).percent_scale)]
     if not scaled:
         return pd.Series(dtype=float)
-    wide = rows.pivot_table(index="sparsity", columns="task", values="percent", aggfunc="last")
+    wide = rows.pivot_table(index="sparsity", columns="task", values="percent", aggfunc="mean")  # over seeds
     wide = wide.reindex(columns=scaled)
     return wide.dropna().mean(axis=1)
+
+
+def _points(sub: pd.DataFrame) -> tuple[list[float], list[float], list[list[float]]]:
+    """x, y and the error bars (below, above) of one method's points: per sparsity, the run's 95% bootstrap interval,
+    or with several calibration seeds their mean ± standard deviation; no bar where neither is known."""
+    xs, ys, lows, highs = [], [], [], []
+    for x, group in sub.groupby("sparsity", sort=True):
+        values = group["value"].astype(float)
+        y = float(values.mean())
+        low = high = 0.0
+        if len(group) > 1:
+            low = high = float(values.std(ddof=1))
+        elif "ci_low" in group and pd.notna(group["ci_low"].iloc[0]) and pd.notna(group["ci_high"].iloc[0]):
+            low, high = max(0.0, y - float(group["ci_low"].iloc[0])), max(0.0, float(group["ci_high"].iloc[0]) - y)
+        xs.append(float(x))
+        ys.append(y)
+        lows.append(low)
+        highs.append(high)
+    return xs, ys, [lows, highs]
 
 
 def plot_curves(ours: pd.DataFrame, published: pd.DataFrame | None, out: Path, *, model: str | None = None,
@@ -115,8 +134,9 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
             for method in methods:
                 sub = rows[(rows["method"] == method) & (rows["task"] == panel)].sort_values("sparsity")
                 if len(sub):
-                    ax.plot(sub["sparsity"], sub["value"], marker="o", color=colours[method],
-                            label=method_label(method))
+                    xs, ys, err = _points(sub)
+                    ax.errorbar(xs, ys, yerr=err, marker="o", color=colours[method], capsize=3,
+                                label=method_label(method))
                 if pubs is not None:
                     ps = pubs[(pubs["method"] == method) & (pubs["task"] == panel)]
                     if len(ps):
@@ -125,6 +145,9 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
             ref = dense[dense["task"] == panel]
             if len(ref):
                 ax.axhline(float(ref["value"].iloc[-1]), color="black", linestyle="--", linewidth=1, label="Dense")
+                low, high = (ref[c].iloc[-1] if c in ref else float("nan") for c in ("ci_low", "ci_high"))
+                if pd.notna(low) and pd.notna(high):  # dense's own interval, a grey band
+                    ax.axhspan(float(low), float(high), color="black", alpha=0.08, linewidth=0)
         ax.set_xlabel("sparsity")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1.0, decimals=0))

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tamp.config import PruneConfig
+
 SCHEMA = 1
 
 
@@ -68,10 +70,16 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     _write_atomic(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
 
 
+DEFAULT_SEED: int = PruneConfig.seed  # tamp's default seed: its records keep the paths they always had
+
+
 def record_path(output: Path, model: str, method: str, sparsity: float, pattern: str, task: str,
-                limit: int | None) -> Path:
-    """<output>/<model>/<method>_s<sparsity>_<pattern>/<task>[_limitN].json"""
+                limit: int | None, seed: int | None = None) -> Path:
+    """<output>/<model>/<method>_s<sparsity>_<pattern>[_seedN]/<task>[_limitN].json; the seed (of the calibration
+    draw, part of the artifact key) only where it is not the default, so prunings with other seeds
+    (`harness sweep --seeds`) do not overwrite each other."""
     run = f"{method}_s{sparsity:.2f}_{pattern.replace(':', 'of')}"
+    run += f"_seed{seed}" if seed is not None and seed != DEFAULT_SEED else ""
     name = task + (f"_limit{limit}" if limit else "")
     return Path(output) / model.replace("/", "__") / run / f"{name}.json"
 

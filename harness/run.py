@@ -162,7 +162,8 @@ def plan_run(opts: RunOptions) -> RunPlan:
     key, inputs = _artifact_key(spec, recipe)
     records, pending = {}, []
     for task in tasks:
-        path = record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task, opts.limit)
+        path = record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task, opts.limit,
+                           recipe.weight.seed)
         records[task] = path
         old = load_record(path)
         if old is None or opts.force:
@@ -195,7 +196,7 @@ def finished(opts: RunOptions) -> bool:
     recipe = run_recipe(opts, spec)
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     records = [load_record(record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task,
-                                       opts.limit)) for task in tasks]
+                                       opts.limit, recipe.weight.seed)) for task in tasks]
     if any(r is None for r in records):
         return False
     try:
