@@ -133,7 +133,8 @@ def test_the_csv_carries_every_cost_field(tiny_runs: Path, tmp_path: Path) -> No
     out = tmp_path / "board.csv"
     export(tiny_runs, out)
     rows = read(out)
-    assert list(rows[0]) == COLUMNS and COLUMNS[-len(COST_DETAIL):] == COST_DETAIL  # appended at the end
+    start = COLUMNS.index(COST[-1]) + 1  # appended right after the first cost columns
+    assert list(rows[0]) == COLUMNS and COLUMNS[start:start + len(COST_DETAIL)] == COST_DETAIL
     part = {"prefills": [{"seconds": 1.0, "dense": 1e9, "nonzero": 1e9, "tokens": 4, "visual_in": 0, "visual_kept": 0,
                           "tokens_per_layer": [4], "visual_per_layer": [0]}], "decode_steps": 1, "decode_s": 1.0,
             "peak_memory_mb": 1.0, "peak_memory_how": "rss-high-water-reset", "device": "cpu", "layers": 1}
