@@ -5,8 +5,10 @@ model's own inputs say, and each visual token's window neighbours as sequence po
   grid of merged patches (m = spatial_merge_size), row-major.
 - LLaVA-NeXT / LLaVA-OneVision images (`image_sizes`): the base tile's s x s grid (s = image_size / patch_size),
   then the high-resolution part, unpadded (and for OneVision possibly resized), rows x (cols + 1) with the
-  image_newline token closing each row. Its rows and cols are the factorisation of the remaining count whose
-  aspect (cols / rows) is closest to the image's; the newline column is part of the grid.
+  image_newline token closing each row; the newline column is part of the grid. Rows and cols are computed as
+  transformers packs the features (`anyres_grid`: the tile grid, unpadded, OneVision's shrink past anyres_max_N);
+  only when that does not account for the count (a config this does not know) are they guessed: the
+  factorisation of the remaining count whose aspect (cols / rows) is closest to the image's.
 - Anything else (LLaVA-1.5's single tile, LLaVA-OneVision's pooled video frames and its closing newline): a
   square when the count is one, else a single row.
 """
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tamp.algorithms.attention_window import window_neighbours
+from tamp.models import internals
 
 # one grid within a group: (offset of its first token within the group, rows, cols)
 Segment = tuple[int, int, int]
@@ -30,8 +33,28 @@ def _square_or_row(count: int) -> list[Segment]:
     return [(0, side, side)] if side * side == count else [(0, 1, count)]
 
 
-def anyres_segments(count: int, base_side: int, height: int, width: int) -> list[Segment]:
-    """LLaVA-NeXT / OneVision: the base tile, then the high-resolution rows x (cols + 1) (newline column)."""
+def anyres_grid(config: Any, height: int, width: int) -> tuple[int, int] | None:
+    """(rows, cols) of an anyres image's high-resolution features as transformers packs them (before the newline
+    column), or None when the config has no anyres pinpoints."""
+    vision, pinpoints = getattr(config, "vision_config", None), getattr(config, "image_grid_pinpoints", None)
+    if vision is None or not isinstance(pinpoints, list) or not pinpoints:
+        return None
+    side = int(vision.image_size) // int(vision.patch_size)
+    rows, cols = internals.anyres_unpadded_grid((height, width), pinpoints, int(vision.image_size), side)
+    aspect = getattr(config, "vision_aspect_ratio", None)
+    if getattr(config, "model_type", "") == "llava_onevision" and isinstance(aspect, str) \
+            and aspect.startswith("anyres_max_"):
+        # OneVision shrinks (bilinear) a grid of more than ~1.1^2 x N tiles' features back to about N tiles
+        ratio = math.sqrt(rows * cols / (int(aspect[len("anyres_max_"):]) * side ** 2))
+        if ratio > 1.1:
+            rows, cols = int(rows // ratio), int(cols // ratio)
+    return rows, cols
+
+
+def anyres_segments(count: int, base_side: int, height: int, width: int,
+                    grid: tuple[int, int] | None = None) -> list[Segment]:
+    """LLaVA-NeXT / OneVision: the base tile, then the high-resolution rows x (cols + 1) (newline column); `grid`:
+    the (rows, cols) transformers packed (`anyres_grid`), used when it accounts for the count."""
     base = base_side * base_side
     rest = count - base
     if rest < 0:
@@ -39,6 +62,8 @@ def anyres_segments(count: int, base_side: int, height: int, width: int) -> list
     segments: list[Segment] = [(0, base_side, base_side)]
     if rest == 0:
         return segments
+    if grid is not None and grid[0] * (grid[1] + 1) == rest:
+        return [*segments, (base, grid[0], grid[1] + 1)]
     aspect = math.log(width / height)
     shapes = [(rows, rest // rows) for rows in range(1, rest + 1) if rest % rows == 0]
     rows, cols = min(shapes, key=lambda rc: (abs(math.log(max(rc[1] - 1, 1) / rc[0]) - aspect), rc[0]))
@@ -82,7 +107,7 @@ def group_segments(config: Any, kwargs: dict[str, Any], video: Tensor, groups: T
         elif not is_video and isinstance(sizes, Tensor) and vision is not None:
             height, width = next(image_sizes, (1, 1))
             side = int(vision.image_size) // int(vision.patch_size)
-            grid = anyres_segments(count, side, int(height), int(width))
+            grid = anyres_segments(count, side, int(height), int(width), anyres_grid(config, int(height), int(width)))
         out[g] = grid if grid is not None else _square_or_row(count)
     return out
 

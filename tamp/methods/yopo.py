@@ -249,7 +249,7 @@ PARAMS = (
 )
 
 METHOD = TokenMethod(
-    name="yopo", label="YOPO", order=22,
+    name="yopo", label="YOPO", order=22, version=2,  # 2: the anyres window grid as transformers packs it
     summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
     params=PARAMS, plan=plan, model_defaults=model_defaults, fit=fit, needs_fit=needs_fit,
 )
