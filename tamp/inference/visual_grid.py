@@ -11,10 +11,16 @@ model's own inputs say, and each visual token's window neighbours as sequence po
   factorisation of the remaining count whose aspect (cols / rows) is closest to the image's.
 - Anything else (LLaVA-1.5's single tile, LLaVA-OneVision's pooled video frames and its closing newline): a
   square when the count is one, else a single row.
+
+The grid arguments come with the model call, except under `generate`: transformers encodes the media first
+(the base model's `get_image_features` / `get_video_features`) and hands the prefill only the features, so
+`GridArgs` records what those encoders were last called with.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
@@ -26,6 +32,37 @@ from tamp.models import internals
 
 # one grid within a group: (offset of its first token within the group, rows, cols)
 Segment = tuple[int, int, int]
+GRID_ARGS = ("image_sizes", "image_grid_thw", "video_grid_thw")
+ENCODERS = ("get_image_features", "get_video_features")
+
+
+class GridArgs:
+    """The grid arguments the model's own media encoders were last called with (`seen`); `remove()` unwraps them."""
+
+    def __init__(self, model: Any) -> None:
+        self.seen: dict[str, Tensor] = {}
+        self._base = getattr(model, "base_model", model)
+        self._wrapped: list[str] = []
+        for name in ENCODERS:
+            encoder = getattr(self._base, name, None)
+            if encoder is None:
+                continue
+            setattr(self._base, name, self._recording(encoder, inspect.signature(encoder)))
+            self._wrapped.append(name)
+
+    def _recording(self, encoder: Any, signature: inspect.Signature) -> Any:
+        @functools.wraps(encoder)  # its signature stays readable: generate() picks the arguments to pass by it
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            self.seen.update({k: bound[k] for k in GRID_ARGS if isinstance(bound.get(k), Tensor)})
+            return encoder(*args, **kwargs)
+
+        return call
+
+    def remove(self) -> None:
+        for name in self._wrapped:
+            self._base.__dict__.pop(name, None)
+        self._wrapped = []
 
 
 def _square_or_row(count: int) -> list[Segment]:
