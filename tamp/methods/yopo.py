@@ -1,12 +1,12 @@
 """YOPO (Zhang et al., arXiv 2410.06169): prune the computation spent on visual tokens once for the model.
 
-Four strategies, each switchable (`yopo_strategies`, joined by '+'), all training-free and all saving real
-compute:
+Four strategies, each switchable (`yopo_strategies`, joined by '+'), all training-free:
 
-- layers: visual layer dropping. From layer L on nothing attends to the visual tokens and they are computed no
-  further (the released code zeroes all heads' attention to them from `layercut_num` on); here they leave the
-  sequence (tamp.inference.sequence_edit);
-- ffn: sparse FFN projection. In the layers before L the visual tokens go through the first share of the MLP's
+- layers: visual layer dropping. From layer L on nothing attends to the visual tokens (the released code zeroes
+  all heads' post-softmax attention to them from `layercut_num` on, as `release` does here); with `removal` they
+  leave the sequence (tamp.inference.sequence_edit) and are computed no further;
+- ffn: sparse FFN projection. In the layers the visual tokens run through (every layer with `release`, those
+  before L with `removal`) they go through the first share of the MLP's
   intermediate channels (the release zeroes the gate and up outputs beyond I / mlpcut_ratio at the visual
   positions; mlpcut_ratio 2 in its scripts); here the sliced weights are applied to the visual rows only
   (tamp.inference.visual_mlp);
