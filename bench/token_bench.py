@@ -79,8 +79,8 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
     cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
              for keep in KEEPS]
     cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages}) for stages, label in AIM_CASES]
-    cases += [(f"prefill, YOPO layers+ffn (budget 25%, FFN 50%) of {shape.visual} visual", "yopo",
-               {"yopo_strategies": "layers+ffn"})]  # heads and window need a fit on calibration data
+    cases += [(f"prefill, YOPO layers+ffn removal (budget 25%, FFN 50%) of {shape.visual} visual", "yopo",
+               {"yopo_strategies": "layers+ffn", "yopo_semantics": "removal"})]  # heads and window need a fit
     for name, method, params in cases:
         phase = Phase("tokens", name)
         dropper = TokenTransform.build(method, params).install(model)

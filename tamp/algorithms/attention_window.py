@@ -5,6 +5,10 @@ A visual query row in a kept head attends to `dense` keys (every key it may see 
 non-visual ones when a window is on) and to `gathered` keys (its w x w neighbours in its own image grid); the
 softmax runs over both sets together, so this equals a dense attention whose mask allows exactly those keys.
 Only the keys that are used are multiplied: the gathered part costs Tv x W, not Tv x T, per head.
+
+The released YOPO's masking (post-softmax, no renormalisation): in the heads `zero_heads`, the probabilities on
+visual keys (the dense keys marked `dense_visual`, and every gathered key) are multiplied by zero after the
+softmax, so the softmax denominator still counts them; used for text rows too, over every key.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch import Tensor
 
 # bumped when what this module computes changes: the artifact keys of the methods using it cover it
-VERSION = 1
+VERSION = 2  # 2: post-softmax zeroing of visual keys (the release's masking)
 
 
 def visual_mass(logits: Tensor, visual_keys: Tensor) -> Tensor:
@@ -60,19 +64,28 @@ def window_neighbours(rows: int, cols: int, window: int, causal: bool) -> Tensor
 
 def rows_attention(query: Tensor, dense_key: Tensor, dense_value: Tensor, dense_allowed: Tensor,
                    gathered_key: Tensor | None, gathered_value: Tensor | None, gathered_allowed: Tensor | None,
-                   scaling: float) -> Tensor:
+                   scaling: float, zero_heads: Tensor | None = None, dense_visual: Tensor | None = None) -> Tensor:
     """Attention of query rows over two key sets under one softmax.
 
     query [h, n, d]; dense keys/values [h, m, d] with dense_allowed [n, m] bool; gathered keys/values per row
     [h, n, W, d] with gathered_allowed [n, W] bool (or None: no gathered set). Returns [h, n, d] in the query's
-    dtype (softmax in fp32, as the eager attention does); a row allowed no key gets zeros."""
+    dtype (softmax in fp32, as the eager attention does); a row allowed no key gets zeros. zero_heads [h] bool,
+    dense_visual [m] bool: after the softmax, those heads' probabilities on visual keys are set to zero."""
     logits = torch.matmul(query, dense_key.transpose(-1, -2)) * scaling
     logits = logits.float().masked_fill(~dense_allowed, float("-inf"))
     parts = [logits]
     if gathered_key is not None:
         near = torch.matmul(query.unsqueeze(-2), gathered_key.transpose(-1, -2)).squeeze(-2) * scaling
         parts.append(near.float().masked_fill(~gathered_allowed, float("-inf")))
-    probs = torch.nan_to_num(torch.softmax(torch.cat(parts, dim=-1), dim=-1), nan=0.0).to(query.dtype)
+    probs = torch.nan_to_num(torch.softmax(torch.cat(parts, dim=-1), dim=-1), nan=0.0)
+    if zero_heads is not None and bool(zero_heads.any()):
+        visual = dense_visual if dense_visual is not None else torch.zeros(logits.shape[-1], dtype=torch.bool)
+        if gathered_key is not None:
+            visual = torch.cat([visual.to(probs.device), torch.ones(probs.shape[-1] - logits.shape[-1],
+                                                                    dtype=torch.bool, device=probs.device)])
+        drop = zero_heads.to(probs.device)[:, None, None] & visual.to(probs.device)[None, None, :]
+        probs = probs.masked_fill(drop, 0.0)
+    probs = probs.to(query.dtype)
     m = dense_key.shape[-2]
     out = torch.matmul(probs[..., :m], dense_value)
     if gathered_key is not None:

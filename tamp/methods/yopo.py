@@ -1,12 +1,12 @@
 """YOPO (Zhang et al., arXiv 2410.06169): prune the computation spent on visual tokens once for the model.
 
-Four strategies, each switchable (`yopo_strategies`, joined by '+'), all training-free and all saving real
-compute:
+Four strategies, each switchable (`yopo_strategies`, joined by '+'), all training-free:
 
-- layers: visual layer dropping. From layer L on nothing attends to the visual tokens and they are computed no
-  further (the released code zeroes all heads' attention to them from `layercut_num` on); here they leave the
-  sequence (tamp.inference.sequence_edit);
-- ffn: sparse FFN projection. In the layers before L the visual tokens go through the first share of the MLP's
+- layers: visual layer dropping. From layer L on nothing attends to the visual tokens (the released code zeroes
+  all heads' post-softmax attention to them from `layercut_num` on, as `release` does here); with `removal` they
+  leave the sequence (tamp.inference.sequence_edit) and are computed no further;
+- ffn: sparse FFN projection. In the layers the visual tokens run through (every layer with `release`, those
+  before L with `removal`) they go through the first share of the MLP's
   intermediate channels (the release zeroes the gate and up outputs beyond I / mlpcut_ratio at the visual
   positions; mlpcut_ratio 2 in its scripts); here the sliced weights are applied to the visual rows only
   (tamp.inference.visual_mlp);
@@ -16,6 +16,16 @@ compute:
   statistic in pruning.json;
 - attn: neighbour-aware visual attention. A visual query attends to the non-visual keys before it and to the
   visual keys in the w x w window around it in its own image grid (w = 5, the release's `attncut_w`).
+
+Two readings of the layer cut and the pruned heads (`yopo_semantics`):
+
+- release (the default, the released code's numbers): masking after the softmax, no renormalisation. In the
+  layers before L a pruned head's probabilities on visual keys are zeroed for every query (text queries too); from
+  L on every head's are. The visual tokens stay in the sequence through every layer (their keys still enter each
+  softmax's denominator, so they are computed, MLP and all), with the FFN slice, the pruned heads and the window
+  in every layer, as the release runs them;
+- removal (our faster reading, what earlier artifacts ran): the visual tokens leave the sequence at L, and text
+  queries attend to visual keys in every head before it.
 
 L comes from a compute budget: the share of the visual tokens' FLOPs kept, the last layer whose cumulative share
 stays within it. A layer's cost per visual token counts its linear weights (q and o at the share of heads kept
@@ -42,6 +52,7 @@ from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
 
 STRATEGIES = ("layers", "ffn", "heads", "attn")
+SEMANTICS = ("release", "removal")
 FULL = "+".join(STRATEGIES)  # the paper's YOPO, the default; any subset for ablations
 CHUNK_BYTES = 1 << 28  # the visual rows' attention logits formed at once while fitting (256 MiB of fp32)
 # what `fit` adds to the parameters (pruning.json's transform section keeps them under "fitted")
@@ -205,10 +216,12 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     if not 0 <= cut <= num_layers:
         raise ValueError(f"yopo_layer {cut} is outside 0..{num_layers} (the model's decoder layers)")
     chosen = strategies(params)
-    drops = {cut: Drop(_drop_visual)} if cut < num_layers else {}
+    release = str(params["yopo_semantics"]) == "release"
+    reach = num_layers if release else cut  # the layers the visual tokens run through
+    drops = {cut: Drop(_drop_visual)} if cut < num_layers and not release else {}
     ffn = {}
     if "ffn" in chosen and float(params["yopo_ffn_keep"]) < 1.0:
-        ffn = {i: float(params["yopo_ffn_keep"]) for i in range(min(cut, num_layers))}
+        ffn = {i: float(params["yopo_ffn_keep"]) for i in range(reach)}
     heads: dict[int, tuple[int, ...]] = {}
     if "heads" in chosen and float(params["yopo_heads_keep"]) < 1.0:
         pruned = params.get(PRUNED_HEADS)
@@ -217,13 +230,17 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
                              "record them in pruning.json)")
         if len(pruned) != num_layers:
             raise ValueError(f"{len(pruned)} layers of pruned heads recorded for a model of {num_layers} layers")
-        heads = {i: tuple(int(h) for h in p) for i, p in enumerate(pruned[:cut]) if p}
-    window = {i: int(params["yopo_window"]) for i in range(cut)} if "attn" in chosen else {}
+        heads = {i: tuple(int(h) for h in p) for i, p in enumerate(pruned[:reach]) if p}
+    window = {i: int(params["yopo_window"]) for i in range(reach)} if "attn" in chosen else {}
+    zeroed: dict[int, tuple[int, ...]] = {}
+    if release:  # post-softmax: the pruned heads before the cut, every head from it on
+        zeroed = {i: h for i, h in heads.items() if i < cut}
     installs: list[Install] = []
     if ffn:
         installs.append(VisualMlpSlice(ffn))
-    if heads or window:
-        installs.append(VisualAttentionPatch(heads, window, bool(params["yopo_window_causal"])))
+    cut_from = cut if release and "layers" in chosen and cut < num_layers else None
+    if heads or window or cut_from is not None:
+        installs.append(VisualAttentionPatch(heads, window, bool(params["yopo_window_causal"]), zeroed, cut_from))
     return TokenPlan(drops, tuple(installs))
 
 
@@ -244,12 +261,17 @@ PARAMS = (
     Param("yopo_window", int, 5, "w: a visual query attends to the visual keys in the w x w square around it "
           "(the release's attncut_w 5)",
           check=lambda v: None if v >= 1 and v % 2 else f"yopo_window must be an odd size of at least 1, got {v}"),
+    Param("yopo_semantics", str, "release", "release: the released code's post-softmax masking (pruned heads zero "
+          "every query's attention to visual keys, the layer cut every head's; the visual tokens keep running); "
+          "removal: the visual tokens leave the sequence at the cut, text queries keep every head (faster)",
+          check=lambda v: None if v in SEMANTICS else f"yopo_semantics must be one of {', '.join(SEMANTICS)}, "
+          f"got '{v}'"),
     Param("yopo_window_causal", bool, False, "the window holds only the visual keys before the query (the "
           "release: the whole square, later tokens too)"),
 )
 
 METHOD = TokenMethod(
-    name="yopo", label="YOPO", order=22,
+    name="yopo", label="YOPO", order=22, version=2,  # 2: the anyres window grid as transformers packs it
     summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
     params=PARAMS, plan=plan, model_defaults=model_defaults, fit=fit, needs_fit=needs_fit,
 )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import transformers
 from torch import nn
 
@@ -148,6 +149,22 @@ def replace_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[
 def restore_forward(module: nn.Module) -> None:
     """Undo `replace_forward`: the class's forward again."""
     module.__dict__.pop("forward", None)
+
+
+# ---- LLaVA-NeXT / OneVision's anyres grid ----------------------------------------------------------------
+def anyres_unpadded_grid(image_size: tuple[int, int], grid_pinpoints: list, tile: int, side: int) -> tuple[int, int]:
+    """(rows, cols) of an anyres image's high-resolution features after transformers unpads them: the tile grid
+    from `get_anyres_image_grid_shape` (tiles of `tile` pixels, `side` x `side` features each), cropped by
+    `unpad_image` to the image's aspect, both functions of transformers' llava_next modeling file."""
+    from transformers.models.llava_next import modeling_llava_next as llava_next
+
+    names = ("get_anyres_image_grid_shape", "unpad_image")
+    missing = [n for n in names if not hasattr(llava_next, n)]
+    if missing:
+        raise moved(missing[0], "transformers.models.llava_next.modeling_llava_next")
+    tiles_high, tiles_wide = llava_next.get_anyres_image_grid_shape(list(image_size), grid_pinpoints, tile)
+    shape = llava_next.unpad_image(torch.empty(0, tiles_high * side, tiles_wide * side), list(image_size)).shape
+    return int(shape[1]), int(shape[2])
 
 
 # ---- one check of everything above, for a loaded model ---------------------------------------------------

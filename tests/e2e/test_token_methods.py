@@ -57,8 +57,8 @@ def test_records_and_leaderboard_carry_the_cost(swept: Path) -> None:
             assert kept == pytest.approx(came * 0.25)
         elif "aim" in r["method"]:  # merged to a quarter, then pruned after layers 1 and 2 of 4
             assert kept < came * 0.25
-        elif r["method"] == "yopo":  # the budget stops the visual tokens before the last layer
-            assert kept == 0
+        elif r["method"] == "yopo":  # release semantics: masked after the softmax, the visual tokens stay
+            assert kept == came
         else:
             assert kept == came
     sparse = [r for r in rows if r["method"] == "tamp"]
@@ -163,13 +163,14 @@ def test_yopo_records_its_resolved_plan_and_skipped_compute(swept: Path) -> None
                              .glob("tamp_smoke_vqa_*.json")).read_text())
     assert record["transform"] == {"method": "yopo", "params": {
         "yopo_strategies": "layers+ffn+heads+attn", "yopo_budget": 0.25, "yopo_layer": -1, "yopo_ffn_keep": 0.5,
-        "yopo_heads_keep": 0.5, "yopo_window": 5, "yopo_window_causal": False}}
+        "yopo_heads_keep": 0.5, "yopo_window": 5, "yopo_semantics": "release", "yopo_window_causal": False}}
     # the default is the paper's whole method: the heads were chosen on the model's default calibration data
     fitted = record["pruning"]["transform"]["fitted"]
     assert record["pruning"]["calibration"]["samples"] > 0 and len(fitted["yopo_head_stat"]) == 4
     assert sum(map(len, fitted["yopo_pruned_heads"])) == 8  # half of 4 layers x 4 heads
     visual = record["cost"]["visual_tokens_per_layer"]
-    assert visual[0] == record["cost"]["visual_tokens_in"] and visual[-1] == 0
+    # release semantics: the cut masks the visual keys, the visual tokens run through every layer
+    assert visual[0] == record["cost"]["visual_tokens_in"] == visual[-1]
 
 
 def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, tmp_path: Path) -> None:
@@ -187,10 +188,11 @@ def test_yopo_heads_are_chosen_at_prune_time_and_reapplied_at_load(tiny_model, t
     assert info["calibration"]["samples"] == 2 and len(fitted[yopo.HEAD_STAT]) == 4
     assert sum(len(p) for p in fitted[yopo.PRUNED_HEADS]) == 8  # half of 4 layers x 4 heads
     lm = load_wrapper("tamp_llava_hf", f"pretrained={out}", "cpu")
-    want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS][:3]) if p}
+    want = {i: tuple(p) for i, p in enumerate(fitted[yopo.PRUNED_HEADS]) if p}  # release: every layer
     from tamp.inference.visual_attention import VisualAttentionPatch
 
-    assert lm.token_dropper.plan.part(VisualAttentionPatch).heads == want
+    patch = lm.token_dropper.plan.part(VisualAttentionPatch)
+    assert patch.heads == want and patch.cut_from == 3 and patch.zeroed == {i: h for i, h in want.items() if i < 3}
 
 
 def test_tamp_plus_yopo_fits_the_heads_on_the_pruned_weights(tiny_model, tmp_path: Path) -> None:

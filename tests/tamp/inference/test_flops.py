@@ -87,7 +87,9 @@ def test_nonzero_flops_follow_the_pruned_weights(loaded) -> None:
 
 YOPO_ATTENTION = ({"yopo_strategies": "heads"}, {"yopo_strategies": "attn", "yopo_window": 3},
                   {"yopo_strategies": "attn", "yopo_window": 3, "yopo_window_causal": True},
-                  {"yopo_strategies": "layers+ffn+heads+attn", "yopo_layer": 3, "yopo_window": 3})
+                  {"yopo_strategies": "layers+ffn+heads+attn", "yopo_layer": 3, "yopo_window": 3},  # release
+                  {"yopo_strategies": "layers+ffn+heads+attn", "yopo_layer": 3, "yopo_window": 3,
+                   "yopo_semantics": "removal"})
 
 
 @pytest.mark.parametrize("case", range(len(YOPO_ATTENTION)))

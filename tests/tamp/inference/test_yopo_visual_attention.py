@@ -21,7 +21,8 @@ PRUNED = [[0], [1, 3], [], [0, 1, 2, 3]]  # per layer of the 4-layer tiny models
 
 
 def _with_heads(params: dict, pruned: list[list[int]]) -> TokenTransform:
-    built = TokenTransform.build("yopo", params)
+    """Removal semantics (text rows keep every head; the release's masking: test_yopo_release.py)."""
+    built = TokenTransform.build("yopo", {"yopo_semantics": "removal", **params})
     return TokenTransform(built.method, built.params, {yopo.PRUNED_HEADS: pruned})
 
 

@@ -47,7 +47,7 @@ def test_the_budget_picks_the_last_layer_within_it() -> None:
 
 
 def _plan(layers: list[nn.Module], **overrides):
-    transform = TokenTransform.build("yopo", overrides)
+    transform = TokenTransform.build("yopo", {"yopo_semantics": "removal", **overrides})
     return yopo.plan(yopo.model_defaults(transform.params, layers), len(layers))
 
 
@@ -64,11 +64,12 @@ def test_strategies_alone() -> None:
 
 
 def test_heads_and_window_in_the_plan_and_the_budget() -> None:
-    """Pruned heads apply before the cut only; a layer keeping half its heads costs 2048 + 2048 x 0.5 + 4128 =
+    """Removal: pruned heads apply before the cut only; a layer keeping half its heads costs 2048 + 2048 x 0.5 + 4128 =
     7200 per visual token (q and o are half of the attention weights), so 25% of 32 layers' cost reaches layer 13."""
     layers = _layers(32)
     fitted = {yopo.PRUNED_HEADS: [[0, 1]] * 32}
-    params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn"}).params, **fitted}
+    params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn",
+                                              "yopo_semantics": "removal"}).params, **fitted}
     resolved = yopo.model_defaults(params, layers)
     assert resolved["yopo_layer"] == yopo.budget_layer(layers, 0.25, 0.5, [0.5] * 32) == 13
     plan = yopo.plan(resolved, 32)
@@ -81,10 +82,31 @@ def test_heads_and_window_in_the_plan_and_the_budget() -> None:
     assert not yopo.needs_fit({**params, "yopo_strategies": "layers+ffn"})
 
 
+def test_release_keeps_the_visual_tokens_and_masks_after_the_softmax() -> None:
+    """Release (the default): nothing leaves the sequence; the FFN slice, the pruned heads and the window run in
+    every layer; the pruned heads before the cut and every head from it on zero their visual keys."""
+    layers = _layers(32)
+    fitted = {yopo.PRUNED_HEADS: [[0, 1]] * 32}
+    params = {**TokenTransform.build("yopo", {"yopo_strategies": "layers+ffn+heads+attn"}).params, **fitted}
+    assert params["yopo_semantics"] == "release"
+    plan = yopo.plan(yopo.model_defaults(params, layers), 32)
+    patch = plan.part(VisualAttentionPatch)
+    assert not plan.drops and _mlp(plan) == {i: 0.5 for i in range(32)}
+    assert _heads(plan) == {i: (0, 1) for i in range(32)} and _window(plan) == {i: 5 for i in range(32)}
+    assert patch.cut_from == 13 and patch.zeroed == {i: (0, 1) for i in range(13)}
+    assert [patch.zeroed_heads(i, 4) for i in (12, 13, 31)] == [(0, 1), (0, 1, 2, 3), (0, 1, 2, 3)]
+    only_layers = yopo.plan(yopo.model_defaults(
+        TokenTransform.build("yopo", {"yopo_strategies": "layers"}).params, layers), 32)
+    assert not only_layers.drops and only_layers.part(VisualAttentionPatch).cut_from == 8
+    assert not only_layers.part(VisualAttentionPatch).heads
+
+
 def test_each_strategy_alone() -> None:
     layers = _layers(32)
     fitted = {yopo.PRUNED_HEADS: [[0]] * 32}
-    plans = {name: yopo.plan(yopo.model_defaults({**TokenTransform.build("yopo", {"yopo_strategies": name}).params, **fitted},
+    plans = {name: yopo.plan(yopo.model_defaults({**TokenTransform.build("yopo", {"yopo_strategies": name,
+                                                                               "yopo_semantics": "removal"}).params,
+                                                  **fitted},
                                           layers), 32) for name in yopo.STRATEGIES}
     assert list(plans["layers"].drops) == [8] and not _heads(plans["layers"]) and not _window(plans["layers"])
     assert not plans["ffn"].drops and len(_mlp(plans["ffn"])) == 32 and not _heads(plans["ffn"])
@@ -115,6 +137,7 @@ def test_the_budget_weighs_the_window_at_the_calibration_sequence() -> None:
     ({"yopo_budget": 2.0}, "yopo_budget must be in [0, 1]"),
     ({"yopo_layer": -2}, "yopo_layer must be -1"),
     ({"yopo_ffn_keep": 0.0}, "yopo_ffn_keep must be in (0, 1]"),
+    ({"yopo_semantics": "paper"}, "yopo_semantics must be one of release, removal, got 'paper'"),
 ])
 def test_bad_parameters(overrides: dict, message: str) -> None:
     with pytest.raises(TampError) as err:
