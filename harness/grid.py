@@ -394,8 +394,10 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
 
 def write_reports(grid: Grid, settings: Settings, published: Path | None = None) -> list[Path]:
     """Table (scores + % of dense, markdown), plot (PNG + SVG) and the merged leaderboard CSV. Where the records
-    carry the cost axis, the table gets its TFLOPs column and a second plot (`<plot>_tflops.png`) puts accuracy
-    against prefill TFLOPs (weight methods, token methods and compositions on one chart)."""
+    carry the cost axis, the table gets its prefill FLOPs column and a second plot (`<plot>_tflops.png`) puts accuracy
+    against prefill FLOPs (weight methods, token methods and compositions on one chart). Only the FLOPs: they are
+    the same on every machine, so a re-run writes the same table; latency, decoding speed and memory are
+    `harness table --cost`'s."""
     from harness.plots import plot_curves, plot_tflops
 
     df = grid_frame(grid, settings)
@@ -407,7 +409,7 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
     cost = bool(df["prefill_tflops"].notna().any())
     if "table" in grid.outputs:
         header = f"# {grid.name}\n\n" + (f"{grid.description.strip()}\n\n" if grid.description else "")
-        text = header + render(build_tables(df, pub, pattern=grid.pattern, cost=cost)) + "\n" + \
+        text = header + render(build_tables(df, pub, pattern=grid.pattern, cost=("flops",) if cost else False)) + "\n" + \
             render(build_tables(df, pub, pattern=grid.pattern, relative=True))
         _write_atomic(grid.outputs["table"], text)
         written.append(grid.outputs["table"])
