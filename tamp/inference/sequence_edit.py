@@ -78,6 +78,9 @@ class Drop:
 
     choose: Callable[[DropInput], Kept]
     score: AttentionScore | None = None  # of the previous layer's attention; None: the drop needs none
+    # the tokens not kept stay in the sequence as queries and are masked as keys from here on (AIM's release);
+    # later choosers see them as neither kept nor visual. Costs what the release costs: nothing is saved.
+    mask: bool = False
 
 
 class Installed(Protocol):
@@ -249,6 +252,9 @@ class SequenceEditor:
         self.slot: Tensor | None = None
         self.slot_by_layer: dict[int, Tensor] = {}
         self.shift = 0  # a repack's shortening: decoding continues from the re-packed length
+        self.masked: Tensor | None = None  # [B, T_cur] tokens a masking drop took out as keys
+        self.masked_by_layer: dict[int, Tensor] = {}
+        self.steps = 0  # decode steps since the prefill
         self.mrope = False
         self.full: Tensor | None = None  # [B, T_full, D] states of tokens as they were dropped
         self._sink: list[Tensor] = []
@@ -286,6 +292,7 @@ class SequenceEditor:
     def _on_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[1] == 1:  # a decode step (or embeddings we cannot read): keep the prefill's state
+            self.steps += 1
             return self._decode_positions(*(self._decode_mask(args, kwargs) or (args, kwargs)))
         self._reset()
         visual = torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)) if self.visual_ids \
@@ -354,6 +361,9 @@ class SequenceEditor:
                 first, columns = self.kept_by_layer[0], self.slot_by_layer[i]
                 extra = torch.arange(first.shape[1], mask.shape[-1], device=mask.device).expand(columns.shape[0], -1)
                 kwargs["attention_mask"] = _take(mask, torch.cat([columns, extra], dim=1), 0, 3)
+            masked = self.masked_by_layer.get(i)
+            if masked is not None:
+                kwargs = self._mask_keys(kwargs, hidden, masked, masked.shape[1] + self.steps)
             return args, kwargs
         if i in self.plan.drops:
             hidden = self._drop(i, hidden)
@@ -361,13 +371,17 @@ class SequenceEditor:
             self.entry = [int(v) for v in self.visual.sum(dim=1).tolist()]
         stats = self.history[-1]
         stats.tokens_per_layer.append(int(hidden.shape[1]))
-        stats.visual_kept_per_layer.append(int(self.visual.sum()) // max(1, self.visual.shape[0]))
+        live = self.visual if self.masked is None else self.visual & ~self.masked
+        stats.visual_kept_per_layer.append(int(live.sum()) // max(1, self.visual.shape[0]))
         self.kept_by_layer[i] = self.index
         if i == 0:
             self.slot = torch.arange(self.index.shape[1], device=self.index.device).expand(self.index.shape[0], -1)
         self.slot_by_layer[i] = self.slot
         if self.index.shape[1] < self.full_len or self.seq is not self.index:
             kwargs = self._cut(kwargs)
+        if self.masked is not None:
+            self.masked_by_layer[i] = self.masked
+            kwargs = self._mask_keys(kwargs, hidden, self.masked, hidden.shape[1])
         args = (hidden, *args[1:]) if args else args
         if not args:
             kwargs["hidden_states"] = hidden
@@ -381,9 +395,10 @@ class SequenceEditor:
             if scores is None:
                 raise RuntimeError(f"no attention of layer {i - 1} was captured for the drop before layer {i}")
         video = torch.gather(self.video, 1, self.index)
-        kept = [drop.choose(DropInput(i, hidden[b], self.visual[b], self.groups[b],
+        visual = self.visual if self.masked is None else self.visual & ~self.masked
+        kept = [drop.choose(DropInput(i, hidden[b], visual[b], self.groups[b],
                                       None if scores is None else scores[b].float(),
-                                      self.entry[b] if self.entry else int(self.visual[b].sum()), video[b]))
+                                      self.entry[b] if self.entry else int(visual[b].sum()), video[b]))
                 for b in range(hidden.shape[0])]
         if len({k.positions.numel() for k in kept}) != 1:
             raise RuntimeError("token reduction keeps a different number of tokens per sample in this batch; "
@@ -393,6 +408,15 @@ class SequenceEditor:
         if repack and i != 0:
             raise RuntimeError(f"only a drop before layer 0 may re-pack positions (the drop before layer {i} did)")
         self.history[-1].scoring_flops += sum(k.flops for k in kept) / len(kept)
+        if drop.mask:  # nothing leaves: what was not kept is masked as a key from this layer on
+            out = torch.ones_like(self.visual).scatter_(1, keep, False)
+            self.masked = out if self.masked is None else self.masked | out
+            return hidden
+        if self.masked is not None:  # a removing drop after masking ones: the masked tokens leave too
+            keep = torch.stack([k[~m[k]] for k, m in zip(keep, self.masked)])
+            kept = [Kept(k, None if old.hidden is None else old.hidden[~m[old.positions]])
+                    for k, m, old in zip(keep, self.masked, kept)]
+            self.masked = None
         if self.full is None:
             self.full = hidden.new_zeros(hidden.shape[0], self.full_len, hidden.shape[2])
         self.full.scatter_(1, self.index.unsqueeze(-1).expand(-1, -1, hidden.shape[2]), hidden)
@@ -411,6 +435,25 @@ class SequenceEditor:
         rows = [k.hidden if k.hidden is not None else hidden[b].index_select(0, k.positions)
                 for b, k in enumerate(kept)]
         return torch.stack(rows).to(hidden.dtype)
+
+    @staticmethod
+    def _mask_keys(kwargs: dict[str, Any], hidden: Tensor, masked: Tensor, keys: int) -> dict[str, Any]:
+        """The layer's 4-D mask with the first masked.shape[1] key columns masked where `masked` [B, T] says; with
+        no mask given (sdpa's causal shortcut), a causal one over `keys` keys is made first."""
+        mask = kwargs.get("attention_mask")
+        queries = hidden.shape[1]
+        if not isinstance(mask, Tensor) or mask.dim() != 4:
+            low = torch.finfo(hidden.dtype).min
+            mask = torch.zeros(masked.shape[0], 1, queries, keys, dtype=hidden.dtype, device=hidden.device)
+            future = torch.ones(queries, keys, dtype=torch.bool, device=hidden.device).triu(keys - queries + 1)
+            mask = mask.masked_fill(future, low)
+        cols = torch.zeros(mask.shape[0], 1, 1, mask.shape[-1], dtype=torch.bool, device=mask.device)
+        cols[..., :masked.shape[1]] = masked[:, None, None, :]
+        if mask.dtype == torch.bool:
+            mask = mask & ~cols
+        else:
+            mask = mask.masked_fill(cols, torch.finfo(mask.dtype).min)
+        return {**kwargs, "attention_mask": mask}
 
     def _cut(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The model's full-length per-token arguments, cut to the tokens still in the sequence."""

@@ -97,29 +97,34 @@ def pagerank_score(tau: float, iters: int) -> AttentionScore:
     return AttentionScore(score, flops)
 
 
-def prune_drop(rate: float, score: AttentionScore) -> Drop:
-    """Keep int(visual tokens at the LLM's entry x rate) of the visual tokens, the highest scored; all text."""
+def prune_drop(rate: float, score: AttentionScore, mask: bool = False) -> Drop:
+    """Keep int(visual tokens at the LLM's entry x rate) of the visual tokens, the highest scored; all text. With
+    `mask` (the release) the others stay in the sequence, masked as keys, so they remain PageRank rows."""
 
     def choose(seen: DropInput) -> Kept:
         assert seen.scores is not None
         count = min(scheduled_count(seen.visual_at_entry, rate), int(seen.visual.sum()))
         return Kept(top_visual(seen.scores, seen.visual, count))
 
-    return Drop(choose, score)
+    return Drop(choose, score, mask)
 
 
 def prune_drops(params: dict[str, Any], num_layers: int) -> dict[int, Drop]:
     """After each layer l from the start on, a drop at rate(l) scored by that layer's attention."""
     start, step = prune_start(params, num_layers), float(params["aim_prune_step"])
     score = pagerank_score(float(params["aim_tau"]), int(params["aim_iters"]))
+    mask = str(params["aim_semantics"]) == "release"
     drops: dict[int, Drop] = {}
     for layer in range(max(start, 0), num_layers - 1):
         rate = linear_schedule(layer, start, step)
         if rate >= 1.0:
             continue
-        drops[layer + 1] = prune_drop(rate, score)
+        drops[layer + 1] = prune_drop(rate, score, mask)
         if rate <= 0.0:
             break
+    if mask and drops:  # after the last drop no PageRank reads the masked rows: they (and its pruned) leave
+        last = max(drops)
+        drops[last] = Drop(drops[last].choose, drops[last].score)
     return drops
 
 

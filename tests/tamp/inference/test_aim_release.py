@@ -13,7 +13,7 @@ import torch
 
 from tamp.algorithms.token_merge import merge_passes, release_passes
 from tamp.errors import TampError
-from tamp.inference.sequence_edit import DropInput
+from tamp.inference.sequence_edit import Drop, DropInput, SequenceEditor, TokenPlan
 from tamp.methods.aim import plan
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
@@ -200,3 +200,140 @@ def test_images_are_not_merged_with_release_semantics(loaded, family: str) -> No
             dropper.remove()
     assert torch.equal(base, same)
     assert dropper.kept_by_layer[0][0].tolist() == list(range(inputs["input_ids"].shape[1]))
+
+
+def _release_prune_run(model, inputs: dict, visual: list[int], start: int, step: float,
+                       scored: dict[int, list[float]] | None = None) -> tuple[torch.Tensor, set]:
+    """The release's pruning written out over an eager run: after each layer l >= start, PageRank of l's softmax
+    weights (P^(1/tau) renormalised per row, a uniform start over every token, masked ones included, 5 steps,
+    RMS over heads) ranks the visual tokens still unmasked; all but the top int(entering x rate(l)) are masked
+    as keys (an explicit additive mask) in every later layer, and stay in the sequence as queries."""
+    layers = get_adapter(model).language_stack(model).layers
+    length = inputs["input_ids"].shape[1]
+    masked: set[int] = set()
+    hooks = []
+
+    def explicit_mask(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        low = torch.finfo(hidden.dtype).min
+        mask = torch.zeros(1, 1, length, length, dtype=hidden.dtype)
+        mask = mask.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), low)
+        mask[..., sorted(masked)] = low
+        return args, {**kwargs, "attention_mask": mask}
+
+    def prune_after(layer: int):
+        def hook(mod, args, out) -> None:
+            rate = max(0.0, 1.0 - (layer - start + 1) * step)
+            weights = out[1][0].double()  # [heads, T, T], masked keys exactly 0
+            walk = weights ** 10  # softmax(logits / 0.1) = P^10 renormalised
+            walk = walk / walk.sum(-1, keepdim=True)
+            dist = torch.full((weights.shape[0], 1, length), 1.0 / length, dtype=torch.float64)
+            for _ in range(5):
+                dist = dist @ walk
+            scores = dist[:, 0].pow(2).mean(0).sqrt().tolist()
+            if scored is not None:
+                scored[layer] = scores
+                # what a walk over the unmasked tokens only would give (our removal reading), for contrast
+                rows = [p for p in range(length) if p not in masked]
+                sub = walk[:, rows][:, :, rows]
+                alone = torch.full((weights.shape[0], 1, len(rows)), 1.0 / len(rows), dtype=torch.float64)
+                for _ in range(5):
+                    alone = alone @ sub
+                scored[-1 - layer] = alone[:, 0].pow(2).mean(0).sqrt().tolist()
+            live = [p for p in visual if p not in masked]
+            count = int(len(visual) * rate + 1e-9)
+            masked.update(sorted(live, key=lambda p: (-scores[p], p))[count:])
+        return hook
+
+    for i, layer in enumerate(layers):
+        hooks.append(layer.register_forward_pre_hook(explicit_mask, with_kwargs=True))
+        if start <= i < len(layers) - 1:
+            hooks.append(layer.self_attn.register_forward_hook(prune_after(i)))
+    try:
+        with torch.no_grad():
+            logits = model(**inputs).logits[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, masked
+
+
+@pytest.mark.parametrize("stages", ("prune", "merge+prune"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prune_equals_the_release_masking(loaded, family: str, stages: str) -> None:
+    """Every image family, eager: AIM with the release's semantics (images not merged; pruned tokens masked as
+    keys, kept as PageRank rows until the last prune) keeps what the written-out release keeps, and its logits
+    at every token the release never masked equal the release's to 1e-4."""
+    model, inputs, _ = loaded(family)
+    attn(model, "eager")
+    ids = inputs["input_ids"][0].tolist()
+    adapter = get_adapter(model)
+    visual_ids = set(adapter.media_token_ids.get("image", [])) | set(adapter.media_token_ids.get("video", []))
+    visual = [i for i, t in enumerate(ids) if t in visual_ids]
+    scored: dict[int, list[float]] = {}
+    expected, masked = _release_prune_run(model, inputs, visual, 1, 0.25, scored)
+    params = {**DEFAULTS, "aim_stages": stages, "aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25}
+    drops = plan(params, 4).drops
+    seen: dict[int, torch.Tensor] = {}
+
+    def recording(layer: int, drop: Drop) -> Drop:
+        return Drop(lambda d: seen.setdefault(layer, d.scores) is not None and drop.choose(d), drop.score, drop.mask)
+
+    drops = {i: recording(i, d) if d.score is not None else d for i, d in drops.items()}
+    dropper = SequenceEditor(model, adapter, TokenPlan(drops))
+    try:
+        with torch.no_grad():
+            ours = model(**inputs).logits[0]
+    finally:
+        dropper.remove()
+    survivors = [i for i in range(len(ids)) if i not in masked]
+    assert dropper.kept_by_layer[3][0].tolist() == survivors  # the last prune removes every masked token
+    assert dropper.kept_by_layer[2][0].tolist() == list(range(len(ids)))  # masked, still in the sequence
+    assert len(survivors) == len(ids) - len(visual) + len(visual) // 2 and len(masked) == len(visual) - len(visual) // 2
+    torch.testing.assert_close(ours[survivors], expected[survivors], rtol=0, atol=1e-4)
+    # the scores each prune read: those of the layer before, every token a row, the masked ones included (as in
+    # the release's PageRank); a walk without the masked rows would read differently
+    assert seen[2].shape[0] == seen[3].shape[0] == len(ids)
+    for layer in (2, 3):
+        torch.testing.assert_close(seen[layer].double(), torch.tensor(scored[layer - 1], dtype=torch.float64),
+                                   rtol=1e-4, atol=1e-9)
+    rows = torch.nonzero(~dropper.masked_by_layer[2][0]).flatten()  # what layer 2 had not masked
+    assert 0 < rows.numel() < len(ids)
+    alone = torch.tensor(scored[-3], dtype=torch.float64)
+    assert not torch.allclose(seen[3][rows].double(), alone, rtol=1e-3, atol=0)
+    stats = dropper.history[-1]
+    assert stats.visual_kept_per_layer == [len(visual), len(visual), int(len(visual) * 0.75), len(visual) // 2]
+
+
+class _KeysSeen:
+    """The editor as the masked recompute reads it: per layer, the prompt tokens it sees as keys (what it
+    cached less what a masking prune took out)."""
+
+    def __init__(self, editor: SequenceEditor) -> None:
+        self.editor, self.first_states = editor, None
+        self.plan, self.installed = editor.plan, editor.installed
+
+    @property
+    def kept_by_layer(self) -> dict[int, torch.Tensor]:
+        out = {}
+        for i, kept in self.editor.kept_by_layer.items():
+            masked = self.editor.masked_by_layer.get(i)
+            out[i] = kept if masked is None else kept[:, ~masked[0]]
+        return out
+
+    def remove(self) -> None:
+        self.editor.remove()
+
+
+@pytest.mark.parametrize("implementation", ("sdpa", "eager"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generation_with_masked_prune(loaded, family: str, implementation: str) -> None:
+    """With the release's masking, cached greedy decoding (each layer masks, in its cache, the keys it masked in
+    the prefill) equals recomputing the whole sequence each step with those keys masked."""
+    from tests.tamp.inference.test_token_drop import check_cached_generation
+
+    model, inputs, media = loaded(family)
+    attn(model, implementation)
+    editor = TokenTransform.build("aim", {"aim_prune_start": 1, "aim_prune_step": 0.25}).install(model)
+    check_cached_generation(model, inputs, media, _KeysSeen(editor))
+    assert bool(editor.masked_by_layer[2].any()) and 3 not in editor.masked_by_layer  # masked, then removed
