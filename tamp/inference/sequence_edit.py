@@ -17,7 +17,10 @@ The public API, all a token method needs (docs/methods.md, "Writing a token meth
   its states, which tokens are visual, their image / frame groups, and, when `score` is set (an
   `AttentionScore`, i > 0), that score of layer i - 1's attention computed inside its own attention call.
   `Kept` lists the positions kept, optionally their rewritten states (a drop before layer 0 may merge, as AIM
-  does) and the FLOPs choosing cost.
+  does) and the FLOPs choosing cost. A drop before layer 0 may `repack`: its kept tokens, in the order given,
+  then run as if they were the prompt (positions 0..T'-1, causal in that order, decoding from T'). A drop with
+  `mask` keeps every token in the sequence and masks the others as keys from then on (AIM's release: they stay
+  queries, so later attention scores have their rows); a later drop without `mask` removes them.
 - `installs`: anything else the method puts on the model for the editor's lifetime (YOPO's sliced visual MLP and
   its visual-attention patch): each is called with the `SequenceEditor` and returns an object with `.remove()`.
   An install reads the prefill in progress through `visual_rows(length)`, `groups`, `index`, `full_len`, `video`

@@ -5,11 +5,12 @@ Released code (LaVi-Lab/AIM): before the LLM, ToMe-style bipartite merging withi
 leaving 25% (196 -> 98 -> 49 on LLaVA-OneVision-7B); inside the LLM, from a middle layer on, each layer's
 attention logits are softmaxed at temperature 0.1, pushed through 5 PageRank steps, combined over heads by
 RMS, and the visual tokens are cut to a linearly falling share of those that entered the LLM (Qwen2-7B, 28
-layers: 87.5% after layer 14, 0% after layer 21); text tokens are never pruned. Here both stages remove the
-tokens from the sequence (tamp.inference.sequence_edit) instead of masking them; docs/fidelity.md lists the
-choices and the switches for them: `aim_semantics` = release (default: merge video frames only, survivors in the
-release's order at re-packed positions) or removal (ours: every image and frame, survivors in place), and
-`aim_merge_schedule` = release (default: passes removing n//2, n//4, ...) or share (repeat until round(n x keep)).
+layers: 87.5% after layer 14, 0% after layer 21); text tokens are never pruned, and pruned tokens are masked as
+keys but stay queries. Two switches (docs/fidelity.md has the table): `aim_semantics` = release (default: video
+frames only merge, survivors in the release's order at re-packed positions; pruned tokens masked as keys, so they
+stay PageRank rows, until the schedule's last prune removes them) or removal (ours: every image and frame merges,
+survivors keep their places and positions, pruned tokens leave the sequence at once); `aim_merge_schedule` =
+release (default: passes removing n//2, n//4, ... of a frame's n tokens) or share (repeat until round(n x keep)).
 """
 
 from __future__ import annotations
