@@ -167,8 +167,9 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
 def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[int]:
     """Frames per video in this call, in order: Qwen2-VL's temporal grid, or LLaVA-OneVision's frame axis. In
     `generate` (transformers 5) the media arrive encoded (`mm_encoder_outputs`) without pixels or grids: then
-    LLaVA-OneVision's frames are the encoder's batch per video, and Qwen2-VL's the distinct temporal positions
-    (the first row of its 3-D position ids) of each run of video tokens (`video` [B, T] bool)."""
+    LLaVA-OneVision's frames are the encoder's batch per video, and Qwen2-VL's are counted in its 3-D position ids:
+    each frame restarts the (height, width) pattern, so a run of video tokens (`video` [B, T] bool) has as many
+    frames as tokens at its first token's (height, width) (the temporal row cannot tell: Qwen2.5-VL's may repeat)."""
     grid = kwargs.get("video_grid_thw")
     if isinstance(grid, Tensor):
         return [int(t) for t in grid[:, 0].tolist()]
@@ -182,7 +183,7 @@ def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[in
     pos = kwargs.get("position_ids")
     if encoded is not None and video is not None and isinstance(pos, Tensor) and pos.dim() == 3 \
             and pos.shape[-1] == video.shape[1]:
-        temporal = pos[-3]  # [B, T]: Qwen2-VL's (t, h, w) rows, possibly after a text row
+        height, width = pos[-2], pos[-1]  # [B, T]: the last two of Qwen2-VL's (t, h, w) rows
         frames = []
         for b in range(video.shape[0]):
             flags = video[b].tolist()
@@ -194,7 +195,8 @@ def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[in
                 end = t
                 while end < len(flags) and flags[end]:
                     end += 1
-                frames.append(int(torch.unique(temporal[b, t:end]).numel()))
+                same = (height[b, t:end] == height[b, t]) & (width[b, t:end] == width[b, t])
+                frames.append(int(same.sum()))
                 t = end
         return frames
     return []
@@ -329,10 +331,9 @@ class SequenceEditor:
 
     def _decode_positions(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         """After a repack the prompt was T' tokens long: a decode step's positions continue from T'."""
-        cache = kwargs.get("cache_position")
-        if not self.active or not self.shift or not isinstance(cache, Tensor):
+        pos, cache = kwargs.get("position_ids"), kwargs.get("cache_position")
+        if not self.active or not self.shift or not isinstance(pos, Tensor) and not isinstance(cache, Tensor):
             return args, kwargs
-        pos = kwargs.get("position_ids")
         batch = self.index.shape[0] if self.index is not None else 1
         pos = cache[None].expand(batch, -1) if not isinstance(pos, Tensor) else pos
         return args, {**kwargs, "position_ids": pos - self.shift}

@@ -168,7 +168,8 @@ def test_video_merge_equals_the_release_run(tiny_model, implementation: str) -> 
     try:
         with torch.no_grad():
             ours = model(**inputs).logits[0]
-            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=media)
+            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=media,
+                                       output_scores=True, return_dict_in_generate=True)
     finally:
         dropper.remove()
     assert dropper.kept_by_layer[0][0].tolist() == order
@@ -177,13 +178,14 @@ def test_video_merge_equals_the_release_run(tiny_model, implementation: str) -> 
     seq = merged
     language_embed = model.get_input_embeddings()
     steps = []
-    for _ in range(3):
+    for step in range(3):
         last = _language_logits(model, seq)[-1]
         last[media] = -torch.inf
         token = int(last.argmax())
         steps.append(token)
         seq = torch.cat([seq, language_embed(torch.tensor([token]))])
-    assert generated[0, inputs["input_ids"].shape[1]:].tolist() == steps
+        torch.testing.assert_close(generated.scores[step][0], last, rtol=0, atol=1e-4)  # positions from T' on
+    assert generated.sequences[0, inputs["input_ids"].shape[1]:].tolist() == steps
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -337,3 +339,35 @@ def test_cached_generation_with_masked_prune(loaded, family: str, implementation
     editor = TokenTransform.build("aim", {"aim_prune_start": 1, "aim_prune_step": 0.25}).install(model)
     check_cached_generation(model, inputs, media, _KeysSeen(editor))
     assert bool(editor.masked_by_layer[2].any()) and 3 not in editor.masked_by_layer  # masked, then removed
+
+
+@pytest.mark.parametrize("family", ("llava-onevision", "qwen2-vl", "qwen2.5-vl"))
+def test_release_video_merge_decodes_as_it_recomputes(tiny_model, family: str) -> None:
+    """Video merged in the release's order (re-packed positions on LLaVA-OneVision, each token's own mrope
+    position on Qwen2-VL / 2.5-VL): cached greedy decoding equals decoding that re-runs the whole sequence,
+    merge included, every step; the frames merge apart in generate as in a plain call."""
+    from transformers import AutoModelForImageTextToText
+
+    path = tiny_model(family)
+    model = attn(AutoModelForImageTextToText.from_pretrained(path).eval(), "sdpa")
+    inputs = _video_inputs(path)
+    media = [i for ids in get_adapter(model).media_token_ids.values() for i in ids]
+    # a quarter: Qwen's 6-token frames go 6 -> 3 -> 2, the last pass leaving one source before the destination
+    dropper = TokenTransform.build("aim", {"aim_stages": "merge", "aim_merge_keep": 0.25}).install(model)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            plain = dropper.kept_by_layer[0].clone()
+            args = dict(max_new_tokens=3, do_sample=False, suppress_tokens=media, output_scores=True,
+                        return_dict_in_generate=True)
+            cached = model.generate(**inputs, **args)
+            in_generate = dropper.kept_by_layer[0].clone()
+            recomputed = model.generate(**inputs, use_cache=False, **args)
+    finally:
+        dropper.remove()
+    assert torch.equal(plain, in_generate) and plain.shape[1] < inputs["input_ids"].shape[1]
+    if family != "llava-onevision":  # (its 4-token frames end as destinations only, in their order)
+        assert not bool((plain[0, 1:] > plain[0, :-1]).all())  # the release's order, not ascending
+    assert cached.sequences.tolist() == recomputed.sequences.tolist()
+    for got, want in zip(cached.scores, recomputed.scores):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
