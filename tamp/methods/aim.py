@@ -15,6 +15,7 @@ release (default: passes removing n//2, n//4, ... of a frame's n tokens) or shar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ def prune_start(params: dict[str, Any], num_layers: int) -> int:
     return start if start >= 0 else RELEASED_START.get(num_layers, num_layers // 2)
 
 
-def merge_schedule(schedule: str, keep: float):
+def merge_schedule(schedule: str, keep: float) -> Callable[[int], list[int]]:
     """Group size -> the sources each pass removes: the release's halving passes, or ours until the share."""
     if schedule == "release":
         try:
@@ -62,7 +63,8 @@ def merge_drop(keep: float, semantics: str = "removal", schedule: str = "share")
         hidden = seen.hidden.clone()
         flops = 0.0
         order = torch.arange(seen.hidden.shape[0], device=seen.hidden.device)
-        merging = seen.visual & seen.video if release else seen.visual
+        video = seen.video if seen.video is not None else torch.zeros_like(seen.visual)
+        merging = seen.visual & video if release else seen.visual
         for group in torch.unique(seen.groups[merging & (seen.groups >= 0)]).tolist():
             members = torch.nonzero(seen.groups == group).flatten()
             kept, states, spent = merge_passes(seen.hidden[members], passes(int(members.numel())),
