@@ -78,7 +78,9 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
     unit_s = unit_flops = None
     cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
              for keep in KEEPS]
-    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages}) for stages, label in AIM_CASES]
+    # our reading (`removal`): the release merges video frames only, and this prompt is an image
+    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages, "aim_semantics": "removal"})
+              for stages, label in AIM_CASES]
     cases += [(f"prefill, YOPO layers+ffn (budget 25%, FFN 50%) of {shape.visual} visual", "yopo",
                {"yopo_strategies": "layers+ffn"})]  # heads and window need a fit on calibration data
     for name, method, params in cases:
