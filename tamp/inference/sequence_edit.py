@@ -67,7 +67,8 @@ class Kept:
     """Positions within the current sequence, and their new states when the drop rewrites them. The positions
     ascend, unless `repack` (a drop before layer 0 only): then they are the new sequence in its new order, which
     the model sees as if it had been the prompt: contiguous positions 0..T'-1 and a causal mask in that order
-    (AIM's release, which merges before the LLM; with mrope the tokens keep their own positions, see below)."""
+    (AIM's release, which merges before the LLM). With mrope (Qwen2-VL) each token keeps its own 3-D position;
+    only the order and the mask follow the new sequence."""
 
     positions: Tensor
     hidden: Tensor | None = None
@@ -82,7 +83,8 @@ class Drop:
     choose: Callable[[DropInput], Kept]
     score: AttentionScore | None = None  # of the previous layer's attention; None: the drop needs none
     # the tokens not kept stay in the sequence as queries and are masked as keys from here on (AIM's release);
-    # later choosers see them as neither kept nor visual. Costs what the release costs: nothing is saved.
+    # later choosers see them as neither kept nor visual. They cost what they cost in the release (query rows
+    # in every layer) until a later drop without `mask` removes them.
     mask: bool = False
 
 
