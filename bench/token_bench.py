@@ -78,7 +78,10 @@ def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | N
     unit_s = unit_flops = None
     cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
              for keep in KEEPS]
-    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages}) for stages, label in AIM_CASES]
+    # our readings (`removal`): the release's AIM merges video frames only (this prompt is an image), and the
+    # release's YOPO keeps the visual tokens in every layer; the bench measures what removing them saves
+    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages, "aim_semantics": "removal"})
+              for stages, label in AIM_CASES]
     cases += [(f"prefill, YOPO layers+ffn removal (budget 25%, FFN 50%) of {shape.visual} visual", "yopo",
                {"yopo_strategies": "layers+ffn", "yopo_semantics": "removal"})]  # heads and window need a fit
     for name, method, params in cases:

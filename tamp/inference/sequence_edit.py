@@ -17,7 +17,10 @@ The public API, all a token method needs (docs/methods.md, "Writing a token meth
   its states, which tokens are visual, their image / frame groups, and, when `score` is set (an
   `AttentionScore`, i > 0), that score of layer i - 1's attention computed inside its own attention call.
   `Kept` lists the positions kept, optionally their rewritten states (a drop before layer 0 may merge, as AIM
-  does) and the FLOPs choosing cost.
+  does) and the FLOPs choosing cost. A drop before layer 0 may `repack`: its kept tokens, in the order given,
+  then run as if they were the prompt (positions 0..T'-1, causal in that order, decoding from T'). A drop with
+  `mask` keeps every token in the sequence and masks the others as keys from then on (AIM's release: they stay
+  queries, so later attention scores have their rows); a later drop without `mask` removes them.
 - `installs`: anything else the method puts on the model for the editor's lifetime (YOPO's sliced visual MLP and
   its visual-attention patch): each is called with the `SequenceEditor` and returns an object with `.remove()`.
   An install reads the prefill in progress through `visual_rows(length)`, `groups`, `index`, `full_len`, `video`
@@ -56,15 +59,21 @@ class DropInput:
     groups: Tensor  # [T] long: the image or video frame a visual token belongs to (-1 for other tokens)
     scores: Tensor | None  # [T] the drop's score of the previous layer's attention (None when it asks for none)
     visual_at_entry: int  # visual tokens the first decoder layer ran on (after any drop before it)
+    video: Tensor | None = None  # [T] bool: the visual tokens that are video (None: no video in this call)
 
 
 @dataclass(frozen=True)
 class Kept:
-    """Ascending positions within the current sequence, and their new states when the drop rewrites them."""
+    """Positions within the current sequence, and their new states when the drop rewrites them. The positions
+    ascend, unless `repack` (a drop before layer 0 only): then they are the new sequence in its new order, which
+    the model sees as if it had been the prompt: contiguous positions 0..T'-1 and a causal mask in that order
+    (AIM's release, which merges before the LLM). With mrope (Qwen2-VL) each token keeps its own 3-D position;
+    only the order and the mask follow the new sequence."""
 
     positions: Tensor
     hidden: Tensor | None = None
     flops: float = 0.0  # what choosing cost in matmuls (AIM's merge similarities), charged to the prefill
+    repack: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,10 @@ class Drop:
 
     choose: Callable[[DropInput], Kept]
     score: AttentionScore | None = None  # of the previous layer's attention; None: the drop needs none
+    # the tokens not kept stay in the sequence as queries and are masked as keys from here on (AIM's release);
+    # later choosers see them as neither kept nor visual. They cost what they cost in the release (query rows
+    # in every layer) until a later drop without `mask` removes them.
+    mask: bool = False
 
 
 class Installed(Protocol):
@@ -153,14 +166,41 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
     return groups.to(visual.device)
 
 
-def video_frames(kwargs: dict[str, Any]) -> list[int]:
-    """Frames per video in this call, in order: Qwen2-VL's temporal grid, or LLaVA-OneVision's frame axis."""
+def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[int]:
+    """Frames per video in this call, in order: Qwen2-VL's temporal grid, or LLaVA-OneVision's frame axis. In
+    `generate` (transformers 5) the media arrive encoded (`mm_encoder_outputs`) without pixels or grids: then
+    LLaVA-OneVision's frames are the encoder's batch per video, and Qwen2-VL's are counted in its 3-D position ids:
+    each frame restarts the (height, width) pattern, so a run of video tokens (`video` [B, T] bool) has as many
+    frames as tokens at its first token's (height, width) (the temporal row cannot tell: Qwen2.5-VL's may repeat)."""
     grid = kwargs.get("video_grid_thw")
     if isinstance(grid, Tensor):
         return [int(t) for t in grid[:, 0].tolist()]
     pixels = kwargs.get("pixel_values_videos")
     if isinstance(pixels, Tensor) and pixels.dim() == 5:
         return [int(pixels.shape[1])] * int(pixels.shape[0])
+    encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
+    states, pooled = getattr(encoded, "last_hidden_state", None), getattr(encoded, "pooler_output", None)
+    if isinstance(states, Tensor) and isinstance(pooled, Tensor) and states.dim() == 3 and pooled.dim() == 3:
+        return [int(states.shape[0]) // int(pooled.shape[0])] * int(pooled.shape[0])
+    pos = kwargs.get("position_ids")
+    if encoded is not None and video is not None and isinstance(pos, Tensor) and pos.dim() == 3 \
+            and pos.shape[-1] == video.shape[1]:
+        height, width = pos[-2], pos[-1]  # [B, T]: the last two of Qwen2-VL's (t, h, w) rows
+        frames = []
+        for b in range(video.shape[0]):
+            flags = video[b].tolist()
+            t = 0
+            while t < len(flags):
+                if not flags[t]:
+                    t += 1
+                    continue
+                end = t
+                while end < len(flags) and flags[end]:
+                    end += 1
+                same = (height[b, t:end] == height[b, t]) & (width[b, t:end] == width[b, t])
+                frames.append(int(same.sum()))
+                t = end
+        return frames
     return []
 
 
@@ -212,6 +252,17 @@ class SequenceEditor:
         self.groups: Tensor | None = None
         self.entry: list[int] = []  # visual tokens per sample at the first layer
         self.kept_by_layer: dict[int, Tensor] = {}
+        # per current token: its column in the model's full-length positions (ids / rotary) and in its 4-D mask
+        # (its original position unless a repack gave it a new one), and its slot in the sequence layer 0 ran on
+        self.pos: Tensor | None = None
+        self.seq: Tensor | None = None
+        self.slot: Tensor | None = None
+        self.slot_by_layer: dict[int, Tensor] = {}
+        self.shift = 0  # a repack's shortening: decoding continues from the re-packed length
+        self.masked: Tensor | None = None  # [B, T_cur] tokens a masking drop took out as keys
+        self.masked_by_layer: dict[int, Tensor] = {}
+        self.steps = 0  # decode steps since the prefill
+        self.mrope = False
         self.full: Tensor | None = None  # [B, T_full, D] states of tokens as they were dropped
         self._sink: list[Tensor] = []
         self._capture: Any = None
@@ -248,7 +299,8 @@ class SequenceEditor:
     def _on_model(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[1] == 1:  # a decode step (or embeddings we cannot read): keep the prefill's state
-            return self._decode_mask(args, kwargs)
+            self.steps += 1
+            return self._decode_positions(*(self._decode_mask(args, kwargs) or (args, kwargs)))
         self._reset()
         visual = torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)) if self.visual_ids \
             else torch.zeros_like(ids, dtype=torch.bool)
@@ -258,8 +310,12 @@ class SequenceEditor:
             else torch.zeros_like(visual)
         self.active, self.full_len = True, ids.shape[1]
         self.index = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        self.pos = self.seq = self.slot = self.index
+        pos = kwargs.get("position_ids")  # Qwen2-VL's 3-D positions (given in generate, else made from the grids)
+        self.mrope = (isinstance(pos, Tensor) and pos.dim() == 3) or any(
+            k in kwargs for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids"))
         self.visual = visual
-        self.groups = visual_groups(visual.cpu(), video.cpu(), video_frames(kwargs)).to(ids.device)
+        self.groups = visual_groups(visual.cpu(), video.cpu(), video_frames(kwargs, video.cpu())).to(ids.device)
         self.video = video
         self.media_kwargs = {k: kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "image_sizes") if k in kwargs}
         self.history.append(PrefillStats(visual_in=int(visual.sum())))
@@ -274,6 +330,15 @@ class SequenceEditor:
             return None
         extra = torch.arange(self.full_len, mask.shape[1], device=mask.device).expand(first.shape[0], -1)
         return args, {**kwargs, "attention_mask": _take(mask, torch.cat([first, extra], dim=1), 0, 1)}
+
+    def _decode_positions(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+        """After a repack the prompt was T' tokens long: a decode step's positions continue from T'."""
+        pos, cache = kwargs.get("position_ids"), kwargs.get("cache_position")
+        if not self.active or not self.shift or not isinstance(pos, Tensor) and not isinstance(cache, Tensor):
+            return args, kwargs
+        batch = self.index.shape[0] if self.index is not None else 1
+        pos = cache[None].expand(batch, -1) if not isinstance(pos, Tensor) else pos
+        return args, {**kwargs, "position_ids": pos - self.shift}
 
     def _start_capture(self, i: int) -> None:
         """Before layer i in a prefill whose next layer drops (in decoding every layer has its kept set)."""
@@ -299,10 +364,12 @@ class SequenceEditor:
             mask = kwargs.get("attention_mask")
             if isinstance(mask, Tensor) and mask.dim() == 4:
                 # the mask's key columns are the first layer's cached tokens, then the new ones
-                first, kept = self.kept_by_layer[0], self.kept_by_layer[i]
-                columns = torch.stack([torch.searchsorted(first[b], kept[b]) for b in range(kept.shape[0])])
-                extra = torch.arange(first.shape[1], mask.shape[-1], device=mask.device).expand(kept.shape[0], -1)
+                first, columns = self.kept_by_layer[0], self.slot_by_layer[i]
+                extra = torch.arange(first.shape[1], mask.shape[-1], device=mask.device).expand(columns.shape[0], -1)
                 kwargs["attention_mask"] = _take(mask, torch.cat([columns, extra], dim=1), 0, 3)
+            masked = self.masked_by_layer.get(i)
+            if masked is not None:
+                kwargs = self._mask_keys(kwargs, hidden, masked, masked.shape[1] + self.steps)
             return args, kwargs
         if i in self.plan.drops:
             hidden = self._drop(i, hidden)
@@ -310,10 +377,17 @@ class SequenceEditor:
             self.entry = [int(v) for v in self.visual.sum(dim=1).tolist()]
         stats = self.history[-1]
         stats.tokens_per_layer.append(int(hidden.shape[1]))
-        stats.visual_kept_per_layer.append(int(self.visual.sum()) // max(1, self.visual.shape[0]))
+        live = self.visual if self.masked is None else self.visual & ~self.masked
+        stats.visual_kept_per_layer.append(int(live.sum()) // max(1, self.visual.shape[0]))
         self.kept_by_layer[i] = self.index
-        if self.index.shape[1] < self.full_len:
+        if i == 0:
+            self.slot = torch.arange(self.index.shape[1], device=self.index.device).expand(self.index.shape[0], -1)
+        self.slot_by_layer[i] = self.slot
+        if self.index.shape[1] < self.full_len or self.seq is not self.index:
             kwargs = self._cut(kwargs)
+        if self.masked is not None:
+            self.masked_by_layer[i] = self.masked
+            kwargs = self._mask_keys(kwargs, hidden, self.masked, hidden.shape[1])
         args = (hidden, *args[1:]) if args else args
         if not args:
             kwargs["hidden_states"] = hidden
@@ -326,37 +400,79 @@ class SequenceEditor:
             scores = self._sink[-1] if self._sink else None
             if scores is None:
                 raise RuntimeError(f"no attention of layer {i - 1} was captured for the drop before layer {i}")
-        kept = [drop.choose(DropInput(i, hidden[b], self.visual[b], self.groups[b],
+        video = torch.gather(self.video, 1, self.index)
+        visual = self.visual if self.masked is None else self.visual & ~self.masked
+        kept = [drop.choose(DropInput(i, hidden[b], visual[b], self.groups[b],
                                       None if scores is None else scores[b].float(),
-                                      self.entry[b] if self.entry else int(self.visual[b].sum())))
+                                      self.entry[b] if self.entry else int(visual[b].sum()), video[b]))
                 for b in range(hidden.shape[0])]
         if len({k.positions.numel() for k in kept}) != 1:
             raise RuntimeError("token reduction keeps a different number of tokens per sample in this batch; "
                                "evaluate with batch size 1")
         keep = torch.stack([k.positions for k in kept])  # positions within the current sequence
+        repack = any(k.repack for k in kept)
+        if repack and i != 0:
+            raise RuntimeError(f"only a drop before layer 0 may re-pack positions (the drop before layer {i} did)")
         self.history[-1].scoring_flops += sum(k.flops for k in kept) / len(kept)
+        if drop.mask:  # nothing leaves: what was not kept is masked as a key from this layer on
+            out = torch.ones_like(self.visual).scatter_(1, keep, False)
+            self.masked = out if self.masked is None else self.masked | out
+            return hidden
+        if self.masked is not None:  # a removing drop after masking ones: the masked tokens leave too
+            keep = torch.stack([k[~m[k]] for k, m in zip(keep, self.masked)])
+            kept = [Kept(k, None if old.hidden is None else old.hidden[~m[old.positions]])
+                    for k, m, old in zip(keep, self.masked, kept)]
+            self.masked = None
         if self.full is None:
             self.full = hidden.new_zeros(hidden.shape[0], self.full_len, hidden.shape[2])
         self.full.scatter_(1, self.index.unsqueeze(-1).expand(-1, -1, hidden.shape[2]), hidden)
         self.index = torch.gather(self.index, 1, keep)
+        self.slot = torch.gather(self.slot, 1, keep)
+        if repack:  # the new sequence as the prompt: contiguous positions (mrope: the tokens' own), causal mask
+            packed = torch.arange(keep.shape[1], device=keep.device).expand(keep.shape[0], -1)
+            self.pos = self.index if self.mrope else packed
+            self.seq = packed
+            self.shift = 0 if self.mrope else self.full_len - keep.shape[1]
+        else:
+            self.pos = torch.gather(self.pos, 1, keep)
+            self.seq = torch.gather(self.seq, 1, keep)
         self.visual = torch.gather(self.visual, 1, keep)
         self.groups = torch.gather(self.groups, 1, keep)
         rows = [k.hidden if k.hidden is not None else hidden[b].index_select(0, k.positions)
                 for b, k in enumerate(kept)]
         return torch.stack(rows).to(hidden.dtype)
 
+    @staticmethod
+    def _mask_keys(kwargs: dict[str, Any], hidden: Tensor, masked: Tensor, keys: int) -> dict[str, Any]:
+        """The layer's 4-D mask with the first masked.shape[1] key columns masked where `masked` [B, T] says; with
+        no mask given (sdpa's causal shortcut), a causal one over `keys` keys is made first."""
+        mask = kwargs.get("attention_mask")
+        queries = hidden.shape[1]
+        if not isinstance(mask, Tensor) or mask.dim() != 4:
+            low = torch.finfo(hidden.dtype).min
+            mask = torch.zeros(masked.shape[0], 1, queries, keys, dtype=hidden.dtype, device=hidden.device)
+            future = torch.ones(queries, keys, dtype=torch.bool, device=hidden.device).triu(keys - queries + 1)
+            mask = mask.masked_fill(future, low)
+        cols = torch.zeros(mask.shape[0], 1, 1, mask.shape[-1], dtype=torch.bool, device=mask.device)
+        cols[..., :masked.shape[1]] = masked[:, None, None, :]
+        if mask.dtype == torch.bool:
+            mask = mask & ~cols
+        else:
+            mask = mask.masked_fill(cols, torch.finfo(mask.dtype).min)
+        return {**kwargs, "attention_mask": mask}
+
     def _cut(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The model's full-length per-token arguments, cut to the tokens still in the sequence."""
         out = dict(kwargs)
         pe = kwargs.get("position_embeddings")
         if pe is not None:
-            out["position_embeddings"] = tuple(_take(t, self.index, 0, 1) for t in pe)
+            out["position_embeddings"] = tuple(_take(t, self.pos, 0, 1) for t in pe)
         pos = kwargs.get("position_ids")
         if isinstance(pos, Tensor) and pos.shape[-1] == self.full_len:
-            out["position_ids"] = _take(pos, self.index, pos.dim() - 2, pos.dim() - 1)
+            out["position_ids"] = _take(pos, self.pos, pos.dim() - 2, pos.dim() - 1)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, Tensor) and mask.dim() == 4:
-            out["attention_mask"] = _take(_take(mask, self.index, 0, 2), self.index, 0, 3)
+            out["attention_mask"] = _take(_take(mask, self.seq, 0, 2), self.seq, 0, 3)
         return out
 
     def _on_norm(self, module: nn.Module, args: tuple) -> tuple | None:

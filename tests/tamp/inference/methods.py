@@ -16,7 +16,8 @@ from tamp.token_transform import TokenTransform
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fastv": {"fastv_k": 2, "fastv_keep": 0.5},
-    "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25},
+    "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25, "aim_semantics": "removal",
+            "aim_merge_schedule": "share"},
     "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5, "yopo_semantics": "removal"},
 }
 METHODS = tuple(SETTINGS)

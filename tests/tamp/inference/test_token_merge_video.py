@@ -50,7 +50,8 @@ def test_video_frames_merge_apart(tiny_model, family: str) -> None:
         seen["in"] = (args[0] if args else kwargs["hidden_states"])[0].clone()
 
     probe = first.register_forward_pre_hook(before, with_kwargs=True)
-    dropper = TokenTransform.build("aim", {"aim_stages": "merge", "aim_merge_keep": 0.5}).install(model)
+    dropper = TokenTransform.build("aim", {"aim_stages": "merge", "aim_merge_keep": 0.5,
+                                                  "aim_semantics": "removal", "aim_merge_schedule": "share"}).install(model)
 
     def after(module, args, kwargs) -> None:  # registered after it: what layer 0 ran on
         seen["out"] = (args[0] if args else kwargs["hidden_states"])[0].clone()
