@@ -146,15 +146,8 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
     groups = torch.full(visual.shape, -1, dtype=torch.long)
     next_id, video_run = 0, 0
     for b in range(visual.shape[0]):
-        flags, is_video = visual[b].tolist(), video[b].tolist()
-        t = 0
-        while t < len(flags):
-            if not flags[t]:
-                t += 1
-                continue
-            end = t
-            while end < len(flags) and flags[end] and is_video[end] == is_video[t]:
-                end += 1
+        is_video = video[b].tolist()
+        for t, end in _runs(visual[b].tolist(), is_video):
             length = end - t
             count = frames[video_run] if is_video[t] and video_run < len(frames) else 1
             video_run += int(is_video[t])
@@ -162,8 +155,22 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
             for k in range(length):
                 groups[b, t + k] = next_id + min(k // per, count)
             next_id += count + 1
-            t = end
     return groups.to(visual.device)
+
+
+def _runs(flags: list[bool], kind: list[bool] | None = None) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of set flags (split where `kind` changes, when given)."""
+    runs, t = [], 0
+    while t < len(flags):
+        if not flags[t]:
+            t += 1
+            continue
+        end = t
+        while end < len(flags) and flags[end] and (kind is None or kind[end] == kind[t]):
+            end += 1
+        runs.append((t, end))
+        t = end
+    return runs
 
 
 def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[int]:
@@ -188,18 +195,9 @@ def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[in
         height, width = pos[-2], pos[-1]  # [B, T]: the last two of Qwen2-VL's (t, h, w) rows
         frames = []
         for b in range(video.shape[0]):
-            flags = video[b].tolist()
-            t = 0
-            while t < len(flags):
-                if not flags[t]:
-                    t += 1
-                    continue
-                end = t
-                while end < len(flags) and flags[end]:
-                    end += 1
+            for t, end in _runs(video[b].tolist()):
                 same = (height[b, t:end] == height[b, t]) & (width[b, t:end] == width[b, t])
                 frames.append(int(same.sum()))
-                t = end
         return frames
     return []
 
