@@ -9,7 +9,6 @@ import platform
 import resource
 import signal
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from tamp.artifacts import git_commit  # noqa: F401  (re-exported for the bench modules)
+from tamp.atomic_write import write_text_atomic
 
 SCHEMA = "tamp-bench/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -254,18 +254,9 @@ def utc_stamp() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temporary file in the same folder, then os.replace it into place."""
+    """Write JSON atomically through tamp.atomic_write (the one owner of the rule: umask, stale temps)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
     return path
 
 

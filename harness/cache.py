@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 from harness.errors import HarnessError
 from harness.model_specs import ModelSpec
 from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
+from tamp.atomic_write import temp_path
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.families.registry import get as get_family
@@ -217,9 +218,11 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
     try:
         if valid_artifact(final, key) and damage(final) is None:  # pruned by the process we waited for
             return final, True, 0.0
-        for stale in root.glob(f".{key}.tmp-*"):  # left by a killed holder of this lock: no one else writes them
+        # left by a killed holder of this lock, and no one else writes them while we hold it: the key's temp
+        # folder and the one tamp's save fills beside it ("..KEY.tmp-..."), on any host, older names included
+        for stale in [*root.glob(f".{key}.tmp-*"), *root.glob(f"..{key}.tmp-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".{key}.tmp-{os.getpid()}"
+        tmp = temp_path(final)
         start = time.perf_counter()
         try:
             prune(spec.source, recipe, tmp, device=device, revision=revision)

@@ -233,9 +233,9 @@ def _reports(args: argparse.Namespace) -> int:
         text = render(tables, args.format)
         print(text)
         if args.out:
-            from harness.records import _write_atomic
+            from tamp.atomic_write import write_text_atomic
 
-            _write_atomic(args.out, text)
+            write_text_atomic(args.out, text)
             print(f"wrote {args.out}")
         return 0
     from harness.plots import plot_curves, plot_tflops

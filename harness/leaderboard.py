@@ -45,9 +45,10 @@ import pandas as pd
 from harness.benchmarks import benchmark, raw_value
 from harness.collect import document_scores, iter_records, pair_with_dense, record_seed
 from harness.errors import HarnessError
-from harness.records import _write_atomic, record_build
+from harness.records import record_build
 from harness.tables import method_rank
 from harness.uncertainty import bootstrap_interval
+from tamp.atomic_write import write_text_atomic
 
 KEY = ["model", "model_build", "method", "sparsity", "pattern", "limit", "task", "metric"]
 COST = ["prefill_tflops", "prefill_tflops_nonzero", "prefill_latency_s", "decode_tokens_per_s", "visual_tokens_in",
@@ -196,5 +197,5 @@ def export(runs: Path, csv: Path) -> tuple[int, int]:
     merged = merged.drop(columns=["_r", "_t"])[COLUMNS]
     buf = io.StringIO()
     merged.to_csv(buf, index=False)
-    _write_atomic(csv, buf.getvalue())
+    write_text_atomic(csv, buf.getvalue())
     return len(merged), len(new)

@@ -8,14 +8,13 @@ artifacts only through here; the zero recount after loading is in tamp.artifact_
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tamp.atomic_write import atomic_dir, write_text_atomic
 from tamp.errors import TampError
 
 if TYPE_CHECKING:  # torch stays unimported for readers of pruning.json (harness plot, cache, table)
@@ -99,28 +98,22 @@ def versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Write JSON through a temporary file + rename (tamp.atomic_write), so readers never see half a file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: Path, overwrite: bool,
                   extra_files: dict[str, Path] | None = None) -> Path:
     """Save weights + processor + pruning.json into a temp dir next to `out`, then move it into place.
 
-    ``extra_files`` (name -> source path) are copied beside the weights: files from_pretrained needs that
-    save_pretrained does not write (Qwen2.5-Omni's speaker file).
+    The temp dir and its renaming are tamp.atomic_write's (permissions from the umask, a killed run's temp
+    removed by the next write beside `out`). ``extra_files`` (name -> source path) are copied beside the
+    weights: files from_pretrained needs that save_pretrained does not write (Qwen2.5-Omni's speaker file).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
@@ -132,16 +125,6 @@ def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: P
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
         write_pruning_json(tmp, info)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

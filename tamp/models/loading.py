@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tamp.atomic_write import make_temp_dir
 from tamp.errors import TampError
 from tamp.families.base import Family
 from tamp.families.registry import family_of, tiny_families, trained_families
@@ -236,8 +236,7 @@ def _ensure_tiny(family: str) -> Path:
     out = tiny_cache_dir() / f"{family}-seed0"
     if not (out / "config.json").exists():
         # built beside the cache entry and renamed into place: an interrupted build leaves no half model behind
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp = make_temp_dir(out)  # tamp.atomic_write: umask permissions, a killed build's temp removed
         try:
             build_tiny(family, tmp, seed=0)
             shutil.rmtree(out, ignore_errors=True)  # a leftover without config.json

@@ -41,6 +41,7 @@ from transformers import (
     LlavaNextProcessor,
 )
 
+from tamp.atomic_write import make_temp_dir
 from tamp.calibration import pictures
 from tamp.calibration.pictures import QUESTIONS, TRAIN_SEED, Conversation, conversations, render, scenes
 from tamp.families.registry import trained_families
@@ -355,9 +356,7 @@ def build_trained_tiny(family: str, out: str | Path, seed: int = 0, recipe: Reci
         raise ValueError(f"no training recipe for family {family!r}; trained families: {', '.join(trained_families())}")
     r = recipe or Recipe()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = make_temp_dir(out)  # tamp.atomic_write: a killed build's temp beside `out` goes with the next build
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         base = build_tiny(family, tmp / "base", seed=seed)
