@@ -118,8 +118,28 @@ def make_temp_dir(target: Path) -> Path:
     return tmp
 
 
+def apply_umask(tree: Path) -> None:
+    """Give a filled temp folder and everything in it the umask's permissions before it is published.
+
+    The libraries that fill it do not all ask the umask: safetensors writes its weight files 0600. An executable
+    keeps its execute bits (0o777 less the umask)."""
+    dmode, fmode = dir_mode(), file_mode()
+    os.chmod(tree, dmode)
+    for folder, dirs, files in os.walk(tree):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), dmode)
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, dmode if executable else fmode)
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` folder to ``target``, replacing what is there; the old copy goes only after."""
+    """Move the finished ``tmp`` folder to ``target`` with the umask's permissions, replacing what is there; the
+    old copy goes only after."""
+    apply_umask(tmp)
     if target.exists():
         old = temp_path(target, "old")
         os.replace(target, old)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tamp.atomic_write import make_temp_dir
+from tamp.atomic_write import apply_umask, make_temp_dir
 from tamp.errors import TampError
 from tamp.families.base import Family
 from tamp.families.registry import family_of, tiny_families, trained_families
@@ -239,6 +239,7 @@ def _ensure_tiny(family: str) -> Path:
         tmp = make_temp_dir(out)  # tamp.atomic_write: umask permissions, a killed build's temp removed
         try:
             build_tiny(family, tmp, seed=0)
+            apply_umask(tmp)  # safetensors writes its weights 0600
             shutil.rmtree(out, ignore_errors=True)  # a leftover without config.json
             try:
                 os.replace(tmp, out)

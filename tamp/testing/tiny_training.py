@@ -41,7 +41,7 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from tamp.atomic_write import make_temp_dir
+from tamp.atomic_write import apply_umask, make_temp_dir
 from tamp.calibration import pictures
 from tamp.calibration.pictures import QUESTIONS, TRAIN_SEED, Conversation, conversations, render, scenes
 from tamp.families.registry import trained_families
@@ -340,6 +340,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         if not overwrite:
             return
         shutil.rmtree(out)
+    apply_umask(tmp)  # safetensors writes its weights 0600
     os.replace(tmp, out)
 
 
