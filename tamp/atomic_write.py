@@ -11,7 +11,9 @@ place through here, so three rules hold everywhere:
   is no longer alive (a run killed with ``kill -9``, a preempted job); a live writer's temp, and a temp made on
   another host (whose PID cannot be checked from here), are left alone. A recycled PID keeps a stale temp a
   while longer, never removes a live one.
-- An exception (Ctrl-C, SIGTERM through tamp.console, an error) removes the temp before it propagates.
+- An exception (Ctrl-C, SIGTERM through tamp.console, an error) removes the temp before it propagates. One that
+  lands in the instant between a temp's creation and the writer taking charge of it leaves the temp, named with
+  this process's PID: the next writer removes it once this process has ended.
 """
 
 from __future__ import annotations
@@ -114,7 +116,11 @@ def make_temp_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target)))
-    os.chmod(tmp, dir_mode())
+    try:
+        os.chmod(tmp, dir_mode())
+    except BaseException:
+        tmp.rmdir()
+        raise
     return tmp
 
 

@@ -284,8 +284,8 @@ WRITER_SCRIPT = textwrap.dedent("""
 def test_sigterm_mid_write_removes_the_temp(kind: str, tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", WRITER_SCRIPT, kind, str(out)]
-    proc = _terminate_when(cmd, _env(tiny_root), tmp_path,
-                           lambda p: any(".out.tmp-" in x.name for x in tmp_path.iterdir()))
+    # "writing" comes once the temp holds data, inside the writer's block
+    proc = _terminate_when(cmd, _env(tiny_root), tmp_path, lambda p: p.stdout.readline() == "writing\n")
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert _one_error_line(proc.stderr) == "error: terminated (SIGTERM); nothing half-written is left"
     assert list(tmp_path.iterdir()) == [], "the temp or a partial output was left"
