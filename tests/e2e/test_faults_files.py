@@ -196,15 +196,20 @@ def test_the_cache_removes_a_killed_pruners_key_folder_and_the_save_inside(tmp_p
         sorted(t.name for t in live)
 
 
-def test_a_trained_model_build_removes_a_killed_builds_temp(tmp_path: Path, dead_pid: int) -> None:
+def test_a_trained_model_build_removes_a_killed_builds_temp(tmp_path: Path, dead_pid: int,
+                                                            umask: Callable[[int], None]) -> None:
+    """The build a test trains into the user's cache (`.trained-*.tmp-*` beside it after a kill); its folder and
+    weights get the umask's permissions (safetensors alone would write 0600)."""
     from tamp.testing.tiny_training import Recipe, build_trained_tiny, trained_cache_name
 
     quick = Recipe(hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, vision_hidden=32,
                    vision_intermediate=64, vision_layers=2, vision_steps=3, vision_batch=4, steps=3, batch=2, warmup=1)
     name = trained_cache_name("llava-next")
     stale, live = _temps(tmp_path, name, os.getpid(), dead_pid)
+    umask(0o022)
     out = build_trained_tiny("llava-next", tmp_path / name, recipe=quick)
     assert (out / "training.json").is_file()
+    assert _mode(out) == 0o755 and _mode(out / "model.safetensors") == 0o644
     assert not any(p.exists() for p in stale) and all(p.exists() for p in live)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *(p.name for p in live)])
 
