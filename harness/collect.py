@@ -122,6 +122,10 @@ def headline_frame(runs: Path) -> pd.DataFrame:
     rows = []
     for run_id, rec in iter_records(runs):
         metric, raw = raw_value(rec)
+        given = (rec.get("metrics") or {}).get(metric)
+        if raw is None and given is not None:  # a score that is there but no number would show as a bare "–"
+            print(f"warning: {Path(runs) / run_id}.json: its {metric} is {given!r}, not a number; it shows as – "
+                  "(no score); run its task again with --force, or delete it", file=sys.stderr)
         bench = benchmark(rec["task"], rec.get("metrics"))
         n = rec.get("n_samples") or {}
         scores, why = document_scores(Path(runs) / f"{run_id}.json", rec)
