@@ -74,6 +74,9 @@ class TokenTransform:
         chosen = self._method()
         if not self.wants_fit():
             return self
+        problem = self.model_problem(get_adapter(model).family)  # before the fit's passes, not after
+        if problem is not None:
+            raise TampError(problem)
         assert chosen.fit is not None
         return TokenTransform(self.method, self.params, chosen.fit(self.params, model, get_adapter(model), batches, device))
 
@@ -116,4 +119,4 @@ class TokenTransform:
             params = chosen.model_defaults(params, layers) if chosen.model_defaults is not None else params
             return SequenceEditor(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
-            raise TampError(f"{self.method} {self.params}: {exc}") from None
+            raise TampError(f"--method {self.method}: {exc}") from None
