@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import platform
 import sys
 import time
@@ -33,6 +34,8 @@ from harness.records import (
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
+from tamp.models import shipped
+from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -183,11 +186,6 @@ def plan_run(opts: RunOptions) -> RunPlan:
 def model_depth(spec: ModelSpec) -> int | None:
     """The decoder layers of the model's language stack from its config.json, when one is on disk (a local folder,
     a tiny model built or shipped); None otherwise: the loaded model is checked again before any pruning."""
-    import json
-
-    from tamp.models import shipped
-    from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
-
     if spec.source.startswith(TRAINED_PREFIX):
         folder = shipped.folder(spec.family)
     elif spec.source.startswith(TINY_PREFIX):
