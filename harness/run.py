@@ -196,7 +196,9 @@ def model_depth(spec: ModelSpec) -> int | None:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    for part in (config.get("text_config"), config.get("thinker_config", {}).get("text_config"), config):
+    thinker = config.get("thinker_config") if isinstance(config, dict) else None
+    for part in (config.get("text_config") if isinstance(config, dict) else None,
+                 thinker.get("text_config") if isinstance(thinker, dict) else None, config):
         if isinstance(part, dict) and isinstance(part.get("num_hidden_layers"), int):
             return int(part["num_hidden_layers"])
     return None
