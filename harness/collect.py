@@ -37,7 +37,8 @@ def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
     """(run id, record) for every finished record under ``runs``; the run id is its path without .json.
 
     A .json that is not a usable record (truncated, edited, another file) is left out with a warning naming it on
-    stderr, so a row missing from a table is never a silent surprise.
+    stderr, so a row missing from a table is never a silent surprise; a record whose headline score is there but is
+    no number is kept (its row shows no score) with a warning saying so.
     """
     runs = Path(runs)
     if not runs.is_dir():
@@ -54,6 +55,11 @@ def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
             print(f"warning: skipping {path}: {problem}; run its task again with --force, or delete it",
                   file=sys.stderr)
             continue
+        metric, raw = raw_value(record)
+        given = (record.get("metrics") or {}).get(metric) if isinstance(record.get("metrics"), dict) else None
+        if raw is None and given is not None:  # a score that is there but no number would show as a bare "–"
+            print(f"warning: {path}: its {metric} is {given!r}, not a number; it shows as – (no score); run its task "
+                  "again with --force, or delete it", file=sys.stderr)
         out.append((rel.with_suffix("").as_posix(), record))
     return out
 

@@ -33,9 +33,8 @@ from tamp.config import check_sparsity
 from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
 from tamp.models.sources import TRAINED_PREFIX
+from tamp.params import RUN_PARAMS
 
-GRID_KEYS = {"name", "description", "models", "methods", "sparsities", "pattern", "tasks", "calib", "nsamples",
-             "seqlen", "seed", "seeds", "overrides", "outputs", "executor"}
 OUTPUT_KEYS = {"table", "plot", "csv"}
 
 
@@ -80,49 +79,109 @@ def parse_seeds(value: Any, where: str) -> list[int]:
     return [int(v) for v in items]
 
 
-def _list(value: Any, what: str, path: Path) -> list[Any]:
-    if isinstance(value, (str, int, float)):
-        return [value]
-    if not isinstance(value, list) or not value:
-        raise HarnessError(f"{path}: '{what}' must be a non-empty list")
+@dataclass(frozen=True)
+class Key:
+    """One key of a grid file: the type of its value, said as the error says it, and whether it may be left out.
+
+    kinds: text, int, texts (a list of strings, or one), numbers (a list of numbers, or one), ints (a list of
+    integers), mapping (checked by its own reader)."""
+
+    kind: str
+    required: bool = False
+
+
+# the grid file's schema: every key, its type; load_grid checks each value against it before any use
+GRID_SCHEMA: dict[str, Key] = {
+    "name": Key("text"), "description": Key("text"), "models": Key("texts", True), "methods": Key("texts", True),
+    "sparsities": Key("numbers", True), "pattern": Key("text"), "tasks": Key("texts"), "calib": Key("text"),
+    "nsamples": Key("int"), "seqlen": Key("int"), "seed": Key("int"), "seeds": Key("ints"),
+    "overrides": Key("texts"), "outputs": Key("mapping"), "executor": Key("mapping"),
+}
+GRID_KEYS = set(GRID_SCHEMA)
+_KIND_TEXT = {"text": "a string", "int": "an integer", "texts": "a non-empty list of strings",
+              "numbers": "a non-empty list of numbers", "ints": "a non-empty list of integers", "mapping": "a mapping"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _typed(key: str, value: Any, path: Path) -> Any:
+    """`value` of grid key `key` as its schema types it (a scalar where a list is expected is a list of one);
+    a value of the wrong type is one line naming the key, what it got and what it takes."""
+    kind = GRID_SCHEMA[key].kind
+    if key == "pattern" and _is_int(value):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
+        raise HarnessError(f"{path}: pattern {value} is a number: YAML reads an unquoted N:M such as 2:4 as a "
+                           "base-60 number; quote it, e.g. pattern: '2:4'")
+    items = value if isinstance(value, list) else [value]
+    ok = {"text": lambda: isinstance(value, str), "int": lambda: _is_int(value),
+          "texts": lambda: bool(items) and all(isinstance(v, str) for v in items),
+          "numbers": lambda: bool(items) and all(_is_int(v) or isinstance(v, float) for v in items),
+          "ints": lambda: bool(items) and all(_is_int(v) for v in items),
+          "mapping": lambda: isinstance(value, dict)}[kind]()
+    if not ok:
+        if kind in ("texts", "numbers", "ints") and not items:
+            raise HarnessError(f"{path}: '{key}' must be a non-empty list")
+        bad = next((v for v in items if not (isinstance(v, str) if kind == "texts" else
+                                              _is_int(v) or (kind == "numbers" and isinstance(v, float)))), value)
+        hint = " in [0, 1)" if key == "sparsities" else ""
+        raise HarnessError(f"{path}: {key} must be {_KIND_TEXT[kind]}{hint}, got {bad!r}" +
+                           ("; quote it if it is meant as text" if kind in ("text", "texts") else ""))
+    if kind in ("texts", "numbers", "ints"):
+        repeated = next((v for i, v in enumerate(items) if v in items[:i]), None)
+        if repeated is not None:  # a repeat would be planned twice and run once
+            raise HarnessError(f"{path}: {key} lists {repeated!r} more than once; each is run once, remove the repeat")
+        return list(items)
     return value
 
 
-def load_grid(path: Path) -> Grid:
-    """Read and validate a grid YAML (unknown keys are errors: a typo must not silently change the grid)."""
-    path = Path(path)
+def _read(path: Path) -> Any:
+    """The grid file's YAML, or one line saying why it cannot be read."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise HarnessError(f"grid file not found: {path}") from None
+    except IsADirectoryError:
+        raise HarnessError(f"{path} is a folder; give a grid YAML file (e.g. grids/table1.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"cannot read grid file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except yaml.YAMLError as exc:
         raise HarnessError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def load_grid(path: Path) -> Grid:
+    """Read and validate a grid YAML against GRID_SCHEMA (unknown keys are errors: a typo must not silently
+    change the grid; a value of the wrong type is refused here, not deep inside a run)."""
+    path = Path(path)
+    data = _read(path)
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: a grid is a YAML mapping with models, methods, sparsities, tasks")
-    unknown = sorted(set(data) - GRID_KEYS)
+    unknown = sorted(map(str, set(data) - GRID_KEYS))
     if unknown:
         raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(GRID_KEYS))}")
-    for key in ("models", "methods", "sparsities"):
-        if key not in data:
+    for key, spec in GRID_SCHEMA.items():
+        if spec.required and key not in data:
             raise HarnessError(f"{path}: '{key}' is required")
     outputs = data.get("outputs") or {}
-    if not isinstance(outputs, dict) or set(outputs) - OUTPUT_KEYS:
+    if not isinstance(outputs, dict) or set(outputs) - OUTPUT_KEYS or not all(isinstance(v, str) for v in outputs.values()):
         raise HarnessError(f"{path}: 'outputs' maps {', '.join(sorted(OUTPUT_KEYS))} to file names")
-    try:
-        sparsities = [float(s) for s in _list(data["sparsities"], "sparsities", path)]
-    except (TypeError, ValueError):
-        raise HarnessError(f"{path}: sparsities must be numbers in [0, 1)") from None
+    if data.get("seeds") is not None:
+        parse_seeds(data["seeds"], str(path))
+    v = {key: _typed(key, value, path) for key, value in data.items()
+         if value is not None and key not in ("outputs", "executor", "seeds")}
+    for param in RUN_PARAMS:  # nsamples: 0 is refused here, never replaced by the model's default
+        problem = param.problem(v[param.name]) if param.name in v and param.check is not None else None
+        if problem:
+            raise HarnessError(f"{path}: {problem.replace('--' + param.name, param.name)}")
+    sparsities = [float(s) for s in v["sparsities"]]
     with tamp_errors():
         for value in sparsities:
             check_sparsity(value, f"{path}: each of sparsities")
     return Grid(
-        name=str(data.get("name") or path.stem), models=[str(m) for m in _list(data["models"], "models", path)],
-        methods=[str(m) for m in _list(data["methods"], "methods", path)], sparsities=sparsities,
-        tasks=[str(t) for t in _list(data["tasks"], "tasks", path)] if data.get("tasks") is not None else None,
-        pattern=str(data.get("pattern", "unstructured")), calib=expand_calib(data.get("calib")),
-        nsamples=data.get("nsamples"),
-        seqlen=data.get("seqlen"), seed=int(data.get("seed", 42)), overrides=list(data.get("overrides") or []),
-        outputs={k: Path(v) for k, v in outputs.items()}, description=str(data.get("description", "")),
+        name=v.get("name") or path.stem, models=v["models"], methods=v["methods"], sparsities=sparsities,
+        tasks=v.get("tasks"), pattern=v.get("pattern", "unstructured"), calib=expand_calib(v.get("calib")),
+        nsamples=v.get("nsamples"), seqlen=v.get("seqlen"), seed=v.get("seed", 42), overrides=v.get("overrides", []),
+        outputs={k: Path(p) for k, p in outputs.items()}, description=v.get("description", ""),
         executor=parse_block(data.get("executor"), str(path)),
         seeds=parse_seeds(data["seeds"], str(path)) if data.get("seeds") is not None else None)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import platform
 import sys
 import time
@@ -33,6 +34,8 @@ from harness.records import (
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
+from tamp.models import shipped
+from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -101,8 +104,9 @@ def run_recipe(opts: RunOptions, spec: ModelSpec) -> Recipe:
     calib = opts.calib or expand_calib(spec.calib)
     with tamp_errors():
         recipe = build_recipe(opts.method, opts.sparsity, pattern=opts.pattern, overrides=opts.overrides,
-                              calib=calib, nsamples=opts.nsamples or spec.nsamples,
-                              seqlen=opts.seqlen or spec.seqlen, seed=opts.seed, dtype=opts.dtype,
+                              calib=calib, nsamples=spec.nsamples if opts.nsamples is None else opts.nsamples,
+                              seqlen=spec.seqlen if opts.seqlen is None else opts.seqlen, seed=opts.seed,
+                              dtype=opts.dtype,
                               sparsity_required=True)
     if recipe.needs_calibration and calib is None:
         if not recipe.weight.prunes and recipe.token is not None:  # the token method's own prune-time choice
@@ -154,6 +158,10 @@ def plan_run(opts: RunOptions) -> RunPlan:
     tm = task_manager(spec.wrapper)
     validate_tasks(tasks, tm)
     wrong_input = input_problems(spec, tasks)
+    if recipe.token is not None:  # the token method against the model, from its config: nothing loaded yet
+        with tamp_errors():
+            wrong_input.append(recipe.token.model_problem(spec.family, model_depth(spec)))
+        wrong_input = [p for p in wrong_input if p]
     if wrong_input:
         raise HarnessError(join_problems(wrong_input))
     missing = missing_data(spec, recipe, tasks, tm)
@@ -173,6 +181,27 @@ def plan_run(opts: RunOptions) -> RunPlan:
                                f"calibration or a method's version changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
     return RunPlan(spec, recipe, tasks, key, inputs, records, pending)
+
+
+def model_depth(spec: ModelSpec) -> int | None:
+    """The decoder layers of the model's language stack from its config.json, when one is on disk (a local folder,
+    a tiny model built or shipped); None otherwise: the loaded model is checked again before any pruning."""
+    if spec.source.startswith(TRAINED_PREFIX):
+        folder = shipped.folder(spec.family)
+    elif spec.source.startswith(TINY_PREFIX):
+        folder = tiny_cache_dir() / f"{spec.family}-seed0"
+    else:
+        folder = Path(spec.source)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    thinker = config.get("thinker_config") if isinstance(config, dict) else None
+    for part in (config.get("text_config") if isinstance(config, dict) else None,
+                 thinker.get("text_config") if isinstance(thinker, dict) else None, config):
+        if isinstance(part, dict) and isinstance(part.get("num_hidden_layers"), int):
+            return int(part["num_hidden_layers"])
+    return None
 
 
 def _artifact_key(spec: ModelSpec, recipe: Recipe) -> tuple[str, dict[str, Any]]:

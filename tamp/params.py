@@ -6,6 +6,7 @@ The method registry refuses a plugin parameter that reuses a run field's name.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ class Param:
     check: Callable[[Any], str | None] | None = None
 
     def problem(self, value: Any) -> str | None:
+        """What is wrong with `value`, or None. A float must be finite: NaN passes every comparison a bound check
+        makes (`not v > 0` aside) and inf turns scores into NaN, so neither ever reaches a method."""
+        if self.type is float and isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"{self.name} must be a finite number, got {value}"
         if self.choices and value not in self.choices:
             return f"unknown {self.name} '{value}'; choose one of: {', '.join(self.choices)}"
         return self.check(value) if self.check is not None else None

@@ -153,6 +153,15 @@ def weight_config(method: str, **overrides: Any) -> PruneConfig:
     return cfg
 
 
+def _type_problem(param: Param, value: Any) -> str | None:
+    """A value of the wrong type (a grid file's `seed: abc`), said as the flag it stands for."""
+    kind = param.type
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    return None if ok else f"--{param.name}: {value!r} is not a valid {kind.__name__}"
+
+
 def _raise(problem: str | None) -> None:
     if problem:
         raise TampError(problem)
@@ -227,6 +236,9 @@ def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "
     if sparsity is not None:
         check_sparsity(sparsity)
     draw = {"calib": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    for name in ("nsamples", "seqlen", "seed"):  # checked when given, even where the run draws no data
+        if draw[name] is not None:
+            _raise(_type_problem(_RUN[name], draw[name]) or _RUN[name].problem(draw[name]))
     if keeps_every_weight or sparsity == 0:
         if pattern != "unstructured":
             keeper = f"--method {method}" if keeps_every_weight else "--sparsity 0"

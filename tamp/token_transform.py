@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from tamp.errors import TampError
-from tamp.inference.sequence_edit import SequenceEditor
+from tamp.families.registry import families
+from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.methods import registry
 from tamp.methods.base import TokenMethod
 from tamp.models.adapters import get_adapter
@@ -73,8 +74,36 @@ class TokenTransform:
         chosen = self._method()
         if not self.wants_fit():
             return self
+        problem = self.model_problem(get_adapter(model).family)  # before the fit's passes, not after
+        if problem is not None:
+            raise TampError(problem)
         assert chosen.fit is not None
         return TokenTransform(self.method, self.params, chosen.fit(self.params, model, get_adapter(model), batches, device))
+
+    def model_problem(self, family: str, num_layers: int | None = None) -> str | None:
+        """Why a model of `family` with `num_layers` decoder layers (None: not known yet) cannot run this transform,
+        or None. The composition rules against the model, in one place, asked at plan time (`harness run`, from the
+        config) and again at install (from the loaded model): a token method chooses among visual tokens, so a
+        model with no image or video input would run it as a no-op; a drop layer must lie inside the model."""
+        takes = families()[family].inputs if family in families() else None
+        if takes is not None and not set(takes) & set(VISUAL):
+            return (f"--method {self.method}: {self.method} removes visual tokens, but a {family} model takes "
+                    f"{' and '.join(takes) + ' and text' if takes else 'text only'} (no image or video input), so it "
+                    "would change nothing; choose a model with image or video input, or drop it from --method")
+        chosen = self._method()
+        if num_layers is None or chosen.model_defaults is not None:  # such a plan needs the layers themselves
+            return None
+        try:
+            drops = chosen.plan(dict(self.params), num_layers).drops
+        except ValueError as exc:
+            return f"--method {self.method}: {exc}"
+        beyond = sorted(i for i in drops if i >= num_layers)
+        if not beyond:
+            return None
+        named = [k for k, v in self.params.items() if isinstance(v, int) and not isinstance(v, bool) and v in beyond]
+        what = f"{named[0]} {self.params[named[0]]}" if named else f"drop layer {beyond[0]}"
+        return (f"--method {self.method}: {what} is beyond this model's {num_layers} decoder layers; set it to at "
+                f"most {num_layers - 1}")
 
     def install(self, model: nn.Module) -> SequenceEditor:
         """Apply the transform to a loaded model (until `.remove()` on the returned editor): the method's plan for
@@ -82,9 +111,12 @@ class TokenTransform:
         chosen = self._method()
         adapter = get_adapter(model)
         layers = list(adapter.language_stack(model).layers)
+        problem = self.model_problem(adapter.family)
+        if problem is not None:
+            raise TampError(problem)
         params = {**self.params, **self.fitted}
         try:
             params = chosen.model_defaults(params, layers) if chosen.model_defaults is not None else params
             return SequenceEditor(model, adapter, chosen.plan(params, len(layers)))
         except ValueError as exc:  # e.g. a drop layer the model does not have
-            raise TampError(f"{self.method} {self.params}: {exc}") from None
+            raise TampError(f"--method {self.method}: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import socket
 from dataclasses import dataclass, field, fields
@@ -52,7 +53,7 @@ def parse_block(block: Any, where: str) -> dict[str, Any]:
         if key in out and (isinstance(out[key], bool) or not isinstance(out[key], int) or out[key] < low):
             raise HarnessError(f"{where}: executor: {key} must be an integer >= {low}, got {out[key]!r}")
     if "mem_gb" in out and (isinstance(out["mem_gb"], bool) or not isinstance(out["mem_gb"], (int, float))
-                            or out["mem_gb"] <= 0):
+                            or not math.isfinite(out["mem_gb"]) or out["mem_gb"] <= 0):  # .nan passes `<= 0`
         raise HarnessError(f"{where}: executor: mem_gb must be a positive number, got {out['mem_gb']!r}")
     for key in ("address", "partition"):
         if key in out and not isinstance(out[key], str):

@@ -132,7 +132,13 @@ def prune_drops(params: dict[str, Any], num_layers: int) -> dict[int, Drop]:
 
 
 def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
+    """The merge before layer 0 and the prune drops; a prune start given beyond the model's depth (no drop after
+    it) is a ValueError, as FastV's drop layer beyond the model is, not a run that silently prunes nothing."""
     stages = str(params["aim_stages"])
+    start = prune_start(params, num_layers)
+    if "prune" in stages and int(params["aim_prune_start"]) >= 0 and start >= num_layers - 1:
+        raise ValueError(f"aim_prune_start {start} leaves no layer to prune after: this model has {num_layers} "
+                         f"decoder layers, so it must be at most {num_layers - 2} (or -1 for the released schedule)")
     drops = prune_drops(params, num_layers) if "prune" in stages else {}
     if "merge" in stages and float(params["aim_merge_keep"]) < 1.0:
         drops[0] = merge_drop(float(params["aim_merge_keep"]), str(params["aim_semantics"]),

@@ -248,13 +248,76 @@ ROWS = [
     row("grid-key", "harness", "grid {grids}/key.yaml", "unknown key(s) sparsity"),
     row("grid-required", "harness", "grid {grids}/required.yaml", "'sparsities' is required"),
     row("grid-outputs", "harness", "grid {grids}/outputs.yaml", "'outputs' maps"),
-    row("grid-sparsity-text", "harness", "grid {grids}/text.yaml", "sparsities must be numbers"),
+    row("grid-sparsity-text", "harness", "grid {grids}/text.yaml", "sparsities must be a non-empty list of numbers in "
+        "[0, 1), got 'half'"),
     row("grid-sparsity-range", "harness", "grid {grids}/range.yaml", "each of sparsities must be in [0, 1), got 1.5"),
     row("grid-empty-list", "harness", "grid {grids}/empty.yaml", "'methods' must be a non-empty list"),
     row("grid-empty-tasks", "harness", "grid {grids}/notasks.yaml", "'tasks' must be a non-empty list"),
     row("grid-model", "harness", "grid {grids}/model.yaml", "unknown model 'nope'"),
     row("grid-task", "harness", "grid {grids}/task.yaml", "unknown task nope"),
     row("grid-output-unwritable", "harness", "grid {grids}/unwritable.yaml", "the grid's table output /proc/nope/t.md"),
+    # ---- a value the model bounds (its layers), checked against the model before anything is pruned
+    row("run-aim-start-beyond", "harness", "run --model {tiny} --tasks tamp_smoke_vqa --method aim --sparsity 0 "
+        "--set aim_prune_start=99", "--method aim: aim_prune_start 99 leaves no layer to prune after: this model has 4 "
+        "decoder layers, so it must be at most 2"),
+    row("run-aim-start-last-layer", "harness", "run --model {tiny} --tasks tamp_smoke_vqa --method wanda+aim "
+        "--sparsity 0.5 --set aim_prune_start=3", "aim_prune_start 3 leaves no layer to prune after"),
+    row("run-fastv-k-beyond", "harness", "run --model {tiny} --tasks tamp_smoke_vqa --method fastv --sparsity 0 "
+        "--set fastv_k=4", "--method fastv: fastv_k 4 is beyond this model's 4 decoder layers; set it to at most 3"),
+    row("prune-aim-start-beyond", "tamp", "prune --model {tiny} --out {out} --method aim --set aim_prune_start=99",
+        "--method aim: aim_prune_start 99 leaves no layer to prune after", loads=True),
+    # ---- a float that is not finite (NaN passes bound checks, inf turns PageRank to NaN)
+    row("run-aim-tau-inf", "harness", "run --model tiny-llava-next --method aim --sparsity 0 --set aim_tau=inf",
+        "aim_tau must be a finite number, got inf"),
+    row("run-aim-tau-nan", "harness", "run --model tiny-llava-next --method aim --sparsity 0 --set aim_tau=nan",
+        "aim_tau must be a finite number, got nan"),
+    row("prune-yopo-budget-inf", "tamp", "prune --model {tiny} --out {out} --method yopo --set yopo_budget=inf",
+        "yopo_budget must be a finite number, got inf"),
+    row("prune-amia-sigma-inf", "tamp", "prune --model {tiny} --out {out} --method tamp --set amia_sigma=inf",
+        "amia_sigma must be a finite number, got inf"),
+    # ---- a value the user gave is never replaced by a default
+    row("run-nsamples-0", "harness", "run --model tiny-llava-next --sparsity 0.5 --nsamples 0",
+        "--nsamples must be at least 1, got 0"),
+    row("run-seqlen-0", "harness", "run --model tiny-llava-next --sparsity 0.5 --seqlen 0",
+        "--seqlen must be at least 2, got 0"),
+    row("run-nsamples-0-no-calibration", "harness", "run --model tiny-llava-next --method fastv --sparsity 0 "
+        "--nsamples 0", "--nsamples must be at least 1, got 0"),
+    row("grid-nsamples-0", "harness", "grid {grids}/nsamples0.yaml --dry-run", "nsamples must be at least 1, got 0"),
+    row("grid-seqlen-1", "harness", "grid {grids}/seqlen1.yaml --dry-run", "seqlen must be at least 2, got 1"),
+    # ---- a visual-token method on a model without visual input
+    row("run-fastv-audio-model", "harness", "run --model tiny-qwen2-audio --method fastv --sparsity 0 --tasks "
+        "tamp_smoke_audio", "--method fastv: fastv removes visual tokens, but a qwen2-audio model takes audio and text "
+        "(no image or video input)"),
+    row("run-wanda-aim-audio-model", "harness", "run --model tiny-qwen2-audio --method wanda+aim --sparsity 0.5 "
+        "--tasks tamp_smoke_audio", "--method aim: aim removes visual tokens, but a qwen2-audio model"),
+    row("prune-fastv-text-lm", "tamp", "prune --model {llama} --out {out} --method fastv",
+        "--method fastv: fastv removes visual tokens, but a llama model takes text only", loads=True),
+    row("prune-yopo-text-lm", "tamp", "prune --model {llama} --out {out} --method yopo --nsamples 2 --seqlen 16",
+        "--method yopo: yopo removes visual tokens, but a llama model takes text only", loads=True),
+    # ---- the executor block
+    row("grid-executor-mem-nan", "harness", "grid {grids}/memnan.yaml --dry-run",
+        "executor: mem_gb must be a positive number, got nan"),
+    row("grid-executor-mem-inf", "harness", "grid {grids}/meminf.yaml --dry-run",
+        "executor: mem_gb must be a positive number, got inf"),
+    # ---- grid values of the wrong type (the schema, GRID_SCHEMA)
+    row("grid-seed-text", "harness", "grid {grids}/seedtext.yaml", "seed must be an integer, got 'abc'"),
+    row("grid-nsamples-text", "harness", "grid {grids}/nsamplestext.yaml", "nsamples must be an integer, got 'many'"),
+    row("grid-calib-number", "harness", "grid {grids}/calibnumber.yaml", "calib must be a string, got 5; quote it"),
+    row("grid-overrides-number", "harness", "grid {grids}/overridesnumber.yaml",
+        "overrides must be a non-empty list of strings, got 3"),
+    row("grid-methods-mapping", "harness", "grid {grids}/methodsmap.yaml",
+        "methods must be a non-empty list of strings, got {{'wanda': 1}}"),
+    row("grid-path-folder", "harness", "grid {emptydir}", "{emptydir} is a folder; give a grid YAML file"),
+    row("grid-pattern-base60", "harness", "grid {grids}/pattern24.yaml", "pattern 124 is a number: YAML reads an "
+        "unquoted N:M such as 2:4 as a base-60 number; quote it, e.g. pattern: '2:4'"),
+    row("grid-pattern-base60-48", "harness", "grid {grids}/pattern48.yaml", "pattern 248 is a number"),
+    # ---- a grid whose cells or tasks repeat (planned twice, run once)
+    row("grid-task-repeated", "harness", "grid {grids}/reptask.yaml --dry-run",
+        "tasks lists 'tamp_smoke_vqa' more than once; each is run once, remove the repeat"),
+    row("grid-model-repeated", "harness", "grid {grids}/repmodel.yaml --dry-run",
+        "models lists 'tiny-llava-next' more than once"),
+    row("grid-sparsity-repeated", "harness", "grid {grids}/repsparsity.yaml --dry-run",
+        "sparsities lists 0.5 more than once"),
     row("sweep-sparsities-text", "harness", "sweep --model tiny-llava-next --sparsities a,b",
         "--sparsities takes comma-separated numbers"),
     row("sweep-sparsities-empty", "harness", "sweep --model tiny-llava-next --sparsities ''", "--sparsities is empty"),
@@ -369,6 +432,15 @@ def paths(tiny_model, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory)
         "notasks": "models: [a]\nmethods: [w]\nsparsities: [0.5]\ntasks: []\n",
         "model": grid_yaml("").replace("tiny-llava-next", "nope"), "task": grid_yaml("").replace("tamp_smoke_vqa", "nope"),
         "unwritable": grid_yaml("outputs: {table: /proc/nope/t.md}\n"),
+        "nsamples0": grid_yaml("nsamples: 0\n"), "seqlen1": grid_yaml("seqlen: 1\n"),
+        "memnan": grid_yaml("executor: {mem_gb: .nan}\n"), "meminf": grid_yaml("executor: {mem_gb: .inf}\n"),
+        "seedtext": grid_yaml("seed: abc\n"), "nsamplestext": grid_yaml("nsamples: many\n"),
+        "calibnumber": grid_yaml("calib: 5\n"), "overridesnumber": grid_yaml("overrides: 3\n"),
+        "methodsmap": grid_yaml("").replace("[magnitude]", "{wanda: 1}"),
+        "pattern24": grid_yaml("pattern: 2:4\n"), "pattern48": grid_yaml("pattern: 4:8\n"),
+        "reptask": grid_yaml("").replace("[tamp_smoke_vqa]", "[tamp_smoke_vqa, tamp_smoke_vqa]"),
+        "repmodel": grid_yaml("").replace("[tiny-llava-next]", "[tiny-llava-next, tiny-llava-next]"),
+        "repsparsity": grid_yaml("").replace("[0.5]", "[0.5, 0.50]"),
     }.items():
         (grids / f"{name}.yaml").write_text(text)
     # a cached artifact edited after pruning, from before the cache recorded file manifests
@@ -440,6 +512,22 @@ def test_unreadable_run_records_are_named(command: str, paths: dict[str, str], t
     assert f"{run / 'pope.json'}: not valid JSON" in warnings[1] and "truncated?" in warnings[1]
     if command == "table":
         assert "Smoke VQA" in captured.out and "POPE" not in captured.out  # the good record is still shown
+
+
+@pytest.mark.parametrize("score, shown", [("N/A", "'N/A'"), (float("nan"), "nan"), ([0.5], "[0.5]"),
+                                          ({"acc": 0.5}, "{'acc': 0.5}")], ids=["text", "nan", "list", "mapping"])
+@pytest.mark.parametrize("command", ["table", "export"])
+def test_a_score_that_is_not_a_number_is_named(command: str, score: Any, shown: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A record whose headline score is there but no number still shows as "–", and a warning says which and why."""
+    record = tmp_path / "runs" / "m" / "wanda_s0.50_unstructured" / "tamp_smoke_vqa.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(_record("tamp_smoke_vqa", {"exact_match,none": score})))
+    out = {"table": [], "export": ["--csv", str(tmp_path / "l.csv")]}
+    assert harness.cli.main([command, "--runs", str(tmp_path / "runs"), *out[command]]) == 0
+    warnings = [w for w in capsys.readouterr().err.splitlines() if w.strip()]
+    assert warnings == [f"warning: {record}: its exact_match,none is {shown}, not a number; it shows as – (no score); "
+                        "run its task again with --force, or delete it"]
 
 
 def test_damaged_cached_artifact_is_pruned_again(tiny_root: Path, tmp_path: Path,
