@@ -53,3 +53,14 @@ def tamper_zeros(artifact: Path) -> None:
     name = next(k for k in weights if k.endswith("layers.0.self_attn.q_proj.weight"))
     weights[name] = torch.where(weights[name] == 0, torch.full_like(weights[name], 0.5), weights[name])
     save_file(weights, str(artifact / "model.safetensors"), metadata={"format": "pt"})
+
+
+# commands slow enough to be stopped mid-run (Ctrl-C, SIGTERM), with what their one error line must tell the user;
+# OUT is replaced by the test's output folder
+STOPPABLE_COMMANDS = [
+    (["-m", "tamp.cli", "prune", "--model", "tiny-llava-next", "--method", "wanda", "--nsamples", "64",
+      "--device", "cpu", "--out", "OUT"], "nothing half-written is left"),
+    (["-m", "harness.cli", "run", "--model", "tiny-llava-next", "--sparsity", "0.5", "--tasks", "tamp_smoke_vqa",
+      "--output", "OUT/runs", "--artifacts", "OUT/art", "--device", "cpu"], "run the same command to resume"),
+]
+STOPPABLE_IDS = ["tamp-prune", "harness-run"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import tamp.cli
-from tests.helpers import tamper_zeros
+from tests.helpers import STOPPABLE_COMMANDS, STOPPABLE_IDS, tamper_zeros
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,12 +76,7 @@ def _interrupt_once_torch_is_loaded(cmd: list[str], env: dict[str, str], cwd: Pa
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("command, left", [
-    (["-m", "tamp.cli", "prune", "--model", "tiny-llava-next", "--method", "wanda", "--nsamples", "64",
-      "--device", "cpu", "--out", "OUT"], "nothing half-written is left"),
-    (["-m", "harness.cli", "run", "--model", "tiny-llava-next", "--sparsity", "0.5", "--tasks", "tamp_smoke_vqa",
-      "--output", "OUT/runs", "--artifacts", "OUT/art", "--device", "cpu"], "run the same command to resume"),
-], ids=["tamp-prune", "harness-run"])
+@pytest.mark.parametrize("command, left", STOPPABLE_COMMANDS, ids=STOPPABLE_IDS)
 def test_ctrl_c_is_one_line_and_exit_130(command: list[str], left: str, tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, *[arg.replace("OUT", str(out)) for arg in command]]

@@ -29,6 +29,7 @@ import tamp.cli
 from harness.records import write_json, write_jsonl
 from tamp.artifacts import write_json_atomic
 from tamp.atomic_write import HOST, current_umask, is_stale, remove_stale, temp_path
+from tests.helpers import STOPPABLE_COMMANDS, STOPPABLE_IDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,12 +243,7 @@ def _torch_loaded(proc: subprocess.Popen) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("command, left", [
-    (["-m", "tamp.cli", "prune", "--model", "tiny-llava-next", "--method", "wanda", "--nsamples", "64",
-      "--device", "cpu", "--out", "OUT"], "nothing half-written is left"),
-    (["-m", "harness.cli", "run", "--model", "tiny-llava-next", "--sparsity", "0.5", "--tasks", "tamp_smoke_vqa",
-      "--output", "OUT/runs", "--artifacts", "OUT/art", "--device", "cpu"], "run the same command to resume"),
-], ids=["tamp-prune", "harness-run"])
+@pytest.mark.parametrize("command, left", STOPPABLE_COMMANDS, ids=STOPPABLE_IDS)
 def test_sigterm_is_one_line_and_exit_143(command: list[str], left: str, tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, *[arg.replace("OUT", str(out)) for arg in command]]
