@@ -4,7 +4,9 @@ bound (or the lifetime peak the run itself raised), never a silent lifetime peak
 
 from __future__ import annotations
 
+import mmap
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,23 +22,37 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux") or not pm.r
                                        "to write it")
 
 
-def _touched(mib: int) -> bytearray:
-    """A buffer whose pages are all resident (an untouched allocation is not in the RSS)."""
-    buf = bytearray(mib * 2**20)
-    buf[::4096] = b"\x01" * (len(buf) // 4096)
+def _touched(mib: int) -> mmap.mmap:
+    """Fresh pages from the kernel, every one resident (an untouched mapping is not in the RSS). An anonymous
+    mapping, not a heap buffer: in a long test process the heap may hand back pages that are already resident (and
+    keep them after a free), which would move the RSS by nothing; `close()` returns these to the system."""
+    buf = mmap.mmap(-1, mib * 2**20)
+    for offset in range(0, len(buf), mmap.PAGESIZE):
+        buf[offset] = 1
     return buf
 
 
+@pytest.fixture
+def fragmented_heap() -> Iterator[None]:
+    """The heap of a long test process: ~400 MB freed behind small live objects, so the allocator keeps it resident
+    (a heap buffer taken now would not move the RSS; the measurements above must hold anyway)."""
+    chunks = [bytearray(100_000) for _ in range(4000)]
+    pins = [bytearray(1000) for _ in range(100_000)]
+    del chunks
+    yield
+    del pins
+
+
 def _freed_big_buffer() -> float:
-    """Allocate BIG MiB, free it (glibc returns allocations this size to the system), return the peak it set."""
+    """Map BIG MiB, touch it, unmap it; return the peak it set."""
     buf = _touched(BIG)
     peak = pm.lifetime_peak_mb()
-    del buf
+    buf.close()
     return peak
 
 
 @linux_only
-def test_a_buffer_freed_before_the_run_is_not_the_runs_peak() -> None:
+def test_a_buffer_freed_before_the_run_is_not_the_runs_peak(fragmented_heap: None) -> None:
     pm.reset_high_water()
     before = _freed_big_buffer()
     floor = pm.current_rss_mb()
@@ -46,7 +62,7 @@ def test_a_buffer_freed_before_the_run_is_not_the_runs_peak() -> None:
     assert how == pm.HIGH_WATER
     assert floor - MARGIN <= peak < floor + MARGIN
     buf = _touched(BIG // 2)  # memory the run itself takes is counted
-    del buf
+    buf.close()
     peak, how = run.read()
     assert how == pm.HIGH_WATER and peak >= floor + BIG // 2 - MARGIN
 
@@ -69,7 +85,8 @@ def test_the_cost_meter_reports_the_runs_own_peak(loaded) -> None:
 
 
 @linux_only
-def test_without_the_reset_the_record_says_how_it_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_reset_the_record_says_how_it_measured(monkeypatch: pytest.MonkeyPatch,
+                                                           fragmented_heap: None) -> None:
     pm.reset_high_water()  # a low lifetime mark, so that a run can raise it below
     monkeypatch.setattr(pm, "reset_high_water", lambda: False)  # as where clear_refs is refused
     _freed_big_buffer()
@@ -78,12 +95,12 @@ def test_without_the_reset_the_record_says_how_it_measured(monkeypatch: pytest.M
     assert run.samples
     small = _touched(BIG // 4)
     run.sample()
-    del small
+    small.close()
     peak, how = run.read()
     assert how == pm.LOWER_BOUND  # the lifetime peak (the freed buffer) is older than the run: not reported
     assert floor + BIG // 4 - MARGIN <= peak < floor + BIG // 2
     big = _touched(2 * BIG)  # now the run raises the lifetime peak: that peak is the run's
-    del big
+    big.close()
     peak, how = run.read()
     assert how == pm.NEW_HIGH and peak >= floor + 2 * BIG - MARGIN
 
