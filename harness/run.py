@@ -34,8 +34,7 @@ from harness.records import (
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
-from tamp.models import shipped
-from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
+from tamp.models.sources import local_folder
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -186,14 +185,9 @@ def plan_run(opts: RunOptions) -> RunPlan:
 def model_depth(spec: ModelSpec) -> int | None:
     """The decoder layers of the model's language stack from its config.json, when one is on disk (a local folder,
     a tiny model built or shipped); None otherwise: the loaded model is checked again before any pruning."""
-    if spec.source.startswith(TRAINED_PREFIX):
-        folder = shipped.folder(spec.family)
-    elif spec.source.startswith(TINY_PREFIX):
-        folder = tiny_cache_dir() / f"{spec.family}-seed0"
-    else:
-        folder = Path(spec.source)
+    folder = local_folder(spec.source)
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text()) if folder is not None else None
     except (OSError, ValueError):
         return None
     thinker = config.get("thinker_config") if isinstance(config, dict) else None

@@ -16,7 +16,7 @@ from tamp.errors import TampError
 from tamp.families.base import Family
 from tamp.families.registry import family_of, tiny_families, trained_families
 from tamp.models import shipped
-from tamp.models.sources import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_cache_dir
+from tamp.models.sources import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_folder
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -233,7 +233,7 @@ def _ensure_tiny(family: str) -> Path:
     cache and must be built."""
     from tamp.testing.tiny import build_tiny
 
-    out = tiny_cache_dir() / f"{family}-seed0"
+    out = tiny_folder(family)
     if not (out / "config.json").exists():
         # built beside the cache entry and renamed into place: an interrupted build leaves no half model behind
         tmp = make_temp_dir(out)  # tamp.atomic_write: umask permissions, a killed build's temp removed

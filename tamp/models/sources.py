@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from tamp.families.registry import families, tiny_families, trained_families
+from tamp.models import shipped
 
 # short name -> Hugging Face id, one per family that has a default checkpoint (tamp.families)
 HF_MODELS: dict[str, str] = {f.registry_name: f.hf_id for f in families().values() if f.registry_name and f.hf_id}
@@ -21,6 +22,22 @@ def tiny_cache_dir() -> Path:
     """Where tiny random models are built on first use (deterministic, so a cache is safe)."""
     root = os.environ.get("TAMP_CACHE", str(Path.home() / ".cache" / "tamp"))
     return Path(root) / "tiny"
+
+
+def tiny_folder(family: str) -> Path:
+    """The cache entry of a family's tiny random model (built there on first load)."""
+    return tiny_cache_dir() / f"{family}-seed0"
+
+
+def local_folder(name: str) -> Path | None:
+    """Where a model name's checkpoint lies on disk, without building or downloading anything: the shipped trained
+    build, the tiny build's cache entry (which may not exist yet), a local folder; None for a hub id or GGUF name."""
+    if name.startswith(TRAINED_PREFIX):
+        return shipped.folder(name[len(TRAINED_PREFIX):])
+    if name.startswith(TINY_PREFIX):
+        return tiny_folder(name[len(TINY_PREFIX):])
+    path = Path(name)
+    return path if path.is_dir() else None
 
 
 def source_names() -> list[str]:
