@@ -25,10 +25,11 @@ from harness.executors import ExecutorOptions, parse_block, run_jobs
 from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.model_specs import expand_calib, resolve_model
-from harness.records import _write_atomic, load_record, record_path
+from harness.records import load_record, record_path
 from harness.run import RunOptions, finished, run_recipe
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
+from tamp.atomic_write import write_text_atomic
 from tamp.config import check_sparsity
 from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
@@ -470,7 +471,7 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
         header = f"# {grid.name}\n\n" + (f"{grid.description.strip()}\n\n" if grid.description else "")
         text = header + render(build_tables(df, pub, pattern=grid.pattern, cost=("flops",) if cost else False)) + "\n" + \
             render(build_tables(df, pub, pattern=grid.pattern, relative=True))
-        _write_atomic(grid.outputs["table"], text)
+        write_text_atomic(grid.outputs["table"], text)
         written.append(grid.outputs["table"])
     if "plot" in grid.outputs:
         written += plot_curves(df, pub, grid.outputs["plot"], pattern=grid.pattern)

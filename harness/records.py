@@ -48,10 +48,6 @@ def _default(obj: Any) -> Any:
     return str(obj)
 
 
-# the name harness.grid imports (tamp.atomic_write is the one owner of the rule)
-_write_atomic = write_text_atomic
-
-
 def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=_default) + "\n")
 
