@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
+from tamp.inference.visual_grid import GRID_ARGS, GridArgs
 from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
 
@@ -207,7 +208,7 @@ class SequenceEditor:
 
     What installs may read while a prefill runs: `active` (a prefill with visual tokens is being edited, or its
     decode steps follow), `full_len`, `index` [B, T_cur] (original positions of the tokens now in the sequence),
-    `visual` and `groups` [B, T_cur], `video` [B, T_full] and `media_kwargs` (the model call's image / video grid
+    `visual` and `groups` [B, T_cur], `video` [B, T_full] and `media_kwargs` (the prefill's image / video grid
     arguments), `kept_by_layer` (layer -> [B, T_l] original positions it cached), `history[-1]` (its stats)."""
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, plan: TokenPlan) -> None:
@@ -226,6 +227,7 @@ class SequenceEditor:
         self.history: list[PrefillStats] = []
         self.installed: list[Installed] = []
         self._reset()
+        self._grid_args = GridArgs(model)  # generate() hands the prefill no grid arguments: its encoders saw them
         self._handles = [adapter.runner(model).register_forward_pre_hook(self._on_model, with_kwargs=True),
                          self.norm.register_forward_pre_hook(self._on_norm)]
         for i, layer in enumerate(self.layers):
@@ -272,6 +274,7 @@ class SequenceEditor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._grid_args.remove()
         for part in reversed(self.installed):
             part.remove()
 
@@ -313,9 +316,11 @@ class SequenceEditor:
         self.mrope = (isinstance(pos, Tensor) and pos.dim() == 3) or any(
             k in kwargs for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids"))
         self.visual = visual
-        self.groups = visual_groups(visual.cpu(), video.cpu(), video_frames(kwargs, video.cpu())).to(ids.device)
+        # the call's grid arguments, else those its media encoders were called with (generate)
+        self.media_kwargs = {**self._grid_args.seen, **{k: kwargs[k] for k in GRID_ARGS if k in kwargs}}
+        frames = video_frames({**kwargs, **self.media_kwargs}, video.cpu())
+        self.groups = visual_groups(visual.cpu(), video.cpu(), frames).to(ids.device)
         self.video = video
-        self.media_kwargs = {k: kwargs[k] for k in ("image_grid_thw", "video_grid_thw", "image_sizes") if k in kwargs}
         self.history.append(PrefillStats(visual_in=int(visual.sum())))
 
     def _decode_mask(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from tamp.algorithms.attention_window import rows_attention
 from tamp.engine.attention import allowed_keys, attention_dims, find_attention, override_attention
 from tamp.inference.sequence_edit import PrefillStats, SequenceEditor
-from tamp.inference.visual_grid import GridArgs, group_segments, neighbour_positions
+from tamp.inference.visual_grid import group_segments, neighbour_positions
 from tamp.models import internals
 
 
@@ -260,7 +260,6 @@ class VisualAttentionPatches:
         self.neighbours: list[Tensor] | None = None  # per sample: visual tokens' window neighbours (positions)
         self._for: PrefillStats | None = None  # the prefill `neighbours` belong to
         self.blocks: list[VisualAttention] = []
-        self.grids = GridArgs(editor.model) if patch.window else None  # generate() hides them from the prefill
         count = len(editor.layers)
         for i in patch.layers(count):
             if not 0 <= i < count:
@@ -282,8 +281,7 @@ class VisualAttentionPatches:
             if editor.index is None or editor.index.shape[1] != editor.full_len:
                 raise RuntimeError("windowed visual attention after a token drop is not supported")
             window = next(iter(self.patch.window.values()))
-            grids = {**(self.grids.seen if self.grids is not None else {}), **editor.media_kwargs}
-            segments = group_segments(editor.model.config, grids, editor.video, editor.groups)
+            segments = group_segments(editor.model.config, editor.media_kwargs, editor.video, editor.groups)
             self.neighbours = [neighbour_positions(editor.groups[b], segments, window, self.patch.causal)
                                .to(editor.visual.device) for b in range(editor.visual.shape[0])]
             self._for = editor.history[-1]
@@ -304,5 +302,3 @@ class VisualAttentionPatches:
         for block in self.blocks:
             block.remove()
         self.blocks = []
-        if self.grids is not None:
-            self.grids.remove()
