@@ -27,7 +27,7 @@ from tamp.config import PruneConfig, check_sparsity
 from tamp.engine.parts import Parts
 from tamp.errors import TampError
 from tamp.methods import registry
-from tamp.methods.base import ALL_TOKENS, UNIFORM, Method, TokenMethod, WeightMethod
+from tamp.methods.base import ALL_TOKENS, TOKEN_BUDGET, UNIFORM, Method, TokenMethod, WeightMethod
 from tamp.params import RUN_PARAMS, Param
 from tamp.token_transform import TokenTransform
 
@@ -68,13 +68,14 @@ def method_params() -> dict[str, tuple[Param, list[str]]]:
 
 
 def token_params() -> set[str]:
-    """The names of every token method's parameters."""
-    return {p.name for m in registry.all_methods().values() if isinstance(m, TokenMethod) for p in m.params}
+    """The names of every token method's parameters, and the common token budget."""
+    return {TOKEN_BUDGET.name} | {p.name for m in registry.all_methods().values() if isinstance(m, TokenMethod)
+                                  for p in m.params}
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`FIELD=VALUE` strings (from `--set` or a grid's overrides) -> typed values; an unknown field is refused."""
-    params = {**_RUN, **{name: p for name, (p, _) in method_params().items()}}
+    params = {**_RUN, TOKEN_BUDGET.name: TOKEN_BUDGET, **{name: p for name, (p, _) in method_params().items()}}
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:

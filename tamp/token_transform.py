@@ -18,7 +18,7 @@ from tamp.errors import TampError
 from tamp.families.registry import families
 from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.methods import registry
-from tamp.methods.base import TokenMethod
+from tamp.methods.base import TOKEN_BUDGET, TokenMethod
 from tamp.models.adapters import get_adapter
 
 SECTION = "transform"  # pruning.json's key for it
@@ -32,15 +32,20 @@ class TokenTransform:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     fitted: dict[str, Any] = field(default_factory=dict)
+    budget: float | None = None  # the common token budget the params were set from (`token_budget`), if any
 
     @classmethod
     def build(cls, method: str, overrides: dict[str, Any] | None = None) -> TokenTransform:
-        """Defaults of the token method, overridden; each value checked by its Param."""
+        """Defaults of the token method, overridden; each value checked by its Param. `token_budget` sets the
+        method's own parameters through its `budget` mapping (naming one of those as well is refused)."""
         chosen = registry.get(method)
         if not isinstance(chosen, TokenMethod):
             raise TampError(f"'{method}' is a {chosen.kind} method, not a token method")
         own = {p.name: p for p in chosen.params}
         overrides = dict(overrides or {})
+        budget = overrides.pop(TOKEN_BUDGET.name, None)
+        if budget is not None:
+            overrides = {**cls._from_budget(chosen, budget, overrides), **overrides}
         foreign = sorted(set(overrides) - set(own))
         if foreign:
             raise TampError(f"{', '.join(foreign)} is no parameter of {method}; its parameters: {', '.join(own) or '-'}")
@@ -49,15 +54,35 @@ class TokenTransform:
             problem = own[name].problem(value)
             if problem:
                 raise TampError(problem)
-        return cls(method, params)
+        return cls(method, params, budget=None if budget is None else float(budget))
+
+    @staticmethod
+    def _from_budget(chosen: TokenMethod, budget: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The method's own parameters for a token budget, checked."""
+        problem = TOKEN_BUDGET.problem(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) \
+            else f"token_budget must be a number in (0, 1], got {budget!r}"
+        if problem:
+            raise TampError(problem)
+        if chosen.budget is None:
+            with_budget = sorted(m.name for m in registry.all_methods().values()
+                                 if isinstance(m, TokenMethod) and m.budget is not None)
+            raise TampError(f"--set token_budget: {chosen.name} sets no retained-token count, so it takes no token "
+                            f"budget; set its own parameters, or use one of: {', '.join(with_budget)}")
+        mapped = chosen.budget(float(budget))
+        both = sorted(set(mapped) & set(overrides))
+        if both:
+            raise TampError(f"--set token_budget sets {', '.join(both)} of {chosen.name}; give one or the other")
+        return mapped
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "params": dict(self.params), **({"fitted": dict(self.fitted)} if self.fitted else {})}
+        return {"method": self.method, "params": dict(self.params), **({"fitted": dict(self.fitted)} if self.fitted else {}),
+                **({"budget": self.budget} if self.budget is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenTransform:
         built = cls.build(str(data["method"]), dict(data.get("params") or {}))
-        return cls(built.method, built.params, dict(data.get("fitted") or {}))
+        budget = data.get("budget")
+        return cls(built.method, built.params, dict(data.get("fitted") or {}), None if budget is None else float(budget))
 
     def _method(self) -> TokenMethod:
         chosen = registry.get(self.method)
@@ -78,7 +103,8 @@ class TokenTransform:
         if problem is not None:
             raise TampError(problem)
         assert chosen.fit is not None
-        return TokenTransform(self.method, self.params, chosen.fit(self.params, model, get_adapter(model), batches, device))
+        return TokenTransform(self.method, self.params,
+                              chosen.fit(self.params, model, get_adapter(model), batches, device), self.budget)
 
     def model_problem(self, family: str, num_layers: int | None = None) -> str | None:
         """Why a model of `family` with `num_layers` decoder layers (None: not known yet) cannot run this transform,

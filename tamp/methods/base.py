@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,11 +24,21 @@ if TYPE_CHECKING:
     from tamp.inference.sequence_edit import TokenPlan
     from tamp.models.adapters import ModelAdapter
 
-__all__ = ["ALL_TOKENS", "KINDS", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
+__all__ = ["ALL_TOKENS", "KINDS", "TOKEN_BUDGET", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
            "TokenSelection", "WeightMethod"]
 
 KINDS = ("weight", "token")  # shape-changing structured pruners are the next kind
 UNIFORM, ALL_TOKENS = "uniform", "all"  # the neutral allocation and token selection: no hook
+
+
+def _share(v: float) -> str | None:
+    return None if 0 < v <= 1 else f"token_budget must be in (0, 1], got {v}"
+
+
+# one budget for every token method: `--set token_budget=0.222` keeps 22.2% of the visual tokens whatever the method
+# (each maps it to its own parameters, TokenMethod.budget); recorded in the transform beside the params it set
+TOKEN_BUDGET = Param("token_budget", float, None, "share of the visual tokens kept, the same for every token method "
+                     "(e.g. 0.333, 0.222, 0.111 = 192, 128, 64 of LLaVA-1.5's 576)", check=_share)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class TokenMethod(Method):
     # adapter, calibration batches, device) -> what install needs besides the params, recorded in pruning.json
     fit: Callable[[dict, nn.Module, ModelAdapter, list, torch.device], dict] | None = None
     needs_fit: Callable[[dict], bool] | None = None  # whether these params need a fit (None: whenever fit is set)
+    # the common token budget (`--set token_budget=SHARE`): the method's own params that retain SHARE of the visual
+    # tokens the way its paper sets them for an equal-token comparison; None: the method sets no token count
+    budget: Callable[[float], dict[str, Any]] | None = None
     kind: ClassVar[str] = "token"
 
     def wants_fit(self, params: dict) -> bool:

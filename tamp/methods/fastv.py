@@ -35,5 +35,5 @@ PARAMS = (
 
 METHOD = TokenMethod(
     name="fastv", label="FastV", order=20, summary="drop the visual tokens the last token attends to least, after layer K",
-    params=PARAMS, plan=plan,
+    params=PARAMS, plan=plan, budget=lambda share: {"fastv_keep": share},
 )
