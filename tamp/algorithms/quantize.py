@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sparsegpt import _inverse_cholesky_upper
+from .sparsegpt import _inverse_cholesky_upper, obs_prune
 
 # bumped when what this module computes changes: the artifact keys of the methods using it cover it
 VERSION = 1
 
-__all__ = ["Quantized", "fake_quantize", "fit_grid", "gptq_quantize", "rtn_quantize"]
+__all__ = ["Quantized", "fake_quantize", "fit_grid", "gptq_quantize", "rtn_quantize", "sparsegpt_quantize"]
 
 
 @dataclass(frozen=True)
@@ -174,3 +174,40 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     zeros = zero_at[:, back][:, first]
     return Quantized(weight_q, scales, zeros, group, codes[:, back].to(torch.uint8), bits)
 
+
+
+@torch.no_grad()
+def sparsegpt_quantize(weight: Tensor, hessian: Tensor, sparsity: float, n: int = 0, m: int = 0, bits: int = 4,
+                       group_size: int = 128, sym: bool = True, blocksize: int = 128,
+                       percdamp: float = 0.01) -> tuple[Quantized, Tensor]:
+    """SparseGPT's joint pass (IST-DASLab/sparsegpt, `fasterprune` with a quantizer): each column is pruned as
+    `sparsegpt_prune` prunes it, its kept weights rounded to the grid, and the error of both spread over the columns
+    still to come with the same Hessian. Returns (the quantized weights, the mask; True = pruned): the mask is
+    SparseGPT's, and every pruned weight is exactly zero. The release fits one grid per row on the unpruned weights
+    (`group_size=-1`); with groups, a group's grid is fitted when its first column comes up, from the unpruned
+    weights as updated so far (the release has no groups; its GPTQ fits them the same way)."""
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (d_out, d_in), got shape {tuple(weight.shape)}")
+    d_out, d_in = weight.shape
+    _check(bits, group_size, d_in)
+    maxq = 2**bits - 1
+    size = d_in if group_size == -1 else group_size
+    work = _working(weight)
+    grids: dict[int, tuple[Tensor, Tensor]] = {0: fit_grid(weight, bits, sym)} if group_size == -1 else {}
+    codes = torch.zeros(d_out, d_in, dtype=work, device=weight.device)
+    scales = torch.zeros(d_out, -(-d_in // size), dtype=work, device=weight.device)
+    zeros = torch.zeros_like(scales)
+
+    def round_column(col: int, kept: Tensor, wt: Tensor) -> Tensor:
+        g = col // size
+        if g not in grids:
+            grids[g] = fit_grid(wt[col:col + size].t(), bits, sym)
+        scale, zero = grids[g]
+        code = _codes(kept, scale, zero, maxq)
+        codes[:, col], scales[:, g], zeros[:, g] = code, scale, zero
+        return scale * (code - zero)
+
+    _, mask = obs_prune(weight, hessian, sparsity, n, m, blocksize, percdamp, round_column)
+    group = torch.arange(d_in, device=weight.device) // size
+    dequantized = scales.gather(1, group.expand(d_out, -1)) * (codes - zeros.gather(1, group.expand(d_out, -1)))
+    return Quantized(dequantized, scales, zeros, group, codes.to(torch.uint8), bits), mask

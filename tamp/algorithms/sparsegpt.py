@@ -8,6 +8,8 @@ lazily: within a block of ``blocksize`` columns immediately, to the columns righ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,7 @@ from .masks import _lowest_k_mask, check_nm, check_sparsity
 # bumped when what this module computes changes: the artifact keys of the methods using it cover it
 VERSION = 1
 
-__all__ = ["add_to_hessian", "sparsegpt_prune"]
+__all__ = ["ColumnRound", "add_to_hessian", "obs_prune", "sparsegpt_prune"]
 
 
 @torch.no_grad()
@@ -73,6 +75,19 @@ def sparsegpt_prune(
     Returns ``(new_weight, mask)``: the reconstructed weight in ``weight``'s dtype with pruned entries exactly zero,
     and the bool mask (True = pruned).
     """
+    return obs_prune(weight, hessian, sparsity, n, m, blocksize, percdamp)
+
+
+# a column's kept values -> the values it is fixed to (SparseGPT's joint quantization): (column index, its pruned
+# values (d_out,), the working weights W^T (d_in, d_out) as updated so far) -> (d_out,); zeros must stay zero
+ColumnRound = Callable[[int, Tensor, Tensor], Tensor]
+
+
+@torch.no_grad()
+def obs_prune(weight: Tensor, hessian: Tensor, sparsity: float, n: int = 0, m: int = 0, blocksize: int = 128,
+              percdamp: float = 0.01, round_column: ColumnRound | None = None) -> tuple[Tensor, Tensor]:
+    """`sparsegpt_prune`, with each column's kept weights passed through `round_column` before its error is spread
+    (the release's joint sparsification and quantization, tamp.algorithms.quantize.sparsegpt_quantize)."""
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
@@ -93,8 +108,9 @@ def sparsegpt_prune(
 
     # Work on W^T (d_in, d_out): a column of W is then a contiguous row, which makes the per-column rank-1 updates
     # several times faster on CPU and coalesced on GPU. `.contiguous()` also makes this our own fp32 copy.
-    wt = weight.detach().to(torch.float32).t().contiguous()
-    h = hessian.detach().to(device=wt.device, dtype=torch.float32).clone()
+    work = torch.float64 if weight.dtype == torch.float64 else torch.float32  # fp64 only for the tests' oracles
+    wt = weight.detach().to(work).t().contiguous()
+    h = hessian.detach().to(device=wt.device, dtype=work).clone()
 
     # Inputs that never fire carry no information: make H invertible there and drop their weights.
     dead = torch.diag(h) == 0
@@ -130,6 +146,8 @@ def sparsegpt_prune(
                 mask1[i : i + m].t().scatter_(1, idx, True)
             row = w1[i]
             q = row.masked_fill(mask1[i], 0.0)
+            if round_column is not None:
+                q = round_column(i1 + i, q, wt)
             e = (row - q) / d1[i]
             w1[i] = q
             w1[i + 1 :].addr_(hinv1[i, i + 1 :], e, alpha=-1.0)
