@@ -107,11 +107,12 @@ def rtn_quantize(weight: Tensor, bits: int = 4, group_size: int = 128, sym: bool
 @torch.no_grad()
 def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: int = 128, sym: bool = True,
                   act_order: bool = False, static_groups: bool = False, blocksize: int = 128,
-                  percdamp: float = 0.01) -> Quantized:
+                  percdamp: float = 0.01, pruned: Tensor | None = None) -> Quantized:
     """Quantize `weight` (d_out, d_in) with GPTQ given `hessian` (d_in, d_in, e.g. a sum of X^T X; the damping is
     relative to its mean diagonal, so its scale does not matter). Neither argument is modified. Inputs that never
-    fire (zero Hessian diagonal) get zero weights, as in the release. Zeros in `weight` are not kept by this
-    function (the error of earlier columns may move them); SparseGPT's joint pass keeps its mask."""
+    fire (zero Hessian diagonal) get zero weights, as in the release. `pruned` (d_out, d_in) bool: weights held at
+    zero (a pruning mask from before), which receive none of the other columns' error (llm-compressor's
+    `preserve_zeros`), so they are exactly zero after rounding; without it the error may move them."""
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (d_out, d_in), got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
@@ -134,6 +135,12 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
     order = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order \
         else torch.arange(d_in, device=w.device)
     w, h = w[:, order], h[order][:, order]
+    free = None
+    if pruned is not None:
+        if pruned.shape != weight.shape:
+            raise ValueError(f"pruned must have the weight's shape {tuple(weight.shape)}, got {tuple(pruned.shape)}")
+        w = w.masked_fill(pruned[:, order], 0.0)
+        free = (~pruned[:, order]).to(w.dtype)
     hinv = _inverse_cholesky_upper(h, percdamp)
     del h
     codes = torch.zeros_like(w)
@@ -161,10 +168,12 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
             q = scale * (code - zero)
             codes[:, col], scale_at[:, col], zero_at[:, col] = code, scale, zero
             e = (w1[:, i] - q) / hinv1[i, i]
-            w1[:, i:].sub_(torch.outer(e, hinv1[i, i:]))
+            step = torch.outer(e, hinv1[i, i:])
+            w1[:, i:].sub_(step if free is None else step * free[:, col:i2])
             err1[:, i] = e
         if i2 < d_in:
-            w[:, i2:].sub_(err1 @ hinv[i1:i2, i2:])
+            step = err1 @ hinv[i1:i2, i2:]
+            w[:, i2:].sub_(step if free is None else step * free[:, i2:])
     back = torch.argsort(order)
     weight_q = (scale_at * (codes - zero_at))[:, back]
     group = group_of[back]

@@ -76,9 +76,12 @@ def test_the_grid_has_2_to_the_bits_levels() -> None:
 
 
 def _gptq_oracle(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, sym: bool, act_order: bool,
-                 static: bool, percdamp: float = 0.01) -> torch.Tensor:
-    """The released loop, column by column, every later column updated at once (fp64)."""
+                 static: bool, percdamp: float = 0.01, pruned: torch.Tensor | None = None) -> torch.Tensor:
+    """The released loop, column by column, every later column updated at once (fp64); `pruned` weights are zero
+    and take no update (llm-compressor's preserve_zeros)."""
     w, h = w.double().clone(), h.double().clone()
+    if pruned is not None:
+        w[pruned] = 0.0
     d_in = w.shape[1]
     row_scale, row_zero = fit_grid(w, bits, sym)
     dead = torch.diag(h) == 0
@@ -88,6 +91,7 @@ def _gptq_oracle(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, sym: b
     fixed = [fit_grid(w[:, g:g + size], bits, sym) for g in range(0, d_in, size)]
     perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(d_in)
     w, h = w[:, perm], h[perm][:, perm]
+    held = pruned[:, perm] if pruned is not None else torch.zeros_like(w, dtype=torch.bool)
     h = h + torch.eye(d_in, dtype=h.dtype) * percdamp * torch.mean(torch.diag(h))
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.zeros_like(w)
@@ -102,7 +106,9 @@ def _gptq_oracle(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, sym: b
             q[r, j] = scale[r] * (code - zero[r])
         err = (w[:, j] - q[:, j]) / u[j, j]
         for k in range(j + 1, d_in):
-            w[:, k] -= err * u[j, k]
+            for r in range(w.shape[0]):
+                if not held[r, k]:
+                    w[r, k] -= err[r] * u[j, k]
     return q[:, torch.argsort(perm)]
 
 
@@ -130,6 +136,20 @@ def test_gptq_equals_the_column_by_column_release_loop(bits: int, group: int, sy
     assert got.weight.dtype == torch.float64
     assert torch.allclose(got.weight, expect, rtol=0, atol=1e-9)
     assert bool((got.weight[:, 5] == 0).all())  # dead input: zero weights, as released
+
+
+@pytest.mark.parametrize(("act_order", "blocksize"), [(False, 32), (True, 64)])
+def test_gptq_holds_pruned_weights_at_zero(act_order: bool, blocksize: int) -> None:
+    """A pruned matrix quantized after pruning (wanda + gptq): its zeros take no update and stay exactly zero,
+    the rest follows the column-by-column loop."""
+    w, h = _problem(13, d_out=8, d_in=128)
+    pruned = torch.rand(w.shape, generator=torch.Generator().manual_seed(5)) < 0.5
+    got = gptq_quantize(w, h, 4, 64, True, act_order, False, blocksize, pruned=pruned)
+    expect = _gptq_oracle(w, h, 4, 64, True, act_order, False, pruned=pruned)
+    assert torch.allclose(got.weight, expect, rtol=0, atol=1e-9)
+    assert bool((got.weight[pruned] == 0).all())
+    free = gptq_quantize(w, h, 4, 64, True, act_order, False, blocksize).weight
+    assert int((free[pruned] != 0).sum()) > 0  # without the mask the error moves them
 
 
 def test_gptq_codes_scales_and_groups_describe_its_weights() -> None:
