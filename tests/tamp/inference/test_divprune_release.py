@@ -58,10 +58,12 @@ def test_keeps_the_release_subset(loaded, family: str) -> None:
 
 
 @pytest.mark.parametrize("implementation", ("eager", "sdpa"))
-def test_release_positions_equal_the_release_run(loaded, implementation: str) -> None:
-    """LLaVA-1.5 (the release's model, 1-D rotary): the kept embeddings as the prompt, positions 0..T'-1; our
-    logits at the kept tokens equal it to 1e-4, and cached greedy decoding equals decoding that prompt by hand."""
-    model, inputs, media = loaded("llava")
+@pytest.mark.parametrize("family", ("llava", "llava-next", "llava-onevision"))
+def test_release_positions_equal_the_release_run(loaded, family: str, implementation: str) -> None:
+    """LLaVA-1.5 / NeXT (the release's models) and OneVision, 1-D rotary: the kept embeddings as the prompt,
+    positions 0..T'-1; our logits at the kept tokens equal it to 1e-4, and cached greedy decoding equals decoding
+    that prompt by hand."""
+    model, inputs, media = loaded(family)
     attn(model, implementation)
     expected, embeds = _expected_kept(model, inputs, 0.25)
     want = _language_logits(model, embeds[expected])
@@ -82,6 +84,29 @@ def test_release_positions_equal_the_release_run(loaded, implementation: str) ->
         seq = torch.cat([seq, model.get_input_embeddings()(torch.tensor([steps[-1]]))])
         torch.testing.assert_close(generated.scores[step][0], last, rtol=0, atol=1e-4)
     assert generated.sequences[0, inputs["input_ids"].shape[1]:].tolist() == steps
+
+
+@pytest.mark.parametrize("family", ("llava-onevision", "qwen2-vl"))
+def test_a_video_is_one_subset(tiny_model, family: str) -> None:
+    """A whole video (its frames, and OneVision's closing newline) is one run: round(n x keep) of its n tokens,
+    the re-statement's picks."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tamp.inference.test_aim_release import _video_inputs
+
+    path = tiny_model(family)
+    model = attn(AutoModelForImageTextToText.from_pretrained(path).eval(), "sdpa")
+    inputs = _video_inputs(path)
+    expected, _ = _expected_kept(model, inputs, 0.2)
+    dropper = TokenTransform.build("divprune", {"divprune_keep": 0.2}).install(model)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        dropper.remove()
+    stats = dropper.history[-1]
+    assert dropper.kept_by_layer[0][0].tolist() == expected
+    assert stats.visual_kept_per_layer[0] == round(stats.visual_in * 0.2)
 
 
 def test_budget_is_the_release_ratio() -> None:
