@@ -54,7 +54,12 @@ def stage_drop(lam: float, k: int) -> Drop:
 def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     lam, shift = float(params["pdrop_lambda"]), int(str(params["pdrop_rank"]) == "own")
     layers = stage_layers(float(params["pdrop_stage"]), int(params["pdrop_drops"]), num_layers)
-    return TokenPlan({layer + shift: stage_drop(lam, k) for layer, k in layers.items() if layer + shift < num_layers})
+    drops = {layer + shift: stage_drop(lam, k) for layer, k in layers.items() if layer + shift < num_layers}
+    if not drops:  # a plan that drops nothing would evaluate the dense model under PDrop's name
+        raise ValueError(f"pdrop_stage {params['pdrop_stage']} puts every drop past this model's {num_layers} decoder "
+                         f"layers (pdrop_rank={params['pdrop_rank']}); set pdrop_stage to at most "
+                         f"{(num_layers - 1 - shift) / num_layers:.3g}")
+    return TokenPlan(drops)
 
 
 def budget(share: float) -> dict[str, Any]:

@@ -65,3 +65,13 @@ def test_budget_maps_to_the_layer_averaged_share() -> None:
         stage, lam = budget_schedule(share)
         assert recipe.token.params["pdrop_stage"] == pytest.approx(stage)
         assert recipe.token.params["pdrop_lambda"] == pytest.approx(lam)
+
+
+def test_a_stage_past_the_depth_is_refused() -> None:
+    """A schedule whose every drop falls past the model's layers would run the dense model: one clear error."""
+    transform = TokenTransform.build("pdrop", {"pdrop_stage": 1.0})
+    assert "pdrop_stage 1.0 puts every drop past this model's 4 decoder layers" in transform.model_problem("llava", 4)
+    assert transform.model_problem("llava", 32) is not None
+    assert TokenTransform.build("pdrop", {}).model_problem("llava", 4) is None
+    own = TokenTransform.build("pdrop", {"pdrop_stage": 0.75, "pdrop_rank": "own"})
+    assert "at most 0.5" in own.model_problem("llava", 4)
