@@ -19,6 +19,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25, "aim_semantics": "removal",
             "aim_merge_schedule": "share"},
     "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5, "yopo_semantics": "removal"},
+    "divprune": {"divprune_keep": 0.5, "divprune_positions": "original"},
+    "pdrop": {"pdrop_stage": 0.25, "pdrop_lambda": 0.5},
 }
 METHODS = tuple(SETTINGS)
 
@@ -33,6 +35,10 @@ def install_keep_all(model: nn.Module, method: str) -> SequenceEditor:
     MLP at 100% in every layer."""
     if method == "fastv":
         return TokenTransform.build("fastv", {"fastv_keep": 1.0}).install(model)
+    if method == "divprune":  # every token kept, re-packed at its own position (the release's positions)
+        return TokenTransform.build("divprune", {"divprune_keep": 1.0}).install(model)
+    if method == "pdrop":  # a drop before each of layers 1-3, ranking by the last row and keeping every token
+        return TokenTransform.build("pdrop", {"pdrop_lambda": 1.0}).install(model)
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
     if method == "yopo":  # every MLP sliced at 100% for the visual rows, which then run apart from the text rows
