@@ -101,6 +101,10 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
     loaded = load_model(model_name, dtype=dtype, revision=revision)
     timings["load"] = time.perf_counter() - start
     adapter = get_adapter(loaded.model)
+    if transform is not None:  # a model whose config was not on disk before loading: checked now, before calibrating
+        problem = transform.model_problem(adapter.family, len(adapter.language_stack(loaded.model).layers))
+        if problem is not None:
+            raise TampError(problem)
     if transform is not None and not transform.wants_fit():
         transform.install(loaded.model).remove()  # refused now (one line) if this model cannot run it
     calib = None

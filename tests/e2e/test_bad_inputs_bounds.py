@@ -88,3 +88,18 @@ def test_bad_bound(cli: str, args: str, fragment: str, paths: dict[str, str], tm
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert fragment in lines[0], lines[0]
     assert not (tmp_path / "out").exists() and not (tmp_path / "art").exists()
+
+
+def test_a_model_not_on_disk_yet_is_checked_once_loaded_before_calibrating(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tiny-llava-next` in an empty cache: no config.json to read before loading (it is built by the load), so
+    YOPO's layer is refused right after the load, before the calibration and the fit it used to wait for."""
+    monkeypatch.setenv("TAMP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("tamp.pipeline.build_calibration", _forbid("calibration data was drawn"))
+    got = tamp.cli.main(["prune", "--model", "tiny-llava-next", "--method", "yopo", "--set", "yopo_layer=7",
+                         "--out", str(tmp_path / "out")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert got == 2 and lines[-1] == ("error: --method yopo: yopo_layer 7 is beyond this model's 4 decoder layers; "
+                                      "set it to at most 4 (or -1: the layer from yopo_budget)"), lines
+    assert (tmp_path / "cache" / "tiny" / "llava-next-seed0" / "config.json").is_file()  # it was loaded, built here
+    assert not (tmp_path / "out").exists()
