@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
-import json
 import platform
 import sys
 import time
@@ -34,7 +33,8 @@ from harness.records import (
 from harness.tasks_catalog import dataset_problems, offline_reason, output_type, task_manager, validate_tasks
 from tamp.artifacts import PER_MATRIX, git_commit, read_pruning_json
 from tamp.errors import join_problems
-from tamp.models.sources import local_folder
+from tamp.families.registry import depth
+from tamp.models.sources import disk_config
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -184,18 +184,10 @@ def plan_run(opts: RunOptions) -> RunPlan:
 
 def model_depth(spec: ModelSpec) -> int | None:
     """The decoder layers of the model's language stack from its config.json, when one is on disk (a local folder,
-    a tiny model built or shipped); None otherwise: the loaded model is checked again before any pruning."""
-    folder = local_folder(spec.source)
-    try:
-        config = json.loads((folder / "config.json").read_text()) if folder is not None else None
-    except (OSError, ValueError):
-        return None
-    thinker = config.get("thinker_config") if isinstance(config, dict) else None
-    for part in (config.get("text_config") if isinstance(config, dict) else None,
-                 thinker.get("text_config") if isinstance(thinker, dict) else None, config):
-        if isinstance(part, dict) and isinstance(part.get("num_hidden_layers"), int):
-            return int(part["num_hidden_layers"])
-    return None
+    a tiny model built or shipped, the Hugging Face cache), where its family says (tamp.families.registry.depth);
+    None otherwise: the loaded model is checked again before any pruning."""
+    config = disk_config(spec.source)
+    return None if config is None else depth(config)
 
 
 def _artifact_key(spec: ModelSpec, recipe: Recipe) -> tuple[str, dict[str, Any]]:

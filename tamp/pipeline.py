@@ -17,9 +17,11 @@ from tamp.devices import pick_device
 from tamp.engine.context import matrices_to_prune
 from tamp.engine.sequential import prune_model
 from tamp.errors import TampError, join_problems
+from tamp.families.registry import depth, family_of
 from tamp.methods.base import UNIFORM
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
+from tamp.models.sources import disk_config
 from tamp.paths import output_problem
 from tamp.recipe import Recipe, code_versions
 from tamp.token_transform import SECTION as TRANSFORM_SECTION
@@ -46,7 +48,8 @@ def _extra_files(loaded: Any, names: tuple[str, ...]) -> dict[str, Path]:
 
 
 def preflight(model_name: str, recipe: Recipe, out: Path, overwrite: bool, revision: str | None = None) -> None:
-    """Everything checkable before the model is loaded (output, model files, calibration data), all reported at once."""
+    """Everything checkable before the model is loaded (output, model files, calibration data, the token method
+    against the model's family and depth from its config.json), all reported at once."""
 
     out = Path(out)
     problems = []
@@ -56,12 +59,25 @@ def preflight(model_name: str, recipe: Recipe, out: Path, overwrite: bool, revis
     if where is not None:
         problems.append(f"--out {out}: {where}")
     problems.append(model_problem(model_name, revision))
+    problems.append(_token_problem(model_name, recipe, revision))
     if recipe.needs_calibration:
         cfg = recipe.weight
         problems += calibration_problems(cfg.calib, cfg.nsamples, cfg.seed)
     problems = [p for p in problems if p]
     if problems:
         raise TampError(join_problems(problems))
+
+
+def _token_problem(model_name: str, recipe: Recipe, revision: str | None) -> str | None:
+    """The token method against the model, from its config.json when it is on disk (as `harness run` asks at plan
+    time); a model not on disk yet is checked once loaded."""
+    if recipe.token is None:
+        return None
+    config = disk_config(model_name, revision)
+    family = family_of(config) if config is not None else None
+    if config is None or family is None:
+        return None
+    return recipe.token.model_problem(family.name, depth(config))
 
 
 def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offload: bool = False,
@@ -85,6 +101,10 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
     loaded = load_model(model_name, dtype=dtype, revision=revision)
     timings["load"] = time.perf_counter() - start
     adapter = get_adapter(loaded.model)
+    if transform is not None:  # a model whose config was not on disk before loading: checked now, before calibrating
+        problem = transform.model_problem(adapter.family, len(adapter.language_stack(loaded.model).layers))
+        if problem is not None:
+            raise TampError(problem)
     if transform is not None and not transform.wants_fit():
         transform.install(loaded.model).remove()  # refused now (one line) if this model cannot run it
     calib = None

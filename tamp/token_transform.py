@@ -117,7 +117,12 @@ class TokenTransform:
                     f"{' and '.join(takes) + ' and text' if takes else 'text only'} (no image or video input), so it "
                     "would change nothing; choose a model with image or video input, or drop it from --method")
         chosen = self._method()
-        if num_layers is None or chosen.model_defaults is not None:  # such a plan needs the layers themselves
+        if num_layers is None:
+            return None
+        asked = chosen.depth_problem(dict(self.params), num_layers) if chosen.depth_problem is not None else None
+        if asked is not None:
+            return f"--method {self.method}: {asked}"
+        if chosen.model_defaults is not None:  # such a plan needs the layers themselves: its depth_problem says
             return None
         try:
             drops = chosen.plan(dict(self.params), num_layers).drops

@@ -30,10 +30,13 @@ class ExecutorOptions:
     array_parallelism: int | None = None  # SLURM: at most this many cells at once (default: submitit's, 256)
     cluster: str = "slurm"  # submitit's backend: slurm, or local (subprocesses of this machine, to try a set-up)
     retries: int = 3  # Ray: times a cell whose worker died (node lost, kill -9) is run again
+    # Ray, joining a cluster: seconds to wait for a node that has what a cell asks (an autoscaler may add one) before
+    # stopping with one line; without a bound Ray queues such cells forever
+    node_wait: int = 600
     slurm: dict[str, Any] = field(default_factory=dict)  # more sbatch options: account, qos, constraint, ...
 
 
-INT_KEYS = {"cpus": 1, "gpus": 0, "time": 1, "array_parallelism": 1, "retries": 0}  # key -> smallest value
+INT_KEYS = {"cpus": 1, "gpus": 0, "time": 1, "array_parallelism": 1, "retries": 0, "node_wait": 0}  # key -> smallest value
 FLAGS = {"cpus": "--cell-cpus", "gpus": "--cell-gpus", "address": "--ray-address"}  # block key -> its flag
 BLOCK_KEYS = {f.name for f in fields(ExecutorOptions)} - {"kind"}
 

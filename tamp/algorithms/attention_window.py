@@ -62,6 +62,15 @@ def window_neighbours(rows: int, cols: int, window: int, causal: bool) -> Tensor
     return torch.where(inside, index, torch.full_like(index, -1))
 
 
+def window_keys(window: int, grid_tokens: float) -> float:
+    """The visual keys a w x w window around a visual query holds at most: w^2, or the grid's own tokens when the
+    grid is smaller (a window wider than its grid adds no key). `grid_tokens` may be a mean over samples (YOPO's
+    budget has the calibration's mean visual tokens), which bounds each of their grids too."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the window must be an odd positive size, got {window}")
+    return float(min(window * window, max(grid_tokens, 0.0)))
+
+
 def rows_attention(query: Tensor, dense_key: Tensor, dense_value: Tensor, dense_allowed: Tensor,
                    gathered_key: Tensor | None, gathered_value: Tensor | None, gathered_allowed: Tensor | None,
                    scaling: float, zero_heads: Tensor | None = None, dense_visual: Tensor | None = None) -> Tensor:

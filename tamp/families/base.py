@@ -7,7 +7,9 @@ imported only where they are used, so reading the family table never loads trans
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Where the language model's decoder stack and the vision tower's blocks may sit, across transformers versions
 # (first that exists wins); a family narrows these to its own.
@@ -21,6 +23,10 @@ VISION_PATHS: tuple[str, ...] = (
     "visual.blocks",
     "thinker.model.visual.blocks",  # Qwen2.5-Omni
 )
+# Where a checkpoint's config.json holds its language model's config (the one whose num_hidden_layers is the decoder
+# depth): dotted keys, "" for the top level, first that holds it wins. A VLM nests it under text_config (older
+# Qwen-VL checkpoints kept it at the top level); a text-only LM and Qwen2.5-Omni's thinker narrow this.
+TEXT_CONFIG_PATHS: tuple[str, ...] = ("text_config", "")
 # the order plugins list in after the built-ins unless they ask otherwise
 PLUGIN_ORDER = 1000
 
@@ -69,6 +75,8 @@ class Family:
     registry_name: str | None = None  # tamp's short name for the family's default checkpoint
     hf_id: str | None = None  # that checkpoint's Hugging Face id
     text_model_paths: tuple[str, ...] = LANGUAGE_PATHS  # the module holding `.layers` of the language model
+    # where config.json holds the language model's config (its num_hidden_layers: the depth read before loading)
+    text_config_paths: tuple[str, ...] = TEXT_CONFIG_PATHS
     vision_layer_paths: tuple[str, ...] = VISION_PATHS  # the vision tower's block list (--prune-vision)
     # configs holding the media token ids ("" = the top-level config; Qwen2.5-Omni's sit in its thinker's too)
     media_token_configs: tuple[str, ...] = ("",)
@@ -83,3 +91,15 @@ class Family:
     @property
     def multimodal(self) -> bool:
         return bool(self.inputs)
+
+    def depth(self, config: Mapping[str, Any]) -> int | None:
+        """The decoder layers of the language model of a checkpoint of this family, from its config.json (a dict,
+        nothing loaded): the first of `text_config_paths` that holds num_hidden_layers; None when none does."""
+        for path in self.text_config_paths:
+            part: Any = config
+            for key in path.split(".") if path else ():
+                part = part.get(key) if isinstance(part, Mapping) else None
+            layers = part.get("num_hidden_layers") if isinstance(part, Mapping) else None
+            if isinstance(layers, int) and not isinstance(layers, bool):
+                return layers
+        return None

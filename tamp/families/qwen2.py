@@ -6,6 +6,6 @@ from tamp.families.base import Family, TinyBuild
 
 FAMILY = Family(
     name="qwen2", model_type="qwen2", model_class="Qwen2ForCausalLM", order=8,
-    text_model_paths=("model",), vision_layer_paths=(),
+    text_model_paths=("model",), text_config_paths=("",), vision_layer_paths=(),
     tiny=TinyBuild("tamp.testing.tiny:build_qwen2", tokenizer="qwen2", order=5),
 )

@@ -17,7 +17,8 @@ SPEAKER_FILE = "spk_dict.pt"
 FAMILY = Family(
     name="qwen2.5-omni", model_type="qwen2_5_omni", model_class="Qwen2_5OmniForConditionalGeneration", order=6,
     inputs=("image", "video", "audio"), registry_name="qwen2.5-omni", hf_id="Qwen/Qwen2.5-Omni-7B",
-    text_model_paths=("thinker.model.language_model",), vision_layer_paths=("thinker.model.visual.blocks",),
+    text_model_paths=("thinker.model.language_model",), text_config_paths=("thinker_config.text_config",),
+    vision_layer_paths=("thinker.model.visual.blocks",),
     media_token_configs=("", "thinker_config"), forward_path="thinker", extra_files=(SPEAKER_FILE,),
     video_fallback=VideoFallback("Qwen2_5OmniProcessor", "QwenVideoProcessorNumpy"),
     tiny=TinyBuild("tamp.testing.tiny:build_qwen2_5_omni", tokenizer="qwen2.5-omni", order=8),

@@ -9,6 +9,7 @@ model_type stays the built-in family's (installing a plugin never changes what a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -65,13 +66,27 @@ def by_model_type(model_type: str) -> Family | None:
     return next((f for f in families().values() if f.model_type == model_type), None)
 
 
+def _field(config: Any, key: str) -> Any:
+    return config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+
+
 def family_of(config: Any) -> Family | None:
-    """The family of a checkpoint with this transformers config: the one it claims, else its model_type's first."""
-    model_type = getattr(config, "model_type", "")
-    claimed = families().get(getattr(config, CLAIM_KEY, None) or "")
+    """The family of a checkpoint with this config (a transformers config, or config.json as a dict): the one it
+    claims, else its model_type's first."""
+    model_type = _field(config, "model_type")
+    claim = _field(config, CLAIM_KEY)
+    claimed = families().get(claim) if isinstance(claim, str) else None
     if claimed is not None and claimed.model_type == model_type:
         return claimed
     return by_model_type(model_type)
+
+
+def depth(config: Mapping[str, Any]) -> int | None:
+    """The decoder layers of a checkpoint's language model from its config.json (a dict: checked before any load),
+    where its family says the language model's config sits; None when no family claims it or the config omits it
+    (the loaded model is checked again)."""
+    family = family_of(config)
+    return None if family is None else family.depth(config)
 
 
 def tiny_families() -> tuple[str, ...]:

@@ -85,6 +85,9 @@ class TokenMethod(Method):
     plan: Callable[[dict, int], TokenPlan] | None = None
     # model-dependent defaults (e.g. YOPO's layer from a compute budget): (params, decoder layers) -> params
     model_defaults: Callable[[dict, list], dict] | None = None
+    # what such a method's params ask of the model's depth, checkable from its config before loading (its plan needs
+    # the loaded layers, so the generic check cannot plan it): (params, decoder layers) -> the problem, or None
+    depth_problem: Callable[[dict, int], str | None] | None = None
     # choices made once at prune time from calibration statistics (YOPO's inactive visual heads): (params, model,
     # adapter, calibration batches, device) -> what install needs besides the params, recorded in pruning.json
     fit: Callable[[dict, nn.Module, ModelAdapter, list, torch.device], dict] | None = None

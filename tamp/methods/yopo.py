@@ -30,7 +30,8 @@ Two readings of the layer cut and the pruned heads (`yopo_semantics`):
 L comes from a compute budget: the share of the visual tokens' FLOPs kept, the last layer whose cumulative share
 stays within it. A layer's cost per visual token counts its linear weights (q and o at the share of heads kept
 there, the MLP at the FFN share) and, when a fit recorded the calibration's mean sequence, attention's matmuls
-against the keys a visual query sees (all of them, or the non-visual ones plus the window).
+against the keys a visual query sees (all of them, or the non-visual ones plus the window, whose keys are at most
+the visual tokens there are: a window wider than the grid is costed as the grid).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tamp.algorithms.attention_window import choose_pruned_heads, visual_mass
+from tamp.algorithms.attention_window import choose_pruned_heads, visual_mass, window_keys
 from tamp.engine.attention import allowed_keys, attention_dims, capture_attention_score
 from tamp.engine.capture import capture_block_inputs, run_block
 from tamp.errors import TampError
@@ -119,8 +120,8 @@ def _keys(params: dict[str, Any]) -> tuple[float, float] | None:
     if params.get(TOKENS) is None:
         return None
     tokens, visual = float(params[TOKENS]), float(params[VISUAL_TOKENS])
-    if "attn" in strategies(params):
-        return tokens, tokens - visual + float(params["yopo_window"]) ** 2
+    if "attn" in strategies(params):  # the window's keys: at most the visual tokens there are
+        return tokens, tokens - visual + window_keys(int(params["yopo_window"]), visual)
     return tokens, tokens
 
 
@@ -134,6 +135,16 @@ def model_defaults(params: dict[str, Any], layers: list[nn.Module]) -> dict[str,
         out["yopo_layer"] = budget_layer(layers, float(params["yopo_budget"]), keep, _head_keep(params, layers),
                                          _keys(params))
     return out
+
+
+def depth_problem(params: dict[str, Any], num_layers: int) -> str | None:
+    """An explicit `yopo_layer` past the model's layers, checked from its config before anything is loaded or fitted
+    (`yopo_layer` = the depth cuts nothing: allowed, as `plan` allows it)."""
+    cut = int(params["yopo_layer"])
+    if "layers" in strategies(params) and cut > num_layers:
+        return (f"yopo_layer {cut} is beyond this model's {num_layers} decoder layers; set it to at most {num_layers} "
+                "(or -1: the layer from yopo_budget)")
+    return None
 
 
 # ---- fit: the inactive visual heads, from calibration statistics ----------------------------------------------
@@ -271,7 +282,8 @@ PARAMS = (
 )
 
 METHOD = TokenMethod(
-    name="yopo", label="YOPO", order=22, version=2,  # 2: the anyres window grid as transformers packs it
+    name="yopo", label="YOPO", order=22, version=3,  # 2: the anyres window grid as transformers packs it; 3: a window
+    # wider than its grid costed as the grid (the budget's cut layer moves)
     summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
-    params=PARAMS, plan=plan, model_defaults=model_defaults, fit=fit, needs_fit=needs_fit,
+    params=PARAMS, plan=plan, model_defaults=model_defaults, depth_problem=depth_problem, fit=fit, needs_fit=needs_fit,
 )

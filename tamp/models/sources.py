@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tamp.families.registry import families, tiny_families, trained_families
 from tamp.models import shipped
@@ -38,6 +40,27 @@ def local_folder(name: str) -> Path | None:
         return tiny_folder(name[len(TINY_PREFIX):])
     path = Path(name)
     return path if path.is_dir() else None
+
+
+def disk_config(name: str, revision: str | None = None) -> dict[str, Any] | None:
+    """A model name's config.json as a dict, read from disk without building or downloading anything (a local
+    folder, a tiny or shipped build, an HF id or short name in the Hugging Face cache); None when it is not on
+    disk or is no JSON object. What can be checked against the model before it is loaded is read from it."""
+    folder = local_folder(name)
+    path: Path | None = folder / "config.json" if folder is not None else None
+    if folder is None and name not in GGUF_MODELS and not name.endswith(".gguf"):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(HF_MODELS.get(name, name), "config.json", revision=revision)
+        except ValueError:  # not a valid repo id
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    try:
+        config = json.loads(path.read_text()) if path is not None else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def source_names() -> list[str]:
