@@ -139,8 +139,11 @@ def model_defaults(params: dict[str, Any], layers: list[nn.Module]) -> dict[str,
 
 def depth_problem(params: dict[str, Any], num_layers: int) -> str | None:
     """An explicit `yopo_layer` past the model's layers, checked from its config before anything is loaded or fitted
-    (`yopo_layer` = the depth cuts nothing: allowed, as `plan` allows it)."""
+    (`yopo_layer` = the depth cuts nothing: allowed, as `plan` allows it); or one the strategies would ignore."""
     cut = int(params["yopo_layer"])
+    if "layers" not in strategies(params) and cut >= 0:  # model_defaults would overwrite it: a silent no-op
+        return (f"yopo_layer {cut} is set, but yopo_strategies {params['yopo_strategies']} has no 'layers', so nothing "
+                "is cut there; add layers to yopo_strategies, or leave yopo_layer at -1")
     if "layers" in strategies(params) and cut > num_layers:
         return (f"yopo_layer {cut} is beyond this model's {num_layers} decoder layers; set it to at most {num_layers} "
                 "(or -1: the layer from yopo_budget)")

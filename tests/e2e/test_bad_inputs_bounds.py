@@ -42,6 +42,11 @@ ROWS = [
     row("prune-yopo-layer-beyond", "tamp", "prune --model {tiny} --out {out} --method yopo --set yopo_layer=99",
         "error: --method yopo: yopo_layer 99 is beyond this model's 4 decoder layers; set it to at most 4 (or -1: "
         "the layer from yopo_budget)"),
+    row("prune-yopo-layer-without-layers", "tamp", "prune --model {tiny} --out {out} --method yopo "
+        "--set yopo_strategies=ffn --set yopo_layer=2", "error: --method yopo: yopo_layer 2 is set, but yopo_strategies "
+        "ffn has no 'layers', so nothing is cut there; add layers to yopo_strategies, or leave yopo_layer at -1"),
+    row("run-yopo-layer-without-layers", "harness", "run --model {tiny} --tasks tamp_smoke_vqa --method yopo "
+        "--sparsity 0 --set yopo_strategies=heads+attn --set yopo_layer=1", "error: --method yopo: yopo_layer 1 is set"),
     row("prune-wanda-yopo-layer-beyond", "tamp", "prune --model {tiny} --out {out} --method wanda+yopo "
         "--set yopo_layer=5 --set yopo_semantics=removal", "error: --method yopo: yopo_layer 5 is beyond this model's 4"),
     row("run-yopo-layer-beyond", "harness", "run --model {tiny} --tasks tamp_smoke_vqa --method yopo --sparsity 0 "
