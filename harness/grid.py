@@ -435,9 +435,9 @@ def _report_missing(missing: dict[str, list[str]], cells_total: int) -> None:
     if lines:
         blocked = sum(bool(found) for found in missing.values())
         print(f"\nmissing data: {blocked} of {cells_total} cell(s) cannot run until it is here (the others run):",
-              flush=True)
+              file=sys.stderr, flush=True)
         for line in lines:
-            print(f"  - {line}", flush=True)
+            print(f"  - {line}", file=sys.stderr, flush=True)
 
 
 def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:

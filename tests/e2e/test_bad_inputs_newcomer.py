@@ -102,8 +102,8 @@ def test_missing_data_is_said_once_per_sweep(tmp_path: Path, capsys: pytest.Capt
     assert "Traceback" not in text, text
     for dataset in ("lmms-lab-encoder/textvqa", "lmms-lab-encoder/POPE"):
         assert text.count(f"needs the dataset '{dataset}'") == 1, text
-    assert "5 of 5 cell(s) cannot run" in captured.out, captured.out
+    assert "5 of 5 cell(s) cannot run" in captured.err, captured.err
     assert "===" not in captured.out  # no cell was started
-    failed = [line for line in captured.err.splitlines() if line.startswith("  - ")]
-    assert len(failed) == 1 and "dense 0%" in failed[0] and "wanda 50%" in failed[0], captured.err
+    failed = [line for line in captured.err.splitlines() if line.startswith("  - ") and "dense 0%" in line]
+    assert len(failed) == 1 and "wanda 50%" in failed[0] and "data is missing" in failed[0], captured.err
     assert "no finished cells yet" in captured.out
