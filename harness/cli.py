@@ -189,7 +189,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
                           artifacts=args.artifacts, gpus=args.gpus, device=args.device, dtype=args.dtype,
                           force=args.force, max_empty_fraction=args.max_empty_fraction)
-        rows = run(opts)
+        from harness.executors.progress import cell_progress
+
+        label = f"{args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity is not None else "")
+        with cell_progress(label):  # one bar for the run, the phase on one line
+            rows = run(opts)
         print()
         print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4f"))
         return 0
