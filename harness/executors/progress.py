@@ -89,22 +89,25 @@ class _Swaps:
 
 class CellBar:
     """A cell's one progress bar on stderr: `label: phase` on one line, the phase's steps as its count. Phases
-    nest (the blocks of a pass, the matrices of a block): the outermost one counts, the inner ones are named."""
+    nest (the blocks of a pass, the matrices of a block): the outermost one counts, the inner ones are named. The
+    bar appears with the first phase: a run refused while it is planned prints its one error line and no bar."""
 
     def __init__(self, label: str, file: TextIO | None = None, disable: bool | None = None,
                  on_phase: Callable[[], None] | None = None) -> None:
-        from tqdm.auto import tqdm
-
         self.label = label
-        extra = {} if disable is None else {"disable": disable}  # None: tqdm's own default (TQDM_DISABLE)
-        self.bar = tqdm(total=None, desc=label, file=file or sys.stderr, leave=True, dynamic_ncols=True,
-                        unit="step", **extra)
+        self._bar_args = {"desc": label, "file": file or sys.stderr, "leave": True, "dynamic_ncols": True,
+                          "unit": "step", **({} if disable is None else {"disable": disable})}  # None: TQDM_DISABLE
+        self.bar: Any = None
         self._phases: list[list[Any]] = []  # [name, done, total] of each open phase, outermost first
         self._on_phase = on_phase  # called as each phase opens (the swaps of modules loaded since)
 
     def open(self, name: str, total: int | None) -> list[Any]:
         if self._on_phase is not None:
             self._on_phase()
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, **self._bar_args)
         phase = [name, 0, total]
         self._phases.append(phase)
         self._describe(refresh=len(self._phases) > 1)
@@ -133,6 +136,8 @@ class CellBar:
     def finish(self, how: str) -> None:
         """The bar's last state: the cell's label and how it ended."""
         self._phases.clear()
+        if self.bar is None:
+            return
         self.bar.set_description_str(f"{self.label}: {how}")
         self.bar.close()
 

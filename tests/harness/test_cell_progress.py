@@ -50,3 +50,13 @@ def test_a_failing_cell_puts_everything_back() -> None:
         pass
     assert {name: sys.modules[name].tqdm for name in EAGER_BAR_MODULES} == originals
     assert out.getvalue().replace("\n", "\r").split("\r")[-2].startswith("tiny wanda 50%: stopped")
+
+
+def test_a_run_refused_before_its_first_phase_draws_no_bar() -> None:
+    out = io.StringIO()
+    try:
+        with cell_progress("tiny wanda 50%", file=out, disable=False):
+            raise RuntimeError("refused while planning")
+    except RuntimeError:
+        pass
+    assert out.getvalue() == ""  # the run's one error line stays alone
