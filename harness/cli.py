@@ -192,8 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from harness.executors.progress import cell_progress
 
         label = f"{args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity is not None else "")
-        with cell_progress(label):  # one bar for the run, the phase on one line
-            rows = run(opts)
+        with cell_progress(label) as cell:  # one bar for the run, the phase on one line
+            rows = run(opts, started=cell.start)
         print()
         print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4f"))
         return 0

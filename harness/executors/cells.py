@@ -43,8 +43,8 @@ def shipped_env() -> dict[str, str]:
 def execute(job: CellJob) -> CellOutcome:
     """Run the cell here; a HarnessError (missing data, empty answers, ...) is the cell's failure, not the grid's."""
     try:
-        with cell_progress(job.label):  # one bar for the cell, its phases on one line
-            run(job.opts)
+        with cell_progress(job.label) as cell:  # one bar for the cell, its phases on one line
+            run(job.opts, started=cell.start)
     except HarnessError as exc:
         return CellOutcome(job.label, str(exc))
     return CellOutcome(job.label, None)

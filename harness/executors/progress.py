@@ -3,7 +3,6 @@ one bar per cell where a cell runs (`cell_progress`: the cell's phases on that o
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -54,17 +53,16 @@ class Progress:
 
 # ---------------------------------------------------------------- one bar per cell
 
-# the modules that open their own tqdm bars during a cell (a `tqdm` global each): tamp's engine and lmms-eval's
-# request building and postprocessing (imported when the cell starts: every run imports them), then the stock
-# wrappers ours build on and ours (swapped once the cell has loaded them: the first evaluation phase, lmms-eval's
-# request building, always comes before their bars). Inside a cell their bars become phases of the cell's one
-# bar. transformers', datasets' and the Hub's bars (loading and writing weights, building a split) are switched
-# off through their own switches for the cell.
-EAGER_BAR_MODULES = ("tamp.engine.capture", "tamp.engine.block_pass", "tamp.engine.sequential", "lmms_eval.api.task",
-                     "lmms_eval.evaluator")
-LOADED_BAR_MODULES = ("lmms_eval.models.simple.llava_hf", "lmms_eval.models.simple.qwen2_vl",
-                      "lmms_eval.models.simple.qwen2_5_vl", "lmms_eval.models.simple.qwen2_audio",
-                      "harness.wrappers.common", "harness.wrappers.qwen2_5_omni")
+# the modules that open their own tqdm bars during a cell (a `tqdm` global each): tamp's engine, lmms-eval's
+# request building and postprocessing, the stock wrappers ours build on, and ours. Once the cell's work starts
+# (`CellBar.start`, after its plan) their bars become phases of the cell's one bar: those loaded by then at once,
+# a wrapper loaded later as the next phase opens (lmms-eval's request building always comes before its bars).
+# transformers', datasets' and the Hub's bars (loading and writing weights, building a split) are switched off
+# through their own switches for the cell.
+BAR_MODULES = ("tamp.engine.capture", "tamp.engine.block_pass", "tamp.engine.sequential", "lmms_eval.api.task",
+               "lmms_eval.evaluator", "lmms_eval.models.simple.llava_hf", "lmms_eval.models.simple.qwen2_vl",
+               "lmms_eval.models.simple.qwen2_5_vl", "lmms_eval.models.simple.qwen2_audio", "harness.wrappers.common",
+               "harness.wrappers.qwen2_5_omni")
 
 
 class _Swaps:
@@ -92,18 +90,27 @@ class CellBar:
     nest (the blocks of a pass, the matrices of a block): the outermost one counts, the inner ones are named. The
     bar appears with the first phase: a run refused while it is planned prints its one error line and no bar."""
 
-    def __init__(self, label: str, file: TextIO | None = None, disable: bool | None = None,
-                 on_phase: Callable[[], None] | None = None) -> None:
+    def __init__(self, label: str, file: TextIO | None = None, disable: bool | None = None) -> None:
         self.label = label
         self._bar_args = {"desc": label, "file": file or sys.stderr, "leave": True, "dynamic_ncols": True,
                           "unit": "step", **({} if disable is None else {"disable": disable})}  # None: TQDM_DISABLE
         self.bar: Any = None
         self._phases: list[list[Any]] = []  # [name, done, total] of each open phase, outermost first
-        self._on_phase = on_phase  # called as each phase opens (the swaps of modules loaded since)
+        self._swaps: _Swaps | None = None
+        self._switches: list[Callable[[], None]] = []
+
+    def start(self) -> None:
+        """The cell's work begins (its plan is done, nothing refused): the libraries' bars go quiet or become
+        phases of this one."""
+        if self._swaps is not None:
+            return
+        self._switches = _quiet_libraries()
+        self._swaps = _Swaps(phase_steps(self))
+        self._swaps.apply(BAR_MODULES)
 
     def open(self, name: str, total: int | None) -> list[Any]:
-        if self._on_phase is not None:
-            self._on_phase()
+        if self._swaps is not None:
+            self._swaps.apply(BAR_MODULES)  # a wrapper loaded since the last phase
         if self.bar is None:
             from tqdm.auto import tqdm
 
@@ -134,7 +141,12 @@ class CellBar:
             self.bar.set_description_str(f"{self.label}: {' > '.join(names)}", refresh=refresh)
 
     def finish(self, how: str) -> None:
-        """The bar's last state: the cell's label and how it ended."""
+        """Everything put back; the bar's last state: the cell's label and how it ended."""
+        if self._swaps is not None:
+            self._swaps.restore()
+            self._swaps = None
+        while self._switches:
+            self._switches.pop()()
         self._phases.clear()
         if self.bar is None:
             return
@@ -202,27 +214,14 @@ def phase_steps(cell: CellBar) -> type:
 
 @contextmanager
 def cell_progress(label: str, file: TextIO | None = None, disable: bool | None = None) -> Iterator[CellBar]:
-    """Within the block, one bar for the cell: every bar the bar modules open is a phase of it, and the libraries
-    whose bars have a switch are quiet. Everything is put back afterwards."""
-    swaps: _Swaps | None = None
-    switches: list[Callable[[], None]] = []
-    cell, how = None, "stopped"
+    """One bar for the cell within the block: from `start()` on, every bar the bar modules open is a phase of it
+    and the libraries whose bars have a switch are quiet. Everything is put back afterwards."""
+    cell, how = CellBar(label, file, disable), "stopped"
     try:
-        for name in EAGER_BAR_MODULES:
-            importlib.import_module(name)
-        switches = _quiet_libraries()
-        cell = CellBar(label, file, disable, on_phase=lambda: swaps.apply(LOADED_BAR_MODULES) if swaps else None)
-        swaps = _Swaps(phase_steps(cell))
-        swaps.apply((*EAGER_BAR_MODULES, *LOADED_BAR_MODULES))
         yield cell
         how = "finished"
     finally:
-        if swaps is not None:
-            swaps.restore()
-        for restore in switches:
-            restore()
-        if cell is not None:
-            cell.finish(how)
+        cell.finish(how)
 
 
 def _quiet_libraries() -> list[Callable[[], None]]:

@@ -10,16 +10,22 @@ import lmms_eval.evaluator
 
 import tamp.engine.block_pass
 import tamp.engine.sequential
-from harness.executors.progress import EAGER_BAR_MODULES, cell_progress
+from harness.executors.progress import BAR_MODULES, cell_progress
+
+
+def _bars() -> dict[str, object]:
+    return {name: sys.modules[name].tqdm for name in BAR_MODULES if name in sys.modules}
 
 
 def test_the_phases_of_a_cell_share_one_bar() -> None:
     from transformers.utils import logging as hf_logging
 
-    originals = {name: sys.modules[name].tqdm for name in EAGER_BAR_MODULES}
+    originals = _bars()
     hf_on = hf_logging.is_progress_bar_enabled()
     out = io.StringIO()
     with cell_progress("tiny wanda 50%", file=out, disable=False) as cell:
+        assert hf_logging.is_progress_bar_enabled() == hf_on and _bars() == originals  # planning: nothing swapped
+        cell.start()
         assert not hf_logging.is_progress_bar_enabled()
         for _ in tamp.engine.block_pass.tqdm(range(4), desc="prune layers", unit="block"):
             for _ in tamp.engine.sequential.tqdm({"q": 1, "k": 2}.items(), desc="prune (wanda)", leave=False):
@@ -29,7 +35,7 @@ def test_the_phases_of_a_cell_share_one_bar() -> None:
         bar.update(2)
         assert cell.bar.n == 2 and cell.bar.total == 3
         bar.close()
-    assert {name: sys.modules[name].tqdm for name in EAGER_BAR_MODULES} == originals
+    assert _bars() == originals
     assert hf_logging.is_progress_bar_enabled() == hf_on
     states = [s.strip() for s in out.getvalue().replace("\n", "\r").split("\r") if s.strip()]
     assert states and all(s.startswith("tiny wanda 50%") for s in states), states  # one bar: every state is its
@@ -40,15 +46,16 @@ def test_the_phases_of_a_cell_share_one_bar() -> None:
 
 
 def test_a_failing_cell_puts_everything_back() -> None:
-    originals = {name: sys.modules[name].tqdm for name in EAGER_BAR_MODULES}
+    originals = _bars()
     out = io.StringIO()
     try:
-        with cell_progress("tiny wanda 50%", file=out, disable=False):
+        with cell_progress("tiny wanda 50%", file=out, disable=False) as cell:
+            cell.start()
             for _ in tamp.engine.block_pass.tqdm(range(4), desc="prune layers"):
                 raise RuntimeError("a cell fails")
     except RuntimeError:
         pass
-    assert {name: sys.modules[name].tqdm for name in EAGER_BAR_MODULES} == originals
+    assert _bars() == originals
     assert out.getvalue().replace("\n", "\r").split("\r")[-2].startswith("tiny wanda 50%: stopped")
 
 
@@ -56,7 +63,7 @@ def test_a_run_refused_before_its_first_phase_draws_no_bar() -> None:
     out = io.StringIO()
     try:
         with cell_progress("tiny wanda 50%", file=out, disable=False):
-            raise RuntimeError("refused while planning")
+            raise RuntimeError("refused while planning")  # before start()
     except RuntimeError:
         pass
     assert out.getvalue() == ""  # the run's one error line stays alone
