@@ -3,7 +3,8 @@ the seconds torch, transformers and lmms-eval take to import.
 
 The fields `--set` accepts are the run fields (tamp.params) and the parameters the methods declare. The methods'
 declarations live in modules that import torch, so `declared_fields` reads the built-in ones from their source
-(each `Param("name", type, ...)` in tamp/methods/); tests/tamp/test_overrides.py holds it equal to the registry.
+(each `Param("name", type, ...)` in tamp/methods/ and any folder added to its search path); tests/tamp/test_overrides.py
+holds it equal to the registry.
 A method plugin can declare any name: with one installed, an unknown name is left to the registry's check
 (`tamp.recipe.parse_overrides`, which refuses with the same words). Torch-free.
 """
@@ -19,7 +20,6 @@ from typing import Any
 from tamp.errors import TampError
 from tamp.params import RUN_PARAMS
 
-METHODS_DIR = Path(__file__).resolve().parent / "methods"
 PLUGIN_GROUP = "tamp.methods"  # tamp.methods.registry.ENTRY_POINT_GROUP (a test holds them equal)
 TYPES = ("bool", "int", "float", "str")
 
@@ -52,12 +52,19 @@ def unknown_field(key: str, fields: set[str] | dict[str, Any]) -> TampError:
     return TampError(f"unknown config field '{key}'; fields: {', '.join(sorted(fields))}")
 
 
-@cache
 def declared_fields() -> dict[str, str]:
     """Field name -> type name of every run field and every `Param` the built-in methods declare (their source
-    read, not imported)."""
+    read, not imported): the files of every folder of the methods package's search path, where the registry
+    finds its built-ins."""
+    import tamp.methods  # a docstring only: the methods themselves stay unimported
+
+    return _declared(tuple(str(folder) for folder in tamp.methods.__path__))
+
+
+@cache
+def _declared(folders: tuple[str, ...]) -> dict[str, str]:
     out = {p.name: p.type.__name__ for p in RUN_PARAMS}
-    for path in sorted(METHODS_DIR.glob("*.py")):
+    for path in sorted(p for folder in folders for p in Path(folder).glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or len(node.args) < 2:
                 continue
