@@ -178,6 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\nAll of lmms-eval's tasks: python -m lmms_eval tasks list")
         return 0
     if args.command == "run":
+        _precheck(args.overrides)  # a typo is refused before torch, transformers and lmms-eval load
         from harness.evaluate import quiet_loguru
         from harness.run import RunOptions, run
 
@@ -188,7 +189,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
                           artifacts=args.artifacts, gpus=args.gpus, device=args.device, dtype=args.dtype,
                           force=args.force, max_empty_fraction=args.max_empty_fraction)
-        rows = run(opts)
+        from harness.executors.progress import cell_progress
+
+        label = f"{args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity is not None else "")
+        with cell_progress(label) as cell:  # one bar for the run, the phase on one line
+            rows = run(opts, started=cell.start)
         print()
         print(tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4f"))
         return 0
@@ -247,7 +252,18 @@ def _reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precheck(overrides: list[str]) -> None:
+    """`--set` items checked (syntax, field, type) before the ML stack is imported."""
+    from harness.errors import tamp_errors
+    from tamp.overrides import precheck
+
+    with tamp_errors():
+        precheck(overrides)
+
+
 def _grid(args: argparse.Namespace) -> int:
+    if args.command == "sweep":
+        _precheck(args.overrides)
     from harness.evaluate import quiet_loguru
     from harness.executors import check_available, executor_options
     from harness.grid import Settings, dry_run, load_grid, run_grid, sweep_grid, write_reports
@@ -286,8 +302,11 @@ def _grid(args: argparse.Namespace) -> int:
     if failed:
         print(f"\n{len(failed)} cell(s) failed (the others are done and cached; fix and run again to resume):",
               file=sys.stderr)
+        by_reason: dict[str, list[str]] = {}  # cells failing for one reason (data a sweep shares): one line
         for cell, why in failed:
-            print(f"  - {cell.label}: {why}", file=sys.stderr)
+            by_reason.setdefault(why, []).append(cell.label)
+        for why, labels in by_reason.items():
+            print(f"  - {', '.join(labels)}: {why}", file=sys.stderr)
         return 1
     return 0
 

@@ -26,7 +26,7 @@ from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.model_specs import expand_calib, resolve_model
 from harness.records import load_record, record_path
-from harness.run import RunOptions, finished, run_recipe
+from harness.run import RunOptions, finished, missing_data, run_recipe
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.atomic_write import write_text_atomic
@@ -408,16 +408,54 @@ def validate(grid: Grid, settings: Settings) -> None:
         validate_tasks(list(grid.tasks or spec.tasks), task_manager(spec.wrapper))
 
 
+MISSING_DATA = "not run: its data is missing (listed above)"
+
+
+def missing_by_cell(grid: Grid, settings: Settings, todo: list[Cell]) -> dict[str, list[str]]:
+    """Cell label -> the data it needs that is not here (harness run's own check), each distinct draw and task
+    list checked once: the cells of a sweep share their data, so a missing piece is one line, not one per cell."""
+    checked: dict[tuple[Any, ...], list[str]] = {}
+    out: dict[str, list[str]] = {}
+    for cell in todo:
+        opts = run_options(grid, cell, settings)
+        spec = resolve_model(opts.model)
+        recipe = run_recipe(opts, spec)
+        tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
+        cfg = recipe.weight
+        draw = (cfg.calib, cfg.nsamples, cfg.seed) if recipe.needs_calibration else None
+        key = (spec.name, draw, tuple(tasks))
+        if key not in checked:
+            checked[key] = missing_data(spec, recipe, tasks, task_manager(spec.wrapper))
+        out[cell.label] = checked[key]
+    return out
+
+
+def _report_missing(missing: dict[str, list[str]], cells_total: int) -> None:
+    lines = list(dict.fromkeys(line for found in missing.values() for line in found))
+    if lines:
+        blocked = sum(bool(found) for found in missing.values())
+        print(f"\nmissing data: {blocked} of {cells_total} cell(s) cannot run until it is here (the others run):",
+              file=sys.stderr, flush=True)
+        for line in lines:
+            print(f"  - {line}", file=sys.stderr, flush=True)
+
+
 def run_grid(grid: Grid, settings: Settings) -> list[tuple[Cell, str]]:
     """Run every cell (here, or as cluster jobs); returns the failed cells with their one-line reasons once every
-    cell has ended."""
+    cell has ended. Here, the data every cell needs is checked first and what is missing printed once; the cells
+    it blocks are not run. (A cluster's driver may not see a compute node's data: there each cell checks its own.)"""
 
     validate(grid, settings)
     todo = cells(grid)
     if settings.executor.kind == "local":
-        jobs = [CellJob(cell.label, run_options(grid, cell, settings)) for cell in todo]
-        outcomes = run_jobs(jobs, settings.executor, settings.gpus, settings.output)
-        return [(cell, o.error) for cell, o in zip(todo, outcomes) if o.error is not None]
+        missing = missing_by_cell(grid, settings, todo)
+        _report_missing(missing, len(todo))
+        ready = [cell for cell in todo if not missing[cell.label]]
+        jobs = [CellJob(cell.label, run_options(grid, cell, settings)) for cell in ready]
+        outcomes = dict(zip([c.label for c in ready], run_jobs(jobs, settings.executor, settings.gpus,
+                                                                 settings.output)))
+        return [(cell, MISSING_DATA if missing[cell.label] else outcomes[cell.label].error) for cell in todo
+                if missing[cell.label] or outcomes[cell.label].error is not None]
     # cluster jobs: absolute paths (a worker starts elsewhere), the driver's command in the records, and the
     # cells with every record already written are not submitted at all
     where = replace(settings, output=settings.output.resolve(), artifacts=settings.artifacts.resolve())
@@ -458,10 +496,10 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
     against prefill FLOPs (weight methods, token methods and compositions on one chart). Only the FLOPs: they are
     the same on every machine, so a re-run writes the same table; latency, decoding speed and memory are
     `harness table --cost`'s."""
-    from harness.plots import plot_curves, plot_tflops
+    from harness.plots import cost_varies, plot_curves, plot_tflops
 
-    df = grid_frame(grid, settings)
-    if df.empty:
+    df = grid_frame(grid, settings) if settings.output.is_dir() else None
+    if df is None or df.empty:
         print("no finished cells yet: no table, plot or CSV written")
         return []
     pub = load_published(published)
@@ -475,9 +513,12 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
         written.append(grid.outputs["table"])
     if "plot" in grid.outputs:
         written += plot_curves(df, pub, grid.outputs["plot"], pattern=grid.pattern)
-        if cost:
+        if cost and cost_varies(df):
             plot = grid.outputs["plot"]
             written += plot_tflops(df, plot.with_name(f"{plot.stem}_tflops{plot.suffix}"))
+        elif cost:
+            print("no accuracy-vs-FLOPs plot: every point of a benchmark has the same prefill FLOPs (weight pruning "
+                  "leaves the dense FLOPs unchanged; token methods change them)")
     if "csv" in grid.outputs:
         export(settings.output, grid.outputs["csv"])
         written.append(grid.outputs["csv"])

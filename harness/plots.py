@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,37 @@ from tamp.artifacts import (  # noqa: E402
     PruningJsonUnreadable,
     read_pruning_json,
 )
+from tamp.methods.registry import all_methods  # noqa: E402
 
 AVERAGE = "Average"
+DENSE_COLOUR = "black"
+# enough distinct colours for every built-in method but dense (black): tab10, then Dark2's eight
+PALETTE = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
+
+
+def method_style(method: str) -> dict[str, Any]:
+    """A method's colour (and line style), the same in every figure of every report: read from its place in the
+    registry's order, not from which methods one figure happens to show. A composition (`tamp+aim`) takes its
+    token method's colour, dashed; a method no longer registered a colour from its name."""
+    if method == "dense":
+        return {"color": DENSE_COLOUR, "linestyle": "-"}
+    if "+" in method:
+        return {"color": method_style(method.split("+")[-1])["color"], "linestyle": "--"}
+    names = [n for n in all_methods() if n != "dense"]
+    index = names.index(method) if method in names else len(names) + zlib.crc32(method.encode())
+    return {"color": PALETTE[index % len(PALETTE)], "linestyle": "-"}
+
+
+def cost_varies(rows: pd.DataFrame) -> bool:
+    """Whether the measured prefill cost differs between the points of one benchmark panel (same model, limit and
+    task). Weight pruning leaves the dense FLOPs unchanged: a weight-only sweep has every point on one vertical
+    line, a figure with nothing to show."""
+    rows = rows[rows["prefill_tflops"].notna()]
+    for _, group in rows.groupby(["model", "limit", "task"]):
+        low, high = float(group["prefill_tflops"].min()), float(group["prefill_tflops"].max())
+        if high - low > 1e-9 * max(abs(high), 1e-30):
+            return True
+    return False
 
 
 def _outputs(out: Path, suffix: str = "") -> list[Path]:
@@ -116,7 +146,8 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
     methods = sorted({m for m in rows["method"] if m != "dense"}, key=method_rank)
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    colours = {m: method_style(m)["color"] for m in methods}
+    lines = {m: method_style(m)["linestyle"] for m in methods}
     dense = rows[rows["method"] == "dense"]
     for ax, panel in zip(axes.flat, panels):
         if panel == AVERAGE:
@@ -124,7 +155,8 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
             for method in methods:
                 curve = _average_curve(rows[rows["method"] == method], tasks)
                 if len(curve):
-                    ax.plot(curve.index, curve.values, marker="o", color=colours[method], label=method_label(method))
+                    ax.plot(curve.index, curve.values, marker="o", color=colours[method], linestyle=lines[method],
+                            label=method_label(method))
             dense_avg = _average_curve(dense, tasks)
             if len(dense_avg):
                 ax.axhline(float(dense_avg.iloc[-1]), color="black", linestyle="--", linewidth=1, label="Dense")
@@ -135,8 +167,8 @@ def _curves_figure(rows: pd.DataFrame, pubs: pd.DataFrame | None, title: str) ->
                 sub = rows[(rows["method"] == method) & (rows["task"] == panel)].sort_values("sparsity")
                 if len(sub):
                     xs, ys, err = _points(sub)
-                    ax.errorbar(xs, ys, yerr=err, marker="o", color=colours[method], capsize=3,
-                                label=method_label(method))
+                    ax.errorbar(xs, ys, yerr=err, marker="o", color=colours[method], linestyle=lines[method],
+                                capsize=3, label=method_label(method))
                 if pubs is not None:
                     ps = pubs[(pubs["method"] == method) & (pubs["task"] == panel)]
                     if len(ps):
@@ -195,7 +227,6 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
         nrows = math.ceil(len(panels) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
         methods = sorted(set(rows["method"]), key=method_rank)
-        colours = {meth: plt.get_cmap("tab10")(i % 10) for i, meth in enumerate(methods)}
         unit, scale = flop_unit(float(rows["prefill_tflops"].max()))
         for ax, panel in zip(axes.flat, panels):
             ax.set_title(benchmark(panel).label if panel != AVERAGE else "Average (0-100 scale)", fontsize=10)
@@ -210,9 +241,9 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
                     pts = list(zip(one["prefill_tflops"].astype(float) * scale, one["value"].astype(float)))
                 if pts:
                     xs, ys = zip(*sorted(pts))
-                    style = dict(marker="s", linestyle="none") if method == "dense" else dict(marker="o")
-                    ax.plot(xs, ys, color="black" if method == "dense" else colours[method],
-                            label=method_label(method), **style)
+                    style = {**method_style(method), **(dict(marker="s", linestyle="none") if method == "dense"
+                                                        else dict(marker="o"))}
+                    ax.plot(xs, ys, label=method_label(method), **style)
             ax.set_xlabel(f"prefill {unit} per sample")
             ax.grid(alpha=0.3)
         _finish(fig, axes, len(panels), f"{m}: accuracy vs prefill cost" +

@@ -11,6 +11,7 @@ import importlib.metadata as md
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,13 +223,16 @@ def finished(opts: RunOptions) -> bool:
     return all(r.get("artifact_key") == key for r in records)
 
 
-def run(opts: RunOptions) -> list[dict[str, Any]]:
-    """Do the run; returns one summary row per task (finished now or skipped as already done)."""
+def run(opts: RunOptions, started: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Do the run; returns one summary row per task (finished now or skipped as already done). `started` is called
+    once the plan holds and work is left (the cell's progress bar takes over the libraries' bars then)."""
     p = plan_run(opts)
     for task in p.tasks:
         if task not in p.pending:
             print(f"skip {task}: {p.records[task]} is done (--force reruns it)")
     if p.pending:
+        if started is not None:
+            started()
         _prune_and_evaluate(opts, p)
     return [summary_row(load_record(p.records[t]) or {}, t, t in p.pending) for t in p.tasks]
 

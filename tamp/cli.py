@@ -65,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: _run(args), (TampError,), left.get(args.command, "nothing was written"))
 
 
+def _precheck_prune(args: argparse.Namespace) -> None:
+    """The flags checkable without the ML stack: `--set` items (syntax, field, type), the sparsity range and the
+    calibration draw's numbers; everything else is the recipe's check, after the imports."""
+    from tamp.config import check_sparsity
+    from tamp.overrides import precheck
+    from tamp.params import RUN_PARAMS
+
+    if args.sparsity is not None:
+        check_sparsity(args.sparsity)
+    run = {p.name: p for p in RUN_PARAMS}
+    for name in ("nsamples", "seqlen"):
+        problem = run[name].problem(getattr(args, name))
+        if problem:
+            raise TampError(problem)
+    precheck(args.overrides)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "build-tiny":
         from tamp.paths import output_problem
@@ -96,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"{shipped.parent / (args.family + '.json')})")
         return 0
     if args.command == "prune":
+        _precheck_prune(args)  # a typo is refused before torch and transformers load
         from tamp.inspect_report import format_report
         from tamp.pipeline import prune
         from tamp.recipe import build_recipe, parse_overrides

@@ -28,6 +28,7 @@ from tamp.engine.parts import Parts
 from tamp.errors import TampError
 from tamp.methods import registry
 from tamp.methods.base import ALL_TOKENS, TOKEN_BUDGET, UNIFORM, Method, TokenMethod, WeightMethod
+from tamp.overrides import split_item, typed_value, unknown_field
 from tamp.params import RUN_PARAMS, Param
 from tamp.token_transform import TokenTransform
 
@@ -78,25 +79,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     params = {**_RUN, TOKEN_BUDGET.name: TOKEN_BUDGET, **{name: p for name, (p, _) in method_params().items()}}
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise TampError(f"--set expects FIELD=VALUE, got '{item}'")
-        key, raw = (part.strip() for part in item.split("=", 1))
+        key, raw = split_item(item)
         if key not in params:
-            raise TampError(f"unknown config field '{key}'; fields: {', '.join(sorted(params))}")
-        kind = params[key].type.__name__
-        try:
-            if kind == "bool":
-                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(raw)
-                out[key] = raw.lower() in ("true", "1", "yes")
-            elif kind == "int":
-                out[key] = int(raw)
-            elif kind == "float":
-                out[key] = float(raw)
-            else:
-                out[key] = raw
-        except ValueError:
-            raise TampError(f"--set {key}: '{raw}' is not a valid {kind}") from None
+            raise unknown_field(key, params)
+        out[key] = typed_value(key, raw, params[key].type.__name__)
     return out
 
 
@@ -132,7 +118,7 @@ def weight_config(method: str, **overrides: Any) -> PruneConfig:
     known = method_params()
     unknown = [k for k in given if k not in known]
     if unknown:
-        raise TampError(f"unknown config field '{unknown[0]}'; fields: {', '.join(sorted({*_RUN, *known}))}")
+        raise unknown_field(unknown[0], {*_RUN, *known})
     cfg = PruneConfig(**values)
     _check_parts(values)
     used = used_methods(values)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
 from harness.evaluate import quiet_loguru
+from harness.executors.progress import cell_progress
 from harness.run import RunOptions, run
 
 # environment a cell's run depends on (caches, offline switches, log level), shipped with each job so that a
@@ -42,7 +43,8 @@ def shipped_env() -> dict[str, str]:
 def execute(job: CellJob) -> CellOutcome:
     """Run the cell here; a HarnessError (missing data, empty answers, ...) is the cell's failure, not the grid's."""
     try:
-        run(job.opts)
+        with cell_progress(job.label) as cell:  # one bar for the cell, its phases on one line
+            run(job.opts, started=cell.start)
     except HarnessError as exc:
         return CellOutcome(job.label, str(exc))
     return CellOutcome(job.label, None)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from loguru import logger
 from PIL import Image
+from tqdm import tqdm
 
 from harness.cache import KEY_FILE
 from harness.errors import ArtifactRefused
@@ -221,7 +222,6 @@ class TampWrapperMixin:
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         """Mean negative log-likelihood of each continuation (lower = more likely: lmms-eval takes argmin)."""
         from lmms_eval.api.instance import GenerationResult
-        from tqdm import tqdm
 
         out = []
         for req in tqdm(requests, disable=self.rank != 0, desc="Scoring choices"):

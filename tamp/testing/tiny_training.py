@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     GenerationConfig,
@@ -244,6 +246,13 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, steps: in
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, warmup))
 
 
+def _bar(steps: Iterator[Any], total: int, desc: str, log: bool) -> Any:
+    """The training steps, with one progress bar on stderr when `log` (the loss beside it): a build takes
+    minutes, and says how far it is."""
+    quiet = {} if log else {"disable": True}  # shown: tqdm's own default (TQDM_DISABLE=1 still silences it)
+    return tqdm(steps, total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, **quiet)
+
+
 def pretrain_vision(model: Any, processor: Any, r: Recipe, seed: int, log: bool = False) -> list[float]:
     """Stage 1, in place of a pretrained CLIP: teach the vision tower to see each attribute of a picture.
 
@@ -254,7 +263,9 @@ def pretrain_vision(model: Any, processor: Any, r: Recipe, seed: int, log: bool 
     probe: torch.nn.Module | None = None
     opt = sched = None
     losses = []
-    for step, (pixels, labels) in enumerate(prefetched(partial(_probe_batches, processor, r, seed), r.vision_steps)):
+    bar = _bar(prefetched(partial(_probe_batches, processor, r, seed), r.vision_steps), r.vision_steps,
+               "train the vision tower (1/2)", log)
+    for pixels, labels in bar:
         tiles = pixels.flatten(0, 1)  # (batch * tiles, 3, side, side): base picture + anyres tiles
         feats = tower(tiles, output_hidden_states=True).hidden_states[layer][:, 1:]  # without CLS ("default")
         feats = feats.reshape(len(pixels), -1)
@@ -271,9 +282,9 @@ def pretrain_vision(model: Any, processor: Any, r: Recipe, seed: int, log: bool 
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if log and (step % 50 == 0 or step == r.vision_steps - 1):
+        if log:
             per_kind = " ".join(f"{kind} {part.item():.3f}" for kind, part in zip(ATTRIBUTES, parts))
-            print(f"vision step {step:4d}  loss {losses[-1]:.4f} ({per_kind})", flush=True)
+            bar.set_postfix_str(f"loss {losses[-1]:.4f} ({per_kind})", refresh=False)
     return losses
 
 
@@ -286,7 +297,9 @@ def train(model: torch.nn.Module, processor: Any, r: Recipe, seed: int, log: boo
     opt, sched = _optimizer(model, r.lr, r.weight_decay, r.steps, r.warmup)
     losses = []
     model.train()
-    for step, batch in enumerate(prefetched(partial(_answer_batches, processor, r, seed), r.steps)):
+    bar = _bar(prefetched(partial(_answer_batches, processor, r, seed), r.steps), r.steps,
+               "train the answers (2/2)", log)
+    for batch in bar:
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip)
@@ -294,8 +307,8 @@ def train(model: torch.nn.Module, processor: Any, r: Recipe, seed: int, log: boo
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if log and (step % 50 == 0 or step == r.steps - 1):
-            print(f"step {step:4d}  loss {losses[-1]:.4f}", flush=True)
+        if log:
+            bar.set_postfix_str(f"loss {losses[-1]:.4f}", refresh=False)
     model.eval()
     model.requires_grad_(True)
     return losses
