@@ -21,6 +21,7 @@ from tamp.methods.base import UNIFORM
 from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
 from tamp.paths import output_problem
+from tamp.quantization import SECTION as QUANT_SECTION
 from tamp.recipe import Recipe, code_versions
 from tamp.token_transform import SECTION as TRANSFORM_SECTION
 
@@ -99,7 +100,8 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
                         "every matrix is pruned with the uniform N:M pattern")
     for w in warnings:
         print(f"warning: {w}")
-    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, recipe.parts, dev, offload)
+    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, recipe.parts, dev, offload,
+                         recipe.quant.step() if recipe.quant is not None else None)
     timings.update(result.timings)
     if transform is not None and transform.wants_fit():  # on the weights as they will be evaluated
         t = time.perf_counter()
@@ -133,6 +135,7 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
         "engine": result.details,
         "warnings": warnings + result.warnings,
         **({TRANSFORM_SECTION: transform.to_dict()} if transform is not None else {}),
+        **({QUANT_SECTION: {**recipe.quant.to_dict(), "matrices": len(result.grids)}} if recipe.quant else {}),
         "versions": versions(),
     }
     t = time.perf_counter()

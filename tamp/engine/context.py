@@ -27,6 +27,19 @@ class EngineResult:
     warnings: list[str] = field(default_factory=list)
     token_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     details: dict[str, Any] = field(default_factory=dict)
+    # per quantized matrix: its grid (scale and zero point per row and group, each input column's group), what an
+    # export packs beside the integer codes (recovered exactly from the weights: scale x integer)
+    grids: dict[str, Grid] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One quantized matrix's grid: `scale`, `zero` (d_out, n_groups), `group` (d_in,), `bits`."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    group: torch.Tensor
+    bits: int
 
 
 class PhaseTimer:
