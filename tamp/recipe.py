@@ -27,7 +27,16 @@ from tamp.config import PruneConfig, check_sparsity
 from tamp.engine.parts import Parts
 from tamp.errors import TampError
 from tamp.methods import registry
-from tamp.methods.base import ALL_TOKENS, TOKEN_BUDGET, UNIFORM, Method, QuantMethod, TokenMethod, WeightMethod
+from tamp.methods.base import (
+    ALL_TOKENS,
+    TOKEN_BUDGET,
+    UNIFORM,
+    Method,
+    QuantMethod,
+    TokenMethod,
+    WeightMethod,
+    parse_grid,
+)
 from tamp.params import RUN_PARAMS, Param
 from tamp.quantization import SECTION as QUANT_SECTION
 from tamp.quantization import Quantization
@@ -39,14 +48,15 @@ _RUN = {p.name: p for p in RUN_PARAMS}
 
 
 def compose(name: str) -> tuple[str, str | None, str | None]:
-    """`tamp+gptq+fastv` -> ('tamp', 'fastv', 'gptq'): the weight method (dense when none is named), the token
-    method and the quantizer, at most one of each kind, each registered under its kind."""
+    """`tamp+gptq-w4g128+fastv` -> ('tamp', 'fastv', 'gptq-w4g128'): the weight method (dense when none is named),
+    the token method and the quantizer (with its grid, when the name gives one), at most one of each kind, each
+    registered under its kind."""
     parts = [p.strip() for p in name.split("+")]
     if any(not p for p in parts):
         raise TampError(f"--method '{name}': empty part; compose as WEIGHT+QUANT+TOKEN, e.g. tamp+fastv or tamp+gptq")
     kinds: dict[str, list[str]] = {"weight": [], "token": [], "quant": []}
     for part in parts:
-        method = registry.get(part)
+        method = registry.get(_quantizer_name(part))
         if method.kind not in kinds:
             raise TampError(f"--method: '{part}' is a {method.kind} method, which does not compose yet")
         kinds[method.kind].append(part)
@@ -55,6 +65,28 @@ def compose(name: str) -> tuple[str, str | None, str | None]:
                         "e.g. tamp+gptq+fastv")
     weight = kinds["weight"][0] if kinds["weight"] else DENSE
     return weight, next(iter(kinds["token"]), None), next(iter(kinds["quant"]), None)
+
+
+def _quantizer_name(part: str) -> str:
+    """`gptq-w4g128` -> `gptq` (a registered quantizer and a grid label); any other part as it is."""
+    head, _, grid = part.partition("-")
+    if grid and isinstance(registry.all_methods().get(head), QuantMethod):
+        if parse_grid(grid) is None:
+            raise TampError(f"--method: '{grid}' in '{part}' is no grid; write it as w<bits>[g<group>][-asym], "
+                            "e.g. gptq-w4g128, rtn-w8")
+        return head
+    return part
+
+
+def _quantization(part: str, sets: dict[str, Any]) -> Quantization:
+    """The quantizer of a method name's part, its grid from the name (`gptq-w4g128`) and `--set`, which agree."""
+    head, _, grid = part.partition("-")
+    named = parse_grid(grid) if grid else {}
+    assert named is not None
+    clash = sorted(k for k in named if k in sets and sets[k] != named[k])
+    if clash:
+        raise TampError(f"--set {clash[0]}={sets[clash[0]]} contradicts the grid '{grid}' in --method; give one")
+    return Quantization.build(head, {**named, **sets})
 
 
 def split_method(name: str) -> tuple[str, str | None]:
@@ -200,10 +232,11 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        """What a run is filed and tabulated under: the weight method, the quantizer and the token method that
-        it runs (`tamp+fastv`, `tamp+gptq`, `gptq`), the dense model named only alone."""
+        """What a run is filed and tabulated under: the weight method, the quantizer with its grid and the token
+        method that it runs (`tamp+fastv`, `tamp+gptq-w4g128`, `rtn-w8`), the dense model named only alone;
+        `--method` reads it back as the same recipe."""
         named = [self.weight.method if self.weight.method != DENSE else "",
-                 self.quant.method if self.quant else "", self.token.method if self.token else ""]
+                 f"{self.quant.method}-{self.quant.label}" if self.quant else "", self.token.method if self.token else ""]
         return "+".join(n for n in named if n) or DENSE
 
     @property
@@ -243,7 +276,7 @@ def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "
         raise TampError(f"--set {', '.join(quant_sets)}: parameters of a quantizer; add it to --method, "
                         f"e.g. {method}+gptq")
     transform = TokenTransform.build(token, token_sets) if token is not None else None
-    quant = Quantization.build(quantizer, quant_sets) if quantizer is not None else None
+    quant = _quantization(quantizer, quant_sets) if quantizer is not None else None
     keeps_every_weight = getattr(registry.get(weight), "keeps_every_weight", False)
     if keeps_every_weight and sparsity:
         if token is None and quant is None:

@@ -9,6 +9,7 @@ never listed by hand. The engine only calls hooks; it names no method.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -116,9 +117,22 @@ GRID_PARAMS: tuple[Param, ...] = (
 
 
 def grid_label(params: dict[str, Any]) -> str:
-    """`w4g128` (`w8`: one grid per row; `-asym` for an asymmetric grid): how tables and names show a grid."""
+    """`w4g128` (`w8`: one grid per row; `-asym` for an asymmetric grid): how run names and tables show a grid,
+    and what `parse_grid` reads back."""
     group = int(params["quant_group"])
     return f"w{params['quant_bits']}{'' if group == -1 else f'g{group}'}{'' if params['quant_sym'] else '-asym'}"
+
+
+_GRID = re.compile(r"^w(\d+)(?:g(\d+))?(-asym)?$")
+
+
+def parse_grid(text: str) -> dict[str, Any] | None:
+    """`w4g128` -> {quant_bits: 4, quant_group: 128, quant_sym: True}; None if `text` is no grid label."""
+    match = _GRID.match(text)
+    if match is None:
+        return None
+    return {"quant_bits": int(match.group(1)), "quant_group": int(match.group(2)) if match.group(2) else -1,
+            "quant_sym": match.group(3) is None}
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,30 @@ def test_bad_quantization_requests_are_refused(method: str, sparsity: float, set
         build_recipe(method, sparsity, overrides=sets)
 
 
-def test_names_and_keys() -> None:
-    """Runs are filed as weight+quantizer+token; a recipe without a quantizer keys as it always did."""
-    assert build_recipe("tamp+gptq+fastv", 0.5).name == "tamp+gptq+fastv"
-    assert build_recipe("gptq", 0).name == "gptq"
-    assert build_recipe("rtn+fastv", 0).name == "rtn+fastv"
+def test_names_carry_the_grid_and_read_back_as_the_same_recipe() -> None:
+    """Runs are filed as weight+quantizer-grid+token; `--method` takes that name back (the grid in the name is
+    the `--quant w4g128` of other tools); a recipe without a quantizer keys as it always did."""
+    from harness.tables import method_label
+
+    cases = {("tamp+gptq+fastv", 0.5, ()): "tamp+gptq-w4g128+fastv", ("gptq", 0, ()): "gptq-w4g128",
+             ("rtn+fastv", 0, ("quant_bits=8", "quant_group=-1")): "rtn-w8+fastv",
+             ("sparsegpt+gptq-w3g64-asym", 0.5, ()): "sparsegpt+gptq-w3g64-asym"}
+    for (method, sparsity, sets), name in cases.items():
+        recipe = build_recipe(method, sparsity, overrides=list(sets))
+        assert recipe.name == name
+        assert build_recipe(name, sparsity).key_inputs() == recipe.key_inputs()
+    assert method_label("tamp+gptq-w4g128+fastv") == "TAMP + GPTQ w4g128 + FastV"
+    assert method_label("rtn-w8") == "RTN w8"
     plain = build_recipe("tamp", 0.5).key_inputs()
     assert "quantization" not in plain and "quantize" not in plain["code"]["algorithms"]
     assert "quantize" not in build_recipe("sparsegpt", 0.5).key_inputs()["code"]["algorithms"]
+
+
+@pytest.mark.parametrize(("method", "sets", "says"), [
+    ("gptq-w4x", [], "'w4x' in 'gptq-w4x' is no grid"),
+    ("gptq-w4g128", ["quant_bits=8"], "contradicts the grid 'w4g128'"),
+    ("gptq-w9", [], "quant_bits must be in 2..8"),
+])
+def test_bad_grids_in_the_name_are_refused(method: str, sets: list[str], says: str) -> None:
+    with pytest.raises(TampError, match=says):
+        build_recipe(method, 0, overrides=sets)
