@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tamp.algorithms.quantize import Quantized
 from tamp.config import PruneConfig
 from tamp.engine.attention import capture_last_row_attention
 from tamp.engine.block_pass import run_blocks
 from tamp.engine.capture import Captured, run_block
-from tamp.engine.context import Context, EngineResult, Grid, PhaseTimer, matrices_to_prune
+from tamp.engine.context import Context, EngineResult, PhaseTimer, matrices_to_prune
 from tamp.engine.parts import Needs, Parts, QuantStep, Scoring
 from tamp.engine.stats import StatsCollector, TokenSelector
 from tamp.models.adapters import ModelAdapter, Stack, prunable_linears
@@ -104,7 +105,8 @@ def _compress(ctx: Context, name: str, scoring: Scoring | None, quant: QuantStep
     else:
         pruned = _prune(scoring, weight, stats, sparsity, cfg) if prunes else weight  # type: ignore[arg-type]
         done = quant.hook.fn(pruned, stats, pruned == 0 if prunes else None, quant.params)
-    ctx.result.grids[name] = Grid(done.scale.cpu(), done.zero.cpu(), done.group.cpu(), done.bits)
+    ctx.result.quantized[name] = Quantized(torch.empty(0), done.scale.cpu(), done.zero.cpu(), done.group.cpu(),
+                                           done.codes.cpu(), done.bits)  # its fp32 weights not kept: codes say it
     return done.weight.to(weight.dtype)
 
 

@@ -38,6 +38,11 @@ def test_rtn_alone_equals_rounding_each_matrix(tiny_model, tmp_path, family: str
         key = f"{name}.weight"
         expect = rtn_quantize(before[key], 4, GROUP, True).weight.to(before[key].dtype)
         assert torch.equal(after[key], expect), name
+    section = info["quantization"]
+    assert section["format"] == "compressed-tensors pack-quantized"  # what vLLM serves, loaded dense by transformers
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors" and config["dequantize"] is True
+    assert section["weight_bytes"]["stored"] < section["weight_bytes"]["loaded"]
     untouched = [k for k in before if not any(k == f"{n}.weight" for n in info["per_matrix"])]
     assert all(torch.equal(before[k], after[k]) for k in untouched)  # embeddings, norms, vision tower, lm_head
     generate_once(out, family)
@@ -62,6 +67,9 @@ def test_gptq_after_pruning_keeps_the_zeros_on_a_4_bit_grid(tiny_model, tmp_path
 def test_sparsegpt_and_gptq_prune_and_round_in_one_pass(tiny_model, tmp_path) -> None:
     out, info = _run(tiny_model, tmp_path, "llama", "sparsegpt+gptq", 0.5, quant_sym="false")
     assert info["engine"]["quantized_jointly"] == len(info["per_matrix"])
+    # an asymmetric grid is saved dense (transformers' default load of such a checkpoint fails), and says so
+    assert info["quantization"]["format"] == "dense"
+    assert any("saved dense" in w and "asymmetric" in w for w in info["warnings"])
     weights = load_weights(out)
     for name, m in info["per_matrix"].items():
         assert m["zeros"] >= m["numel"] // 2, name  # SparseGPT's exact count per block, and rounding adds only zeros
