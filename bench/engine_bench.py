@@ -330,12 +330,15 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
     from tamp.engine import sequential
     from tamp.engine.context import matrices_to_prune
     from tamp.engine.sequential import prune_model
-    from tamp.recipe import resolve_parts, weight_config
+    from tamp.recipe import build_recipe, compose
 
-    cfg = weight_config(method, sparsity=0.5, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
-                                  seqlen=int(ctx.ids.shape[1]), seed=0)
+    weight, _, quantizer = compose(method)
+    sparsity = 0.0 if weight == "dense" else 0.5  # a quantizer alone rounds the dense model
+    recipe = build_recipe(method, sparsity, calib=CALIB_SPEC, nsamples=int(ctx.ids.shape[0]),
+                          seqlen=int(ctx.ids.shape[1]), seed=0)
+    cfg, quant = recipe.weight, recipe.quant.step() if recipe.quant is not None else None
     sweeps_expected = 1 + int(cfg.allocation in ("owl", "das"))
-    phase = Phase("smollm2", f"tamp {method} 50%", details={"preset": method})
+    phase = Phase("smollm2", f"tamp {method}" + (" 50%" if sparsity else ""), details={"preset": method})
     linears = matrices_to_prune(ctx.model, ctx.adapter.stacks(ctx.model, False))
     result = None
     recording = _recording_result_class()
@@ -352,7 +355,8 @@ def run_method(ctx: SmolLM2, method: str, repeats: int = 1, limit_s: float | Non
             with measured(phase, ctx.device), mock.patch.object(sequential, "EngineResult", recording):
                 try:
                     with time_limit(limit_s):
-                        result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, resolve_parts(cfg), ctx.device)
+                        result = prune_model(ctx.model, ctx.adapter, ctx.batches, cfg, recipe.parts, ctx.device,
+                                             quant=quant)
                 except TimeLimit as exc:
                     phase.status, phase.reason = "partial", f"stopped at the {limit_s:g} s limit ({exc})"
                     result = recording.instances[-1] if recording.instances else None

@@ -1,4 +1,7 @@
-"""Section 4: llm-compressor's Wanda and SparseGPT (oneshot) on the same SmolLM2 and calibration tokens.
+"""Section 4: llm-compressor's Wanda, SparseGPT and GPTQ (oneshot) on the same SmolLM2 and calibration tokens.
+
+GPTQ is llm-compressor's W4A16 preset (4-bit symmetric weights, groups of 128 columns, lm_head left out), the
+peer of tamp's `gptq-w4g128`.
 
 Every peer run happens in a fresh subprocess (``python -m bench.peers --method ...``): llm-compressor attaches
 session state and hooks to the model, and it may live in another virtual environment. llmcompressor 0.14.x pins
@@ -30,7 +33,8 @@ INSTALL_NOTE = (
     "5.23.0 -> 5.17.0 (and huggingface_hub 2.4.0 -> 1.33.0); run it from a separate venv with "
     "--peer-python (bench/README.md)"
 )
-MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
+MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier", "gptq": "GPTQModifier"}
+TAMP_NAME = {"gptq": "gptq-w4g128"}  # the tamp run each peer run sits beside
 
 
 def peer_version(python: str) -> tuple[str | None, str]:
@@ -47,7 +51,7 @@ def peer_version(python: str) -> tuple[str | None, str]:
     return out.stdout.strip(), ""
 
 
-def run(ctx: Any, peer_python: str | None, methods: tuple[str, ...] = ("wanda", "sparsegpt"),
+def run(ctx: Any, peer_python: str | None, methods: tuple[str, ...] = ("wanda", "sparsegpt", "gptq"),
         threads: int | None = None, timeout_s: float = 3600.0) -> list[Phase]:
     """One phase per llm-compressor method, side by side with tamp's (ratios use the same dense-forward unit)."""
     from bench.engine_bench import LLMCOMPRESSOR_REFERENCE, TARGETS
@@ -64,7 +68,7 @@ def run(ctx: Any, peer_python: str | None, methods: tuple[str, ...] = ("wanda", 
     gguf = str(find_smollm2_gguf())
     phases = []
     for method in methods:
-        phase = Phase(SECTION, f"llm-compressor {method} 50%",
+        phase = Phase(SECTION, f"llm-compressor {method}" + ("" if method == "gptq" else " 50%"),
                       details={"llmcompressor": version, "python": python, "modifier": MODIFIERS[method]})
         phase.details["load_avg_1m_at_start"] = round(os.getloadavg()[0], 2)
         with tempfile.TemporaryDirectory(prefix="tamp-bench-peer-") as tmp:
@@ -108,6 +112,7 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM
 
     from bench.common import peak_vm_hwm_mb, reset_peak_memory
@@ -129,10 +134,13 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     dense_forward(model, text_batches(ids), torch.device("cpu"))
     dense_s = time.perf_counter() - start
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
-    cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
     # "re:.*lm_head": a plain "lm_head" does not match (llmcompressor names it "lm_head." and would prune it,
     # and with SmolLM2's tied embeddings the embedding table with it)
-    recipe = cls(sparsity=0.5, targets=["Linear"], ignore=["re:.*lm_head"])
+    if method == "gptq":
+        recipe = GPTQModifier(scheme="W4A16", targets=["Linear"], ignore=["re:.*lm_head"])
+    else:
+        cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
+        recipe = cls(sparsity=0.5, targets=["Linear"], ignore=["re:.*lm_head"])
     reset_peak_memory()
     start = time.perf_counter()
     oneshot(model=model, processor=tok, dataset=data, recipe=recipe, num_calibration_samples=int(ids.shape[0]),

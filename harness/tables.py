@@ -28,10 +28,14 @@ FORMATS = ("markdown", "latex", "csv")
 
 def method_label(method: str) -> str:
     """The registered method's table label (a record of a method no longer installed keeps its name); a
-    composition's labels joined (`tamp+fastv` -> `TAMP + FastV`)."""
+    composition's labels joined (`tamp+fastv` -> `TAMP + FastV`, `tamp+gptq-w4g128` -> `TAMP + GPTQ w4g128`)."""
     if "+" in method:
         return " + ".join(method_label(part) for part in method.split("+"))
     known = all_methods().get(method)
+    if known is None and "-" in method:  # a quantizer with its grid: gptq-w4g128 -> GPTQ w4g128
+        head, _, grid = method.partition("-")
+        quantizer = all_methods().get(head)
+        return f"{quantizer.label} {grid}" if quantizer is not None else method
     return known.label if known is not None else method
 
 
@@ -40,6 +44,7 @@ def method_rank(method: str) -> tuple[int, str]:
     methods last, by name."""
     methods = list(all_methods())
     first = method.split("+")[0]
+    first = first if first in methods else first.partition("-")[0]  # a quantizer alone, with its grid
     return (methods.index(first) if first in methods else len(methods), method)
 
 

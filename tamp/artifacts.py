@@ -11,6 +11,7 @@ import json
 import platform
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,18 +104,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def save_artifact(model: nn.Module, processor: Any, info: dict[str, Any], out: Path, overwrite: bool,
-                  extra_files: dict[str, Path] | None = None) -> Path:
+                  extra_files: dict[str, Path] | None = None,
+                  write_weights: Callable[[Path], None] | None = None) -> Path:
     """Save weights + processor + pruning.json into a temp dir next to `out`, then move it into place.
 
     The temp dir and its renaming are tamp.atomic_write's (permissions from the umask, a killed run's temp
     removed by the next write beside `out`). ``extra_files`` (name -> source path) are copied beside the
     weights: files from_pretrained needs that save_pretrained does not write (Qwen2.5-Omni's speaker file).
+    ``write_weights(folder)`` writes the weights and config instead of save_pretrained (a quantized checkpoint).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TampError(f"output directory {out} exists and is not empty; pass --overwrite or choose another --out")
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
+        if write_weights is not None:
+            write_weights(tmp)
+        else:
+            model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
             if type(processor).__name__.endswith("ImageOnlyProcessor"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
 from tamp.models.sources import disk_config
 from tamp.paths import output_problem
+from tamp.quantization import SECTION as QUANT_SECTION
 from tamp.recipe import Recipe, code_versions
 from tamp.token_transform import SECTION as TRANSFORM_SECTION
 
@@ -119,7 +121,8 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
                         "every matrix is pruned with the uniform N:M pattern")
     for w in warnings:
         print(f"warning: {w}")
-    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, recipe.parts, dev, offload)
+    result = prune_model(loaded.model, adapter, calib.batches if calib else [], cfg, recipe.parts, dev, offload,
+                         recipe.quant.step() if recipe.quant is not None else None)
     timings.update(result.timings)
     if transform is not None and transform.wants_fit():  # on the weights as they will be evaluated
         t = time.perf_counter()
@@ -153,12 +156,50 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
         "engine": result.details,
         "warnings": warnings + result.warnings,
         **({TRANSFORM_SECTION: transform.to_dict()} if transform is not None else {}),
+        **({QUANT_SECTION: {**recipe.quant.to_dict(), "matrices": len(result.quantized)}} if recipe.quant else {}),
         "versions": versions(),
     }
     t = time.perf_counter()
     info["timings"] = {**timings, "total_before_save": time.perf_counter() - start}
     info["peak_memory"] = peak_memory(dev)
-    save_artifact(loaded.model, loaded.processor, info, out, overwrite, _extra_files(loaded, adapter.extra_files))
+    writer = _quantized_writer(loaded.model, recipe, result.quantized, info) if recipe.quant is not None else None
+    save_artifact(loaded.model, loaded.processor, info, out, overwrite, _extra_files(loaded, adapter.extra_files),
+                  writer)
     info["timings"]["save"] = time.perf_counter() - t
+    if recipe.quant is not None:
+        from tamp.quant_export import stored_weight_bytes
+
+        info[QUANT_SECTION]["weight_bytes"] = {
+            "stored": stored_weight_bytes(out),
+            "loaded": sum(p.numel() * p.element_size() for p in loaded.model.parameters())}
     write_pruning_json(out, info)
     return info
+
+
+def _quantized_writer(model: torch.nn.Module, recipe: Recipe, quantized: dict[str, Any],
+                      info: dict[str, Any]) -> Callable[[Path], None] | None:
+    """How a quantized artifact's weights are written: a compressed-tensors checkpoint (what vLLM serves) where
+    the evaluation loads one as it is; else the rounded weights in the model's dtype, with the reason recorded and
+    warned (None)."""
+    from tamp.quant_export import QuantSpec, export_problem, load_dequantized, write_quantized
+
+    assert recipe.quant is not None
+    params = recipe.quant.params
+    spec = QuantSpec(int(params["quant_bits"]), int(params["quant_group"]), bool(params["quant_sym"]),
+                     bool(params.get("gptq_act_order", False)))
+    section = info[QUANT_SECTION]
+    problem = export_problem(model, quantized, spec)
+    if problem is not None:
+        section["format"] = "dense"
+        warning = f"the quantized weights are saved dense, in the model's dtype, not as compressed-tensors: {problem}"
+        section["format_note"] = warning
+        info["warnings"].append(warning)
+        print(f"warning: {warning}")
+        return None
+    section["format"] = "compressed-tensors pack-quantized"
+
+    def write(folder: Path) -> None:
+        write_quantized(model, quantized, spec, folder)
+        load_dequantized(folder)
+
+    return write

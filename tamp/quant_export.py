@@ -38,7 +38,7 @@ from compressed_tensors.quantization.quant_config import _map_to_checkpoint_name
 from torch import Tensor, nn
 
 from tamp.algorithms.quantize import Quantized
-from tamp.atomic_write import atomic_dir
+from tamp.atomic_write import atomic_dir, write_text_atomic
 from tamp.errors import TampError
 
 FORMAT = CompressionFormat.pack_quantized.value  # "pack-quantized"
@@ -189,6 +189,18 @@ def quantized_state_dict(model: nn.Module, quantized: dict[str, Quantized], spec
     return state
 
 
+def load_dequantized(directory: Path) -> None:
+    """Mark a written checkpoint to be decompressed while it loads: `dequantize: true` in its quantization_config,
+    which transformers' CompressedTensorsConfig reads (vLLM reads the keys it knows and ignores it). Without it,
+    transformers 5.23 keeps the packed tensors until the first forward, where LLaVA-NeXT's generate() then fails
+    (its encoded-media path meets the library's decompression hook); with it, any from_pretrained (lmms-eval's
+    stock wrappers included) gets the dense weights, which is what evaluation on these devices runs anyway."""
+    path = Path(directory) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["quantization_config"]["dequantize"] = True
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def write_quantized(model: nn.Module, quantized: dict[str, Quantized], spec: QuantSpec, directory: Path) -> None:
     """Write the quantized checkpoint (weights, config.json with its quantization_config, generation config) into
     `directory`, an existing folder a caller publishes (an artifact's temp folder). save_pretrained writes the
@@ -236,3 +248,21 @@ def stored_tensor_bytes(folder: str | Path) -> dict[str, int]:
 def stored_weight_bytes(folder: str | Path) -> int:
     """All tensor bytes a checkpoint folder stores (headers and other files not counted)."""
     return sum(stored_tensor_bytes(folder).values())
+
+
+def export_problem(model: nn.Module, quantized: dict[str, Quantized], spec: QuantSpec) -> str | None:
+    """Why these matrices cannot be written as a compressed-tensors checkpoint that the evaluation loads as it is
+    (transformers' default load, which lmms-eval's wrappers use), or None. Besides what the library cannot store
+    (act-order regrouping, a group size that does not divide a matrix), compressed-tensors 0.20.1 fails to build
+    an asymmetric checkpoint's empty model on the default load path (a zero-point size mismatch), and decompresses
+    through a hook Qwen2.5-Omni's thinker never calls."""
+    if not spec.symmetric:
+        return "an asymmetric grid (transformers' default load of it fails with compressed-tensors 0.20.1)"
+    if type(model).__name__.startswith("Qwen2_5Omni"):
+        return "Qwen2.5-Omni (compressed-tensors decompresses through a hook its thinker never calls)"
+    for name, q in quantized.items():
+        try:
+            _check_storable(q, spec, name)
+        except TampError as exc:
+            return str(exc)
+    return None

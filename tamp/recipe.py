@@ -27,9 +27,20 @@ from tamp.config import PruneConfig, check_sparsity
 from tamp.engine.parts import Parts
 from tamp.errors import TampError
 from tamp.methods import registry
-from tamp.methods.base import ALL_TOKENS, TOKEN_BUDGET, UNIFORM, Method, TokenMethod, WeightMethod
+from tamp.methods.base import (
+    ALL_TOKENS,
+    TOKEN_BUDGET,
+    UNIFORM,
+    Method,
+    QuantMethod,
+    TokenMethod,
+    WeightMethod,
+    parse_grid,
+)
 from tamp.overrides import split_item, typed_value, unknown_field
 from tamp.params import RUN_PARAMS, Param
+from tamp.quantization import SECTION as QUANT_SECTION
+from tamp.quantization import Quantization
 from tamp.token_transform import TokenTransform
 
 DENSE = "dense"
@@ -37,26 +48,53 @@ _PARTS = ("allocation", "token_selection", "scoring")
 _RUN = {p.name: p for p in RUN_PARAMS}
 
 
-def split_method(name: str) -> tuple[str, str | None]:
-    """`tamp+fastv` -> ('tamp', 'fastv'); `fastv` -> ('dense', 'fastv'); `wanda` -> ('wanda', None).
-
-    At most one weight method and one token method, each registered under its kind."""
+def compose(name: str) -> tuple[str, str | None, str | None]:
+    """`tamp+gptq-w4g128+fastv` -> ('tamp', 'fastv', 'gptq-w4g128'): the weight method (dense when none is named),
+    the token method and the quantizer (with its grid, when the name gives one), at most one of each kind, each
+    registered under its kind."""
     parts = [p.strip() for p in name.split("+")]
     if any(not p for p in parts):
-        raise TampError(f"--method '{name}': empty part; compose as WEIGHT+TOKEN, e.g. tamp+fastv")
-    kinds: dict[str, list[str]] = {"weight": [], "token": []}
+        raise TampError(f"--method '{name}': empty part; compose as WEIGHT+QUANT+TOKEN, e.g. tamp+fastv or tamp+gptq")
+    kinds: dict[str, list[str]] = {"weight": [], "token": [], "quant": []}
     for part in parts:
-        method = registry.get(part)
-        if isinstance(method, WeightMethod):
-            kinds["weight"].append(part)
-        elif isinstance(method, TokenMethod):
-            kinds["token"].append(part)
-        else:
+        method = registry.get(_quantizer_name(part))
+        if method.kind not in kinds:
             raise TampError(f"--method: '{part}' is a {method.kind} method, which does not compose yet")
-    if len(kinds["weight"]) > 1 or len(kinds["token"]) > 1:
-        raise TampError(f"--method '{name}': at most one weight method and one token method, e.g. tamp+fastv")
+        kinds[method.kind].append(part)
+    if any(len(v) > 1 for v in kinds.values()):
+        raise TampError(f"--method '{name}': at most one weight method, one quantizer and one token method, "
+                        "e.g. tamp+gptq+fastv")
     weight = kinds["weight"][0] if kinds["weight"] else DENSE
-    return weight, kinds["token"][0] if kinds["token"] else None
+    return weight, next(iter(kinds["token"]), None), next(iter(kinds["quant"]), None)
+
+
+def _quantizer_name(part: str) -> str:
+    """`gptq-w4g128` -> `gptq` (a registered quantizer and a grid label); any other part as it is."""
+    head, _, grid = part.partition("-")
+    if grid and isinstance(registry.all_methods().get(head), QuantMethod):
+        if parse_grid(grid) is None:
+            raise TampError(f"--method: '{grid}' in '{part}' is no grid; write it as w<bits>[g<group>][-asym], "
+                            "e.g. gptq-w4g128, rtn-w8")
+        return head
+    return part
+
+
+def _quantization(part: str, sets: dict[str, Any]) -> Quantization:
+    """The quantizer of a method name's part, its grid from the name (`gptq-w4g128`) and `--set`, which agree."""
+    head, _, grid = part.partition("-")
+    named = parse_grid(grid) if grid else {}
+    assert named is not None
+    clash = sorted(k for k in named if k in sets and sets[k] != named[k])
+    if clash:
+        raise TampError(f"--set {clash[0]}={sets[clash[0]]} contradicts the grid '{grid}' in --method; give one")
+    return Quantization.build(head, {**named, **sets})
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """`tamp+fastv` -> ('tamp', 'fastv'); `fastv` -> ('dense', 'fastv'); `wanda` -> ('wanda', None) (any quantizer
+    in the name is checked and left out: `compose` has it)."""
+    weight, token, _ = compose(name)
+    return weight, token
 
 
 def method_params() -> dict[str, tuple[Param, list[str]]]:
@@ -66,6 +104,11 @@ def method_params() -> dict[str, tuple[Param, list[str]]]:
         for p in method.params:
             out.setdefault(p.name, (p, []))[1].append(method.name)
     return out
+
+
+def quant_params() -> set[str]:
+    """The names of every quantizer's parameters."""
+    return {p.name for m in registry.all_methods().values() if isinstance(m, QuantMethod) for p in m.params}
 
 
 def token_params() -> set[str]:
@@ -171,13 +214,16 @@ class Recipe:
     parts: Parts | None = None
     needs_calibration: bool = False
     methods: tuple[Method, ...] = field(default=(), repr=False)  # the registered methods it runs
+    quant: Quantization | None = None
 
     @property
     def name(self) -> str:
-        """What a run is filed and tabulated under: the weight method, the token method, or both (`tamp+fastv`)."""
-        if self.token is None:
-            return self.weight.method
-        return self.token.method if self.weight.method == DENSE else f"{self.weight.method}+{self.token.method}"
+        """What a run is filed and tabulated under: the weight method, the quantizer with its grid and the token
+        method that it runs (`tamp+fastv`, `tamp+gptq-w4g128`, `rtn-w8`), the dense model named only alone;
+        `--method` reads it back as the same recipe."""
+        named = [self.weight.method if self.weight.method != DENSE else "",
+                 f"{self.quant.method}-{self.quant.label}" if self.quant else "", self.token.method if self.token else ""]
+        return "+".join(n for n in named if n) or DENSE
 
     @property
     def sparsity(self) -> float:
@@ -190,7 +236,8 @@ class Recipe:
     def key_inputs(self) -> dict[str, Any]:
         """What of the recipe shapes an artifact: the configs as recorded, the dtype, the code's versions."""
         return {"config": self.weight.to_dict(), "transform": self.token.to_dict() if self.token else None,
-                "dtype": self.dtype, "code": code_versions(self)}
+                "dtype": self.dtype, "code": code_versions(self),
+                **({QUANT_SECTION: self.quant.to_dict()} if self.quant else {})}
 
 
 def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "unstructured",
@@ -202,22 +249,28 @@ def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "
     Sparsity 0 (without an N:M pattern) and a method that keeps every weight are the dense model; a token method
     alone keeps every weight; `--set` names a parameter of a method the run uses. `sparsity=None` takes the
     config's default, unless `sparsity_required` (harness run: the sparsity is part of what a record is)."""
-    weight, token = split_method(method)
+    weight, token, quantizer = compose(method)
     values = parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else dict(overrides)
-    tokens = token_params()
+    tokens, quants = token_params(), quant_params()
     token_sets = {k: v for k, v in values.items() if k in tokens}
-    weight_sets = {k: v for k, v in values.items() if k not in tokens}
+    quant_sets = {k: v for k, v in values.items() if k in quants}
+    weight_sets = {k: v for k, v in values.items() if k not in tokens and k not in quants}
     if token_sets and token is None:
         raise TampError(f"--set {', '.join(token_sets)}: parameters of a token method; add it to --method, "
                         f"e.g. {method}+fastv")
+    if quant_sets and quantizer is None:
+        raise TampError(f"--set {', '.join(quant_sets)}: parameters of a quantizer; add it to --method, "
+                        f"e.g. {method}+gptq")
     transform = TokenTransform.build(token, token_sets) if token is not None else None
+    quant = _quantization(quantizer, quant_sets) if quantizer is not None else None
     keeps_every_weight = getattr(registry.get(weight), "keeps_every_weight", False)
     if keeps_every_weight and sparsity:
-        if token is None:
+        if token is None and quant is None:
             raise TampError(f"--method {method} keeps every weight (the unpruned model); it takes --sparsity 0, "
                             f"not {sparsity}")
+        added = token or quant.method  # type: ignore[union-attr]
         raise TampError(f"--method {method} keeps every weight; it takes --sparsity 0 (or compose it with a weight "
-                        f"method, e.g. tamp+{token})")
+                        f"method, e.g. tamp+{added})")
     if sparsity is None and sparsity_required and not keeps_every_weight:
         raise TampError("--sparsity is required (0 evaluates the dense model)")
     if sparsity is not None:
@@ -235,23 +288,27 @@ def build_recipe(method: str, sparsity: float | None = None, *, pattern: str = "
             weight_config(weight, sparsity=0.5, **weight_sets)
         elif weight_sets:
             weight_config(weight, **weight_sets)  # refused: the dense model takes no parameters
-        cfg = weight_config(DENSE, sparsity=0.0, prune_vision=prune_vision,
-                            **(draw if transform is not None and transform.wants_fit() else {}))
+        draws = (transform is not None and transform.wants_fit()) or (quant is not None and quant.needs_calibration)
+        cfg = weight_config(DENSE, sparsity=0.0, prune_vision=prune_vision, **(draw if draws else {}))
     else:
         cfg = weight_config(weight, sparsity=sparsity, pattern=pattern, prune_vision=prune_vision, **draw,
                             **weight_sets)
-    return recipe_for(cfg, transform, dtype)
+    return recipe_for(cfg, transform, dtype, quant)
 
 
-def recipe_for(cfg: PruneConfig, token: TokenTransform | None = None, dtype: str = "auto") -> Recipe:
-    """The recipe of an already checked weight config (and token part): its parts and needs resolved."""
+def recipe_for(cfg: PruneConfig, token: TokenTransform | None = None, dtype: str = "auto",
+               quant: Quantization | None = None) -> Recipe:
+    """The recipe of an already checked weight config (and token and quantization parts): its parts and needs
+    resolved."""
     parts = resolve_parts(cfg)
     fit = token is not None and token.wants_fit()
-    needs = fit or (parts is not None and parts.needs.calibration)
+    needs = fit or (parts is not None and parts.needs.calibration) or (quant is not None and quant.needs_calibration)
     used: list[Method] = list(used_methods(cfg.to_dict())) if cfg.prunes else []
+    if quant is not None:
+        used.append(registry.get(quant.method))
     if token is not None:
         used.append(registry.get(token.method))
-    return Recipe(cfg, token, dtype, parts, needs, tuple(used))
+    return Recipe(cfg, token, dtype, parts, needs, tuple(used), quant)
 
 
 # ------------------------------------------------------------------ what of the code an artifact key covers
@@ -288,7 +345,7 @@ def code_versions(recipe: Recipe) -> dict[str, Any]:
                            "methods": {m.name: m.version for m in recipe.methods},
                            "algorithms": {name.rsplit(".", 1)[1]: importlib.import_module(name).VERSION
                                           for name in sorted(seen)}}
-    if recipe.parts is not None:
+    if recipe.parts is not None or recipe.quant is not None:
         out["engine"] = tamp.engine.VERSION
     if recipe.needs_calibration:
         out["calibration"] = tamp.calibration.VERSION

@@ -31,7 +31,8 @@ __all__ = ["Quantized", "fake_quantize", "fit_grid", "gptq_quantize", "rtn_quant
 
 @dataclass(frozen=True)
 class Quantized:
-    """A quantized matrix: `weight` (d_out, d_in) dequantized, in fp32 (fp64 if given fp64), on the grid;
+    """A quantized matrix: `weight` (d_out, d_in) dequantized, in fp32 (fp64 if given fp64), on the grid (empty
+    where only the codes are kept: the engine's record of what it rounded);
     `scale` and `zero` (d_out, n_groups) per row and group; `group` (d_in,) the group each input column was
     quantized with (columns in order unless act-order regrouped them); `codes` (d_out, d_in) the unsigned
     integers 0..2^bits - 1."""
@@ -220,3 +221,4 @@ def sparsegpt_quantize(weight: Tensor, hessian: Tensor, sparsity: float, n: int 
     group = torch.arange(d_in, device=weight.device) // size
     dequantized = scales.gather(1, group.expand(d_out, -1)) * (codes - zeros.gather(1, group.expand(d_out, -1)))
     return Quantized(dequantized, scales, zeros, group, codes.to(torch.uint8), bits), mask
+

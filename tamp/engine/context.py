@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from tamp.algorithms.quantize import Quantized
 from tamp.models.adapters import ModelAdapter, Stack, prunable_linears
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ class EngineResult:
     warnings: list[str] = field(default_factory=list)
     token_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     details: dict[str, Any] = field(default_factory=dict)
+    # per quantized matrix: its codes and grid (on the CPU; one byte per weight), what an export packs: the
+    # weights the model holds are those rounded to its dtype, from which the codes cannot always be recovered
+    # (bf16 holds no integer above 256 exactly)
+    quantized: dict[str, Quantized] = field(default_factory=dict)
 
 
 class PhaseTimer:

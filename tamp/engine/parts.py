@@ -7,15 +7,16 @@ attention, a dense-model sweep) is the union of its hooks' declared `Needs`, nev
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tamp.engine.stats import InputStats, TokenSelector
 
 if TYPE_CHECKING:
+    from tamp.algorithms.quantize import Quantized
     from tamp.config import PruneConfig
     from tamp.engine.context import Context
 
@@ -60,6 +61,32 @@ class Scoring:
 
     prune: Callable[[torch.Tensor, InputStats | None, float, PruneConfig], torch.Tensor]
     needs: Needs = Needs()
+
+
+# prune and round one matrix in one pass: (weight, stats, sparsity, config, the quantizer's params) -> (quantized,
+# mask; True = pruned)
+JointPass = Callable[[torch.Tensor, InputStats | None, float, "PruneConfig", dict[str, Any]],
+                     tuple["Quantized", torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """Rounds one weight matrix to an integer grid after it is pruned (or unpruned): (weight, its input stats,
+    the weights held at zero or None, the quantizer's params) -> Quantized. `joint`: scoring name -> a pass that
+    prunes as that scoring does and rounds in the same pass (GPTQ with SparseGPT: one Hessian, the SparseGPT
+    paper's joint compression), used instead of pruning then rounding."""
+
+    fn: Callable[[torch.Tensor, InputStats | None, torch.Tensor | None, dict[str, Any]], Quantized]
+    needs: Needs = Needs()
+    joint: Mapping[str, JointPass] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuantStep:
+    """A run's quantizer as the engine receives it: the hook and its params (resolved by the recipe)."""
+
+    hook: Quantize
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ never listed by hand. The engine only calls hooks; it names no method.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from tamp.engine.parts import Allocation, Needs, Scoring, TokenSelection
+from tamp.engine.parts import Allocation, Needs, Quantize, Scoring, TokenSelection
 from tamp.params import Param
 
 if TYPE_CHECKING:
@@ -24,10 +25,10 @@ if TYPE_CHECKING:
     from tamp.inference.sequence_edit import TokenPlan
     from tamp.models.adapters import ModelAdapter
 
-__all__ = ["ALL_TOKENS", "KINDS", "TOKEN_BUDGET", "UNIFORM", "Allocation", "Method", "Needs", "Param", "Scoring", "TokenMethod",
-           "TokenSelection", "WeightMethod"]
+__all__ = ["ALL_TOKENS", "GRID_PARAMS", "KINDS", "TOKEN_BUDGET", "UNIFORM", "Allocation", "Method", "Needs", "Param",
+           "QuantMethod", "Quantize", "Scoring", "TokenMethod", "TokenSelection", "WeightMethod", "grid_label"]
 
-KINDS = ("weight", "token")  # shape-changing structured pruners are the next kind
+KINDS = ("weight", "token", "quant")  # shape-changing structured pruners are the next kind
 UNIFORM, ALL_TOKENS = "uniform", "all"  # the neutral allocation and token selection: no hook
 
 
@@ -99,3 +100,49 @@ class TokenMethod(Method):
 
     def wants_fit(self, params: dict) -> bool:
         return self.fit is not None and (self.needs_fit is None or self.needs_fit(params))
+
+
+def _bits(v: int) -> str | None:
+    return None if 2 <= v <= 8 else f"quant_bits must be in 2..8, got {v}"
+
+
+def _group(v: int) -> str | None:
+    return None if v == -1 or v >= 1 else f"quant_group must be a positive number of columns or -1 (one per row), got {v}"
+
+
+# the integer grid every quantizer rounds to (tamp.algorithms.quantize): one set of names, shared by every quantizer
+GRID_PARAMS: tuple[Param, ...] = (
+    Param("quant_bits", int, 4, "bits per weight (4: int4, 8: int8)", check=_bits),
+    Param("quant_group", int, 128, "input columns sharing one scale and zero point (-1: one per output row)",
+          check=_group),
+    Param("quant_sym", bool, True, "symmetric grid (zero point in the middle, what vLLM's int4 kernels take)"),
+)
+
+
+def grid_label(params: dict[str, Any]) -> str:
+    """`w4g128` (`w8`: one grid per row; `-asym` for an asymmetric grid): how run names and tables show a grid,
+    and what `parse_grid` reads back."""
+    group = int(params["quant_group"])
+    return f"w{params['quant_bits']}{'' if group == -1 else f'g{group}'}{'' if params['quant_sym'] else '-asym'}"
+
+
+_GRID = re.compile(r"^w(\d+)(?:g(\d+))?(-asym)?$")
+
+
+def parse_grid(text: str) -> dict[str, Any] | None:
+    """`w4g128` -> {quant_bits: 4, quant_group: 128, quant_sym: True}; None if `text` is no grid label."""
+    match = _GRID.match(text)
+    if match is None:
+        return None
+    return {"quant_bits": int(match.group(1)), "quant_group": int(match.group(2)) if match.group(2) else -1,
+            "quant_sym": match.group(3) is None}
+
+
+@dataclass(frozen=True)
+class QuantMethod(Method):
+    """Rounds the weights to an integer grid once, in the engine's pass, right after each matrix is pruned (or
+    alone, on the dense model); composes with a weight and a token method (`tamp+gptq+fastv`). The pruned weights
+    stay exactly zero; the grid (GRID_PARAMS) and the method's own params are recorded in pruning.json."""
+
+    quantize: Quantize | None = None
+    kind: ClassVar[str] = "quant"

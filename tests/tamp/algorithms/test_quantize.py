@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamp.algorithms.quantize import fake_quantize, fit_grid, gptq_quantize, rtn_quantize, sparsegpt_quantize
+from tamp.algorithms.quantize import (
+    fake_quantize,
+    fit_grid,
+    gptq_quantize,
+    rtn_quantize,
+    sparsegpt_quantize,
+)
 from tamp.algorithms.sparsegpt import sparsegpt_prune
 
 
@@ -251,3 +257,4 @@ def test_joint_keeps_sparsegpts_mask_and_its_zeros_in_fp32() -> None:
     assert torch.equal(mask, alone)  # one block: the mask is chosen before any column is rounded
     assert bool((q.weight[mask] == 0).all()) and float(mask.float().mean()) == 0.5
     assert len(torch.unique(q.codes)) <= 16
+

@@ -16,24 +16,26 @@ from tamp import plugins
 from tamp.config import PruneConfig
 from tamp.errors import TampError
 from tamp.methods import registry
-from tamp.methods.base import Method, TokenMethod, WeightMethod
+from tamp.methods.base import Method, QuantMethod, TokenMethod, WeightMethod
 from tamp.params import RUN_PARAMS
 from tamp.recipe import build_recipe, parse_overrides, weight_config
 
 BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
 TOKEN = ("fastv", "aim", "yopo", "divprune", "pdrop")
+QUANT = ("rtn", "gptq")  # quantizers
 METHODS_DIR = Path(registry.__file__).parent
 
 
 def test_builtin_methods_are_one_file_each_in_table_order() -> None:
     methods = registry.builtin_methods()
-    assert tuple(methods) == (*BUILTIN, *TOKEN)
+    assert tuple(methods) == (*BUILTIN, *TOKEN, *QUANT)
     for name, method in methods.items():
-        assert isinstance(method, WeightMethod if name in BUILTIN else TokenMethod) and \
-            method.kind == ("weight" if name in BUILTIN else "token")
+        kind = "weight" if name in BUILTIN else "token" if name in TOKEN else "quant"
+        assert isinstance(method, {"weight": WeightMethod, "token": TokenMethod, "quant": QuantMethod}[kind])
+        assert method.kind == kind
         assert Path(method.source) == METHODS_DIR / f"{name}.py"
     files = {p.stem for p in METHODS_DIR.glob("*.py")} - {"__init__", "base", "registry", "listing"}
-    assert files == set(BUILTIN) | set(TOKEN)
+    assert files == set(BUILTIN) | set(TOKEN) | set(QUANT)
 
 
 def test_compositions_are_the_papers() -> None:
@@ -129,7 +131,7 @@ def test_methods_listing_json(capsys) -> None:
 
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == [*BUILTIN, *TOKEN]
+    assert [r["name"] for r in rows] == [*BUILTIN, *TOKEN, *QUANT]
     tamp = rows[len(BUILTIN) - 1]
     assert tamp["needs"] == ["calibration", "col_norms", "attention", "dense_sweep"]
     sparsegpt = next(r for r in rows if r["name"] == "sparsegpt")
@@ -151,7 +153,7 @@ def test_broken_or_clashing_plugins_are_skipped_with_a_warning(monkeypatch, caps
         methods = registry.all_methods()
     finally:
         registry.REGISTRY.clear()
-    assert tuple(methods) == (*BUILTIN, *TOKEN) and methods["wanda"].label == "Wanda"
+    assert tuple(methods) == (*BUILTIN, *TOKEN, *QUANT) and methods["wanda"].label == "Wanda"
     err = capsys.readouterr().err
     assert "method plugin 'broken' (no_such_module_xyz:METHOD) failed to import (ModuleNotFoundError" in err
     assert "method plugin 'clash'" in err and "the name 'wanda' is taken" in err
