@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import tamp.methods  # the package's docstring only: the methods themselves stay unimported
 from tamp.errors import TampError
 from tamp.params import RUN_PARAMS
 
@@ -56,8 +57,6 @@ def declared_fields() -> dict[str, str]:
     """Field name -> type name of every run field and every `Param` the built-in methods declare (their source
     read, not imported): the files of every folder of the methods package's search path, where the registry
     finds its built-ins."""
-    import tamp.methods  # a docstring only: the methods themselves stay unimported
-
     return _declared(tuple(str(folder) for folder in tamp.methods.__path__))
 
 

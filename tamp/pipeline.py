@@ -24,6 +24,7 @@ from tamp.models.adapters import get_adapter
 from tamp.models.loading import load_model, model_problem, resolve_dtype
 from tamp.models.sources import disk_config
 from tamp.paths import output_problem
+from tamp.quant_export import QuantSpec, export_problem, load_dequantized, stored_weight_bytes, write_quantized
 from tamp.quantization import SECTION as QUANT_SECTION
 from tamp.recipe import Recipe, code_versions
 from tamp.token_transform import SECTION as TRANSFORM_SECTION
@@ -167,8 +168,6 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
                   writer)
     info["timings"]["save"] = time.perf_counter() - t
     if recipe.quant is not None:
-        from tamp.quant_export import stored_weight_bytes
-
         info[QUANT_SECTION]["weight_bytes"] = {
             "stored": stored_weight_bytes(out),
             "loaded": sum(p.numel() * p.element_size() for p in loaded.model.parameters())}
@@ -181,8 +180,6 @@ def _quantized_writer(model: torch.nn.Module, recipe: Recipe, quantized: dict[st
     """How a quantized artifact's weights are written: a compressed-tensors checkpoint (what vLLM serves) where
     the evaluation loads one as it is; else the rounded weights in the model's dtype, with the reason recorded and
     warned (None)."""
-    from tamp.quant_export import QuantSpec, export_problem, load_dequantized, write_quantized
-
     assert recipe.quant is not None
     params = recipe.quant.params
     spec = QuantSpec(int(params["quant_bits"]), int(params["quant_group"]), bool(params["quant_sym"]),

@@ -9,7 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from tamp.methods.base import TokenMethod, WeightMethod
+from tamp.methods.base import QuantMethod, TokenMethod, WeightMethod
 from tamp.methods.registry import all_methods, compose_parts
 
 # the depth a token method's plan is read at for its needs: the paper's 8B models' 32 decoder layers
@@ -28,6 +28,8 @@ def describe() -> list[dict[str, Any]]:
             row.update(method.composition(), needs=needs, keeps_every_weight=method.keeps_every_weight)
         elif isinstance(method, TokenMethod):
             row["needs"] = token_needs(method)
+        elif isinstance(method, QuantMethod) and method.quantize is not None:
+            row["needs"] = method.quantize.needs.names()
         row["params"] = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
                           **({"choices": list(p.choices)} if p.choices else {})} for p in method.params]
         rows.append(row)

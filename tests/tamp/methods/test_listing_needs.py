@@ -20,6 +20,7 @@ def test_builtin_token_methods_list_their_needs() -> None:
     assert rows["yopo"]["needs"] == ["calibration"]  # its inactive heads are fitted on calibration data
     assert rows["fastv"]["needs"] == ["attention"]  # the last row's attention ranks the visual tokens
     assert rows["aim"]["needs"] == ["attention"]  # PageRank over each pruning layer's attention
+    assert rows["gptq"]["needs"] == ["calibration", "hessian"] and rows["rtn"]["needs"] == []  # quantizers too
     text = render()
     line = next(row for row in text.splitlines() if row.startswith("yopo "))
     assert "calibration" in line
