@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from harness.errors import HarnessError
 from harness.model_specs import ModelSpec
-from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
+from tamp.artifacts import PER_MATRIX, PRUNING_JSON, TRANSFORM, PruningJsonError, TransformInvalid, read_pruning_json
 from tamp.atomic_write import temp_path
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
@@ -164,11 +164,31 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def transform_damage(path: Path) -> str | None:
+    """Why a cached artifact's token transform cannot be applied (its pruning.json `transform` section against its
+    schema and the registry: tamp.token_transform), None when it can or there is none."""
+    from tamp.token_transform import TokenTransform
+
+    try:
+        section = read_pruning_json(path, PER_MATRIX).get(TRANSFORM)
+        if section is not None:
+            TokenTransform.from_dict(section, path / PRUNING_JSON)
+    except TransformInvalid as exc:
+        return exc.reason
+    except PruningJsonError:  # valid_artifact's to judge
+        return None
+    return None
+
+
 def _reusable(final: Path, key: str) -> bool:
     """A finished artifact whose files are as written; a damaged one is announced (and then pruned again)."""
     if not valid_artifact(final, key):
+        problem = transform_damage(final) if final.is_dir() else None
+        if problem is not None:
+            print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
+                  flush=True)
         return False
-    problem = damage(final)
+    problem = damage(final) or transform_damage(final)
     if problem is not None:
         print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
               flush=True)
@@ -216,7 +236,8 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
     lock = key_lock(root, key)
     _acquire(lock, key)
     try:
-        if valid_artifact(final, key) and damage(final) is None:  # pruned by the process we waited for
+        if valid_artifact(final, key) and damage(final) is None and transform_damage(final) is None:
+            # pruned by the process we waited for
             return final, True, 0.0
         # left by a killed holder of this lock, and no one else writes them while we hold it: the key's temp
         # folder and the one tamp's save fills beside it ("..KEY.tmp-..."), on any host, older names included
