@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from harness.errors import HarnessError
+from harness.errors import EvaluationError, HarnessError
 from harness.model_specs import ModelSpec
 from tamp.artifacts import PER_MATRIX, PRUNING_JSON, TRANSFORM, PruningJsonError, TransformInvalid, read_pruning_json
-from tamp.atomic_write import temp_path
+from tamp.atomic_write import DiskFull, disk_full_names, temp_path
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.families.registry import get as get_family
-from tamp.models.loading import checkpoint_problem
+from tamp.models.loading import checkpoint_problem, model_problem
 from tamp.models.shipped import weights_sha256
-from tamp.models.sources import TRAINED_PREFIX
+from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX
+from tamp.paths import hf_home_problem
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -118,6 +119,14 @@ def artifact_key(spec: ModelSpec, recipe: Recipe, calib_fp: dict[str, Any] | Non
         inputs["transform"] = recipe_inputs["transform"]
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:20], inputs
+
+
+def check_caches(source: str) -> None:
+    """Refuse, before anything is planned further, a run whose caches cannot be written: TAMP_CACHE where a tiny
+    model is still to be built, the Hugging Face datasets cache lmms-eval loads every task into (tamp.paths)."""
+    problem = (model_problem(source) if source.startswith(TINY_PREFIX) else None) or hf_home_problem(datasets=True)
+    if problem is not None:
+        raise HarnessError(problem)
 
 
 def valid_artifact(path: Path, key: str) -> bool:
@@ -248,10 +257,13 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
         try:
             prune(spec.source, recipe, tmp, device=device, revision=revision)
             record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
-            (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+            with disk_full_names(final):
+                (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
             if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        except DiskFull as exc:  # the run failed, its input was fine: exit 1
+            raise EvaluationError(str(exc)) from None
         except TampError as exc:
             raise HarnessError(str(exc)) from None
         finally:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tamp.atomic_write import write_text_atomic
+from harness.errors import EvaluationError
+from tamp.atomic_write import DiskFull, write_text_atomic
 from tamp.config import PruneConfig
 from tamp.schema import problem
 
@@ -100,12 +101,20 @@ def _default(obj: Any) -> Any:
     return str(obj)
 
 
+def _write(path: Path, text: str) -> None:
+    """Atomically; a full disk is one line and a failed run (exit 1), its temp gone (tamp.atomic_write)."""
+    try:
+        write_text_atomic(path, text)
+    except DiskFull as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_default) + "\n")
+    _write(path, json.dumps(data, indent=2, default=_default) + "\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
+    _write(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
 
 
 DEFAULT_SEED: int = PruneConfig.seed  # tamp's default seed: its records keep the paths they always had

@@ -28,8 +28,18 @@ import tamp.cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def row(id: str, cli: str, args: str, fragment: str, code: int = 2, env: dict[str, str] | None = None) -> Any:
-    return pytest.param(cli, args, fragment, code, env or {}, id=id)
+ROOT_USER = os.geteuid() == 0
+
+
+def row(id: str, cli: str, args: str, fragment: str, code: int = 2, env: dict[str, str] | None = None,
+        marks: Any = ()) -> Any:
+    return pytest.param(cli, args, fragment, code, env or {}, id=id, marks=marks)
+
+
+NOT_ROOT = pytest.mark.skipif(ROOT_USER, reason="root writes into a read-only-mode folder; the /proc rows cover it")
+RUN = "run --model tiny-llava-next --sparsity 0.5 --method magnitude --tasks tamp_smoke_vqa --output {tmp}/runs " \
+      "--artifacts {tmp}/art --device cpu"
+PRUNE = "prune --model tiny-llava-next --method magnitude --out {tmp}/out --device cpu"
 
 
 RUNS = "--runs {runs_ok}"
@@ -76,6 +86,32 @@ ROWS = [
                                  "expected a number"),
           ("value-inf", "pub_inf", "{pub_inf}: its row 1 (llava-next, wanda, pope): field 'value' is \"inf\", "
                                    "expected a number"))],
+]
+
+
+# ---- caches named by the environment that cannot take files: refused before anything is loaded
+for _cli, _args, _what in (("tamp", PRUNE, "prune"), ("harness", RUN, "run")):
+    ROWS += [
+        row(f"{_what}-tamp-cache-file", _cli, _args, "TAMP_CACHE={afile}: it is a file, not a folder; point TAMP_CACHE "
+            "at a folder you can write to, or unset it (default ~/.cache/tamp)", env={"TAMP_CACHE": "{afile}"}),
+        row(f"{_what}-tamp-cache-under-file", _cli, _args, "TAMP_CACHE={afile}/cache: {afile} is a file, not a folder",
+            env={"TAMP_CACHE": "{afile}/cache"}),
+        row(f"{_what}-tamp-cache-read-only", _cli, _args, "TAMP_CACHE=/proc/tamp-cache: cannot create files in /proc",
+            env={"TAMP_CACHE": "/proc/tamp-cache"}),
+        row(f"{_what}-tamp-cache-unwritable", _cli, _args, "TAMP_CACHE={readonly}: cannot create files in {readonly}",
+            env={"TAMP_CACHE": "{readonly}"}, marks=NOT_ROOT),
+    ]
+ROWS += [
+    row("run-hf-home-file", "harness", RUN, "HF_HOME={afile}: it is a file, not a folder; point HF_HOME at a folder "
+        "you can write to, or unset it (default ~/.cache/huggingface)", env={"HF_HOME": "{afile}"}),
+    row("run-hf-home-read-only", "harness", RUN, "HF_HOME=/proc/hf (/proc/hf/datasets under it): cannot create files "
+        "in /proc", env={"HF_HOME": "/proc/hf"}),
+    row("run-hf-home-unwritable", "harness", RUN, "HF_HOME={readonly} ({readonly}/datasets under it): cannot create "
+        "files in {readonly}", env={"HF_HOME": "{readonly}"}, marks=NOT_ROOT),
+    row("run-hf-datasets-cache-file", "harness", RUN, "HF_DATASETS_CACHE={afile}: it is a file, not a folder",
+        env={"HF_DATASETS_CACHE": "{afile}"}),
+    row("prune-hf-home-file", "tamp", "prune --model someone/some-model --out {tmp}/out", "HF_HOME={afile}: it is a "
+        "file, not a folder", env={"HF_HOME": "{afile}", "HF_HUB_OFFLINE": "1"}),
 ]
 
 
@@ -147,7 +183,10 @@ TRANSFORM_EDITS: dict[str, Any] = {
 def paths(fastv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every file and folder the rows name, made once."""
     root = tmp_path_factory.mktemp("bad-files")
-    p: dict[str, Path] = {"tmp": root, "fastv": fastv}
+    p: dict[str, Path] = {"tmp": root, "fastv": fastv, "afile": root / "afile", "readonly": root / "readonly"}
+    p["afile"].write_text("a file, not a folder\n")
+    p["readonly"].mkdir()
+    p["readonly"].chmod(0o555)
     for name, edit in TRANSFORM_EDITS.items():
         p[name] = _with_transform(fastv, root / name, edit)
     p["runs_ok"] = root / "runs_ok"
@@ -167,12 +206,21 @@ def paths(fastv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, st
     return {k: str(v) for k, v in p.items()}
 
 
+def _forbid(what: str) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{what} although the input is bad and checkable before")
+
+    return fail
+
+
 @pytest.mark.parametrize("cli, args, fragment, code, env", ROWS)
 def test_bad_file(cli: str, args: str, fragment: str, code: int, env: dict[str, str], paths: dict[str, str],
                   tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     values = {**paths, "tmp": str(tmp_path)}
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(**values))
+    monkeypatch.setattr("tamp.pipeline.load_model", _forbid("a model was loaded"))
+    monkeypatch.setattr("harness.cache.ensure_artifact", _forbid("a model was pruned"))
     main = tamp.cli.main if cli == "tamp" else harness.cli.main
     got = main(shlex.split(args.format(**values)))
     err = capsys.readouterr().err
@@ -274,3 +322,66 @@ def test_lmms_eval_cli_exits_non_zero_on_a_malformed_transform(name: str, fragme
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], proc.stderr[-3000:]
     assert fragment in lines[-1] and lines[-1].endswith("; prune it again")
+
+
+# ---- a full disk under --out / --artifacts / --output / TAMP_CACHE: one line, exit 1, nothing half-written ----------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """size -> a folder on a tmpfs of that size, unmounted after the test (needs root and a working mount)."""
+    if not ROOT_USER:
+        pytest.skip("mounting a small tmpfs needs root (tests/tamp/test_disk_full_and_cache_entries.py fakes ENOSPC)")
+    mounted: list[Path] = []
+
+    def make(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def _left(folder: Path) -> list[str]:
+    """The files a failed write left in ``folder``, but the cache's key locks (flock files, empty)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not p.name.endswith(".lock"))
+
+
+@pytest.mark.parametrize("where", ["prune-out", "prune-tamp-cache", "run-artifacts", "run-output"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(where: str, small_disk: Any, tiny_model, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model's weights (about 1 MB) do not fit a 200 kB disk; a run record with its samples does not fit
+    8 kB."""
+    tiny_model("llava-next")  # built in the session's cache first (but not for prune-tamp-cache)
+    disk = small_disk("8k" if where == "run-output" else "200k")
+    out = {"prune-out": disk / "out", "prune-tamp-cache": tmp_path / "out", "run-artifacts": disk / "art",
+           "run-output": disk / "runs"}[where]
+    if where.startswith("prune"):
+        if where == "prune-tamp-cache":
+            monkeypatch.setenv("TAMP_CACHE", str(disk))
+        got = tamp.cli.main(shlex.split(PRUNE.format(tmp=tmp_path).replace(f"{tmp_path}/out", str(out))))
+    else:
+        other = {"run-artifacts": ["--output", str(tmp_path / "runs")], "run-output": ["--artifacts", str(tmp_path / "art")]}
+        flag = "--artifacts" if where == "run-artifacts" else "--output"
+        got = harness.cli.main(["run", "--model", "tiny-llava-next", "--sparsity", "0.5", "--method", "magnitude",
+                                "--tasks", "tamp_smoke_vqa", "--limit", "1", "--device", "cpu", flag, str(out), *other[where]])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert got == 1, err[-3000:]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
+    assert lines[0].startswith("error: no space left on the device under ") and "nothing half-written is left" in lines[0]
+    if where == "prune-tamp-cache":
+        assert "(TAMP_CACHE, where tiny models are built)" in lines[0]
+    # harness run writes a record's samples first (complete, atomically), so a record never lacks them: on a full
+    # --output they stay, without their record, and the next run writes both again
+    samples = ["runs/tiny-llava-next/magnitude_s0.50_unstructured/tamp_smoke_vqa_limit1.samples.jsonl"]
+    assert _left(disk) == (samples if where == "run-output" else [])
