@@ -67,6 +67,10 @@ ROWS = [
         "field 'fitted.yopo_tokens' is missing (a number)"),
     row("inspect-yopo-not-fitted", "tamp", "inspect {art_yopo_unfitted}",
         "field 'fitted' is missing (what yopo chooses at prune time)"),
+    row("plot-allocation-transform-not-a-table", "harness", "plot --allocation {art_not_table} --out {tmp}/a.png",
+        "{art_not_table}/pruning.json: its transform section: it is \"fastv\", expected a table of method, params"),
+    row("plot-allocation-transform-no-method", "harness", "plot --allocation {art_no_method} --out {tmp}/a.png",
+        "its transform section: field 'method' is missing (a string)"),
     # ---- run records of the wrong shape: skipped with one warning naming the file, the field and the type
     *[row(f"{cmd}-record-{name}", "harness", f"{cmd} --runs {{{runs}}} {extra}", fragment, code=0)
       for cmd, extra in (("table", ""), ("export", "--csv {tmp}/l.csv"), ("plot", "--out {tmp}/c.png"))
