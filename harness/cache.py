@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from harness.errors import HarnessError
+from harness.errors import EvaluationError, HarnessError
 from harness.model_specs import ModelSpec
-from tamp.artifacts import PER_MATRIX, PruningJsonError, read_pruning_json
-from tamp.atomic_write import temp_path
+from tamp.artifacts import PER_MATRIX, PRUNING_JSON, TRANSFORM, PruningJsonError, TransformInvalid, read_pruning_json
+from tamp.atomic_write import DiskFull, disk_full_names, temp_path
 from tamp.calibration.spec import CalibrationSpec
 from tamp.errors import TampError
 from tamp.families.registry import get as get_family
-from tamp.models.loading import checkpoint_problem
+from tamp.models.loading import checkpoint_problem, model_problem
 from tamp.models.shipped import weights_sha256
-from tamp.models.sources import TRAINED_PREFIX
+from tamp.models.sources import TINY_PREFIX, TRAINED_PREFIX
+from tamp.paths import hf_home_problem
 
 if TYPE_CHECKING:
     from tamp.recipe import Recipe
@@ -120,6 +121,14 @@ def artifact_key(spec: ModelSpec, recipe: Recipe, calib_fp: dict[str, Any] | Non
     return digest[:20], inputs
 
 
+def check_caches(source: str) -> None:
+    """Refuse, before anything is planned further, a run whose caches cannot be written: TAMP_CACHE where a tiny
+    model is still to be built, the Hugging Face datasets cache lmms-eval loads every task into (tamp.paths)."""
+    problem = (model_problem(source) if source.startswith(TINY_PREFIX) else None) or hf_home_problem(datasets=True)
+    if problem is not None:
+        raise HarnessError(problem)
+
+
 def valid_artifact(path: Path, key: str) -> bool:
     """A finished artifact: config + weights + a readable pruning.json (tamp's reader) + our key file with this key."""
     try:
@@ -164,11 +173,31 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def transform_damage(path: Path) -> str | None:
+    """Why a cached artifact's token transform cannot be applied (its pruning.json `transform` section against its
+    schema and the registry: tamp.token_transform), None when it can or there is none."""
+    from tamp.token_transform import TokenTransform
+
+    try:
+        section = read_pruning_json(path, PER_MATRIX).get(TRANSFORM)
+        if section is not None:
+            TokenTransform.from_dict(section, path / PRUNING_JSON)
+    except TransformInvalid as exc:
+        return exc.reason
+    except PruningJsonError:  # valid_artifact's to judge
+        return None
+    return None
+
+
 def _reusable(final: Path, key: str) -> bool:
     """A finished artifact whose files are as written; a damaged one is announced (and then pruned again)."""
     if not valid_artifact(final, key):
+        problem = transform_damage(final) if final.is_dir() else None
+        if problem is not None:
+            print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
+                  flush=True)
         return False
-    problem = damage(final)
+    problem = damage(final) or transform_damage(final)
     if problem is not None:
         print(f"warning: cached artifact {final} is damaged ({problem}); pruning it again", file=sys.stderr,
               flush=True)
@@ -216,7 +245,8 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
     lock = key_lock(root, key)
     _acquire(lock, key)
     try:
-        if valid_artifact(final, key) and damage(final) is None:  # pruned by the process we waited for
+        if valid_artifact(final, key) and damage(final) is None and transform_damage(final) is None:
+            # pruned by the process we waited for
             return final, True, 0.0
         # left by a killed holder of this lock, and no one else writes them while we hold it: the key's temp
         # folder and the one tamp's save fills beside it ("..KEY.tmp-..."), on any host, older names included
@@ -227,10 +257,13 @@ def ensure_artifact(root: Path, key: str, inputs: dict[str, Any], spec: ModelSpe
         try:
             prune(spec.source, recipe, tmp, device=device, revision=revision)
             record = {"key": key, "inputs": inputs, "files": file_manifest(tmp)}
-            (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+            with disk_full_names(final):
+                (tmp / KEY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
             if final.exists():  # an invalid leftover (interrupted by hand, or another key file)
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        except DiskFull as exc:  # the run failed, its input was fine: exit 1
+            raise EvaluationError(str(exc)) from None
         except TampError as exc:
             raise HarnessError(str(exc)) from None
         finally:

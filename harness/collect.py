@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
 from harness.errors import HarnessError
-from harness.records import read_record, record_build, samples_path
+from harness.records import read_record, record_build, record_problem, samples_path
 from harness.uncertainty import bootstrap_interval, paired_test
+from tamp.schema import from_text
 
 # one row per record: its headline number
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
@@ -30,15 +32,30 @@ UNCERTAINTY_COLUMNS = ["model_build", "seed", "ci_low", "ci_high", "n_docs", "p_
 NO_SAMPLES = "no samples file (a record from before samples were kept)"
 # results/reference/published.csv: published numbers in the benchmark's display units (see benchmarks.py)
 PUBLISHED_COLUMNS = ["model", "method", "sparsity", "pattern", "task", "value", "source"]
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """The schema of a row of published numbers (its columns are PUBLISHED_COLUMNS)."""
+
+    model: str
+    method: str
+    sparsity: float
+    pattern: str
+    task: str
+    value: float
+    source: str
+
 DEFAULT_PUBLISHED = Path("results/reference/published.csv")
 
 
 def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
     """(run id, record) for every finished record under ``runs``; the run id is its path without .json.
 
-    A .json that is not a usable record (truncated, edited, another file) is left out with a warning naming it on
-    stderr, so a row missing from a table is never a silent surprise; a record whose headline score is there but is
-    no number is kept (its row shows no score) with a warning saying so.
+    A .json that is not a usable record (truncated, edited, another file, a field of the wrong type: its schema is
+    harness.records.RunRecord) is left out with a warning naming it and what is wrong on stderr, so a row missing
+    from a table is never a silent surprise; a record whose headline score is there but is no number is kept (its
+    row shows no score) with a warning saying so.
     """
     runs = Path(runs)
     if not runs.is_dir():
@@ -49,8 +66,9 @@ def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
         if any(part.startswith(".") for part in rel.parts):  # temp files, accelerate scratch dirs
             continue
         record, problem = read_record(path)
-        if record is not None and not (isinstance(record.get("task"), str) and isinstance(record.get("method"), str)):
-            record, problem = None, "a run record without its task or method"
+        wrong = record_problem(record) if record is not None else None  # its schema: harness.records.RunRecord
+        if wrong is not None:
+            record, problem = None, wrong
         if record is None:
             print(f"warning: skipping {path}: {problem}; run its task again with --force, or delete it",
                   file=sys.stderr)
@@ -182,18 +200,25 @@ def load_published(path: Path | None) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=PUBLISHED_COLUMNS + ["percent", "limit"])
     try:
-        df = pd.read_csv(path, comment="#", skip_blank_lines=True)
+        df = pd.read_csv(path, comment="#", skip_blank_lines=True, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise HarnessError(f"cannot read published numbers {path}: {str(exc).splitlines()[0]}") from None
     missing = [c for c in PUBLISHED_COLUMNS if c not in df.columns]
     if missing:
         raise HarnessError(f"{path} lacks the column(s) {', '.join(missing)}; its header must be "
                            f"{','.join(PUBLISHED_COLUMNS)}")
-    df = df[PUBLISHED_COLUMNS].copy()
-    if df["source"].isna().any() or (df["source"].astype(str).str.strip() == "").any():
+    rows = []
+    for i, cells in enumerate(df[PUBLISHED_COLUMNS].to_dict("records")):
+        row, wrong = from_text(PublishedRow, cells)
+        if wrong is not None:
+            raise HarnessError(f"{path}: its row {i + 1} ({cells['model']}, {cells['method']}, {cells['task']}): "
+                               f"{wrong}; correct it or remove the row")
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
+    if (df["source"].str.strip() == "").any():
         raise HarnessError(f"{path}: every published number needs its source (paper, table, page)")
     df["sparsity"] = df["sparsity"].astype(float).round(4)
-    df["value"] = pd.to_numeric(df["value"], errors="raise")
+    df["value"] = df["value"].astype(float)
     df["percent"] = [v * benchmark(t).percent_scale / benchmark(t).display_scale
                      for t, v in zip(df["task"], df["value"])]
     df["limit"] = 0

@@ -25,6 +25,7 @@ from tamp.artifacts import (  # noqa: E402
     PruningJsonInvalid,
     PruningJsonMissing,
     PruningJsonUnreadable,
+    TransformInvalid,
     read_pruning_json,
 )
 from tamp.methods.registry import all_methods  # noqa: E402
@@ -276,6 +277,8 @@ def read_pruning(path: Path) -> dict[str, Any]:
         raise HarnessError(f"cannot read {exc.file}: {exc.cause}") from None
     except PruningJsonForeign as exc:
         raise HarnessError(f"{exc.file} is not a tamp {PRUNING_JSON} (no per_matrix section)") from None
+    except TransformInvalid as exc:  # its transform section does not fit its schema (tamp.artifacts)
+        raise HarnessError(str(exc)) from None
 
 
 def plot_allocation(paths: list[Path], out: Path) -> list[Path]:

@@ -4,13 +4,66 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tamp.atomic_write import write_text_atomic
+from harness.errors import EvaluationError
+from tamp.atomic_write import DiskFull, write_text_atomic
 from tamp.config import PruneConfig
+from tamp.schema import problem
 
 SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class RecordModel:
+    name: str
+    build: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordCost:
+    """The cost fields the tables, plots and leaderboard read (tamp.inference.cost.summarize writes more)."""
+
+    prefill_tflops: float | None = None
+    prefill_tflops_nonzero: float | None = None
+    prefill_latency_s: float | None = None
+    visual_tokens_in: float | None = None
+    visual_tokens_kept: float | None = None
+    decode_tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_how: str | None = None
+    device: str | None = None
+    prefills: int | None = None
+    processes: int | None = None
+    tokens_per_layer: list[float] | None = None
+    visual_tokens_per_layer: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The schema of a run record (`harness run` writes it; `harness table` / `export` / `plot`, the leaderboard
+    and the run's resume read it through `read_record`): the fields they read, with their types. A headline score
+    that is there but no number is the tables' to name (harness.collect), not a schema error."""
+
+    schema: int
+    task: str
+    method: str
+    model: RecordModel
+    sparsity: float = 0.0
+    pattern: str = "unstructured"
+    limit: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] | None = None
+    n_samples: dict[str, dict[str, int]] | None = None
+    samples_file: str | None = None
+    artifact_key: str | None = None
+    artifact: dict[str, Any] | None = None
+    cost: RecordCost | None = None
+    versions: dict[str, str] | None = None
+    git_commit: str | None = None
+    date: str | None = None
 
 
 def model_build(fingerprint: dict[str, Any] | None) -> str:
@@ -48,12 +101,20 @@ def _default(obj: Any) -> Any:
     return str(obj)
 
 
+def _write(path: Path, text: str) -> None:
+    """Atomically; a full disk is one line and a failed run (exit 1), its temp gone (tamp.atomic_write)."""
+    try:
+        write_text_atomic(path, text)
+    except DiskFull as exc:
+        raise EvaluationError(str(exc)) from None
+
+
 def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=_default) + "\n")
+    _write(path, json.dumps(data, indent=2, default=_default) + "\n")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
+    _write(path, "".join(json.dumps(r, default=_default) + "\n" for r in rows))
 
 
 DEFAULT_SEED: int = PruneConfig.seed  # tamp's default seed: its records keep the paths they always had
@@ -87,6 +148,12 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         return None, f"not a run record of schema {SCHEMA}"
     return data, None
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What in a finished record does not fit RunRecord (the field, its value, the type it must have), or None."""
+    wrong = problem(RunRecord, record)
+    return None if wrong is None else f"a run record whose {wrong}"
 
 
 def load_record(path: Path) -> dict[str, Any] | None:

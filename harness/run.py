@@ -152,6 +152,9 @@ def plan_run(opts: RunOptions) -> RunPlan:
         resolve_dtype(opts.dtype)
         pick_device(opts.device)
     spec = resolve_model(opts.model)
+    from harness.cache import check_caches  # torch (tamp.models.loading): a run's plan loads it anyway
+
+    check_caches(spec.source)  # the caches the run writes into: a tiny model's build, the datasets lmms-eval loads
     recipe = run_recipe(opts, spec)
 
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))

@@ -24,6 +24,7 @@ from tamp.artifacts import (
     PruningJsonForeign,
     PruningJsonInvalid,
     PruningJsonMissing,
+    TransformInvalid,
     read_pruning_json,
 )
 from tamp.errors import TampError
@@ -65,7 +66,8 @@ class SparsityCheck:
 def read_pruning_info(artifact: str | Path) -> dict[str, Any] | None:
     """pruning.json of a local artifact directory, None when there is none (a dense checkpoint or an HF id).
 
-    Read before the weights are loaded, so a broken record fails first; raises SparsityMismatch.
+    Read before the weights are loaded, so a broken record fails first; raises SparsityMismatch, or TransformInvalid
+    for a `transform` section that does not fit its schema (no sparsity check can help there).
     """
     if not Path(artifact).is_dir():
         return None
@@ -79,6 +81,8 @@ def read_pruning_info(artifact: str | Path) -> dict[str, Any] | None:
         raise SparsityMismatch(f"{exc.file} is not valid JSON ({detail})") from None
     except PruningJsonForeign as exc:
         raise SparsityMismatch(f"{exc.file} has no 'per_matrix' table: not a tamp artifact's {PRUNING_JSON}") from None
+    except TransformInvalid:
+        raise
     except PruningJsonError as exc:
         raise SparsityMismatch(str(exc)) from None
 

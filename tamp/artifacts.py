@@ -12,11 +12,13 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tamp.atomic_write import atomic_dir, write_text_atomic
 from tamp.errors import TampError
+from tamp.schema import SchemaError, check
 
 if TYPE_CHECKING:  # torch stays unimported for readers of pruning.json (harness plot, cache, table)
     from torch import nn
@@ -26,6 +28,20 @@ FORMAT_VERSION = 1
 # what `tamp inspect` shows; what evaluating, caching and plotting need is only the per-matrix zero counts
 SECTIONS: tuple[str, ...] = ("model", "config", "sparsity", "per_matrix")
 PER_MATRIX: tuple[str, ...] = ("per_matrix",)
+TRANSFORM = "transform"  # the token part's section, present when the artifact runs a token method
+
+
+@dataclass(frozen=True)
+class TransformSection:
+    """The schema of pruning.json's `transform` section (tamp.token_transform.TokenTransform writes and reads it):
+    the token method, its parameter values, what its fit chose (numbers, or per-layer lists of them; the method's
+    own `fitted_schema` says which), and the common token budget its parameters came from. Every reader holds the
+    section against this, through `read_pruning_json` or `TokenTransform.from_dict`."""
+
+    method: str
+    params: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+    fitted: dict[str, float | list[float] | list[list[float]]] = field(default_factory=dict)
+    budget: float | None = None
 
 
 class PruningJsonError(TampError):
@@ -52,6 +68,29 @@ class PruningJsonInvalid(PruningJsonError):
 
 class PruningJsonForeign(PruningJsonError):
     """Valid JSON, but lacking a section tamp writes: some other file named pruning.json."""
+
+
+DAMAGED_HINT = "the artifact is damaged or was edited; prune it again"
+
+
+class TransformInvalid(PruningJsonError):
+    """A tamp pruning.json whose `transform` section cannot be used (a field of the wrong type, an unknown method,
+    a parameter out of range): an edit or a damaged copy. ``reason`` is the message without the hint, for callers
+    with their own (the lmms-eval wrappers)."""
+
+    def __init__(self, reason: str, file: Path, hint: str = DAMAGED_HINT) -> None:
+        super().__init__(f"{reason}; {hint}", file)
+        self.reason = reason
+
+
+def transform_problem(section: Any, file: Path | str) -> str | None:
+    """Why a `transform` section does not fit TransformSection (one line naming the file and the field, no hint),
+    or None."""
+    try:
+        check(TransformSection, section, f"{file}: its {TRANSFORM} section")
+    except SchemaError as exc:
+        return str(exc)
+    return None
 
 
 def sparsity_report(linears: dict[str, nn.Linear], targets: dict[str, float]) -> dict[str, Any]:
@@ -166,4 +205,8 @@ def read_pruning_json(path: str | Path, sections: tuple[str, ...] = SECTIONS) ->
     if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in sections):
         raise PruningJsonForeign(f"{file} is not a tamp {PRUNING_JSON} (it needs the sections {', '.join(sections)})",
                                  file)
+    if TRANSFORM in info:
+        problem = transform_problem(info[TRANSFORM], file)
+        if problem is not None:
+            raise TransformInvalid(problem, file)
     return info

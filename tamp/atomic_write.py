@@ -11,7 +11,8 @@ place through here, so three rules hold everywhere:
   is no longer alive (a run killed with ``kill -9``, a preempted job); a live writer's temp, and a temp made on
   another host (whose PID cannot be checked from here), are left alone. A recycled PID keeps a stale temp a
   while longer, never removes a live one.
-- An exception (Ctrl-C, SIGTERM through tamp.console, an error) removes the temp before it propagates. One that
+- An exception (Ctrl-C, SIGTERM through tamp.console, an error) removes the temp before it propagates; a full
+  disk (or quota) becomes `DiskFull`, one line naming the folder, with the temp gone. One that
   lands in the instant between a temp's creation and the writer taking charge of it leaves the temp, named with
   this process's PID: the next writer removes it once this process has ended.
 """
@@ -19,6 +20,7 @@ place through here, so three rules hold everywhere:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -30,9 +32,49 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from tamp.errors import TampError
+
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 # the trailing part of every temp name made here; `kind` tells a temp being written from an old copy being replaced
 _TEMP = re.compile(r"\.(?:tmp|old)-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, disk quota exceeded
+
+
+class DiskFull(TampError):
+    """A write ran out of space; the temp it was writing is gone, so nothing half-written is left. Exit code 1: the
+    run failed, the input was fine. ``where`` names the place in the user's words (e.g. "TAMP_CACHE")."""
+
+    exit_code = 1
+
+    def __init__(self, target: Path, exc: BaseException, where: str = "") -> None:
+        what = "disk quota exceeded" if getattr(exc, "errno", None) == errno.EDQUOT else "no space left on the device"
+        named = f" ({where})" if where else ""
+        super().__init__(f"{what} under {Path(target).parent}{named}: {target} was not written, and nothing "
+                         "half-written is left; free some space there or write somewhere else, then run the same "
+                         "command again")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError with ENOSPC / EDQUOT, or a library's own error wrapping one (safetensors says "os error 28")."""
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        return True
+    text = str(exc)
+    return any(os.strerror(code) in text or f"os error {code})" in text for code in FULL)
+
+
+@contextlib.contextmanager
+def disk_full_names(target: Path, where: str = "") -> Iterator[None]:
+    """Within the block a full disk raises DiskFull for ``target`` (the caller removes its temp)."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(target, exc, where) from None
+        raise
 
 
 def current_umask() -> int:
@@ -113,9 +155,10 @@ def remove_stale(folder: Path) -> list[Path]:
 
 def make_temp_dir(target: Path) -> Path:
     """A new, empty temp folder beside ``target`` with the umask's permissions; stale temps there removed first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(target.parent)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target)))
+    with disk_full_names(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target)))
     try:
         os.chmod(tmp, dir_mode())
     except BaseException:
@@ -160,8 +203,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder to fill; on a clean exit it replaces ``target``, on any exception it is removed."""
     tmp = make_temp_dir(target)
     try:
-        yield tmp
-        replace_dir(tmp, target)
+        with disk_full_names(target):
+            yield tmp
+            replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -170,19 +214,21 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def atomic_file(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Yield an open temp file beside ``path``; on a clean exit it is renamed to ``path``, else removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path))
+    with disk_full_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path))
     try:
-        try:
-            os.fchmod(fd, file_mode())
-            fh = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
-        except BaseException:
-            os.close(fd)  # no file object owns the descriptor yet
-            raise
-        with fh:
-            yield fh
-        os.replace(tmp, path)
+        with disk_full_names(path):  # a full disk shows at a write, or only when the file is flushed and closed
+            try:
+                os.fchmod(fd, file_mode())
+                fh = os.fdopen(fd, mode, encoding=None if "b" in mode else encoding)
+            except BaseException:
+                os.close(fd)  # no file object owns the descriptor yet
+                raise
+            with fh:
+                yield fh
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

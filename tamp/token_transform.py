@@ -8,20 +8,34 @@ loader (`install`) re-applies it, so lmms-eval through our wrappers evaluates it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tamp.artifacts import PRUNING_JSON, TRANSFORM, TransformInvalid, transform_problem
 from tamp.errors import TampError
 from tamp.families.registry import families
 from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.methods import registry
 from tamp.methods.base import TOKEN_BUDGET, TokenMethod
 from tamp.models.adapters import get_adapter
+from tamp.schema import SchemaError, check
 
-SECTION = "transform"  # pruning.json's key for it
+SECTION = TRANSFORM  # pruning.json's key for it (its schema: tamp.artifacts.TransformSection)
+
+
+def _method_schema(method: TokenMethod) -> type:
+    """The section's params and fitted as the method declares them, as a schema (tamp.schema): each parameter may
+    be absent (its default fills it), of its Param's type when present (null only where the default is); fitted
+    as the method's `fitted_schema` says."""
+    params = make_dataclass(f"{method.name}_params", [(p.name, p.type if p.default is not None else p.type | None,
+                                                       field(default=None)) for p in method.params])
+    return make_dataclass(f"{method.name}_transform", [("params", params, field(default=None)),
+                                                       ("fitted", method.fitted_schema or dict[str, Any],
+                                                        field(default=None))])
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,31 @@ class TokenTransform:
                 **({"budget": self.budget} if self.budget is not None else {})}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenTransform:
-        built = cls.build(str(data["method"]), dict(data.get("params") or {}))
+    def from_dict(cls, data: Any, source: str | Path = PRUNING_JSON) -> TokenTransform:
+        """The transform a pruning.json section records, held against its schema (tamp.artifacts.TransformSection,
+        then the method's `fitted_schema`) and the registry; raises TransformInvalid (a TampError), one line naming
+        ``source`` (the pruning.json it came from) and what is wrong."""
+        problem = transform_problem(data, source)
+        if problem is not None:
+            raise TransformInvalid(problem, Path(source))
+        where = f"{source}: its {SECTION} section"
+        try:
+            chosen = registry.get(data["method"])
+        except TampError as exc:  # a plugin's method, the plugin not installed here
+            raise TransformInvalid(f"{where}: {exc}", Path(source),
+                                   "install the plugin that registers it, or prune the artifact again") from None
+        fitted = dict(data.get("fitted") or {})
+        try:
+            if isinstance(chosen, TokenMethod):  # each recorded value of the type its Param / fit declares
+                check(_method_schema(chosen), {"params": data.get("params") or {}, **({"fitted": fitted} if fitted else {})},
+                      where)
+            built = cls.build(chosen.name, dict(data.get("params") or {}))
+            if not fitted and isinstance(chosen, TokenMethod) and chosen.wants_fit(built.params):
+                raise TampError(f"field 'fitted' is missing (what {chosen.name} chooses at prune time)")
+        except TampError as exc:  # a value of the wrong type or out of range, a weight method's name
+            raise TransformInvalid(str(exc) if isinstance(exc, SchemaError) else f"{where}: {exc}", Path(source)) from None
         budget = data.get("budget")
-        return cls(built.method, built.params, dict(data.get("fitted") or {}), None if budget is None else float(budget))
+        return cls(built.method, built.params, fitted, None if budget is None else float(budget))
 
     def _method(self) -> TokenMethod:
         chosen = registry.get(self.method)

@@ -44,13 +44,14 @@ def trained_recipe_build() -> Path:
     """A fresh build of the trained tiny LLaVA-NeXT's recipe (`tamp build-tiny --trained`), for the tests of the
     recipe; everything else uses the shipped weights that `tiny-trained-llava-next` loads (tamp/testing/trained/).
 
-    Trained into the user's cache once, unless a build of the same recipe code is there already (the folder is
+    Trained into the user's cache once, unless an intact build of the same recipe code is there already (the folder is
     named after a hash of the recipe, the data generator, the tiny tokenizer and the torch / transformers
     versions): about 3 minutes on the first session, none after."""
     from tamp.cli import main
+    from tamp.models.loading import reusable_build
     from tamp.testing.tiny_training import trained_cache_name
 
     kept = USER_CACHE / "tiny" / trained_cache_name("llava-next")
-    if not (kept / "config.json").is_file():
+    if not reusable_build(kept, "trained tiny model"):  # not built yet, or its weights truncated
         assert main(["build-tiny", "--family", "llava-next", "--trained", "--out", str(kept)]) == 0
     return kept

@@ -36,7 +36,7 @@ from harness.cache import KEY_FILE
 from harness.errors import ArtifactRefused
 from harness.evaluate import COST_DIR_ENV, KEY_ARG
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
-from tamp.artifacts import write_json_atomic
+from tamp.artifacts import PRUNING_JSON, TransformInvalid, write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device
 from tamp.errors import TampError
 from tamp.inference.cost import CostMeter
@@ -99,6 +99,7 @@ class TampWrapperMixin:
     generation_errors: list[str]
 
     tamp_key: str | None
+    token_transform: TokenTransform | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Reached from each family wrapper's `super().__init__`, after `_tamp_before_load` and before the stock
@@ -140,21 +141,26 @@ class TampWrapperMixin:
             raise ArtifactRefused(problem, "copy, download or prune it again")
         try:
             self.tamp_info = read_pruning_info(pretrained)
+            section = (self.tamp_info or {}).get(TRANSFORM_SECTION)
+            self.token_transform = None if section is None else \
+                TokenTransform.from_dict(section, local / PRUNING_JSON)
         except SparsityMismatch as exc:
             raise ArtifactRefused(str(exc), REFUSED_HINT) from None
+        except TransformInvalid as exc:  # no verify_sparsity=false helps here
+            raise ArtifactRefused(exc.reason, "prune it again") from None
         if self.tamp_info is None:
             logger.warning(f"{pretrained} has no pruning.json: evaluating it as a dense model (no sparsity check)")
 
     def _tamp_after_load(self) -> None:
         """Check the recorded sparsity, re-apply the artifact's token transform, and start the cost meter."""
         self.token_dropper, self.cost_meter = None, None
-        transform = (self.tamp_info or {}).get(TRANSFORM_SECTION)
+        transform = self.token_transform  # read and checked before the weights were loaded
         if transform is not None:
             try:
-                self.token_dropper = TokenTransform.from_dict(transform).install(self.model)
+                self.token_dropper = transform.install(self.model)
             except TampError as exc:
                 raise ArtifactRefused(f"its token transform cannot be applied: {exc}", REFUSED_HINT) from None
-            logger.info(f"{self.tamp_pretrained}: token method {transform['method']} {transform.get('params')}")
+            logger.info(f"{self.tamp_pretrained}: token method {transform.method} {transform.params}")
         self.cost_meter = CostMeter(self.model, self.token_dropper)
         if self.tamp_info is None or not self.verify_sparsity:
             return

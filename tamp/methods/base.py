@@ -96,6 +96,8 @@ class TokenMethod(Method):
     # the common token budget (`--set token_budget=SHARE`): the method's own params that retain SHARE of the visual
     # tokens the way its paper sets them for an equal-token comparison; None: the method sets no token count
     budget: Callable[[float], dict[str, Any]] | None = None
+    # the schema (a dataclass, tamp.schema) of what `fit` returns: pruning.json's `fitted` is held against it on load
+    fitted_schema: type | None = None
     kind: ClassVar[str] = "token"
 
     def wants_fit(self, params: dict) -> bool:

@@ -36,6 +36,7 @@ the visual tokens there are: a window wider than the grid is costed as the grid)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,6 +59,17 @@ FULL = "+".join(STRATEGIES)  # the paper's YOPO, the default; any subset for abl
 CHUNK_BYTES = 1 << 28  # the visual rows' attention logits formed at once while fitting (256 MiB of fp32)
 # what `fit` adds to the parameters (pruning.json's transform section keeps them under "fitted")
 PRUNED_HEADS, HEAD_STAT, TOKENS, VISUAL_TOKENS = "yopo_pruned_heads", "yopo_head_stat", "yopo_tokens", "yopo_visual_tokens"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What `fit` records (the schema pruning.json's `fitted` is read against): per layer the heads pruned for
+    visual queries and the statistic that chose them (with the heads strategy), the calibration's mean tokens."""
+
+    yopo_tokens: float
+    yopo_visual_tokens: float
+    yopo_pruned_heads: list[list[int]] | None = None
+    yopo_head_stat: list[list[float]] | None = None
 
 
 def strategies(params: dict[str, Any]) -> set[str]:
@@ -289,4 +301,5 @@ METHOD = TokenMethod(
     # wider than its grid costed as the grid (the budget's cut layer moves)
     summary="visual tokens skip inactive heads, attend to neighbours, use half of each MLP, stop at a budget layer",
     params=PARAMS, plan=plan, model_defaults=model_defaults, depth_problem=depth_problem, fit=fit, needs_fit=needs_fit,
+    fitted_schema=Fitted,
 )

@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tamp.atomic_write import apply_umask, make_temp_dir
+from tamp.atomic_write import apply_umask, disk_full_names, make_temp_dir
 from tamp.errors import TampError
 from tamp.families.base import Family
 from tamp.families.registry import family_of, tiny_families, trained_families
 from tamp.models import shipped
 from tamp.models.sources import GGUF_MODELS, HF_MODELS, TINY_PREFIX, TRAINED_PREFIX, tiny_folder
+from tamp.paths import hf_home_problem, tamp_cache_problem
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -146,7 +148,7 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
         family = name[len(TINY_PREFIX):]
         if family not in tiny_families():
             return f"unknown tiny family '{family}'; choose one of: {', '.join(tiny_families())}"
-        return None
+        return None if tiny_entry_problem(tiny_folder(family)) is None else tamp_cache_problem()  # built there
     path = Path(name)
     if name not in HF_MODELS and path.exists():
         if not path.is_dir():
@@ -155,6 +157,8 @@ def model_problem(name: str, revision: str | None = None) -> str | None:
         return None if problem is None else f"{problem}: copy, download or build the checkpoint again"
     if name not in HF_MODELS and name.count("/") != 1:
         return f"unknown model '{name}': give a registry name, an HF id (org/name), a local directory or a .gguf file"
+    if hf_home_problem(datasets=False) is not None:
+        return hf_home_problem(datasets=False)
     if offline():
         return hf_cache_problem(HF_MODELS.get(name, name), revision, "offline mode is set (HF_HUB_OFFLINE)")
     return None
@@ -226,25 +230,46 @@ def _from_pretrained(model_cls: Any, model_id: str, kwargs: dict[str, Any]) -> t
         raise
 
 
+def tiny_entry_problem(folder: Path) -> str | None:
+    """Why a cache entry of a built model (a tiny model, the tests' trained build) is not a finished one, None when
+    it is. config.json alone does not say so: a copy cut short, a full disk or a crash of an older writer can leave
+    it beside truncated weights, so every weight file must open too."""
+    if not (Path(folder) / "config.json").is_file():
+        return f"{folder} is not built yet"
+    return checkpoint_problem(Path(folder))
+
+
+def reusable_build(folder: Path, what: str) -> bool:
+    """Whether a cache entry of a built model (`tiny_entry_problem`) can be used as it is. A damaged one (config.json
+    beside truncated weights) is announced with one warning line, and the caller builds it again."""
+    problem = tiny_entry_problem(folder)
+    if problem is not None and (Path(folder) / "config.json").is_file():
+        print(f"warning: the cached {what} {folder} is damaged ({problem}); building it again", file=sys.stderr,
+              flush=True)
+    return problem is None
+
+
 def _ensure_tiny(family: str) -> Path:
-    """The tiny model of a known family (model_problem checks the name), built on first use.
+    """The tiny model of a known family (model_problem checks the name), built on first use; a damaged cache entry
+    (truncated weights) is built again, with a note saying so.
 
     The builders are test scaffolding (tamp.testing), imported only here, when a tiny model is missing from the
     cache and must be built."""
     from tamp.testing.tiny import build_tiny
 
     out = tiny_folder(family)
-    if not (out / "config.json").exists():
+    if not reusable_build(out, "tiny model"):
         # built beside the cache entry and renamed into place: an interrupted build leaves no half model behind
         tmp = make_temp_dir(out)  # tamp.atomic_write: umask permissions, a killed build's temp removed
         try:
-            build_tiny(family, tmp, seed=0)
+            with disk_full_names(out, "TAMP_CACHE, where tiny models are built"):  # the temp goes below
+                build_tiny(family, tmp, seed=0)
             apply_umask(tmp)  # safetensors writes its weights 0600
-            shutil.rmtree(out, ignore_errors=True)  # a leftover without config.json
+            shutil.rmtree(out, ignore_errors=True)  # a leftover without config.json, or a damaged entry
             try:
                 os.replace(tmp, out)
             except OSError:
-                if not (out / "config.json").exists():  # not another process's finished build
+                if tiny_entry_problem(out) is not None:  # not another process's finished build
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
