@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "extrapolated (status partial); 0 = no limit")
     p.add_argument("--no-ppl", action="store_true", help="skip the perplexity evaluations")
     p.add_argument("--no-naive-smollm2", action="store_true", help="engine section on the tiny model only")
+    p.add_argument("--peer-methods", default="wanda,sparsegpt,gptq",
+                   help="llm-compressor runs beside tamp's: wanda, sparsegpt (50%%), gptq (W4A16)")
     p.add_argument("--peer-python", default=os.environ.get("BENCH_PEER_PYTHON") or None,
                    help="interpreter with llmcompressor installed, another venv (default: $BENCH_PEER_PYTHON)")
     p.add_argument("--tiny-samples", type=int, default=16)
@@ -158,7 +160,7 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
         from bench import peers
 
         log("[4/5] peers: llm-compressor")
-        add(peers.run(ctx, args.peer_python, threads=args.threads))
+        add(peers.run(ctx, args.peer_python, tuple(m for m in args.peer_methods.split(",") if m), threads=args.threads))
     if "8b" in sections:
         from bench import synthetic_8b
 
