@@ -19,8 +19,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "aim": {"aim_merge_keep": 0.5, "aim_prune_start": 1, "aim_prune_step": 0.25, "aim_semantics": "removal",
             "aim_merge_schedule": "share"},
     "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5, "yopo_semantics": "removal"},
+    "random": {"random_keep": 0.5, "random_seed": 0},
 }
 METHODS = tuple(SETTINGS)
+# methods whose parameters alone keep every token (their machinery still runs), and those whose choice costs no
+# matmul (nothing to see in scoring_flops)
+KEEP_ALL: dict[str, dict[str, Any]] = {"random": {"random_keep": 1.0}}
+FREE_CHOICE = ("random",)
 
 
 def install(model: nn.Module, method: str) -> SequenceEditor:
@@ -33,6 +38,8 @@ def install_keep_all(model: nn.Module, method: str) -> SequenceEditor:
     MLP at 100% in every layer."""
     if method == "fastv":
         return TokenTransform.build("fastv", {"fastv_keep": 1.0}).install(model)
+    if method in KEEP_ALL:
+        return TokenTransform.build(method, KEEP_ALL[method]).install(model)
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
     if method == "yopo":  # every MLP sliced at 100% for the visual rows, which then run apart from the text rows

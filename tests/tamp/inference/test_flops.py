@@ -28,7 +28,8 @@ def _counted(model, inputs: dict) -> tuple[float, float]:
 
 CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv", {"fastv_keep": 0.25}),
          ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}),
-         ("yopo", SETTINGS["yopo"]), ("yopo", {"yopo_strategies": "ffn", "yopo_ffn_keep": 0.25}))
+         ("yopo", SETTINGS["yopo"]), ("yopo", {"yopo_strategies": "ffn", "yopo_ffn_keep": 0.25}),
+         ("random", SETTINGS["random"]))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
