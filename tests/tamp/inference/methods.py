@@ -20,11 +20,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
             "aim_merge_schedule": "share"},
     "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5, "yopo_semantics": "removal"},
     "random": {"random_keep": 0.5, "random_seed": 0},
+    "dart": {"dart_k": 2, "dart_keep": 0.5, "dart_image_pivots": 1, "dart_text_pivots": 1},  # tiny Qwen: 4 visual
 }
 METHODS = tuple(SETTINGS)
 # methods whose parameters alone keep every token (their machinery still runs), and those whose choice costs no
 # matmul (nothing to see in scoring_flops)
-KEEP_ALL: dict[str, dict[str, Any]] = {"random": {"random_keep": 1.0}}
+KEEP_ALL: dict[str, dict[str, Any]] = {"random": {"random_keep": 1.0}, "dart": {"dart_keep": 1.0, "dart_image_pivots": 1,
+                                                                                  "dart_text_pivots": 1}}
 FREE_CHOICE = ("random",)
 
 

@@ -29,7 +29,8 @@ def _counted(model, inputs: dict) -> tuple[float, float]:
 CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv", {"fastv_keep": 0.25}),
          ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}),
          ("yopo", SETTINGS["yopo"]), ("yopo", {"yopo_strategies": "ffn", "yopo_ffn_keep": 0.25}),
-         ("random", SETTINGS["random"]))
+         ("random", SETTINGS["random"]), ("dart", SETTINGS["dart"]),
+         ("dart", {"dart_k": 1, "dart_keep": 0.25, "dart_image_pivots": 2, "dart_text_pivots": 1}))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
