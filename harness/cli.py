@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="prune each calibrated cell once per seed (e.g. 0,1,2); tables show mean ± spread over seeds")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="a method parameter for every cell, e.g. --set fastv_keep=0.25 (repeatable)")
+    sw.add_argument("--token-budgets", default=None, metavar="SHARE,...",
+                    help="run each token method that takes the common budget once per share of visual tokens kept, "
+                         "e.g. 0.333,0.222,0.111 (192/128/64 of 576); recorded, one table row per budget")
     sw.add_argument("--out-dir", type=Path, default=Path("results/sweeps"), help="where the table and plot go")
     sw.add_argument("--csv", type=Path, default=Path("results/leaderboard.csv"), help="the leaderboard to merge into")
     _grid_args(sw)
@@ -274,7 +277,8 @@ def _grid(args: argparse.Namespace) -> int:
         grid = sweep_grid(args.model, _names(args.methods, "methods"), _floats(args.sparsities, "sparsities"),
                           _names(args.tasks, "tasks"), args.pattern, args.out_dir, args.csv, calib=args.calib,
                           nsamples=args.nsamples, seed=args.seed, overrides=list(args.overrides),
-                          seeds=_seeds(args.seeds))
+                          seeds=_seeds(args.seeds),
+                          budgets=None if args.token_budgets is None else _floats(args.token_budgets, "token-budgets"))
     executor = executor_options(args.executor, grid.executor, address=args.address, cpus=args.cpus,
                                 gpus=args.gpus_per_cell, partition=args.partition, time=args.time,
                                 array_parallelism=args.array_parallelism)

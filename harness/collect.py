@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.benchmarks import benchmark, raw_value
 from harness.errors import HarnessError
-from harness.records import read_record, record_build, record_problem, samples_path
+from harness.records import read_record, record_budget, record_build, record_problem, samples_path, with_budget
 from harness.uncertainty import bootstrap_interval, paired_test
 from tamp.schema import from_text
 
@@ -153,7 +153,7 @@ def headline_frame(runs: Path) -> pd.DataFrame:
         if scores is not None:
             low, high = (v * bench.display_scale for v in bootstrap_interval(list(scores.values())))
         rows.append({
-            "model": (rec.get("model") or {}).get("name"), "method": rec["method"],
+            "model": (rec.get("model") or {}).get("name"), "method": with_budget(rec["method"], record_budget(rec)),
             "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
             "limit": _limit(rec.get("limit")), "task": rec["task"], "metric": metric, "raw": raw,
             "value": None if raw is None else raw * bench.display_scale,

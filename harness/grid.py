@@ -25,12 +25,13 @@ from harness.executors import ExecutorOptions, parse_block, run_jobs
 from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.model_specs import expand_calib, resolve_model
-from harness.records import load_record, record_path
-from harness.run import RunOptions, finished, missing_data, run_recipe
+from harness.records import load_record, record_path, with_budget
+from harness.run import RunOptions, finished, missing_data, run_recipe, token_budget
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.atomic_write import write_text_atomic
 from tamp.config import check_sparsity
+from tamp.methods.base import TOKEN_BUDGET
 from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
 from tamp.models.sources import TRAINED_PREFIX
@@ -56,6 +57,8 @@ class Grid:
     description: str = ""
     executor: dict[str, Any] = field(default_factory=dict)  # where cells run (the `executor:` block), not what
     seeds: list[int] | None = None  # each calibrated cell pruned once per seed (the others keep `seed`)
+    # each cell whose token method takes the common token budget, once per budget (`harness sweep --token-budgets`)
+    budgets: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,12 @@ class Cell:
     method: str
     sparsity: float
     seed: int | None = None  # a calibration seed of the grid's `seeds` (None: the grid's `seed`)
+    budget: float | None = None  # a token budget of the grid's `budgets` (None: the method's own parameters)
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.method} {self.sparsity:.0%}" + (f" seed {self.seed}" if self.seed is not None else "")
+        return f"{self.model} {self.method} {self.sparsity:.0%}" + (f" seed {self.seed}" if self.seed is not None else "") \
+            + (f" budget {self.budget:g}" if self.budget is not None else "")
 
 
 def parse_seeds(value: Any, where: str) -> list[int]:
@@ -240,8 +245,29 @@ def cells(grid: Grid) -> list[Cell]:
                                                                  if k in _run_fields(cell.method, values)})
             if recipe.needs_calibration:
                 todo = [replace(cell, seed=seed) for seed in grid.seeds]
+        if grid.budgets and _takes_budget(token):
+            todo = [replace(c, budget=budget) for c in todo for budget in grid.budgets]
         out += [c for c in todo if c not in out]
     return out
+
+
+def _takes_budget(token: str | None) -> bool:
+    """Whether a cell's token method maps the common token budget (a method that sets no token count, AIM's or
+    YOPO's schedule, runs once at its own parameters)."""
+    return token is not None and getattr(get(token), "budget", None) is not None
+
+
+def check_budgets(budgets: list[float], overrides: list[str]) -> list[float]:
+    """`--token-budgets`: distinct shares in (0, 1], and no `--set token_budget` beside them."""
+    for value in budgets:
+        problem = TOKEN_BUDGET.problem(value)
+        if problem:
+            raise HarnessError(f"--token-budgets: {problem}")
+    if len(set(budgets)) != len(budgets):
+        raise HarnessError(f"--token-budgets: the budgets must differ, got {budgets}")
+    if any(o.split("=", 1)[0].strip() == TOKEN_BUDGET.name for o in overrides):
+        raise HarnessError("--token-budgets and --set token_budget both set the token budget; give one or the other")
+    return budgets
 
 
 def _run_fields(method: str, values: dict[str, Any]) -> set[str]:
@@ -279,6 +305,7 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
         owners = method_params()
     overrides = [o for o in grid.overrides
                  if (name := o.split("=", 1)[0].strip()) not in owners or set(owners[name][1]) & runs]
+    overrides += [f"token_budget={cell.budget!r}"] if cell.budget is not None else []
     return RunOptions(model=cell.model, sparsity=cell.sparsity, method=cell.method,
                       pattern=grid.pattern if cell.sparsity else "unstructured",
                       tasks=grid.tasks, limit=settings.limit, calib=grid.calib, nsamples=grid.nsamples,
@@ -369,7 +396,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
                 continue
             data[("dataset", task)] = _dataset_status(task, tm)
             rec = load_record(record_path(settings.output, spec.name, method, cfg.sparsity, cfg.pattern,
-                                          task, settings.limit, cfg.seed))
+                                          task, settings.limit, cfg.seed, token_budget(recipe)))
             if rec is None:
                 state = "to evaluate"
             elif key is None or rec.get("artifact_key") == key:
@@ -383,7 +410,8 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
         else:
             summary = "; ".join(f"{state}: {len(ts)}" + ("" if state == "cached" else f" ({', '.join(ts)})")
                                 for state, ts in states.items())
-        cell_rows.append({"model": spec.name, "method": method, "sparsity": f"{cfg.sparsity:.2f}",
+        cell_rows.append({"model": spec.name, "method": with_budget(method, token_budget(recipe)),
+                          "sparsity": f"{cfg.sparsity:.2f}",
                           "pattern": cfg.pattern, **({"seed": str(cfg.seed)} if grid.seeds else {}),
                           "artifact": artifact, "results": summary})
     data_rows = [{"what": what, "name": name, "status": status} for (what, name), status in data.items()]
@@ -479,7 +507,8 @@ def grid_frame(grid: Grid, settings: Settings) -> Any:
     names = {resolve_model(m).name for m in grid.models}
     wanted: dict[tuple[str, float], set[int] | None] = {}
     for c in cells(grid):  # a seeded cell: only the records of the grid's seeds
-        seeds = wanted.setdefault((c.method, round(c.sparsity, 4)), set() if c.seed is not None else None)
+        seeds = wanted.setdefault((with_budget(c.method, c.budget), round(c.sparsity, 4)),
+                                  set() if c.seed is not None else None)
         if seeds is not None and c.seed is not None:
             seeds.add(c.seed)
     keep = [m in names and (meth, round(s, 4)) in wanted and (meth == "dense" or p == grid.pattern)
@@ -527,10 +556,13 @@ def write_reports(grid: Grid, settings: Settings, published: Path | None = None)
 
 def sweep_grid(model: str, methods: list[str], sparsities: list[float], tasks: list[str] | None, pattern: str,
                out_dir: Path, csv: Path, **run_fields: Any) -> Grid:
-    """`make sweep`: one model, the chosen methods (+ dense as the reference) over a range of sparsities."""
+    """`make sweep`: one model, the chosen methods (+ dense as the reference) over a range of sparsities; with
+    `budgets` (`--token-budgets`), each token method that takes the common budget once per budget."""
     with tamp_errors():
         for value in sparsities:
             check_sparsity(value, "--sparsities: each", dense_ok=False)
+    if run_fields.get("budgets"):
+        check_budgets(run_fields["budgets"], run_fields.get("overrides") or [])
     slug = f"{model.replace('/', '__')}_{pattern.replace(':', 'of')}"
     return Grid(name=f"sweep: {model}, {pattern}", models=[model],
                 methods=["dense", *[m for m in methods if m != "dense"]], sparsities=sparsities, tasks=tasks,

@@ -4,7 +4,8 @@ task, metric).
 Column order (stable):
   model, model_build (which weights carry the name: the first 12 hex digits of the shipped weights' sha256 of a
   trained tiny model, of a local directory's content hash or of an HF snapshot's commit; empty where the name
-  alone fixes the weights, or for records that predate the column and cannot tell), method, sparsity, pattern,
+  alone fixes the weights, or for records that predate the column and cannot tell), method (with its token budget
+  where one was set: `fastv@0.222`), sparsity, pattern,
   limit (0 = the whole task), task, metric ("<metric>,<filter>" as lmms-eval names it), value (as lmms-eval
   reports it), stderr, dense_value (the same model build, task and metric unpruned), relative_pct (value /
   dense_value * 100), headline (the metric our tables show),
@@ -45,7 +46,7 @@ import pandas as pd
 from harness.benchmarks import benchmark, raw_value
 from harness.collect import document_scores, iter_records, pair_with_dense, record_seed
 from harness.errors import HarnessError
-from harness.records import record_build
+from harness.records import record_budget, record_build, with_budget
 from harness.tables import method_rank
 from harness.uncertainty import bootstrap_interval
 from tamp.atomic_write import write_text_atomic
@@ -88,7 +89,8 @@ def _numeric(value: Any) -> bool:
 def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every numeric metric of every task in one record (a group's subtasks too), plus derived headlines."""
     versions = rec.get("versions") or {}
-    base = {"model": (rec.get("model") or {}).get("name"), "model_build": record_build(rec), "method": rec["method"],
+    base = {"model": (rec.get("model") or {}).get("name"), "model_build": record_build(rec),
+            "method": with_budget(rec["method"], record_budget(rec)),
             "sparsity": round(float(rec.get("sparsity", 0.0)), 4), "pattern": rec.get("pattern", "unstructured"),
             "limit": int(rec.get("limit") or 0), "run_id": run_id, "artifact_key": rec.get("artifact_key"),
             "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),

@@ -121,14 +121,31 @@ DEFAULT_SEED: int = PruneConfig.seed  # tamp's default seed: its records keep th
 
 
 def record_path(output: Path, model: str, method: str, sparsity: float, pattern: str, task: str,
-                limit: int | None, seed: int | None = None) -> Path:
-    """<output>/<model>/<method>_s<sparsity>_<pattern>[_seedN]/<task>[_limitN].json; the seed (of the calibration
-    draw, part of the artifact key) only where it is not the default, so prunings with other seeds
-    (`harness sweep --seeds`) do not overwrite each other."""
+                limit: int | None, seed: int | None = None, budget: float | None = None) -> Path:
+    """<output>/<model>/<method>_s<sparsity>_<pattern>[_seedN][_bSHARE]/<task>[_limitN].json; the seed (of the
+    calibration draw, part of the artifact key) only where it is not the default, so prunings with other seeds
+    (`harness sweep --seeds`) do not overwrite each other; the token budget (`token_budget`) where one was set, so
+    the budgets of `harness sweep --token-budgets` do not either."""
     run = f"{method}_s{sparsity:.2f}_{pattern.replace(':', 'of')}"
     run += f"_seed{seed}" if seed is not None and seed != DEFAULT_SEED else ""
+    run += f"_b{budget:g}" if budget is not None else ""
     name = task + (f"_limit{limit}" if limit else "")
     return Path(output) / model.replace("/", "__") / run / f"{name}.json"
+
+
+BUDGET_MARK = "@"  # a budgeted token run's row: `fastv@0.222`
+
+
+def with_budget(method: str, budget: float | None) -> str:
+    """The name a run's rows carry in tables and the leaderboard: the method, and its token budget when one was set
+    (`fastv@0.222`), so the budgets of one method are rows of their own."""
+    return method if budget is None else f"{method}{BUDGET_MARK}{budget:g}"
+
+
+def record_budget(rec: dict[str, Any]) -> float | None:
+    """The token budget a run record's transform was set from (`token_budget`), or None."""
+    budget = (rec.get("transform") or {}).get("budget")
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None
 
 
 def samples_path(record: Path) -> Path:

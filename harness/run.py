@@ -174,7 +174,7 @@ def plan_run(opts: RunOptions) -> RunPlan:
     records, pending = {}, []
     for task in tasks:
         path = record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task, opts.limit,
-                           recipe.weight.seed)
+                           recipe.weight.seed, token_budget(recipe))
         records[task] = path
         old = load_record(path)
         if old is None or opts.force:
@@ -184,6 +184,11 @@ def plan_run(opts: RunOptions) -> RunPlan:
                                f"calibration or a method's version changed: key {old.get('artifact_key')} != {key}); "
                                "pass --force to replace it, or choose another --output")
     return RunPlan(spec, recipe, tasks, key, inputs, records, pending)
+
+
+def token_budget(recipe: Recipe) -> float | None:
+    """The common token budget the run's token method was set from (`--set token_budget`), or None."""
+    return recipe.token.budget if recipe.token is not None else None
 
 
 def model_depth(spec: ModelSpec) -> int | None:
@@ -215,7 +220,7 @@ def finished(opts: RunOptions) -> bool:
     recipe = run_recipe(opts, spec)
     tasks = list(dict.fromkeys(opts.tasks or spec.tasks))
     records = [load_record(record_path(opts.output, spec.name, recipe.name, recipe.sparsity, recipe.pattern, task,
-                                       opts.limit, recipe.weight.seed)) for task in tasks]
+                                       opts.limit, recipe.weight.seed, token_budget(recipe))) for task in tasks]
     if any(r is None for r in records):
         return False
     try:

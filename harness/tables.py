@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from harness.benchmarks import benchmark, order, registered_tasks
 from harness.cost_columns import HEADERS, PARTS, cost_columns, cost_text
+from harness.records import BUDGET_MARK
 from harness.uncertainty import ALPHA, LEVEL, RESAMPLES, SEED, mean_of_means_interval
 from tamp.methods.registry import all_methods
 
@@ -28,7 +29,11 @@ FORMATS = ("markdown", "latex", "csv")
 
 def method_label(method: str) -> str:
     """The registered method's table label (a record of a method no longer installed keeps its name); a
-    composition's labels joined (`tamp+fastv` -> `TAMP + FastV`, `tamp+gptq-w4g128` -> `TAMP + GPTQ w4g128`)."""
+    composition's labels joined (`tamp+fastv` -> `TAMP + FastV`, `tamp+gptq-w4g128` -> `TAMP + GPTQ w4g128`); a
+    token budget after it (`fastv@0.222` -> `FastV @ 0.222`)."""
+    if BUDGET_MARK in method:
+        base, budget = method.split(BUDGET_MARK, 1)
+        return f"{method_label(base)} @ {budget}"
     if "+" in method:
         return " + ".join(method_label(part) for part in method.split("+"))
     known = all_methods().get(method)
@@ -43,7 +48,7 @@ def method_rank(method: str) -> tuple[int, str]:
     """Rows in the registry's table order (dense first, a composition after its weight method's row); unknown
     methods last, by name."""
     methods = list(all_methods())
-    first = method.split("+")[0]
+    first = method.split(BUDGET_MARK)[0].split("+")[0]
     first = first if first in methods else first.partition("-")[0]  # a quantizer alone, with its grid
     return (methods.index(first) if first in methods else len(methods), method)
 

@@ -21,8 +21,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "yopo": {"yopo_strategies": "layers+ffn", "yopo_layer": 2, "yopo_ffn_keep": 0.5, "yopo_semantics": "removal"},
     "divprune": {"divprune_keep": 0.5, "divprune_positions": "original"},
     "pdrop": {"pdrop_stage": 0.25, "pdrop_lambda": 0.5},
+    "random": {"random_keep": 0.5, "random_seed": 0},
+    "dart": {"dart_k": 2, "dart_keep": 0.5, "dart_image_pivots": 1, "dart_text_pivots": 1},  # tiny Qwen: 4 visual
+    "pool": {"pool_stride": 2},
 }
 METHODS = tuple(SETTINGS)
+# methods whose parameters alone keep every token (their machinery still runs), and those whose choice costs no
+# matmul (nothing to see in scoring_flops)
+KEEP_ALL: dict[str, dict[str, Any]] = {"random": {"random_keep": 1.0}, "dart": {"dart_keep": 1.0, "dart_image_pivots": 1,
+                                                                                  "dart_text_pivots": 1},
+                                         "pool": {"pool_stride": 1}}
+FREE_CHOICE = ("random", "pool")
 
 
 def install(model: nn.Module, method: str) -> SequenceEditor:
@@ -39,6 +48,8 @@ def install_keep_all(model: nn.Module, method: str) -> SequenceEditor:
         return TokenTransform.build("divprune", {"divprune_keep": 1.0}).install(model)
     if method == "pdrop":  # a drop before each of layers 1-3, ranking by the last row and keeping every token
         return TokenTransform.build("pdrop", {"pdrop_lambda": 1.0}).install(model)
+    if method in KEEP_ALL:
+        return TokenTransform.build(method, KEEP_ALL[method]).install(model)
     adapter = get_adapter(model)
     layers = len(adapter.language_stack(model).layers)
     if method == "yopo":  # every MLP sliced at 100% for the visual rows, which then run apart from the text rows

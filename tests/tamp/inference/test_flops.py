@@ -30,7 +30,10 @@ CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv
          ("aim", SETTINGS["aim"]), ("aim", {"aim_stages": "prune", "aim_prune_start": 1, "aim_prune_step": 0.5}),
          ("yopo", SETTINGS["yopo"]), ("yopo", {"yopo_strategies": "ffn", "yopo_ffn_keep": 0.25}),
          ("divprune", SETTINGS["divprune"]), ("divprune", {"divprune_keep": 0.25}),
-         ("pdrop", SETTINGS["pdrop"]), ("pdrop", {"pdrop_rank": "own", "pdrop_lambda": 0.25}))
+         ("pdrop", SETTINGS["pdrop"]), ("pdrop", {"pdrop_rank": "own", "pdrop_lambda": 0.25}),
+         ("random", SETTINGS["random"]), ("dart", SETTINGS["dart"]),
+         ("dart", {"dart_k": 1, "dart_keep": 0.25, "dart_image_pivots": 2, "dart_text_pivots": 1}),
+         ("pool", SETTINGS["pool"]), ("pool", {"pool_keep": 0.222}))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

@@ -1,0 +1,50 @@
+"""DART on every tiny family: the visual tokens kept before layer K are those of the release's loop run on what the
+release reads, taken here independently of our capture: layer K - 1's keys from the KV cache (after the rotary
+embedding, as LightCompress's port reads them), the states entering layer K through the model's own final norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tamp.algorithms.token_dedup import per_pivot
+from tamp.models import internals
+from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
+from tests.tamp.algorithms.test_token_dedup import release
+from tests.tamp.inference.conftest import FAMILIES, attn
+
+
+@pytest.mark.parametrize("pivots", ((4, 4), (1, 1)))  # the release's; one each (tiny Qwen2-VL has 4 visual tokens)
+@pytest.mark.parametrize("implementation", ("sdpa", "eager"))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dart_keeps_what_the_release_keeps(loaded, family: str, implementation: str, pivots: tuple[int, int]) -> None:
+    model, inputs, _ = loaded(family)
+    attn(model, implementation)
+    adapter = get_adapter(model)
+    stack = adapter.language_stack(model)
+    k, keep = 2, 0.5
+    with torch.no_grad():
+        out = model(**inputs, use_cache=True, output_hidden_states=True)
+        keys = out.past_key_values.layers[k - 1].keys[0]  # [KVH, T, d]
+        l1 = keys.permute(1, 0, 2).reshape(keys.shape[1], -1).double().abs().sum(-1)
+        states = internals.final_norm(model, stack.name)(out.hidden_states[k])[0].double()
+        params = {"dart_k": k, "dart_keep": keep, "dart_image_pivots": pivots[0], "dart_text_pivots": pivots[1]}
+        dropper = TokenTransform.build("dart", params).install(model)
+        try:
+            model(**inputs)
+        finally:
+            dropper.remove()
+    visual_ids = set(adapter.media_token_ids.get("image", [])) | set(adapter.media_token_ids.get("video", []))
+    ids = inputs["input_ids"][0].tolist()
+    span = [t for t, i in enumerate(ids) if i in visual_ids]
+    start, length = span[0], len(span)
+    assert span == list(range(start, start + length))  # one image span, as the release assumes
+    each = per_pivot(length, keep, sum(pivots))
+    expected = release(l1, states, start, length, *pivots, each)
+    kept = dropper.kept_by_layer[k][0].tolist()
+    assert [t for t in kept if t in set(span)] == expected
+    assert [t for t in kept if t not in set(span)] == [t for t in range(len(ids)) if t not in set(span)]
+    assert dropper.kept_by_layer[k - 1][0].tolist() == list(range(len(ids)))
+    assert len(expected) == min(length, pivots[0] + sum(pivots) * each)
+    assert (dropper.history[-1].scoring_flops > 0) == (each > 0)
