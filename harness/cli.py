@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     left = "finished tasks are saved and a cached artifact is only ever complete: run the same command to resume"
-    return run_command(lambda: _dispatch(args), (HarnessError,),
+    from tamp.atomic_write import DiskFull  # any of harness's writes (tables, CSV, grid reports) on a full disk
+
+    return run_command(lambda: _dispatch(args), (HarnessError, DiskFull),
                        left if args.command in ("run", "grid", "sweep") else "nothing was written")
 
 

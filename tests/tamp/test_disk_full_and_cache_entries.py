@@ -84,6 +84,28 @@ def test_a_record_write_on_a_full_disk_fails_the_run(tmp_path: Path, monkeypatch
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["table", "export"])
+def test_harness_report_writes_on_a_full_disk_are_one_line(command: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`harness table --out` and `harness export --csv` write through the same writer: one line, exit 1."""
+    from harness.cli import main
+    from harness.records import write_json
+
+    record = {"schema": 1, "model": {"name": "m"}, "method": "wanda", "sparsity": 0.5, "pattern": "unstructured",
+              "task": "t", "limit": None, "metrics": {"acc,none": 0.5}, "primary_metric": "acc,none"}
+    runs = tmp_path / "runs"
+    write_json(runs / "m" / "wanda_s0.50_unstructured" / "t.json", record)
+    real = os.fdopen
+    monkeypatch.setattr("tamp.atomic_write.os.fdopen", lambda *a, **k: _FullFile(real(*a, **k)))
+    out = tmp_path / "out"
+    out.mkdir()
+    flag = ["--out", str(out / "table.md")] if command == "table" else ["--csv", str(out / "board.csv")]
+    code = main([command, "--runs", str(runs), *flag])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and err and err[-1].startswith("error: no space left on the device under "), err
+    assert "Traceback" not in "\n".join(err) and list(out.iterdir()) == []
+
+
 # ---- tamp.schema -------------------------------------------------------------------------------------------------
 
 
