@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
     t.add_argument("--cost", nargs="?", const="all", default=None, metavar="PARTS",
-                   help="add the measured cost: flops, latency, decode, memory (comma-separated; all when none named)")
+                   help="add the measured cost: flops, latency, decode, memory, weights (comma-separated; all when none "
+                   "named)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)

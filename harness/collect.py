@@ -21,7 +21,7 @@ from tamp.schema import from_text
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
                     "source", "run_id", "git_commit", "lmms_eval_version", "date", "n_samples", "prefill_tflops",
                     "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
-                    "peak_memory_how", "device"]
+                    "peak_memory_how", "device", "weight_mb_stored"]
 COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
                "peak_memory_how", "device"]  # from the record's cost (tables' --cost columns, the TFLOPs plot)
 # how sure each number is (harness/uncertainty.py): the calibration seed, the 95% bootstrap interval (display units),
@@ -162,6 +162,7 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "lmms_eval_version": (rec.get("versions") or {}).get("lmms-eval"), "date": rec.get("date"),
             "n_samples": (n.get(rec["task"]) or {}).get("effective") if isinstance(n, dict) else None,
             **{c: (rec.get("cost") or {}).get(c) for c in COST_FIELDS},
+            "weight_mb_stored": _stored_mb(rec),
             "model_build": record_build(rec), "seed": record_seed(rec), "ci_low": low, "ci_high": high,
             "n_docs": len(scores) if scores is not None else None, "p_vs_dense": None, "paired_test": None,
             "no_interval": why or None, "scores": scores,
@@ -169,12 +170,18 @@ def headline_frame(runs: Path) -> pd.DataFrame:
     pair_with_dense(rows)
     df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS])
     for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
-                   "decode_tokens_per_s", "peak_memory_mb", "ci_low", "ci_high", "p_vs_dense"):
+                   "decode_tokens_per_s", "peak_memory_mb", "weight_mb_stored", "ci_low", "ci_high", "p_vs_dense"):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["limit"] = df["limit"].astype(int)
     df["n_docs"] = df["n_docs"].astype("Int64")
     df["seed"] = df["seed"].astype("Int64")
     return df
+
+
+def _stored_mb(rec: dict[str, Any]) -> float | None:
+    """MiB of weights the run's artifact stores (pruning.json's weight_bytes; None for artifacts from before)."""
+    stored = ((rec.get("pruning") or {}).get("weight_bytes") or {}).get("stored")
+    return stored / 2**20 if isinstance(stored, (int, float)) and not isinstance(stored, bool) else None
 
 
 def pair_with_dense(rows: list[dict[str, Any]]) -> None:

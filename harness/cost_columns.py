@@ -15,11 +15,12 @@ import pandas as pd
 
 from harness.errors import HarnessError
 
-PARTS = ("flops", "latency", "decode", "memory")  # `--cost` alone: all of them, in this order
+PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone: all of them, in this order
 FLOP_UNITS = (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6), ("kFLOPs", 1e9))
 LATENCY = "Prefill ms"
 DECODE = "Decode tok/s"
-HEADERS = frozenset([*(f"Prefill {name}" for name, _ in FLOP_UNITS), LATENCY, DECODE, "Peak MiB", "Peak GiB"])
+HEADERS = frozenset([*(f"Prefill {name}" for name, _ in FLOP_UNITS), LATENCY, DECODE, "Peak MiB", "Peak GiB",
+                     "Weights MiB", "Weights GiB"])
 # how the CPU peak was measured when it is a lower bound (tamp/inference/peak_memory.py)
 LOWER_BOUND = "rss-lower-bound"
 
@@ -92,6 +93,7 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
         "latency": {label: float(_numbers(ours[label], "prefill_latency_s").mean()) * 1e3 for label in measured},
         "decode": {label: float(_numbers(ours[label], "decode_tokens_per_s").mean()) for label in measured},
         "memory": {label: float(run_peaks(ours[label]).max()) for label in measured},
+        "weights": {label: float(_numbers(ours[label], "weight_mb_stored").max()) for label in measured},
     }
     columns: dict[str, list[float]] = {}
     notes: list[str] = []
@@ -139,12 +141,18 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
     if part == "decode":
         return DECODE, 1.0, "tokens generated per second while decoding (per process), mean over the row's tasks " \
                             "that generate"
+    if part == "weights":
+        unit, factor = memory_unit(largest)
+        return (f"Weights {unit}", factor, "the weights as the row's artifact stores them (a quantized one packed, "
+                "in compressed-tensors; pruned zeros are stored: no format here stores sparsity)")
     unit, factor = memory_unit(largest)
     return (f"Peak {unit}", factor, "the highest peak of the row's task runs, each measured from its own start: "
             "CUDA peak allocated on a GPU, peak RSS on the CPU (its high-water mark reset at the run start)")
 
 
 def _why_empty(part: str) -> str:
+    if part == "weights":
+        return "its artifact predates the weight bytes in pruning.json (prune it again to record them)"
     if part == "decode":
         return "none of its tasks generates text (multiple-choice tasks are scored without decoding)"
     if part == "memory":

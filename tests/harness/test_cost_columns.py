@@ -31,12 +31,15 @@ def cost(tflops: float, latency_s: float, decode: float | None, peak_mb: float, 
     return {**out, "peak_memory_how": how} if how is not None else out
 
 
-def record(method: str, sparsity: float, task: str, acc: float, cost: dict[str, Any] | None) -> dict[str, Any]:
+def record(method: str, sparsity: float, task: str, acc: float, cost: dict[str, Any] | None,
+           stored: int | None = None) -> dict[str, Any]:
     metric = "exact_match,none" if task == "textvqa_val" else "pope_accuracy,none"
     rec = {"schema": SCHEMA, "artifact_key": f"key-{method}", "model": {"name": MODEL}, "method": method,
            "sparsity": sparsity, "pattern": "unstructured", "task": task, "limit": None, "metrics": {metric: acc},
            "results": {task: {metric: acc}}, "versions": {"lmms-eval": "0.7.3", "tamp": "0.1.0"},
            "git_commit": "abc123", "date": "2026-12-07T00:00:00+00:00"}
+    if stored is not None:  # the artifact's weight bytes, as pruning.json records them
+        rec["pruning"] = {"weight_bytes": {"stored": stored, "loaded": 4 * stored}}
     return {**rec, "cost": cost} if cost is not None else rec
 
 
@@ -59,8 +62,8 @@ def table(runs: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[
 def tiny_runs(tmp_path: Path) -> Path:
     """A tiny model's costs (MFLOPs, MiB): dense, a token method and a weight method that was never measured."""
     runs = tmp_path / "runs"
-    put(runs, record("dense", 0.0, "textvqa_val", 0.5, cost(0.000123, 0.0125, 250.0, 900.0)))
-    put(runs, record("dense", 0.0, "pope", 0.8, cost(0.000125, 0.0135, None, 920.0)))  # multiple choice: no decode
+    put(runs, record("dense", 0.0, "textvqa_val", 0.5, cost(0.000123, 0.0125, 250.0, 900.0), stored=3 * 2**19))
+    put(runs, record("dense", 0.0, "pope", 0.8, cost(0.000125, 0.0135, None, 920.0), stored=3 * 2**19))  # no decode
     put(runs, record("fastv", 0.0, "textvqa_val", 0.4, cost(0.0000615, 0.008, 300.0, 880.0)))
     put(runs, record("fastv", 0.0, "pope", 0.7, cost(0.0000625, 0.009, None, 870.0, how=None)))  # an old CPU peak
     put(runs, record("wanda", 0.5, "textvqa_val", 0.45, None))  # from before the cost axis
@@ -77,10 +80,12 @@ def test_flop_unit_keeps_tiny_and_large_values_readable() -> None:
 
 def test_the_cost_columns_of_a_tiny_model(tiny_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     headers, rows, out = table(tiny_runs, capsys, "--cost")
-    assert headers[-4:] == ["Prefill MFLOPs", "Prefill ms", "Decode tok/s", "Peak MiB"]
-    assert rows["Dense"][-4:] == ["124", "13.0", "250", "920"]  # mean MFLOPs and ms of both tasks; the highest peak
-    assert rows["FastV"][-4:] == ["62.0", "8.50", "300", "880"]  # the old CPU peak (870, no how) is left out
-    assert rows["Wanda"][-4:] == ["–"] * 4
+    assert headers[-5:] == ["Prefill MFLOPs", "Prefill ms", "Decode tok/s", "Peak MiB", "Weights MiB"]
+    assert rows["Dense"][-5:] == ["124", "13.0", "250", "920", "1.50"]  # mean MFLOPs and ms of both tasks; the
+    # highest peak; the weights its artifact stores
+    assert rows["FastV"][-5:] == ["62.0", "8.50", "300", "880", "–"]  # the old CPU peak (870, no how) is left out
+    assert "Weights MiB: – for FastV: its artifact predates the weight bytes" in out
+    assert rows["Wanda"][-5:] == ["–"] * 5
     assert "cost columns: – for Wanda: its records predate the cost axis" in out
     assert "0.000123" not in out and "e-0" not in out
 
@@ -111,9 +116,9 @@ def test_a_large_model_reads_in_tflops_and_gib(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_cost_parts_are_checked() -> None:
-    assert parse_parts(None) == parse_parts("all") == ("flops", "latency", "decode", "memory")
+    assert parse_parts(None) == parse_parts("all") == ("flops", "latency", "decode", "memory", "weights")
     assert parse_parts("memory,flops") == ("flops", "memory")
-    with pytest.raises(HarnessError, match="--cost takes some of flops,latency,decode,memory"):
+    with pytest.raises(HarnessError, match="--cost takes some of flops,latency,decode,memory,weights"):
         parse_parts("flops,speed")
 
 

@@ -42,7 +42,7 @@ def test_rtn_alone_equals_rounding_each_matrix(tiny_model, tmp_path, family: str
     assert section["format"] == "compressed-tensors pack-quantized"  # what vLLM serves, loaded dense by transformers
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors" and config["dequantize"] is True
-    assert section["weight_bytes"]["stored"] < section["weight_bytes"]["loaded"]
+    assert info["weight_bytes"]["stored"] < info["weight_bytes"]["loaded"]
     untouched = [k for k in before if not any(k == f"{n}.weight" for n in info["per_matrix"])]
     assert all(torch.equal(before[k], after[k]) for k in untouched)  # embeddings, norms, vision tower, lm_head
     generate_once(out, family)
