@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from tamp.errors import TampError
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,21 @@ class Param:
         if self.choices and value not in self.choices:
             return f"unknown {self.name} '{value}'; choose one of: {', '.join(self.choices)}"
         return self.check(value) if self.check is not None else None
+
+
+def resolve_params(owner: str, declared: Sequence[Param], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters `owner` declares, at their defaults unless overridden; a name it does not declare, or a value
+    its Param refuses, is one error (a token method's or a quantizer's part of a recipe)."""
+    own = {p.name: p for p in declared}
+    foreign = sorted(set(overrides) - set(own))
+    if foreign:
+        raise TampError(f"{', '.join(foreign)} is no parameter of {owner}; its parameters: {', '.join(own) or '-'}")
+    params = {name: overrides.get(name, p.default) for name, p in own.items()}
+    for name, value in params.items():
+        problem = own[name].problem(value)
+        if problem:
+            raise TampError(problem)
+    return params
 
 
 def _at_least(flag: str, low: int) -> Callable[[Any], str | None]:

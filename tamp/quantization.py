@@ -15,6 +15,7 @@ from tamp.engine.parts import QuantStep
 from tamp.errors import TampError
 from tamp.methods import registry
 from tamp.methods.base import QuantMethod, grid_label
+from tamp.params import resolve_params
 
 SECTION = "quantization"  # pruning.json's key for it
 
@@ -28,16 +29,7 @@ class Quantization:
     def build(cls, method: str, overrides: dict[str, Any] | None = None) -> Quantization:
         """Defaults of the quantizer, overridden; each value checked by its Param."""
         chosen = cls._quantizer(method)
-        own = {p.name: p for p in chosen.params}
-        overrides = dict(overrides or {})
-        foreign = sorted(set(overrides) - set(own))
-        if foreign:
-            raise TampError(f"{', '.join(foreign)} is no parameter of {method}; its parameters: {', '.join(own)}")
-        params = {name: overrides.get(name, p.default) for name, p in own.items()}
-        for name, value in params.items():
-            problem = own[name].problem(value)
-            if problem:
-                raise TampError(problem)
+        params = resolve_params(method, chosen.params, dict(overrides or {}))
         return cls(method, params)
 
     @staticmethod

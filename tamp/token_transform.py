@@ -22,6 +22,7 @@ from tamp.inference.sequence_edit import VISUAL, SequenceEditor
 from tamp.methods import registry
 from tamp.methods.base import TOKEN_BUDGET, TokenMethod
 from tamp.models.adapters import get_adapter
+from tamp.params import resolve_params
 from tamp.schema import SchemaError, check
 
 SECTION = TRANSFORM  # pruning.json's key for it (its schema: tamp.artifacts.TransformSection)
@@ -55,19 +56,11 @@ class TokenTransform:
         chosen = registry.get(method)
         if not isinstance(chosen, TokenMethod):
             raise TampError(f"'{method}' is a {chosen.kind} method, not a token method")
-        own = {p.name: p for p in chosen.params}
         overrides = dict(overrides or {})
         budget = overrides.pop(TOKEN_BUDGET.name, None)
         if budget is not None:
             overrides = {**cls._from_budget(chosen, budget, overrides), **overrides}
-        foreign = sorted(set(overrides) - set(own))
-        if foreign:
-            raise TampError(f"{', '.join(foreign)} is no parameter of {method}; its parameters: {', '.join(own) or '-'}")
-        params = {name: overrides.get(name, p.default) for name, p in own.items()}
-        for name, value in params.items():
-            problem = own[name].problem(value)
-            if problem:
-                raise TampError(problem)
+        params = resolve_params(method, chosen.params, overrides)
         return cls(method, params, budget=None if budget is None else float(budget))
 
     @staticmethod

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .token_keep import flag_runs
+
 # bumped when what this module computes changes: the artifact keys of the methods using it cover it
 VERSION = 1
 
@@ -59,16 +61,4 @@ def max_min_subset(distances: Tensor, count: int) -> Tensor:
 def visual_runs(visual: Tensor, video: Tensor | None = None) -> list[tuple[int, int]]:
     """(start, end) of each maximal run of visual tokens [T] bool, split where `video` changes: one image (with
     LLaVA-NeXT's tiles and newlines) or one whole video per run."""
-    flags = visual.tolist()
-    kind = video.tolist() if video is not None else [False] * len(flags)
-    runs, t = [], 0
-    while t < len(flags):
-        if not flags[t]:
-            t += 1
-            continue
-        end = t
-        while end < len(flags) and flags[end] and kind[end] == kind[t]:
-            end += 1
-        runs.append((t, end))
-        t = end
-    return runs
+    return flag_runs(visual.tolist(), video.tolist() if video is not None else None)

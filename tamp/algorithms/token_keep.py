@@ -45,3 +45,19 @@ def scheduled_count(n_visual_at_entry: int, rate: float) -> int:
     """AIM's kept visual count: int() of the visual tokens that entered the LLM times the rate (a hair of slack
     so that 0.875 x 8 is 7 however the float rounds)."""
     return math.floor(n_visual_at_entry * rate + 1e-9)
+
+
+def flag_runs(flags: list[bool], kind: list[bool] | None = None) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of set flags (split where `kind` changes, when given): the images and
+    videos of a sequence, as runs of visual tokens."""
+    runs, t = [], 0
+    while t < len(flags):
+        if not flags[t]:
+            t += 1
+            continue
+        end = t
+        while end < len(flags) and flags[end] and (kind is None or kind[end] == kind[t]):
+            end += 1
+        runs.append((t, end))
+        t = end
+    return runs

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
+from tamp.algorithms.token_keep import flag_runs
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
 from tamp.inference.visual_grid import GRID_ARGS, GridArgs
 from tamp.models import internals
@@ -148,7 +149,7 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
     next_id, video_run = 0, 0
     for b in range(visual.shape[0]):
         is_video = video[b].tolist()
-        for t, end in _runs(visual[b].tolist(), is_video):
+        for t, end in flag_runs(visual[b].tolist(), is_video):
             length = end - t
             count = frames[video_run] if is_video[t] and video_run < len(frames) else 1
             video_run += int(is_video[t])
@@ -157,21 +158,6 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
                 groups[b, t + k] = next_id + min(k // per, count)
             next_id += count + 1
     return groups.to(visual.device)
-
-
-def _runs(flags: list[bool], kind: list[bool] | None = None) -> list[tuple[int, int]]:
-    """(start, end) of each maximal run of set flags (split where `kind` changes, when given)."""
-    runs, t = [], 0
-    while t < len(flags):
-        if not flags[t]:
-            t += 1
-            continue
-        end = t
-        while end < len(flags) and flags[end] and (kind is None or kind[end] == kind[t]):
-            end += 1
-        runs.append((t, end))
-        t = end
-    return runs
 
 
 def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[int]:
@@ -196,7 +182,7 @@ def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[in
         height, width = pos[-2], pos[-1]  # [B, T]: the last two of Qwen2-VL's (t, h, w) rows
         frames = []
         for b in range(video.shape[0]):
-            for t, end in _runs(video[b].tolist()):
+            for t, end in flag_runs(video[b].tolist()):
                 same = (height[b, t:end] == height[b, t]) & (width[b, t:end] == width[b, t])
                 frames.append(int(same.sum()))
         return frames
