@@ -1,6 +1,9 @@
 """The token methods as the inference tests run them on the 4-layer tiny models: FastV dropping half after layer
 2, AIM merging each image to half and pruning after layers 1 and 2 (75%, then 50% of the entering visual tokens),
-YOPO sending the visual tokens through half of each MLP in layers 0-1 and no further."""
+YOPO sending the visual tokens through half of each MLP in layers 0-1 and no further; DivPrune, Random and Pool
+keeping half of each image before layer 0 (the most diverse, a seeded draw, 2 x 2 means); PDrop's stages before
+layers 1-3; DART's half after layer 2 with one image and one text pivot (the tiny Qwen models have 4 visual
+tokens)."""
 
 from __future__ import annotations
 
