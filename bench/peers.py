@@ -1,7 +1,8 @@
 """Section 4: llm-compressor's Wanda, SparseGPT and GPTQ (oneshot) on the same SmolLM2 and calibration tokens.
 
-GPTQ is llm-compressor's W4A16 preset (4-bit symmetric weights, groups of 128 columns, lm_head left out), the
-peer of tamp's `gptq-w4g128`.
+GPTQ is llm-compressor's W4A16 scheme (4-bit symmetric int weights, lm_head left out) with groups of 64 columns,
+the peer of tamp's `gptq-w4g64`: SmolLM2's 576-column matrices take no group of 128 (llm-compressor refuses a
+group size that does not divide the columns).
 
 Every peer run happens in a fresh subprocess (``python -m bench.peers --method ...``): llm-compressor attaches
 session state and hooks to the model, and it may live in another virtual environment. llmcompressor 0.14.x pins
@@ -34,7 +35,8 @@ INSTALL_NOTE = (
     "--peer-python (bench/README.md)"
 )
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier", "gptq": "GPTQModifier"}
-TAMP_NAME = {"gptq": "gptq-w4g128"}  # the tamp run each peer run sits beside
+GPTQ_GROUP = 64  # divides SmolLM2's 576 and 1536 input columns
+TAMP_NAME = {"gptq": f"gptq-w4g{GPTQ_GROUP}"}  # the tamp run each peer run sits beside
 
 
 def peer_version(python: str) -> tuple[str | None, str]:
@@ -69,7 +71,8 @@ def run(ctx: Any, peer_python: str | None, methods: tuple[str, ...] = ("wanda", 
     phases = []
     for method in methods:
         phase = Phase(SECTION, f"llm-compressor {method}" + ("" if method == "gptq" else " 50%"),
-                      details={"llmcompressor": version, "python": python, "modifier": MODIFIERS[method]})
+                      details={"llmcompressor": version, "python": python, "modifier": MODIFIERS[method],
+                               **({"beside": TAMP_NAME[method]} if method in TAMP_NAME else {})})
         phase.details["load_avg_1m_at_start"] = round(os.getloadavg()[0], 2)
         with tempfile.TemporaryDirectory(prefix="tamp-bench-peer-") as tmp:
             out_json = Path(tmp) / "peer.json"
@@ -137,7 +140,9 @@ def _worker(method: str, gguf: str, out: Path, eval_ppl: bool) -> dict[str, Any]
     # "re:.*lm_head": a plain "lm_head" does not match (llmcompressor names it "lm_head." and would prune it,
     # and with SmolLM2's tied embeddings the embedding table with it)
     if method == "gptq":
-        recipe = GPTQModifier(scheme="W4A16", targets=["Linear"], ignore=["re:.*lm_head"])
+        weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": GPTQ_GROUP}
+        recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+                              ignore=["re:.*lm_head"])
     else:
         cls = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}[method]
         recipe = cls(sparsity=0.5, targets=["Linear"], ignore=["re:.*lm_head"])

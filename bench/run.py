@@ -37,7 +37,7 @@ from tamp.devices import NoCudaDevice, choose_device  # noqa: E402
 
 SECTIONS = ("amia", "engine", "smollm2", "peers", "8b", "tokens")
 DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers", "tokens"), "8b": ("amia", "8b", "tokens")}
-SMOLLM2_METHODS = ("wanda", "sparsegpt", "amia", "tamp", "gptq-w4g128", "sparsegpt+gptq-w4g128")
+SMOLLM2_METHODS = ("wanda", "sparsegpt", "amia", "tamp", "gptq-w4g64", "sparsegpt+gptq-w4g64")
 LIMITED_PRESETS = ("amia", "tamp")  # AMIA's per-sample statistics take ~15x a dense forward on 2 cores
 CPU_8B_MESSAGE = ("bench: --size 8b needs a CUDA GPU (none visible); use --size 8b --dry (or --layers 2 --samples 2 "
                   "--tokens 300) for the scaled-down CPU variant of the same code path")
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-repeats", type=int, default=3, help="repeats of the SmolLM2 dense forward (median)")
     p.add_argument("--prune-repeats", type=int, default=1, help="repeats of each SmolLM2 prune (median)")
     p.add_argument("--methods", default=",".join(SMOLLM2_METHODS),
-                   help="tamp presets and compositions to run on SmolLM2 (gptq-w4g128: quantized alone)")
+                   help="tamp presets and compositions to run on SmolLM2 (gptq-w4g64: quantized alone)")
     p.add_argument("--preset-limit", type=float, default=180.0,
                    help="seconds allowed to the slow SmolLM2 presets (amia, tamp) before they are stopped and "
                         "extrapolated (status partial); 0 = no limit")
