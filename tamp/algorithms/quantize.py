@@ -144,13 +144,16 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
         free = (~pruned[:, order]).to(w.dtype)
     hinv = _inverse_cholesky_upper(h, percdamp)
     del h
-    codes = torch.zeros_like(w)
-    scale_at = torch.zeros_like(w)  # each processed column's grid, in processing order
-    zero_at = torch.zeros_like(w)
+    # on W^T (d_in, d_out), as SparseGPT: a column of W is a contiguous row, its rank-1 updates in place
+    wt = w.t().contiguous()
+    free_t = free.t().contiguous() if free is not None else None
+    codes_t = torch.zeros_like(wt)
+    scale_t = torch.zeros_like(wt)  # each processed column's grid, in processing order
+    zero_t = torch.zeros_like(wt)
     group_of = torch.zeros(d_in, dtype=torch.long, device=w.device)
     for i1 in range(0, d_in, blocksize):
         i2 = min(i1 + blocksize, d_in)
-        w1 = w[:, i1:i2].clone()
+        w1 = wt[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
@@ -161,28 +164,30 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group_size: in
             else:
                 g = col // size  # groups of columns in the order they are processed
                 if group_size != -1 and col % size == 0:
-                    # fitted from `w` as the last block boundary left it: the release reads its outer W here,
+                    # fitted from `wt` as the last block boundary left it: the release reads its outer W here,
                     # which lacks the updates of this block's earlier columns (only when group_size < blocksize)
-                    scale, zero = fit_grid(w[:, col:col + size], bits, sym)
+                    scale, zero = fit_grid(wt[col:col + size].t(), bits, sym)
             group_of[col] = g
-            code = _codes(w1[:, i], scale, zero, maxq)
-            q = scale * (code - zero)
-            codes[:, col], scale_at[:, col], zero_at[:, col] = code, scale, zero
-            e = (w1[:, i] - q) / hinv1[i, i]
-            step = torch.outer(e, hinv1[i, i:])
-            w1[:, i:].sub_(step if free is None else step * free[:, col:i2])
-            err1[:, i] = e
+            code = _codes(w1[i], scale, zero, maxq)
+            codes_t[col], scale_t[col], zero_t[col] = code, scale, zero
+            e = (w1[i] - scale * (code - zero)) / hinv1[i, i]
+            if free_t is None:
+                w1[i + 1:].addr_(hinv1[i, i + 1:], e, alpha=-1.0)
+            else:
+                w1[i + 1:].sub_(torch.outer(hinv1[i, i + 1:], e) * free_t[col + 1:i2])
+            err1[i] = e
         if i2 < d_in:
-            step = err1 @ hinv[i1:i2, i2:]
-            w[:, i2:].sub_(step if free is None else step * free[:, i2:])
+            step = hinv[i1:i2, i2:].t() @ err1
+            wt[i2:].sub_(step if free_t is None else step * free_t[i2:])
+    codes, scale_at, zero_at = codes_t.t(), scale_t.t(), zero_t.t()
     back = torch.argsort(order)
-    weight_q = (scale_at * (codes - zero_at))[:, back]
+    weight_q = (scale_at * (codes - zero_at))[:, back].contiguous()
     group = group_of[back]
     # the grid of each group, read off a column that used it
     first = [int(torch.nonzero(group == g)[0]) for g in range(n_groups)]
-    scales = scale_at[:, back][:, first]
-    zeros = zero_at[:, back][:, first]
-    return Quantized(weight_q, scales, zeros, group, codes[:, back].to(torch.uint8), bits)
+    scales = scale_at[:, back][:, first].contiguous()
+    zeros = zero_at[:, back][:, first].contiguous()
+    return Quantized(weight_q, scales, zeros, group, codes[:, back].to(torch.uint8).contiguous(), bits)
 
 
 
