@@ -110,13 +110,15 @@ def calibration_fingerprint(calib: str | None, nsamples: int, seqlen: int, seed:
 def artifact_key(spec: ModelSpec, recipe: Recipe, calib_fp: dict[str, Any] | None,
                  revision: str | None = None) -> tuple[str, dict[str, Any]]:
     """(short key, the inputs it hashes). Equal inputs -> equal key -> the cached artifact is reused. A token
-    part is hashed only when there is one."""
+    part and a quantization part are hashed only when there is one (the keys of other runs stay as they were)."""
     recipe_inputs = recipe.key_inputs()
     inputs = {"model": model_fingerprint(spec, revision), "config": recipe_inputs["config"],
               "calibration": calib_fp, "seed": recipe.weight.seed, "dtype": recipe.dtype,
               "code": recipe_inputs["code"]}
     if recipe.token is not None:
         inputs["transform"] = recipe_inputs["transform"]
+    if recipe.quant is not None:  # its grid and parameters (w4 and w8 of one quantizer are different artifacts)
+        inputs["quantization"] = recipe_inputs["quantization"]
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     return digest[:20], inputs
 

@@ -86,6 +86,15 @@ def test_the_key_names_what_it_covers() -> None:
     assert "tamp" not in inputs  # no source hash, no package version
 
 
+def test_a_quantizers_grid_is_part_of_the_key() -> None:
+    """w4 and w8 of one quantizer are different artifacts (they once shared a key: the code versions are equal);
+    a run without a quantizer keys as it always did."""
+    keys = {name: artifact_key(SPEC, build_recipe(name, sparsity), None)
+            for name, sparsity in (("gptq-w8", 0), ("gptq-w4g128", 0), ("tamp+gptq-w4g128", 0.5), ("tamp", 0.5))}
+    assert len({key for key, _ in keys.values()}) == 4
+    assert keys["gptq-w8"][1]["quantization"]["grid"] == "w8" and "quantization" not in keys["tamp"][1]
+
+
 @pytest.mark.parametrize("module", sorted(p.stem for p in (Path(tamp.__file__).parent / "algorithms").glob("*.py")
                                           if p.stem != "__init__"))
 def test_every_algorithm_module_declares_a_version(module: str) -> None:
