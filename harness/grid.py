@@ -225,17 +225,18 @@ def _check_overrides(grid: Grid) -> dict[str, Any]:
 
 
 def cells(grid: Grid) -> list[Cell]:
-    """Every (model, method, sparsity); dense, and a token method alone (it keeps every weight), is one cell per
-    model whatever the sparsities. With `seeds`, a cell that draws calibration data is one cell per seed (a
+    """Every (model, method, sparsity); dense, and a token method or quantizer alone (it keeps every weight), is one
+    cell per model whatever the sparsities. With `seeds`, a cell that draws calibration data is one cell per seed (a
     pruning of its own); a cell that draws none would prune the same weights each time: one cell, the grid's seed."""
-    from tamp.recipe import DENSE, build_recipe, split_method  # torch: only planning needs it
+    from tamp.recipe import DENSE, build_recipe, compose  # torch: only planning needs it
 
     values = _check_overrides(grid)
     out: list[Cell] = []
     for model, method, sparsity in itertools.product(grid.models, grid.methods, grid.sparsities):
         with tamp_errors():
-            weight, token = split_method(method)
-        unpruned = token or DENSE  # what is left of the method at sparsity 0
+            weight, token, quant = compose(method)
+        # what is left of the method at sparsity 0: its quantizer and token method, else the dense model
+        unpruned = "+".join(part for part in (quant, token) if part) or DENSE
         cell = Cell(model, unpruned, 0.0) if weight == DENSE or sparsity == 0 else Cell(model, method, sparsity)
         todo = [cell]
         if grid.seeds:

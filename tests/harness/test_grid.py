@@ -38,6 +38,17 @@ def test_cells_collapse_dense() -> None:
     assert got[0] == Cell("llava-next", "dense", 0.0) and len(got) == 1 + 6 * 2
 
 
+def test_cells_keep_a_quantizer_at_sparsity_zero() -> None:
+    """A quantizer alone keeps every weight (one cell, at sparsity 0); composed, it stays in the cell (it was once
+    dropped: `gptq-w4g128` planned as the dense model)."""
+    grid = load_grid(ROOT / "grids" / "table1.yaml")
+    grid.methods = ["dense", "gptq-w4g128", "rtn-w8+fastv", "tamp+gptq-w4g128+aim"]
+    grid.sparsities = [0.0, 0.5]
+    assert cells(grid) == [Cell("llava-next", "dense", 0.0), Cell("llava-next", "gptq-w4g128", 0.0),
+                           Cell("llava-next", "rtn-w8+fastv", 0.0), Cell("llava-next", "gptq-w4g128+aim", 0.0),
+                           Cell("llava-next", "tamp+gptq-w4g128+aim", 0.5)]
+
+
 @pytest.mark.parametrize("text,match", [
     ("models: [a]\nmethods: [wanda]\n", "'sparsities' is required"),
     ("models: [a]\nmethods: [wanda]\nsparsities: [0.5]\nsparsity: 0.5\n", "unknown key"),
