@@ -383,7 +383,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
             fp = calibration_fingerprint(cfg.calib, cfg.nsamples, cfg.seqlen, cfg.seed) \
                 if recipe.needs_calibration else None
             key, _ = artifact_key(spec, recipe, fp)
-            todo = "to save (unpruned copy)" if cfg.sparsity == 0 else "to prune"
+            todo = "to prune" if cfg.sparsity else "to quantize" if recipe.quant else "to save (unpruned copy)"
             artifact = f"cached ({key})" if valid_artifact(settings.artifacts / key, key) else f"{todo} ({key})"
         else:
             artifact = "to prune, once the calibration data is present"
