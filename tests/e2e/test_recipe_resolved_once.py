@@ -23,10 +23,10 @@ def test_a_harness_run_builds_one_recipe_and_resolves_its_parts_once(tmp_path: P
 
     monkeypatch.setattr(registry, "compose_parts", counted("compose_parts", registry.compose_parts))
     monkeypatch.setattr(tamp.recipe, "build_recipe", counted("build_recipe", tamp.recipe.build_recipe))
-    monkeypatch.setattr(tamp.recipe, "split_method", counted("split_method", tamp.recipe.split_method))
+    monkeypatch.setattr(tamp.recipe, "compose", counted("compose", tamp.recipe.compose))
     opts = RunOptions(model="tiny-llava-next", sparsity=0.5, method="tamp+fastv", tasks=["tamp_smoke_vqa"],
                       limit=1, output=tmp_path / "runs", artifacts=tmp_path / "artifacts", device="cpu",
                       max_empty_fraction=1.0)
     rows = run(opts)
     assert [r["status"] for r in rows] == ["ran"]
-    assert calls == Counter({"build_recipe": 1, "split_method": 1, "compose_parts": 1})
+    assert calls == Counter({"build_recipe": 1, "compose": 1, "compose_parts": 1})
