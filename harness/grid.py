@@ -193,14 +193,14 @@ def load_grid(path: Path) -> Grid:
 
 
 def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
-    """The registered methods a cell of `method` runs when it prunes: its token method, its weight method and that
-    method's parts (as the grid's overrides may set them)."""
-    from tamp.recipe import split_method  # torch: only a run or its planning needs it
+    """The registered methods a cell of `method` runs when it prunes: its token method, its quantizer (its registered
+    name, without the grid), its weight method and that method's parts (as the grid's overrides may set them)."""
+    from tamp.recipe import compose  # torch: only a run or its planning needs it
 
-    weight, token = split_method(method)
+    weight, token, quant = compose(method)
     chosen = get(weight)
     parts = {part: overrides.get(part, name) for part, name in getattr(chosen, "composition", dict)().items()}
-    return {weight, *parts.values(), *([token] if token else [])}
+    return {weight, *parts.values(), *([token] if token else []), *([quant.partition("-")[0]] if quant else [])}
 
 
 def _check_overrides(grid: Grid) -> dict[str, Any]:

@@ -49,6 +49,16 @@ def test_cells_keep_a_quantizer_at_sparsity_zero() -> None:
                            Cell("llava-next", "tamp+gptq-w4g128+aim", 0.5)]
 
 
+def test_a_quantizers_parameter_reaches_its_cells() -> None:
+    """`--set quant_bits` in a grid with a quantizer is the quantizer's (it was refused as used by no method)."""
+    from tamp.recipe import build_recipe
+
+    grid = load_grid(ROOT / "grids" / "table1.yaml")
+    grid.methods, grid.sparsities, grid.overrides = ["dense", "tamp+gptq"], [0.5], ["quant_bits=8"]
+    assert [c.method for c in cells(grid)] == ["dense", "tamp+gptq"]
+    assert build_recipe("tamp+gptq", 0.5, overrides=["quant_bits=8"]).name == "tamp+gptq-w8g128"
+
+
 @pytest.mark.parametrize("text,match", [
     ("models: [a]\nmethods: [wanda]\n", "'sparsities' is required"),
     ("models: [a]\nmethods: [wanda]\nsparsities: [0.5]\nsparsity: 0.5\n", "unknown key"),
