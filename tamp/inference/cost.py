@@ -19,6 +19,7 @@ from torch import nn
 from tamp.inference.flops import ModelShape
 from tamp.inference.peak_memory import RunPeak
 from tamp.inference.sequence_edit import VISUAL, SequenceEditor
+from tamp.inference.vision_flops import VisionMeter
 from tamp.models.adapters import ModelAdapter, get_adapter
 
 
@@ -31,6 +32,7 @@ class CostMeter:
         self.layers = len(self.shape.layers)
         self.visual_ids = [i for m in VISUAL for i in self.adapter.media_token_ids.get(m, [])]
         self.device = next(model.parameters()).device
+        self.vision = VisionMeter.install(model, self.adapter)
         runner = self.adapter.runner(model)
         self._handles = [runner.register_forward_pre_hook(self._before, with_kwargs=True),
                          runner.register_forward_hook(self._after, with_kwargs=True)]
@@ -47,6 +49,8 @@ class CostMeter:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self.vision is not None:
+            self.vision.remove()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -58,6 +62,8 @@ class CostMeter:
             return
         self._kind = "prefill" if ids.shape[1] > 1 else "decode"
         self._ids = ids
+        if self.vision is not None:
+            self.vision.take()  # what ran before this call is not its cost
         self._sync()
         self._start = time.perf_counter()
 
@@ -86,8 +92,12 @@ class CostMeter:
         positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
         flops = self.shape.prefill(tokens, positions)  # per sample: token counts are per sample
         batch = int(ids.shape[0])
-        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring - skipped,
-                              "nonzero": flops["nonzero"] + scoring - skipped_nonzero, "tokens": int(ids.shape[1]),
+        vision = self.vision.take() if self.vision is not None else None
+        encoder, projector = (vision.dense["encoder"] / batch, vision.dense["projector"] / batch) if vision else (0., 0.)
+        vision_nonzero = sum(vision.nonzero.values()) / batch if vision else 0.0
+        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring - skipped + encoder + projector,
+                              "nonzero": flops["nonzero"] + scoring - skipped_nonzero + vision_nonzero,
+                              "encoder": encoder, "projector": projector, "tokens": int(ids.shape[1]),
                               "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,
                               "visual_per_layer": visual_layers})
 
@@ -117,6 +127,9 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
         "prefills": len(p),
         "prefill_tflops": statistics.fmean(x["dense"] for x in p) / 1e12,
         "prefill_tflops_nonzero": statistics.fmean(x["nonzero"] for x in p) / 1e12,
+        # the vision encoder's and the projector's shares of prefill_tflops (absent from a meter's exports before it was counted)
+        "prefill_tflops_encoder": statistics.fmean(x.get("encoder", 0.0) for x in p) / 1e12,
+        "prefill_tflops_projector": statistics.fmean(x.get("projector", 0.0) for x in p) / 1e12,
         "prefill_latency_s": statistics.median(x["seconds"] for x in p),
         "prompt_tokens": statistics.fmean(x["tokens"] for x in p),
         "visual_tokens_in": statistics.fmean(x["visual_in"] for x in p),
@@ -129,6 +142,6 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
                                             if part.get("peak_memory_how")})) or None,
         "device": parts[0]["device"],
         "processes": len(parts),
-        "flops_counted": "language model: decoder linears + attention matmuls + LM head + token scoring "
-                         "(tamp/inference/flops.py)",
+        "flops_counted": "vision encoder + projector (tamp/inference/vision_flops.py) + language model: decoder "
+                         "linears + attention matmuls + LM head + token scoring (tamp/inference/flops.py)",
     }

@@ -6,8 +6,9 @@ values) cost 2 x 2 n^2 (heads x head_dim), the full square as the kernels comput
 The LM head costs 2 x positions x hidden x vocab for the positions whose logits are computed. A token
 method's own scoring (FastV's last-row attention, AIM's PageRank) is charged by the cost meter from what the
 sequence editor recorded (`PrefillStats.scoring_flops`, declared by the method's own parts). Norms,
-rotary embeddings, softmax and activations are left out, as torch.utils.flop_counter leaves them out; the
-vision tower is not counted (token methods leave it unchanged). Checked against FlopCounterMode in the tests.
+rotary embeddings, softmax and activations are left out, as torch.utils.flop_counter leaves them out. The
+vision encoder and projector are counted apart (tamp/inference/vision_flops.py) and added by the cost meter.
+Checked against FlopCounterMode in the tests.
 """
 
 from __future__ import annotations

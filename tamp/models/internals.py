@@ -182,3 +182,20 @@ def check_model(model: nn.Module, layers_path: str) -> list[str]:
     final_norm(model, layers_path)
     return [IMPLEMENTATION_FIELD, EAGER_FUNCTION, "self_attn", "num_attention_heads/head_dim", *PROJECTION_NAMES,
             *GATED_MLP_NAMES, NORM_NAME]
+
+
+# ---- a vision tower's self-attention ---------------------------------------------------------------------
+VISION_ATTENTION_LINEARS = (("q_proj", "k_proj", "v_proj"), ("qkv",))  # CLIP / SigLIP; Qwen2-VL / Qwen2.5-VL
+
+
+def is_vision_attention(module: nn.Module) -> bool:
+    """Whether a vision-tower module is a self-attention (heads and head_dim, and its q / k / v linears or one qkv
+    linear): what the vision-side FLOP count charges the attention matmuls to."""
+    if not (isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "head_dim", None), int)):
+        return False
+    return any(all(isinstance(getattr(module, n, None), nn.Linear) for n in names) for names in VISION_ATTENTION_LINEARS)
+
+
+def vision_attention_width(module: nn.Module) -> int:
+    """heads x head_dim of a vision self-attention (`is_vision_attention`)."""
+    return int(module.num_heads) * int(module.head_dim)

@@ -1,5 +1,6 @@
 """The analytic prefill FLOP count against torch.utils.flop_counter.FlopCounterMode (eager attention, so the
-attention matmuls are ops the counter sees), per family, with and without FastV and AIM, and with pruned weights."""
+attention matmuls are ops the counter sees), per family, with and without each token method, and with pruned
+weights; the vision encoder's and projector's count, and the whole prefill the cost meter records."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tamp.inference.cost import CostMeter, summarize
 from tamp.inference.flops import ModelShape
+from tamp.inference.vision_flops import VisionMeter, vision_parts
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import FAMILIES, attn
-from tests.tamp.inference.methods import SETTINGS
+from tests.tamp.inference.methods import METHODS, SETTINGS
 
 
 def _counted(model, inputs: dict) -> tuple[float, float]:
@@ -118,3 +121,99 @@ def test_yopo_heads_and_window_flops_match_the_counter(loaded, family: str, case
     got = ModelShape.of(model, get_adapter(model)).prefill(stats.tokens_per_layer, inputs["input_ids"].shape[1])
     assert got["dense"] - got["head"] - stats.skipped_flops == pytest.approx(layers, rel=1e-6)
     assert stats.skipped_flops != 0
+
+
+def _vision_counted(model, inputs: dict) -> tuple[dict[str, float], float]:
+    """FlopCounterMode's FLOPs in the vision encoder (the tower less a projector inside it) and the projector, and
+    the whole model's."""
+    tower, projector = vision_parts(model, get_adapter(model))
+    names = {id(m): n for n, m in model.named_modules()}
+    root = type(model).__name__
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    counts = counter.get_flop_counts()
+    total = {name: float(sum(counts.get(f"{root}.{names[id(m)]}", {}).values())) for name, m in
+             (("tower", tower), ("projector", projector))}
+    inside = names[id(projector)].startswith(names[id(tower)] + ".")
+    encoder = total["tower"] - total["projector"] if inside else total["tower"]
+    return {"encoder": encoder, "projector": total["projector"]}, float(sum(counts["Global"].values()))
+
+
+@pytest.mark.parametrize("method", (None, *METHODS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_recorded_prefill_flops_cover_the_vision_side(loaded, family: str, method: str | None) -> None:
+    """What the cost meter records for a prefill (vision encoder + projector + language model + the method's
+    scoring) against every matmul and convolution the counter saw in the whole model, dense and with each token
+    method; the encoder's and the projector's parts against the counter's in those modules. Within 1% (in fact
+    to 1e-6: both count the same operations)."""
+    model, inputs, _ = loaded(family)
+    attn(model, "eager")
+    dropper = TokenTransform.build(method, SETTINGS[method]).install(model) if method else None
+    meter = CostMeter(model, dropper)
+    try:
+        parts, total = _vision_counted(model, inputs)
+    finally:
+        meter.remove()
+        if dropper is not None:
+            dropper.remove()
+    recorded = meter.prefills[-1]
+    assert parts["encoder"] > 0 and parts["projector"] > 0
+    assert recorded["encoder"] == pytest.approx(parts["encoder"], rel=1e-6)
+    assert recorded["projector"] == pytest.approx(parts["projector"], rel=1e-6)
+    assert recorded["dense"] == pytest.approx(total, rel=1e-6)
+    summary = summarize([meter.export()])
+    assert summary["prefill_tflops_encoder"] * 1e12 == pytest.approx(parts["encoder"], rel=1e-6)
+    assert summary["prefill_tflops"] * 1e12 == pytest.approx(total, rel=1e-6)
+
+
+def test_the_projector_part_follows_the_rows_it_ran_on(loaded) -> None:
+    """A method that removes tokens before the projector (VisionZip's kind) declares nothing: the projector's part
+    is what its linears ran on. Half the image features through the projector cost half its dense count, as
+    the counter sees it."""
+    model, _, _ = loaded("llava")
+    tower, projector = vision_parts(model, get_adapter(model))
+    meter = VisionMeter(tower, projector)
+    width = projector.linear_1.in_features
+    try:
+        features = torch.randn(1, 8, width)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            projector(features)
+            full = meter.take()
+            projector(features[:, :4])
+            half = meter.take()
+    finally:
+        meter.remove()
+    assert full.dense["encoder"] == 0 and full.dense["projector"] == 2 * half.dense["projector"]
+    assert full.dense["projector"] + half.dense["projector"] == pytest.approx(
+        sum(counter.get_flop_counts()["Global"].values()), rel=1e-9)
+
+
+def test_nonzero_vision_flops_follow_pruned_vision_weights(loaded) -> None:
+    """--prune-vision: the non-zero count of the encoder's linears halves with half their weights zero, the dense
+    count does not change."""
+    model, inputs, _ = loaded("qwen2-vl")
+    tower, projector = vision_parts(model, get_adapter(model))
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)
+               and not any(m is p for p in projector.modules())]
+    saved = [m.weight.detach().clone() for m in linears]
+    try:
+        dense_meter = VisionMeter(tower, projector)
+        with torch.no_grad():
+            model(**inputs)
+        before = dense_meter.take()
+        dense_meter.remove()
+        with torch.no_grad():
+            for m in linears:
+                m.weight[:, ::2] = 0
+        meter = VisionMeter(tower, projector)
+        with torch.no_grad():
+            model(**inputs)
+        after = meter.take()
+        meter.remove()
+    finally:
+        with torch.no_grad():
+            for m, w in zip(linears, saved):
+                m.weight.copy_(w)
+    assert after.dense == before.dense
+    assert after.nonzero["projector"] == before.nonzero["projector"]
+    assert after.nonzero["encoder"] < before.nonzero["encoder"]
