@@ -99,13 +99,38 @@ sweep:
 		$(if $(TASKS),--tasks $(TASKS)) $(GRID_FLAGS)
 
 # Weight pruning, token reduction and both on one table and one accuracy-vs-TFLOPs plot:
-# `make token-sweep MODEL=llava-onevision [TOKEN_METHODS=...] [TASKS=a,b] [LIMIT=N] [DRY_RUN=1]`
-TOKEN_METHODS ?= tamp,fastv,aim,tamp+aim
-TOKEN_SPARSITY ?= 0.5
-.PHONY: token-sweep
+# The field's standard token table: every registered token method (`tamp methods`, plugins included) at the three
+# shares of visual tokens kept (192 / 128 / 64 of 576: TOKEN_BUDGETS; a method whose settings fix no token count,
+# AIM's or YOPO's schedule, runs once at its own defaults), beside dense, on TOKEN_SWEEP_MODEL (default the trained
+# tiny LLaVA-NeXT) and the first TOKEN_SWEEP_LIMIT held-out picture questions. Under TOKEN_SWEEP_OUT (git-ignored):
+# token-sweep.md (score, visual tokens kept, prefill FLOPs with the vision encoder's and projector's parts, measured
+# prefill latency), token-sweep_tokens.png (score vs visual tokens kept), token-sweep_tflops.png (score vs prefill
+# FLOPs), the sweep's own table and plots, leaderboard.csv, runs/ and artifacts/. `make token-sweep-results` copies
+# the table and plots to results/token-sweep/ (committed).
+TOKEN_SWEEP_MODEL ?= tiny-trained-llava-next
+TOKEN_SWEEP_OUT ?= out/token-sweep
+TOKEN_SWEEP_LIMIT ?= $(DEMO_LIMIT)
+TOKEN_SWEEP_TASKS ?= tamp_heldout_vqa
+TOKEN_BUDGETS ?= 0.333,0.222,0.111
+TOKEN_METHODS ?= $(shell $(VENV)/bin/tamp methods --json | $(PY) -c \
+	"import json, sys; print(','.join(m['name'] for m in json.load(sys.stdin) if m['kind'] == 'token'))")
+.PHONY: token-sweep token-sweep-results
 token-sweep:
-	$(VENV)/bin/harness sweep --model $(MODEL) --methods $(TOKEN_METHODS) --sparsities $(TOKEN_SPARSITY) \
-		$(if $(TASKS),--tasks $(TASKS)) --out-dir results/token-sweep $(GRID_FLAGS)
+	$(VENV)/bin/harness sweep --model $(TOKEN_SWEEP_MODEL) --methods dense,$(TOKEN_METHODS) \
+		--token-budgets $(TOKEN_BUDGETS) --tasks $(TOKEN_SWEEP_TASKS) --limit $(TOKEN_SWEEP_LIMIT) --device cpu \
+		--out-dir $(TOKEN_SWEEP_OUT) --csv $(TOKEN_SWEEP_OUT)/leaderboard.csv --output $(TOKEN_SWEEP_OUT)/runs \
+		--artifacts $(TOKEN_SWEEP_OUT)/artifacts $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
+	$(if $(filter 1 yes true,$(DRY_RUN)),,$(VENV)/bin/harness table --runs $(TOKEN_SWEEP_OUT)/runs \
+		--model $(TOKEN_SWEEP_MODEL) --cost tokens,flops,encoder,projector,latency \
+		--out $(TOKEN_SWEEP_OUT)/token-sweep.md > /dev/null)
+	$(if $(filter 1 yes true,$(DRY_RUN)),,$(VENV)/bin/harness plot --runs $(TOKEN_SWEEP_OUT)/runs \
+		--model $(TOKEN_SWEEP_MODEL) --x tokens --out $(TOKEN_SWEEP_OUT)/token-sweep_tokens.png)
+	$(if $(filter 1 yes true,$(DRY_RUN)),,$(VENV)/bin/harness plot --runs $(TOKEN_SWEEP_OUT)/runs \
+		--model $(TOKEN_SWEEP_MODEL) --x tflops --out $(TOKEN_SWEEP_OUT)/token-sweep_tflops.png)
+
+token-sweep-results: token-sweep
+	mkdir -p results/token-sweep
+	cp $(TOKEN_SWEEP_OUT)/token-sweep* $(TOKEN_SWEEP_OUT)/leaderboard.csv results/token-sweep/
 
 # The first real curve: every weight method at 30, 50 and 70% on the trained tiny LLaVA-NeXT (the weights shipped in
 # tamp/testing/trained/: nothing is trained, every machine prunes the same model), on the first DEMO_LIMIT held-out

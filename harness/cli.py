@@ -49,16 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
     t.add_argument("--cost", nargs="?", const="all", default=None, metavar="PARTS",
-                   help="add the measured cost: flops, latency, decode, memory, weights (comma-separated; all when none "
-                   "named)")
+                   help="add the measured cost: flops, latency, decode, memory, weights (comma-separated; these five "
+                   "when none named); also tokens (visual tokens kept), encoder, projector (the vision side's FLOPs)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)
     pl.add_argument("--out", type=Path, required=True, help="FILE.png (FILE.svg is written too)")
     pl.add_argument("--model", default=None)
     pl.add_argument("--pattern", default=None)
-    pl.add_argument("--x", choices=["sparsity", "tflops"], default="sparsity",
-                    help="x axis: sparsity (curves per method) or measured prefill TFLOPs per sample (the cost axis)")
+    pl.add_argument("--x", choices=["sparsity", "tflops", "tokens"], default="sparsity",
+                    help="x axis: sparsity (curves per method), measured prefill TFLOPs per sample (the cost axis) or "
+                    "the visual tokens kept per sample (a token method's budgets on one line)")
     pl.add_argument("--allocation", type=Path, action="append", default=None, metavar="ARTIFACT",
                     help="plot per-layer sparsity of this artifact dir or pruning.json instead (repeat to compare)")
     e = sub.add_parser("export", help="write/merge the leaderboard CSV (one row per task metric)")
@@ -249,9 +250,10 @@ def _reports(args: argparse.Namespace) -> int:
             write_text_atomic(args.out, text)
             print(f"wrote {args.out}")
         return 0
-    from harness.plots import plot_curves, plot_tflops
+    from harness.plots import plot_cost, plot_curves
 
-    paths = plot_tflops(df, args.out, model=args.model) if args.x == "tflops" else \
+    axis = {"tflops": "prefill_tflops", "tokens": "visual_tokens_kept"}.get(args.x)
+    paths = plot_cost(df, args.out, model=args.model, x=axis) if axis else \
         plot_curves(df, pub, args.out, model=args.model, pattern=args.pattern)
     for path in paths:
         print(f"wrote {path}")

@@ -22,8 +22,10 @@ HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "
                     "source", "run_id", "git_commit", "lmms_eval_version", "date", "n_samples", "prefill_tflops",
                     "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
                     "peak_memory_how", "device", "weight_mb_stored"]
+# from the record's cost (tables' --cost columns, the TFLOPs plot)
 COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
-               "peak_memory_how", "device"]  # from the record's cost (tables' --cost columns, the TFLOPs plot)
+               "peak_memory_how", "device", "prefill_tflops_encoder", "prefill_tflops_projector"]
+VISION_COST = ["prefill_tflops_encoder", "prefill_tflops_projector"]  # cost fields after the headline's (`--cost`)
 # how sure each number is (harness/uncertainty.py): the calibration seed, the 95% bootstrap interval (display units),
 # the documents it rests on, the paired p-value against the dense run and its test, or why there is no interval;
 # `scores` holds the per-document scores ({doc id: score}) for the averages' intervals
@@ -168,9 +170,10 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "no_interval": why or None, "scores": scores,
         })
     pair_with_dense(rows)
-    df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS])
+    df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS, *VISION_COST])
     for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
-                   "decode_tokens_per_s", "peak_memory_mb", "weight_mb_stored", "ci_low", "ci_high", "p_vs_dense"):
+                   "decode_tokens_per_s", "peak_memory_mb", "weight_mb_stored", "ci_low", "ci_high", "p_vs_dense",
+                   *VISION_COST):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["limit"] = df["limit"].astype(int)
     df["n_docs"] = df["n_docs"].astype("Int64")

@@ -15,12 +15,16 @@ import pandas as pd
 
 from harness.errors import HarnessError
 
-PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone: all of them, in this order
+PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone (or `all`): these, in this order
+# shown when named: visual tokens kept, and the vision encoder's and the projector's parts of the prefill FLOPs
+EXTRA_PARTS = ("tokens", "encoder", "projector")
+ORDER = ("tokens", "flops", "encoder", "projector", "latency", "decode", "memory", "weights")  # the table's order
 FLOP_UNITS = (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6), ("kFLOPs", 1e9))
 LATENCY = "Prefill ms"
 DECODE = "Decode tok/s"
-HEADERS = frozenset([*(f"Prefill {name}" for name, _ in FLOP_UNITS), LATENCY, DECODE, "Peak MiB", "Peak GiB",
-                     "Weights MiB", "Weights GiB"])
+TOKENS = "Visual tokens"
+HEADERS = frozenset([*(f"{part} {name}" for name, _ in FLOP_UNITS for part in ("Prefill", "Encoder", "Projector")),
+                     LATENCY, DECODE, "Peak MiB", "Peak GiB", "Weights MiB", "Weights GiB", TOKENS])
 # how the CPU peak was measured when it is a lower bound (tamp/inference/peak_memory.py)
 LOWER_BOUND = "rss-lower-bound"
 
@@ -40,14 +44,15 @@ def memory_unit(largest_mb: float) -> tuple[str, float]:
 
 
 def parse_parts(text: str | None) -> tuple[str, ...]:
-    """`--cost` [PARTS]: none given (or `all`) -> every part; else the comma-separated ones, in the table's order."""
+    """`--cost` [PARTS]: none given (or `all`) -> the five of PARTS; else the comma-separated ones (EXTRA_PARTS too),
+    in the table's order."""
     if text is None or text.strip() == "all":
         return PARTS
     asked = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in asked if p not in PARTS]
+    unknown = [p for p in asked if p not in ORDER]
     if unknown or not asked:
-        raise HarnessError(f"--cost takes some of {','.join(PARTS)} (or all), got '{text}'")
-    return tuple(p for p in PARTS if p in asked)
+        raise HarnessError(f"--cost takes some of {','.join(PARTS + EXTRA_PARTS)} (or all), got '{text}'")
+    return tuple(p for p in ORDER if p in asked)
 
 
 def cost_text(value: float) -> str:
@@ -94,12 +99,17 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
         "decode": {label: float(_numbers(ours[label], "decode_tokens_per_s").mean()) for label in measured},
         "memory": {label: float(run_peaks(ours[label]).max()) for label in measured},
         "weights": {label: float(_numbers(ours[label], "weight_mb_stored").max()) for label in measured},
+        "tokens": {label: float(_numbers(ours[label], "visual_tokens_kept").mean()) for label in measured},
+        "encoder": {label: float(_numbers(ours[label], "prefill_tflops_encoder").mean()) for label in measured},
+        "projector": {label: float(_numbers(ours[label], "prefill_tflops_projector").mean()) for label in measured},
     }
+    # the vision parts in the unit of the whole prefill's column, so the three read side by side
+    flops_largest = max((v for v in values["flops"].values() if not math.isnan(v)), default=0.0)
     columns: dict[str, list[float]] = {}
     notes: list[str] = []
     for part in parts:
         found = {k: v for k, v in values[part].items() if not math.isnan(v)}
-        largest = max(found.values(), default=0.0)
+        largest = flops_largest if part in ("encoder", "projector") else max(found.values(), default=0.0)
         header, factor, note = _describe(part, largest, ours, measured)
         columns[header] = [found.get(label, float("nan")) * factor for label in labels]
         notes.append(f"{header}: {note}")
@@ -131,9 +141,18 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
     """(header, factor from the record's unit, what the column is)."""
     if part == "flops":
         unit, factor = flop_unit(largest)
-        return (f"Prefill {unit}", factor, "per sample, language model (decoder linears + attention + LM head + a "
-                "token method's scoring), dense weights, mean over the row's tasks; in the unit of the table's "
-                "largest value")
+        return (f"Prefill {unit}", factor, "per sample, vision encoder + projector + language model (decoder linears "
+                "+ attention + LM head + a token method's scoring), dense weights, mean over the row's tasks; in the "
+                "unit of the table's largest value (records made before the vision side was counted hold the "
+                "language model's alone)")
+    if part in ("encoder", "projector"):
+        unit, factor = flop_unit(largest)
+        what = "the vision encoder's" if part == "encoder" else "the projector's"
+        return (f"{part.capitalize()} {unit}", factor, f"{what} part of the prefill FLOPs (tamp/inference/"
+                "vision_flops.py), per sample, mean over the row's tasks")
+    if part == "tokens":
+        return TOKENS, 1.0, "visual tokens per sample left after the token method's last drop (all of them for a " \
+                            "method that drops none), mean over the row's tasks"
     if part == "latency":
         devices = sorted({d for label in measured for d in _text(ours[label], "device") if d})
         on = f" (measured on {_join(devices)})" if devices else ""
@@ -151,6 +170,9 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
 
 
 def _why_empty(part: str) -> str:
+    if part in ("encoder", "projector"):
+        return ("its records predate the vision side's count, or the model has no vision tower (run them again with "
+                "--force to count it)")
     if part == "weights":
         return "its artifact predates the weight bytes in pruning.json (prune it again to record them)"
     if part == "decode":

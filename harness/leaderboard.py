@@ -18,14 +18,17 @@ Column order (stable):
   rest of the record's cost: peak_memory_how (how the run's own peak was measured, tamp/inference/peak_memory.py),
   prefills, prompt_tokens, processes, tokens_per_layer and visual_tokens_per_layer (JSON lists), flops_counted.
 
-A file written before a group of columns existed (model_build, the cost columns, the rest of the cost) is read and
-rewritten with them (empty for its old rows).
+A file written before a group of columns existed (model_build, the cost columns, the rest of the cost, the vision
+side's) is read and rewritten with them (empty for its old rows).
 
 Then how sure the headline row is (harness/uncertainty.py; empty on the other rows and where the samples give no
 per-document scores): ci_low, ci_high (95% bootstrap interval, in the units of value), n_docs, p_vs_dense (paired
 test against the same build's dense run on the documents both scored), seed (the calibration seed of the record's
 artifact; part of a row's identity, so several seeds stay rows of their own). A file from before these columns is
 read and rewritten with them; its rows, whose seed is unknown, are replaced by new rows of the same key.
+
+Last, the vision side's parts of prefill_tflops (tamp/inference/vision_flops.py): prefill_tflops_encoder (the vision
+encoder) and prefill_tflops_projector; empty for records made before they were counted.
 
 Re-exporting merges into an existing file: a row whose key is already there is replaced by the newer
 record, other old rows are kept, so the file accumulates without duplicates. model_build is part of the key, so
@@ -60,13 +63,16 @@ COST_DETAIL = ["peak_memory_how", "prefills", "prompt_tokens", "processes", "tok
                "flops_counted"]  # the rest of the record's cost, appended after COST
 # how sure the headline row is (harness/uncertainty.py), appended last
 UNCERTAINTY = ["ci_low", "ci_high", "n_docs", "p_vs_dense", "seed"]
-COLUMNS = [*KEY, *REST, *COST, *COST_DETAIL, *UNCERTAINTY]
+# the vision encoder's and the projector's parts of prefill_tflops, appended after the uncertainty columns
+VISION_COST = ["prefill_tflops_encoder", "prefill_tflops_projector"]
+COLUMNS = [*KEY, *REST, *COST, *COST_DETAIL, *UNCERTAINTY, *VISION_COST]
 # the column groups added since the first layout: a file lacking whole groups of them, in order, is an older one,
 # read and rewritten with the missing columns empty
-ADDED = (("model_build",), tuple(COST), tuple(COST_DETAIL), tuple(UNCERTAINTY))
+ADDED = (("model_build",), tuple(COST), tuple(COST_DETAIL), tuple(UNCERTAINTY), tuple(VISION_COST))
 # the layouts just before the build and the uncertainty columns (tests write files of those times)
-BEFORE_BUILD = [c for c in COLUMNS if c != "model_build" and c not in COST_DETAIL and c not in UNCERTAINTY]
-BEFORE_UNCERTAINTY = [c for c in COLUMNS if c not in UNCERTAINTY]
+BEFORE_BUILD = [c for c in COLUMNS if c != "model_build" and c not in COST_DETAIL and c not in UNCERTAINTY
+                and c not in VISION_COST]
+BEFORE_UNCERTAINTY = [c for c in COLUMNS if c not in UNCERTAINTY and c not in VISION_COST]
 DENSE_KEY = ["model", "model_build", "limit", "task", "metric"]
 
 
@@ -96,7 +102,8 @@ def record_rows(run_id: str, rec: dict[str, Any]) -> list[dict[str, Any]]:
             "git_commit": rec.get("git_commit"), "lmms_eval_version": versions.get("lmms-eval"),
             "tamp_version": versions.get("tamp"), "date": rec.get("date"),
             **{c: (rec.get("cost") or {}).get(c) for c in COST},
-            **{c: _cell((rec.get("cost") or {}).get(c)) for c in COST_DETAIL}}
+            **{c: _cell((rec.get("cost") or {}).get(c)) for c in COST_DETAIL},
+            **{c: (rec.get("cost") or {}).get(c) for c in VISION_COST}}
     results = dict(rec.get("results") or {})
     results.setdefault(rec["task"], rec.get("metrics") or {})
     head_metric, head_value = raw_value(rec)

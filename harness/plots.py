@@ -209,12 +209,26 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.(.+)$")
 
 
 def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> list[Path]:
-    """Accuracy against measured prefill TFLOPs per sample, one figure per (model, limit): a panel per benchmark
-    plus the average; weight methods, token methods and their compositions on the same axes (a line joins a
-    method's points in order of cost)."""
+    """Accuracy against measured prefill TFLOPs per sample (`plot_cost` on `prefill_tflops`)."""
+    return plot_cost(ours, out, model=model, x="prefill_tflops")
+
+
+COST_AXES = {"prefill_tflops": "accuracy vs prefill cost", "visual_tokens_kept": "accuracy vs visual tokens kept"}
+
+
+def _base(method: str) -> str:
+    """A row's method without its token budget (`fastv@0.222` -> `fastv`): one line joins a method's budgets."""
+    return method.split("@", 1)[0]
+
+
+def plot_cost(ours: pd.DataFrame, out: Path, *, model: str | None = None, x: str = "prefill_tflops") -> list[Path]:
+    """Accuracy against a measured cost per sample (`x`: prefill TFLOPs or the visual tokens kept after the last
+    drop), one figure per (model, limit): a panel per benchmark plus the average; weight methods, token methods and
+    their compositions on the same axes, a line joining a method's points (its sparsities, its token budgets) in
+    order of cost."""
     if model is not None:
         ours = ours[ours["model"] == model]
-    ours = ours[ours["value"].notna() & ours["prefill_tflops"].notna()]
+    ours = ours[ours["value"].notna() & ours[x].notna()]
     if ours.empty:
         raise HarnessError("no run records with a measured cost match; run them again with this version of "
                            "`harness run` (records written before the cost axis carry none)")
@@ -227,27 +241,27 @@ def plot_tflops(ours: pd.DataFrame, out: Path, *, model: str | None = None) -> l
         ncols = min(4, len(panels))
         nrows = math.ceil(len(panels) / ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-        methods = sorted(set(rows["method"]), key=method_rank)
-        unit, scale = flop_unit(float(rows["prefill_tflops"].max()))
+        methods = sorted({_base(method) for method in rows["method"]}, key=method_rank)
+        unit, scale = flop_unit(float(rows[x].max())) if x == "prefill_tflops" else ("", 1.0)
         for ax, panel in zip(axes.flat, panels):
             ax.set_title(benchmark(panel).label if panel != AVERAGE else "Average (0-100 scale)", fontsize=10)
             for method in methods:
-                sub = rows[rows["method"] == method]
+                sub = rows[rows["method"].map(_base) == method]
                 if panel == AVERAGE:
-                    pts = [(float(g["prefill_tflops"].mean()) * scale, float(g["percent"].mean()))
-                           for _, g in sub.groupby(["sparsity", "pattern"]) if set(g["task"]) >= set(tasks)
+                    pts = [(float(g[x].mean()) * scale, float(g["percent"].mean()))
+                           for _, g in sub.groupby(["method", "sparsity", "pattern"]) if set(g["task"]) >= set(tasks)
                            and g["percent"].notna().all()]
                 else:
                     one = sub[sub["task"] == panel]
-                    pts = list(zip(one["prefill_tflops"].astype(float) * scale, one["value"].astype(float)))
+                    pts = list(zip(one[x].astype(float) * scale, one["value"].astype(float)))
                 if pts:
                     xs, ys = zip(*sorted(pts))
                     style = {**method_style(method), **(dict(marker="s", linestyle="none") if method == "dense"
                                                         else dict(marker="o"))}
                     ax.plot(xs, ys, label=method_label(method), **style)
-            ax.set_xlabel(f"prefill {unit} per sample")
+            ax.set_xlabel(f"prefill {unit} per sample" if x == "prefill_tflops" else "visual tokens kept per sample")
             ax.grid(alpha=0.3)
-        _finish(fig, axes, len(panels), f"{m}: accuracy vs prefill cost" +
+        _finish(fig, axes, len(panels), f"{m}: {COST_AXES[x]}" +
                 (f" (first {lim} documents per task)" if lim else ""), top=0.95)
         suffix = "" if len(groups) == 1 else "_" + re.sub(r"[^\w.-]+", "-", f"{m}" + (f"_limit{lim}" if lim else ""))
         written += _save(fig, _outputs(out, suffix))

@@ -14,7 +14,7 @@ import pytest
 from harness.cli import main
 from harness.cost_columns import cost_text, flop_unit, memory_unit, parse_parts
 from harness.errors import HarnessError
-from harness.leaderboard import COLUMNS, COST, COST_DETAIL, export
+from harness.leaderboard import COLUMNS, COST, COST_DETAIL, VISION_COST, export
 from harness.records import SCHEMA, record_path, write_json
 from tamp.inference.cost import summarize
 
@@ -122,6 +122,24 @@ def test_cost_parts_are_checked() -> None:
         parse_parts("flops,speed")
 
 
+def test_the_vision_side_and_the_tokens_when_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cost tokens,flops,encoder,projector`: the visual tokens kept and the vision encoder's and projector's parts
+    of the prefill FLOPs, in the whole prefill's unit; a record from before the vision side's count has them empty,
+    with the reason; `--cost` alone stays the five it was."""
+    runs = tmp_path / "runs"
+    vision = {"prefill_tflops_encoder": 0.000020, "prefill_tflops_projector": 0.000004}
+    put(runs, record("dense", 0.0, "pope", 0.8, {**cost(0.000125, 0.0135, None, 920.0), **vision}))
+    put(runs, record("fastv", 0.0, "pope", 0.7, cost(0.0000625, 0.009, None, 870.0)))  # before the vision count
+    headers, rows, out = table(runs, capsys, "--cost", "projector,encoder,tokens,flops")
+    assert headers[-4:] == ["Visual tokens", "Prefill MFLOPs", "Encoder MFLOPs", "Projector MFLOPs"]
+    assert rows["Dense"][-4:] == ["16.0", "125", "20.0", "4.00"]
+    assert rows["FastV"][-4:] == ["16.0", "62.5", "–", "–"]
+    assert "Encoder MFLOPs: – for FastV: its records predate the vision side's count" in out
+    assert parse_parts("tokens,encoder") == ("tokens", "encoder")
+    headers, _, _ = table(runs, capsys, "--cost")
+    assert "Visual tokens" not in headers and "Encoder MFLOPs" not in headers
+
+
 def test_a_wrong_cost_part_is_one_line(tiny_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["table", "--runs", str(tiny_runs), "--cost", "speed"]) == 2
@@ -143,7 +161,7 @@ def test_the_csv_carries_every_cost_field(tiny_runs: Path, tmp_path: Path) -> No
     part = {"prefills": [{"seconds": 1.0, "dense": 1e9, "nonzero": 1e9, "tokens": 4, "visual_in": 0, "visual_kept": 0,
                           "tokens_per_layer": [4], "visual_per_layer": [0]}], "decode_steps": 1, "decode_s": 1.0,
             "peak_memory_mb": 1.0, "peak_memory_how": "rss-high-water-reset", "device": "cpu", "layers": 1}
-    assert set(summarize([part])) == set(COST) | set(COST_DETAIL)  # every field a run records has its column
+    assert set(summarize([part])) == set(COST) | set(COST_DETAIL) | set(VISION_COST)  # every field a run records has its column
     [dense] = [r for r in rows if r["method"] == "dense" and r["task"] == "textvqa_val"]
     assert dense["peak_memory_how"] == "rss-high-water-reset" and float(dense["peak_memory_mb"]) == 900.0
     assert json.loads(dense["tokens_per_layer"]) == [90.0, 90.0, 42.0, 42.0] and float(dense["prefills"]) == 4

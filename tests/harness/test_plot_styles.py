@@ -101,3 +101,16 @@ def test_a_weight_only_sweep_gets_no_flops_figure(tmp_path: Path, capsys: pytest
                       out / "lb.csv")
     written = write_reports(grid, Settings(output=runs))
     assert {p.suffix for p in written if "tflops" in p.name} == {".png", ".svg"}
+
+
+def test_a_token_methods_budgets_are_one_line_against_visual_tokens(figures: list[Any], tmp_path: Path) -> None:
+    """`harness plot --x tokens`: score against the visual tokens kept, a method's budgets (`fastv@0.333`, ...) joined
+    by one line in order of tokens, dense a lone point."""
+    rows = frame({("dense", 0.0): 1.0, ("fastv@0.333", 0.0): 0.6, ("fastv@0.111", 0.0): 0.4, ("pool@0.222", 0.0): 0.5})
+    rows["visual_tokens_kept"] = rows["method"].map({"dense": 576.0, "fastv@0.333": 192.0, "fastv@0.111": 64.0,
+                                                     "pool@0.222": 128.0})
+    plots.plot_cost(rows, tmp_path / "t.png", x="visual_tokens_kept")
+    (fig,) = figures
+    lines = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].get_lines()}
+    assert lines == {"Dense": [576.0], "FastV": [64.0, 192.0], "Pool": [128.0]}
+    assert fig.axes[0].get_xlabel() == "visual tokens kept per sample"
