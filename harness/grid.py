@@ -102,6 +102,7 @@ GRID_SCHEMA: dict[str, Key] = {
     "sparsities": Key("numbers", True), "pattern": Key("text"), "tasks": Key("texts"), "calib": Key("text"),
     "nsamples": Key("int"), "seqlen": Key("int"), "seed": Key("int"), "seeds": Key("ints"),
     "overrides": Key("texts"), "outputs": Key("mapping"), "executor": Key("mapping"),
+    "token_budgets": Key("numbers"),  # as `harness sweep --token-budgets`: each budget-taking token cell once per share
 }
 GRID_KEYS = set(GRID_SCHEMA)
 _KIND_TEXT = {"text": "a string", "int": "an integer", "texts": "a non-empty list of strings",
@@ -189,7 +190,9 @@ def load_grid(path: Path) -> Grid:
         nsamples=v.get("nsamples"), seqlen=v.get("seqlen"), seed=v.get("seed", 42), overrides=v.get("overrides", []),
         outputs={k: Path(p) for k, p in outputs.items()}, description=v.get("description", ""),
         executor=parse_block(data.get("executor"), str(path)),
-        seeds=parse_seeds(data["seeds"], str(path)) if data.get("seeds") is not None else None)
+        seeds=parse_seeds(data["seeds"], str(path)) if data.get("seeds") is not None else None,
+        budgets=check_budgets([float(b) for b in v["token_budgets"]], v.get("overrides", []), f"{path}: token_budgets")
+        if "token_budgets" in v else None)
 
 
 def _cell_methods(method: str, overrides: dict[str, Any]) -> set[str]:
@@ -258,16 +261,19 @@ def _takes_budget(token: str | None) -> bool:
     return token is not None and getattr(get(token), "budget", None) is not None
 
 
-def check_budgets(budgets: list[float], overrides: list[str]) -> list[float]:
-    """`--token-budgets`: distinct shares in (0, 1], and no `--set token_budget` beside them."""
+def check_budgets(budgets: list[float], overrides: list[str], where: str = "--token-budgets") -> list[float]:
+    """`--token-budgets` (or a grid file's `token_budgets:`, `where`): distinct shares in (0, 1], and no
+    `--set token_budget` (a grid's `overrides`) beside them."""
     for value in budgets:
         problem = TOKEN_BUDGET.problem(value)
         if problem:
-            raise HarnessError(f"--token-budgets: {problem}")
+            raise HarnessError(f"{where}: {problem}")
     if len(set(budgets)) != len(budgets):
-        raise HarnessError(f"--token-budgets: the budgets must differ, got {budgets}")
+        raise HarnessError(f"{where}: the budgets must differ, got {budgets}")
     if any(o.split("=", 1)[0].strip() == TOKEN_BUDGET.name for o in overrides):
-        raise HarnessError("--token-budgets and --set token_budget both set the token budget; give one or the other")
+        raise HarnessError(f"{where} and token_budget in the overrides both set the token budget; give one or the "
+                           "other" if where != "--token-budgets" else
+                           "--token-budgets and --set token_budget both set the token budget; give one or the other")
     return budgets
 
 

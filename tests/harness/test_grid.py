@@ -59,6 +59,27 @@ def test_a_quantizers_parameter_reaches_its_cells() -> None:
     assert build_recipe("tamp+gptq", 0.5, overrides=["quant_bits=8"]).name == "tamp+gptq-w8g128"
 
 
+def test_a_grid_file_sets_token_budgets(tmp_path: Path) -> None:
+    """`token_budgets:` in a grid file, as `harness sweep --token-budgets`: each token method that maps the common
+    budget once per share, a method with its own schedule (AIM) and dense once; a budget out of (0, 1], a repeat,
+    or a token_budget override beside them is one line naming the file's key."""
+    path = tmp_path / "g.yaml"
+    path.write_text("models: [a]\nmethods: [dense, fastv, aim]\nsparsities: [0.5]\ntoken_budgets: [0.333, 0.111]\n")
+    grid = load_grid(path)
+    assert grid.budgets == [0.333, 0.111]
+    assert cells(grid) == [Cell("a", "dense", 0.0), Cell("a", "fastv", 0.0, budget=0.333),
+                           Cell("a", "fastv", 0.0, budget=0.111), Cell("a", "aim", 0.0)]
+    path.write_text("models: [a]\nmethods: [fastv]\nsparsities: [0.5]\n")
+    assert load_grid(path).budgets is None
+    for text, match in (("token_budgets: [1.5]", "token_budgets: token_budget must be in"),
+                        ("token_budgets: [0.5, 0.5]", "token_budgets lists 0.5 more than once"),
+                        ("token_budgets: [0.5]\noverrides: [token_budget=0.2]", "token_budgets and token_budget in the"),
+                        ("token_budgets: [half]", "token_budgets must be a non-empty list of numbers")):
+        path.write_text(f"models: [a]\nmethods: [fastv]\nsparsities: [0.5]\n{text}\n")
+        with pytest.raises(HarnessError, match=match):
+            load_grid(path)
+
+
 @pytest.mark.parametrize("text,match", [
     ("models: [a]\nmethods: [wanda]\n", "'sparsities' is required"),
     ("models: [a]\nmethods: [wanda]\nsparsities: [0.5]\nsparsity: 0.5\n", "unknown key"),
