@@ -3,7 +3,7 @@
 Sections (see bench/README.md): amia (fast vs reference vs compute floor), engine (tamp's sequential engine vs a
 naive full-forward-per-layer capture), smollm2 (whole prunes vs one dense forward on the real SmolLM2-135M),
 peers (llm-compressor on the same model and tokens), 8b (TAMP on llama3-llava-next-8b's shape, CUDA only),
-tokens (prefill time and FLOPs against the fraction of visual tokens FastV keeps, and AIM's stages).
+tokens (every token method's prefill time against its FLOPs at three budgets of 576 visual tokens).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-amia-stage", action="store_true",
                    help="skip the stage cases (one sample, the 7 linears of a llama3-8b block at widths up to 14336)")
     p.add_argument("--dense-repeats", type=int, default=3, help="repeats of the SmolLM2 dense forward (median)")
+    p.add_argument("--token-repeats", type=int, default=11, help="repeats of each token-method prefill (median)")
+    p.add_argument("--token-shape", choices=["cpu", "cpu-quick", "8b"], default=None,
+                   help="the tokens section's model shape (default: --size's; cpu-quick: half the cpu width and depth)")
     p.add_argument("--prune-repeats", type=int, default=1, help="repeats of each SmolLM2 prune (median)")
     p.add_argument("--methods", default=",".join(SMOLLM2_METHODS),
                    help="tamp presets and compositions to run on SmolLM2 (gptq-w4g64: quantized alone)")
@@ -170,8 +173,8 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
     if "tokens" in sections:
         from bench import token_bench
 
-        log(f"[6/6] tokens: FastV prefill time and FLOPs vs visual tokens kept ({args.size} shape)")
-        add(token_bench.run(args.size, device, repeats=args.dense_repeats))
+        log(f"[6/6] tokens: every token method's prefill time and FLOPs at three budgets ({args.size} shape)")
+        add(token_bench.run(args.token_shape or args.size, device, repeats=args.token_repeats))
     return phases
 
 
@@ -365,7 +368,7 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
 
         from bench import token_bench
 
-        out["tokens"] = asdict(token_bench.SHAPES[args.size])
+        out["tokens"] = {**asdict(token_bench.SHAPES[args.token_shape or args.size]), "repeats": args.token_repeats}
     return out
 
 

@@ -1,28 +1,38 @@
-"""Section `tokens`: prefill time and FLOPs against the fraction of visual tokens FastV keeps, AIM's stages, YOPO.
+"""Section `tokens`: every token method's prefill time against its FLOPs, at the field's three budgets.
 
 A random LLaVA-1.5-style model (a small CLIP tower, so the cost sits in the language model) prefills one
-image prompt with FastV at several keep fractions, then with AIM (merging alone, pruning alone, both, at its
-defaults: 25% left after merging, pruning from half the depth, 1/8 fewer per layer), then with YOPO at its
-defaults (visual tokens through half of each MLP, stopped where 25% of their linear FLOPs is spent); each is
-timed (median of
-repeats) beside its analytic FLOPs (the methods' own scoring included), so the measured speed-up can be set
-against the FLOP ratio. `--size cpu`: a 100M-parameter decoder that fits
-a laptop; `--size 8b`: llama3-8b's decoder shape (4 of its 32 layers) with 2,880 visual tokens, on a GPU.
+image prompt of 576 visual tokens dense, then with every registered token method: a method that maps the common
+token budget (`token_budget`, tamp/methods/base.py) at each of BUDGETS (192 / 128 / 64 of 576 kept), one whose
+settings fix no token count once at its bench settings (AIM merging and pruning, YOPO's layers and half-MLPs, both
+with the visual tokens removed: the release's AIM merges video frames only and the release's YOPO keeps the visual
+tokens). Each is timed (median of `repeats`, 11 by default) beside its FLOPs (the language model's from the tokens
+each layer ran on, the method's own scoring, the vision encoder and projector), so the measured time ratio to
+dense can be set against the FLOP ratio: the target is time ratio <= 1.15 x FLOP ratio. A case that misses it is
+profiled once (torch.profiler, the top operators by self CPU time in its details) to name the cause.
+`--size cpu`: a 100M-parameter decoder that fits a laptop; `--size 8b`: llama3-8b's decoder shape (4 of its 32
+layers) with 2,880 visual tokens, on a GPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from bench.common import Phase, measured
 from tamp.inference.flops import ModelShape
+from tamp.inference.vision_flops import VisionMeter
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
 
-KEEPS = (1.0, 0.75, 0.5, 0.25)
-AIM_CASES = (("merge", "AIM merge only (25% left)"), ("prune", "AIM prune only"), ("merge+prune", "AIM merge + prune"))
+BUDGETS = (0.333, 0.222, 0.111)
+SLACK = 1.15  # the time ratio may exceed the FLOP ratio by this factor
+# methods that set no token count: the bench's settings (their tokens removed, as the FLOP count assumes)
+OWN_SETTINGS = {"aim": ("AIM merge + prune, removal", {"aim_stages": "merge+prune", "aim_semantics": "removal"}),
+                "yopo": ("YOPO layers+ffn removal (budget 25%, FFN 50%)",  # heads and window need a fit
+                         {"yopo_strategies": "layers+ffn", "yopo_semantics": "removal"})}
+TOP_OPS = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,10 @@ class TokenShape:
 SHAPES = {
     "cpu": TokenShape(hidden=1024, intermediate=2816, heads=16, kv_heads=16, layers=8, visual=576, text=64,
                       dtype="float32"),
+    # the cpu shape at half the width and half the depth (1/8 of its linear FLOPs): the section in minutes on a
+    # busy 2-core machine (`python -m bench.run --sections tokens --token-shape cpu-quick`)
+    "cpu-quick": TokenShape(hidden=512, intermediate=1408, heads=8, kv_heads=8, layers=4, visual=576, text=64,
+                            dtype="float32"),
     "8b": TokenShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=4, visual=2880, text=64,
                      dtype="bfloat16"),
 }
@@ -69,42 +83,90 @@ def build(shape: TokenShape, device: torch.device) -> tuple[torch.nn.Module, dic
     return model, {"input_ids": ids.to(device), "pixel_values": pixels.to(device)}
 
 
-def run(size: str, device: torch.device, repeats: int = 3, shape: TokenShape | None = None) -> list[Phase]:
+def token_methods() -> list[str]:
+    """Every registered token method (plugins too), in the registry's order."""
+    from tamp.methods.base import TokenMethod
+    from tamp.methods.registry import all_methods
+
+    return [name for name, m in all_methods().items() if isinstance(m, TokenMethod)]
+
+
+def cases(visual: int, methods: list[str] | None = None) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """(phase name, method, transform overrides): dense first, then each method at each budget or at its own
+    settings."""
+    from tamp.methods.registry import get
+
+    out: list[tuple[str, str | None, dict[str, Any]]] = [(f"prefill, dense, {visual} visual", None, {})]
+    for method in methods if methods is not None else token_methods():
+        if getattr(get(method), "budget", None) is not None:
+            out += [(f"prefill, {method} @ {b} of {visual} visual", method, {"token_budget": b}) for b in BUDGETS]
+        elif method in OWN_SETTINGS:
+            label, params = OWN_SETTINGS[method]
+            out.append((f"prefill, {label} of {visual} visual", method, params))
+        else:
+            out.append((f"prefill, {method} (own defaults) of {visual} visual", method, {}))
+    return out
+
+
+def top_ops(model: torch.nn.Module, inputs: dict[str, torch.Tensor], n: int = TOP_OPS) -> list[dict[str, Any]]:
+    """One profiled prefill: the n operators with the most self CPU time (name, calls, ms, share of the total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(**inputs, logits_to_keep=1)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "calls": int(e.count), "self_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in events[:n]]
+
+
+def run(size: str, device: torch.device, repeats: int = 11, shape: TokenShape | None = None,
+        methods: list[str] | None = None, profile_misses: bool = True) -> list[Phase]:
     shape = shape or SHAPES[size]
     model, inputs = build(shape, device)
     adapter = get_adapter(model)
     flops_shape = ModelShape.of(model, adapter)
+    vision = VisionMeter.install(model, adapter)
     phases: list[Phase] = []
     unit_s = unit_flops = None
-    cases = [(f"prefill, FastV keep {keep:.0%} of {shape.visual} visual", "fastv", {"fastv_keep": keep})
-             for keep in KEEPS]
-    # our readings (`removal`): the release's AIM merges video frames only (this prompt is an image), and the
-    # release's YOPO keeps the visual tokens in every layer; the bench measures what removing them saves
-    cases += [(f"prefill, {label} of {shape.visual} visual", "aim", {"aim_stages": stages, "aim_semantics": "removal"})
-              for stages, label in AIM_CASES]
-    cases += [(f"prefill, YOPO layers+ffn removal (budget 25%, FFN 50%) of {shape.visual} visual", "yopo",
-               {"yopo_strategies": "layers+ffn", "yopo_semantics": "removal"})]  # heads and window need a fit
-    for name, method, params in cases:
+    for name, method, params in cases(shape.visual, methods):
         phase = Phase("tokens", name)
-        dropper = TokenTransform.build(method, params).install(model)
+        built = TokenTransform.build(method, dict(params)) if method is not None else None
+        dropper = built.install(model) if built is not None else None
         try:
             with torch.inference_mode():
                 model(**inputs, logits_to_keep=1)  # warm-up (logits of the last position, as generation asks)
+                vision.take()
                 for _ in range(repeats):
                     with measured(phase, device):
                         model(**inputs, logits_to_keep=1)
+            spent = vision.take()
+            if dropper is not None:
+                stats = dropper.history[-1]
+                tokens, visual, scoring, skipped = (stats.tokens_per_layer, stats.visual_kept_per_layer,
+                                                    stats.scoring_flops, stats.skipped_flops)
+            else:
+                tokens = [int(inputs["input_ids"].shape[1])] * len(flops_shape.layers)
+                visual, scoring, skipped = [shape.visual] * len(tokens), 0.0, 0.0
+            side = sum(spent.dense.values()) / repeats  # the vision encoder and projector, per prefill
+            flops = flops_shape.prefill(tokens, 1)["dense"] + scoring - skipped + side
+            if unit_s is None:
+                unit_s, unit_flops = phase.wall_s, flops
+            flop_ratio = flops / unit_flops
+            phase.set_ratio(unit_s, "dense prefill", target=SLACK * flop_ratio if method is not None else None)
+            phase.details.update({"method": method or "dense", "params": built.params if built else {},
+                                  "budget": params.get("token_budget"), "tokens_per_layer": tokens,
+                                  "visual_per_layer": visual, "prefill_tflops": flops / 1e12,
+                                  "scoring_tflops": scoring / 1e12, "skipped_tflops": skipped / 1e12,
+                                  "vision_tflops": side / 1e12, "flop_ratio": flop_ratio,
+                                  "time_over_flop_ratio": phase.ratio / flop_ratio if phase.ratio else None,
+                                  "shape": shape.__dict__})
+            if profile_misses and phase.met is False:
+                phase.details["top_ops"] = top_ops(model, inputs)
         finally:
-            dropper.remove()
-        stats = dropper.history[-1]
-        flops = flops_shape.prefill(stats.tokens_per_layer, 1)["dense"] + stats.scoring_flops - stats.skipped_flops
-        if unit_s is None:
-            unit_s, unit_flops = phase.wall_s, flops
-        phase.set_ratio(unit_s, "keep 100%")
-        phase.details.update({"method": method, "params": params, "keep": params.get("fastv_keep"),
-                              "tokens_per_layer": stats.tokens_per_layer,
-                              "visual_per_layer": stats.visual_kept_per_layer, "prefill_tflops": flops / 1e12,
-                              "scoring_tflops": stats.scoring_flops / 1e12, "skipped_tflops": stats.skipped_flops / 1e12,
-                              "flop_ratio": flops / unit_flops,
-                              "shape": shape.__dict__})
+            if dropper is not None:
+                dropper.remove()
         phases.append(phase)
+    vision.remove()
     return phases

@@ -144,28 +144,43 @@ def test_peers_skip_cleanly_without_llmcompressor() -> None:
 
 
 def test_tokens_section_smoke() -> None:
-    """The token section on a scaled-down shape: every FastV keep fraction and AIM stage measured, FastV's FLOPs
-    falling with the fraction kept, AIM's merge leaving a quarter of the visual tokens from the first layer."""
+    """The token section on a scaled-down shape (576 visual tokens): every token method planned; dense, then token
+    methods that map the common budget at the three budgets (FLOPs falling with the budget; the random baseline
+    keeping round(576 x 0.111) = 64), AIM and YOPO once at their bench settings; the FLOPs are the language model's
+    from the tokens each layer ran on plus the vision side; a case's target is 1.15 x its FLOP ratio; the profile
+    names operators."""
     from bench import token_bench
-
-    shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
-                                   dtype="float32")
-    phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape)
-    fastv, aim, (yopo,) = phases[:len(token_bench.KEEPS)], phases[len(token_bench.KEEPS):-1], phases[-1:]
-    assert [p.details["keep"] for p in fastv] == list(token_bench.KEEPS) and all(p.status == "ok" for p in phases)
-    ratios = [p.details["flop_ratio"] for p in fastv]
-    assert ratios[0] == 1.0 and ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.7
-    assert fastv[-1].details["tokens_per_layer"][2] == 16 + 144
-    assert [p.details["params"]["aim_stages"] for p in aim] == ["merge", "prune", "merge+prune"]
-    merge, prune, both = (p.details for p in aim)
-    assert merge["visual_per_layer"] == [144] * 4 and merge["scoring_tflops"] > 0
-    assert prune["visual_per_layer"][:3] == [576] * 3 and prune["visual_per_layer"][3] == 504  # 87.5% after layer 2
-    assert max(both["flop_ratio"], merge["flop_ratio"]) < 0.5 and both["visual_per_layer"][3] == 126
-    assert yopo.details["method"] == "yopo" and yopo.details["visual_per_layer"][-1] == 0
     from tamp.inference.flops import ModelShape
     from tamp.models.adapters import get_adapter
 
-    model, _ = token_bench.build(shape, torch.device("cpu"))
+    shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
+                                   dtype="float32")
+    planned = token_bench.cases(576)  # every registered token method is planned
+    assert {method for _, method, _ in planned[1:]} == set(token_bench.token_methods()) and planned[0][1] is None
+    measured = ["fastv", "random", "pool", "aim", "yopo"]  # run: a drop inside the LLM, before it, both own settings
+    phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape, methods=measured,
+                             profile_misses=False)
+    assert all(p.status == "ok" for p in phases) and phases[0].details["method"] == "dense"
+    assert phases[0].details["flop_ratio"] == 1.0 and phases[0].target is None
+    by = {}
+    for p in phases[1:]:
+        by.setdefault(p.details["method"], []).append(p)
+    assert list(by) == measured
+    for method, runs in by.items():
+        if method in token_bench.OWN_SETTINGS:
+            assert len(runs) == 1 and runs[0].details["budget"] is None
+            continue
+        assert [p.details["budget"] for p in runs] == list(token_bench.BUDGETS), method
+        ratios = [p.details["flop_ratio"] for p in runs]
+        assert ratios == sorted(ratios, reverse=True) and ratios[0] < 1.0, (method, ratios)
+        assert all(p.target == pytest.approx(token_bench.SLACK * p.details["flop_ratio"]) for p in runs)
+    assert by["random"][-1].details["visual_per_layer"] == [64] * 4
+    (yopo,) = by["yopo"]
+    assert yopo.details["visual_per_layer"][-1] == 0 and yopo.details["vision_tflops"] > 0
+    model, inputs = token_bench.build(shape, torch.device("cpu"))
     layers = ModelShape.of(model, get_adapter(model)).prefill(yopo.details["tokens_per_layer"], 1)["dense"]
     skipped = yopo.details["skipped_tflops"] * 1e12  # the MLP channels YOPO's visual rows skipped are not counted
-    assert skipped > 0 and yopo.details["prefill_tflops"] * 1e12 == pytest.approx(layers - skipped, rel=1e-9)
+    assert skipped > 0 and yopo.details["prefill_tflops"] * 1e12 == pytest.approx(
+        layers - skipped + yopo.details["vision_tflops"] * 1e12, rel=1e-9)
+    ops = token_bench.top_ops(model, inputs, n=3)
+    assert len(ops) == 3 and all(op["self_ms"] > 0 and 0 < op["share"] <= 1 for op in ops)
