@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from tamp.algorithms.diverse_subset import visual_runs
 from tamp.engine.attention import capture_attention_score
 from tamp.errors import TampError
 from tamp.models import internals
@@ -164,8 +165,6 @@ class ImageRuns:
         self._image = self._crop = 0
 
     def __call__(self, visual: Tensor, video: Tensor | None) -> list[ImageRun]:
-        from tamp.algorithms.diverse_subset import visual_runs
-
         capture, editor = self.capture, self.capture.editor
         if editor is None or capture.last is None:
             raise RuntimeError(f"{capture.method}: no vision encoder call was captured for this prefill")
