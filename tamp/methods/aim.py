@@ -177,4 +177,6 @@ METHOD = TokenMethod(
     name="aim", label="AIM", order=21,
     summary="merge similar visual tokens per frame before the LLM, then prune them by PageRank on a falling schedule",
     params=PARAMS, plan=plan, version=2,
+    attention=("PageRank needs each head's whole T x T attention: formed from the layer's own query and key (the "
+               "layer itself still runs its kernel), a few heads at a time so memory stays bounded"),
 )

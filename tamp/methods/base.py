@@ -98,6 +98,8 @@ class TokenMethod(Method):
     budget: Callable[[float], dict[str, Any]] | None = None
     # the schema (a dataclass, tamp.schema) of what `fit` returns: pruning.json's `fitted` is held against it on load
     fitted_schema: type | None = None
+    # which attention weights it reads and how it gets them under sdpa / flash attention ("": none), for `tamp methods`
+    attention: str = ""
     kind: ClassVar[str] = "token"
 
     def wants_fit(self, params: dict) -> bool:

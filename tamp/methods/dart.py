@@ -103,4 +103,6 @@ METHOD = TokenMethod(
     name="dart", label="DART", order=32,
     summary="keep the visual tokens least similar to a few pivot tokens, after layer K (duplicates dropped)",
     params=PARAMS, plan=plan, budget=lambda share: {"dart_keep": share},
+    attention=("no attention weights: the L1 norm of layer K - 1's keys (KEY_L1), read from its key tensor inside "
+               "its attention call, under any kernel"),
 )

@@ -36,4 +36,7 @@ PARAMS = (
 METHOD = TokenMethod(
     name="fastv", label="FastV", order=20, summary="drop the visual tokens the last token attends to least, after layer K",
     params=PARAMS, plan=plan, budget=lambda share: {"fastv_keep": share},
+    attention=("the last prompt token's row of layer K - 1's attention (mean over heads), computed from that layer's"
+               " own query and key inside its attention call (tamp.engine.attention, LAST_ROW): one row, O(T), never"
+               " the full matrix, under any kernel"),
 )

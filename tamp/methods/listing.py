@@ -1,5 +1,7 @@
 """`tamp methods` (and `harness methods`): every registered method with its kind, composition, needs,
-parameters and defaults, and the file that defines it; as a text table or JSON."""
+parameters and defaults, and the file that defines it; as a text table or JSON. Below the table, each token
+method that reads attention says which and how it gets it when the kernel (sdpa, flash attention) returns no
+weights (`TokenMethod.attention`)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def describe() -> list[dict[str, Any]]:
             row.update(method.composition(), needs=needs, keeps_every_weight=method.keeps_every_weight)
         elif isinstance(method, TokenMethod):
             row["needs"] = token_needs(method)
+            row["attention"] = method.attention
         elif isinstance(method, QuantMethod) and method.quantize is not None:
             row["needs"] = method.quantize.needs.names()
         row["params"] = [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
@@ -39,17 +42,20 @@ def describe() -> list[dict[str, Any]]:
 def token_needs(method: TokenMethod) -> list[str]:
     """What a token method needs at its defaults, read from its declaration: calibration data when it fits
     something at prune time (`fit` / `needs_fit`), attention when a drop of its plan asks for an attention
-    score. A plan that cannot be drawn without a model (values fitted or read from the model's layers) shows
-    only what the fit says: its drops are unknown here."""
+    score, and what its installs name in their `needs`. A plan that cannot be drawn without a model (values
+    fitted or read from the model's layers) shows only what the fit says: its drops are unknown here."""
     defaults = {p.name: p.default for p in method.params}
     needs = ["calibration"] if method.wants_fit(defaults) else []
     if method.plan is not None:
         try:
-            drops = method.plan(defaults, PLAN_DEPTH).drops.values()
+            plan = method.plan(defaults, PLAN_DEPTH)
+            drops, installs = plan.drops.values(), plan.installs
         except (ValueError, KeyError):
-            drops = ()
+            drops, installs = (), ()
         if any(d.score is not None for d in drops):
             needs.append("attention")
+        # an install may name what it reads (the vision encoder's [CLS] attention: VisionZip, VisPruner)
+        needs += [n for part in installs for n in getattr(part, "needs", ()) if n not in needs]
     return needs
 
 
@@ -61,8 +67,13 @@ def render(as_json: bool = False) -> str:
               if "scoring" in r else "", ", ".join(r.get("needs", [])) or "-",
               ", ".join(f"{p['name']}={p['default']}" for p in r["params"]) or "-", _short(r["source"])]
              for r in rows]
-    return tabulate(table, headers=["method", "kind", "allocation + tokens + scoring", "needs", "parameters",
+    text = tabulate(table, headers=["method", "kind", "allocation + tokens + scoring", "needs", "parameters",
                                     "source"])
+    reads = [f"  {r['name']}: {r['attention']}" for r in rows if r.get("attention")]
+    if reads:
+        text += "\n\nAttention the token methods read (under sdpa / flash attention, where no weights are returned):\n"
+        text += "\n".join(reads)
+    return text
 
 
 def _short(source: str) -> str:

@@ -84,4 +84,6 @@ METHOD = TokenMethod(
     name="pdrop", label="PDrop", order=25,
     summary="drop visual tokens in stages inside the LLM (lambda of the last each), ranked by the last token's attention",
     params=PARAMS, plan=plan, budget=budget,
+    attention=("the last prompt token's row of each stage layer's attention (mean over heads), from that layer's own"
+               " query and key (LAST_ROW): one row, O(T), never the full matrix, under any kernel"),
 )

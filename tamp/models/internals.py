@@ -167,6 +167,27 @@ def anyres_unpadded_grid(image_size: tuple[int, int], grid_pinpoints: list, tile
     return int(shape[1]), int(shape[2])
 
 
+def anyres_packed_sources(image_size: tuple[int, int], grid_pinpoints: list, tile: int,
+                          side: int) -> tuple[int, int, torch.Tensor]:
+    """(tiles_high, tiles_wide, sources) of an anyres image: for each token of its packed features as
+    `pack_image_features` lays them out (the base tile's side x side, then the unpadded tile grid, a newline closing
+    each row), the crop x side**2 + patch it comes from (crop 0 the base tile, tiles row-major after it), -1 for a
+    newline. The same two transformers functions as `anyres_unpadded_grid`, applied to crop-patch indices."""
+    from transformers.models.llava_next import modeling_llava_next as llava_next
+
+    names = ("get_anyres_image_grid_shape", "unpad_image")
+    missing = [n for n in names if not hasattr(llava_next, n)]
+    if missing:
+        raise moved(missing[0], "transformers.models.llava_next.modeling_llava_next")
+    high, wide = llava_next.get_anyres_image_grid_shape(list(image_size), grid_pinpoints, tile)
+    per = side * side
+    tiles = torch.arange(per, per * (1 + high * wide)).view(high, wide, side, side)
+    grid = tiles.permute(0, 2, 1, 3).reshape(1, high * side, wide * side)
+    grid = llava_next.unpad_image(grid, list(image_size))[0]
+    rows = torch.cat([grid, torch.full((grid.shape[0], 1), -1, dtype=grid.dtype)], dim=1)
+    return int(high), int(wide), torch.cat([torch.arange(per), rows.flatten()])
+
+
 # ---- one check of everything above, for a loaded model ---------------------------------------------------
 def check_model(model: nn.Module, layers_path: str) -> list[str]:
     """Look up every internal on a loaded model (its first decoder layer and final norm); the names checked, or the

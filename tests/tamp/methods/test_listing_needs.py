@@ -42,3 +42,15 @@ def test_needs_follow_the_declaration() -> None:
     no_fit_at_defaults = TokenMethod(name="x", label="X", order=99, summary="s", params=(scored,), plan=plan,
                                      fit=fit, needs_fit=lambda params: False)
     assert token_needs(no_fit_at_defaults) == ["attention"]
+
+
+def test_attention_readers_say_how_they_get_it_under_sdpa() -> None:
+    """Each token method reading attention states which and how (issue 25, item 4); the [CLS] methods list the
+    vision encoder's attention as a need, read from their install."""
+    rows = {r["name"]: r for r in json.loads(render(as_json=True))}
+    assert rows["visionzip"]["needs"] == rows["vispruner"]["needs"] == ["vision attention"]
+    for name in ("fastv", "pdrop", "dart", "aim", "visionzip", "vispruner"):
+        assert "query and key" in rows[name]["attention"] or "keys" in rows[name]["attention"], name
+    assert rows["divprune"]["attention"] == ""  # reads no attention
+    text = render()
+    assert "Attention the token methods read" in text and "\n  visionzip: the vision encoder's [CLS] row" in text
