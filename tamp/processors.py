@@ -19,6 +19,7 @@ stock processor wherever torchvision is installed; they are used only where it i
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import math
@@ -296,6 +297,9 @@ def load_processor(path: str | Path, revision: str | None = None) -> Any:
     family with a ``VideoFallback`` (Qwen-VL, Qwen2.5-Omni, LLaVA-OneVision) is the numpy stand-in (same processor
     class otherwise)."""
     family = family_of(AutoConfig.from_pretrained(path, revision=revision))
+    if family is not None and family.processor_loader:
+        module, _, function = family.processor_loader.partition(":")
+        return getattr(importlib.import_module(module), function)(path, revision)
     fallback = family.video_fallback if family is not None else None
     if fallback is not None and not is_torchvision_available():
         try:

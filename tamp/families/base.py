@@ -84,6 +84,9 @@ class Family:
     forward_path: str = ""
     extra_files: tuple[str, ...] = ()  # files beside the weights that from_pretrained needs, save_pretrained omits
     video_fallback: VideoFallback | None = None
+    # "module:function" (path, revision) -> processor, where the stock processor cannot be built on tamp's install
+    # (SmolVLM's needs num2words and torchvision); "" = the stock one (or video_fallback's)
+    processor_loader: str = ""
     tiny: TinyBuild | None = None
     evaluation: Evaluation | None = None  # None: lmms-eval cannot run it (the text-only LMs)
     source: str = ""  # the file that defined it (filled in by the registry)

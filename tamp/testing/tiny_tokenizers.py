@@ -74,6 +74,11 @@ OMNI_TOKENS = {
     "audio_eos_token": "<|audio_eos|>",
 }
 _OMNI_SPECIALS = _QWEN_SPECIALS + tuple(OMNI_TOKENS.values())
+# SmolVLM (SmolLM2's specials, Idefics3's image tokens): a tile's <row_r_col_c> up to the tiny build's 2 x 2 tiles
+SMOLVLM_MAX_TILES = 2
+_SMOLVLM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
+                     "<image>", "<global-img>") + tuple(f"<row_{r}_col_{c}>" for r in range(1, SMOLVLM_MAX_TILES + 1)
+                                                         for c in range(1, SMOLVLM_MAX_TILES + 1))
 
 # Chat templates. Every tag strips surrounding whitespace, so layout here is free and
 # newlines are emitted explicitly; __IMAGE__ / __VIDEO__ become Jinja string literals.
@@ -135,6 +140,28 @@ _CHATML_TEMPLATE = r"""
 """
 
 
+# SmolVLM's: "<|im_start|>User:<image>question<end_of_utterance>\nAssistant: answer<end_of_utterance>\n"
+_SMOLVLM_TEMPLATE = r"""
+{{- '<|im_start|>' -}}
+{%- for message in messages -%}
+    {%- if message['role'] not in ['system', 'user', 'assistant'] -%}
+        {{- raise_exception('Unsupported role: ' + message['role']) -}}
+    {%- endif -%}
+    {{- message['role'] | capitalize -}}
+    {%- if message['content'] is string or message['content'][0]['type'] != 'image' -%}
+        {{- ': ' -}}
+    {%- else -%}
+        {{- ':' -}}
+    {%- endif -%}
+    __CONTENT__
+    {{- '<end_of_utterance>' + '\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- 'Assistant:' -}}
+{%- endif -%}
+"""
+
+
 def _chat_template(skeleton: str, image: str, video: str, audio: str = "''") -> str:
     """Fill a template skeleton; ``image``/``video``/``audio`` are Jinja literals for one media item."""
     # the audio branch only where a family takes audio, so the older families' templates stay byte-identical
@@ -192,6 +219,17 @@ def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
             padding_side="left",
             model_max_length=MAX_LENGTH,
             chat_template=template,
+        )
+    if family == "smolvlm":  # SmolLM2's byte-level BPE: bos <|im_start|>, eos <end_of_utterance>
+        return PreTrainedTokenizerFast(
+            tokenizer_object=_train_bpe(_SMOLVLM_SPECIALS, prepend_bos=None, qwen_style=False),
+            bos_token="<|im_start|>",
+            eos_token="<end_of_utterance>",
+            unk_token="<|endoftext|>",
+            pad_token="<|im_end|>",
+            padding_side="left",
+            model_max_length=MAX_LENGTH,
+            chat_template=_chat_template(_SMOLVLM_TEMPLATE, "'<image>'", "''"),
         )
     specials, media, extra = _QWEN_SPECIALS, ("''", "''", "''"), {}
     if family in ("qwen2-vl", "qwen2.5-vl"):

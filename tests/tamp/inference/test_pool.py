@@ -58,19 +58,23 @@ def test_pool_replaces_each_grid_by_its_window_means(loaded, family: str, share:
     groups = visual_groups(visual, torch.zeros_like(visual), [])
     segments = group_segments(model.config, {k: v for k, v in inputs.items() if k in ("image_sizes", "image_grid_thw")},
                               torch.zeros_like(visual), groups)
-    assert len(segments) == 1
-    grid = segments[0]
+    if family == "smolvlm":  # a 4 x 4 grid per tile (2 x 2 tiles and the global image), each tile its own run
+        assert list(segments.values()) == [[(0, 4, 4)]] * 5
+    else:
+        assert len(segments) == 1
     if family in GRIDS:
-        assert [(r, c) for _, r, c in grid] == GRIDS[family]
-    else:  # LLaVA-NeXT / OneVision: the base tile, then the high-resolution rows with their newline column
-        assert len(grid) == 2 and grid[0][1] == grid[0][2]
-    start = int(torch.nonzero(visual[0])[0])
+        assert [(r, c) for _, r, c in segments[0]] == GRIDS[family]
+    elif family != "smolvlm":  # LLaVA-NeXT / OneVision: the base tile, then the high-resolution rows with newlines
+        assert len(segments[0]) == 2 and segments[0][0][1] == segments[0][0][2]
     expected: dict[int, torch.Tensor] = {}
-    for index, (offset, rows, cols) in enumerate(grid):
-        newline = index == 1
-        inner = cols - int(newline)
-        side = (lambda n: math.ceil(n / 2)) if share is None else (lambda n: max(1, min(n, round(n * math.sqrt(share)))))
-        expected.update(_pooled(embeddings, start + offset, rows, cols, newline, side(rows), side(inner)))
+    for group, grid in segments.items():
+        start = int(torch.nonzero(groups[0] == group)[0])
+        for index, (offset, rows, cols) in enumerate(grid):
+            newline = index == 1
+            inner = cols - int(newline)
+            side = (lambda n: math.ceil(n / 2)) if share is None else \
+                (lambda n: max(1, min(n, round(n * math.sqrt(share)))))
+            expected.update(_pooled(embeddings, start + offset, rows, cols, newline, side(rows), side(inner)))
     text = [t for t in range(ids.shape[1]) if not bool(visual[0, t])]
     kept = sorted(text + list(expected))
     assert dropper.kept_by_layer[0][0].tolist() == kept

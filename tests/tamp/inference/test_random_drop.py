@@ -13,10 +13,19 @@ from tests.tamp.inference.conftest import FAMILIES, attn
 
 
 def _expected(ids: list[int], visual_ids: set[int], keep: float, generator: torch.Generator) -> list[int]:
-    """One image per prompt here: its tokens are one span; text all kept."""
+    """One image per prompt here: each run of its visual tokens (the image; SmolVLM: each tile) draws in turn; text
+    all kept."""
     span = [t for t, i in enumerate(ids) if i in visual_ids]
-    order = torch.randperm(len(span), generator=generator).tolist()
-    chosen = {span[j] for j in order[:int(round(len(span) * keep))]}
+    runs: list[list[int]] = []
+    for t in span:
+        if runs and runs[-1][-1] == t - 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    chosen = set()
+    for run in runs:
+        order = torch.randperm(len(run), generator=generator).tolist()
+        chosen |= {run[j] for j in order[:int(round(len(run) * keep))]}
     return [t for t in range(len(ids)) if t not in set(span) or t in chosen]
 
 
