@@ -71,6 +71,16 @@ SIZE ?= cpu
 bench:
 	$(PY) -m bench.run --size $(SIZE)
 
+# One prepared GPU check (docs/benchmarks.md, "GPU check"; bench/README.md): CUDA tests, bench --size 8b, the tokens
+# section at 7B shapes, batched throughput; at most 8 minutes on one H100, each part under its own time limit; one
+# JSON under results/bench/ and a table. DRY=1: the same code at tiny sizes on the CPU, the JSON under out/gpu-check/
+# (part of `make test`: tests/bench/test_gpu_check.py). PARTS=bench-8b,... runs a subset.
+DRY ?=
+PARTS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PY) -m bench.gpu_check $(if $(filter 1 yes true,$(DRY)),--dry) $(if $(PARTS),--parts $(PARTS))
+
 # The paper's main table (grids/table1.yaml): `make reproduce-table1 DRY_RUN=1` prints the plan only.
 # LIMIT=N evaluates the first N documents of each task (a quick look; records are kept apart).
 # EXECUTOR=ray|slurm spreads the cells over a Ray cluster or SLURM jobs (docs/harness.md, "Grids on a cluster");

@@ -73,7 +73,8 @@ def build(shape: TokenShape, device: torch.device) -> tuple[torch.nn.Module, dic
                          image_seq_length=576, vision_feature_select_strategy="default", vision_feature_layer=-1)
     torch.manual_seed(0)
     dtype = getattr(torch, shape.dtype)
-    model = LlavaForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # built where it runs, in its dtype: a 7B shape initialises in seconds on a GPU
+        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype).eval()
     model.set_attn_implementation("sdpa")
     images = shape.visual // 576
     half = shape.text // 2
