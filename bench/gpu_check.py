@@ -54,11 +54,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _child(name: str, dry: bool, limit_s: float, result_path: str) -> None:
+def _child(name: str, dry: bool, limit_s: float, result_path: str, started_at: float) -> None:
     from bench.common import write_json_atomic
     from bench.gpu_parts import run_part
 
-    out = run_part(name, dry, limit_s, log=lambda line: print(line, flush=True))
+    # the limit counts from the process's start: its imports (spawned, on the GPU) are inside it, so the part's own
+    # alarm comes before the parent's kill and its record is kept
+    left = max(1.0, limit_s - (time.time() - started_at))
+    out = run_part(name, dry, left, log=lambda line: print(line, flush=True))
     write_json_atomic(Path(result_path), out)
 
 
@@ -73,7 +76,8 @@ def _context(dry: bool) -> Any:
 def run_isolated(name: str, dry: bool, limit_s: float, folder: Path) -> dict[str, Any]:
     """One part in its own process; killed GRACE_S after its limit if its own alarm did not end it."""
     result_path = folder / f"{name}.json"
-    proc = _context(dry).Process(target=_child, args=(name, dry, limit_s, str(result_path)), name=f"gpu-check {name}")
+    proc = _context(dry).Process(target=_child, args=(name, dry, limit_s, str(result_path), time.time()),
+                                 name=f"gpu-check {name}")
     start = time.perf_counter()
     proc.start()
     proc.join(limit_s + GRACE_S)
