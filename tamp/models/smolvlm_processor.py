@@ -42,7 +42,8 @@ class SmolVLMProcessorNoVideo(SmolVLMProcessor):
                          "num2words and torchvision packages, which tamp does not install")
 
     def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """Save as the stock processor would (its class name), so `AutoProcessor` elsewhere builds the stock one."""
+        """Save under the stock processor's class name, so an artifact names no class that only tamp has (no video
+        processor config is written: this processor has none)."""
         out = super().save_pretrained(save_directory, *args, **kwargs)
         for name in ("processor_config.json", "tokenizer_config.json"):
             path = Path(save_directory) / name

@@ -81,7 +81,7 @@ def test_dense_sparsity_zero_writes_the_same_model(tiny_model, tmp_path):
     generate_once(out, "llava")
 
 
-@pytest.mark.parametrize("family", ("llava", "qwen2-vl"))
+@pytest.mark.parametrize("family", ("llava", "qwen2-vl", "smolvlm"))
 def test_prune_vision_option(tiny_model, tmp_path, family):
     out, info = _prune(tiny_model, tmp_path, family, "wanda", prune_vision=True)
     vision = [k for k in info["per_matrix"] if "vision" in k or "visual" in k]

@@ -22,13 +22,14 @@ from tamp.families.registry import tiny_families
 from tamp.processors import load_processor
 from tamp.testing.tiny import build_tiny
 
-MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
+MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm")
 AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
 # Image tokens produced by one 112 x 112 image (see tamp.testing.tiny for the geometry).
-IMAGE_TOKENS_112 = {"llava": 36, "llava-next": 88, "qwen2-vl": 16, "qwen2.5-vl": 16}
+IMAGE_TOKENS_112 = {"llava": 36, "llava-next": 88, "qwen2-vl": 16, "qwen2.5-vl": 16,
+                    "smolvlm": 80}  # SmolVLM: 2 x 2 tiles + the global image, 16 tokens each
 
 ROUND_TRIP_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -79,6 +80,8 @@ def _image_feature_rows(model, inputs) -> int:
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
     inner = model.model
+    if hasattr(inner, "text_model"):  # SmolVLM
+        return inner.text_model.layers
     return inner.language_model.layers if hasattr(inner, "language_model") else inner.layers
 
 
@@ -88,7 +91,8 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def test_families_constant() -> None:
-    assert tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO)
+    assert tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO,
+                               "smolvlm")
 
 
 def test_unknown_family_raises(tmp_path: Path) -> None:
@@ -122,7 +126,7 @@ def test_files_and_config(built: dict[str, Path], family: str) -> None:
     assert text.vocab_size >= len(tok)
     assert text.eos_token_id == tok.eos_token_id
     assert text.pad_token_id == tok.pad_token_id
-    if family in ("llava", "llava-next", "llama"):
+    if family in ("llava", "llava-next", "llama", "smolvlm"):
         assert text.bos_token_id == tok.bos_token_id
     else:  # Qwen: no tokenizer bos, config bos is <|endoftext|>
         assert text.bos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
@@ -214,7 +218,8 @@ def test_multimodal_forward_and_generate(built: dict[str, Path], family: str) ->
     assert (mlp.gate_proj.out_features, mlp.up_proj.out_features, mlp.down_proj.in_features) == (128, 128, 128)
 
     processor = load_processor(out)
-    if family not in QWEN_VL or is_torchvision_available():
+    # SmolVLM's stock processor needs num2words and torchvision (tamp.models.smolvlm_processor)
+    if family != "smolvlm" and (family not in QWEN_VL or is_torchvision_available()):
         assert type(AutoProcessor.from_pretrained(out)) is type(processor)
     assert processor.chat_template and processor.chat_template == processor.tokenizer.chat_template
 
