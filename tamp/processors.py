@@ -8,6 +8,7 @@ processors do for already-decoded frames, with numpy and PIL:
 * ``QwenVideoProcessorNumpy``: resize every frame to the Qwen "smart" size (multiples of patch x merge, area
   within the min/max pixel bounds), rescale, normalise, repeat the last frame up to a multiple of the temporal
   patch, and flatten into the ``pixel_values_videos`` / ``video_grid_thw`` layout of ``Qwen2VLVideoProcessor``;
+  ``Qwen3VLVideoProcessorNumpy`` is its Qwen3-VL variant (patch 16, pixel bounds over the whole clip);
 * ``LlavaOnevisionVideoProcessorNumpy``: resize every frame to the fixed square size, rescale, normalise,
   giving ``pixel_values_videos`` of shape (videos, frames, 3, H, W).
 
@@ -45,6 +46,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "LlavaOnevisionVideoProcessorNumpy",
+    "Qwen3VLVideoProcessorNumpy",
     "QwenVideoProcessorNumpy",
     "load_processor",
     "qwen_smart_resize",
@@ -174,7 +176,7 @@ class QwenVideoProcessorNumpy(_NumpyVideoProcessor):
             t, h, w = video.shape[:3]
             if t == 0:
                 raise ValueError("a video has no frames")
-            rh, rw = qwen_smart_resize(h, w, p * m, int(low), int(high))
+            rh, rw = self._frame_size(t, h, w, p * m, int(low), int(high))
             frames = [_to_pil(f) for f in video]
             if self.do_resize:
                 frames = [f.resize((rw, rh), Image.BICUBIC) for f in frames]
@@ -187,6 +189,37 @@ class QwenVideoProcessorNumpy(_NumpyVideoProcessor):
         data = {"pixel_values_videos": torch.from_numpy(np.concatenate(patches)),
                 "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
         return BatchFeature(data, tensor_type=kwargs.get("return_tensors"))
+
+    def _frame_size(self, frames: int, height: int, width: int, factor: int, low: int, high: int) -> tuple[int, int]:
+        """Every frame's target size: Qwen2-VL bounds each frame's area."""
+        return qwen_smart_resize(height, width, factor, low, high)
+
+
+class Qwen3VLVideoProcessorNumpy(QwenVideoProcessorNumpy):
+    """``Qwen3VLVideoProcessor`` for decoded frames, without torchvision: patch 16, mean / std 0.5, and the pixel
+    bounds hold the whole clip (its frames rounded to the temporal patch, times the frame area), not one frame."""
+
+    stock_type = "Qwen3VLVideoProcessor"
+    size = {"shortest_edge": 128 * 32 * 32, "longest_edge": 32 * 32 * 768}
+    patch_size = 16
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+
+    def _frame_size(self, frames: int, height: int, width: int, factor: int, low: int, high: int) -> tuple[int, int]:
+        if height < factor or width < factor:  # a side under one merged patch is first scaled up to it
+            scale = max(factor / height, factor / width)
+            height, width = int(height * scale), int(width * scale)
+        temporal = int(self.temporal_patch_size)
+        clip = max(temporal, round(frames / temporal) * temporal)
+        h, w = round(height / factor) * factor, round(width / factor) * factor
+        if clip * h * w > high:
+            beta = math.sqrt(frames * height * width / high)
+            return max(factor, math.floor(height / beta / factor) * factor), \
+                max(factor, math.floor(width / beta / factor) * factor)
+        if clip * h * w < low:
+            beta = math.sqrt(low / (frames * height * width))
+            return math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+        return h, w
 
 
 def qwen_patchify(frames: np.ndarray, patch: int, merge: int, temporal: int) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -227,7 +260,7 @@ class LlavaOnevisionVideoProcessorNumpy(_NumpyVideoProcessor):
 
 # the numpy stand-ins a family's VideoFallback names (tamp.families)
 _STAND_INS: dict[str, type[_NumpyVideoProcessor]] = {
-    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy)
+    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy, Qwen3VLVideoProcessorNumpy)
 }
 _VIDEO_KEYS = {"size", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
                "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize", "do_convert_rgb",

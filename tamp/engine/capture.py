@@ -3,21 +3,36 @@
 A forward pre-hook on block 0 records the block's positional and keyword arguments exactly as the model
 built them (position embeddings, causal mask, 3-D mrope position ids, cu_seqlens ...) and then stops the
 forward, so nothing past the embeddings / vision tower runs. Replaying those arguments runs any block.
+Where the model adds features between its first blocks (Qwen3-VL's DeepStack: vision features added to the visual
+tokens after each of the first blocks), they are captured too and `run_block` adds them after the same blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+if TYPE_CHECKING:
+    from tamp.models.internals import DeepstackStep
+
 
 class _StopForward(Exception):
     """Raised by the capture hook once block 0's inputs are recorded."""
+
+
+@dataclass
+class Deepstack:
+    """What the text model adds to the visual tokens after its first blocks (block k: `features[k]`)."""
+
+    mask: torch.Tensor  # [B, T] the visual tokens
+    features: list[torch.Tensor]  # per block: [visual tokens, D]
+    layers: nn.ModuleList  # the blocks, to tell which one ran
+    step: DeepstackStep  # the model's own addition
 
 
 @dataclass
@@ -28,6 +43,7 @@ class Captured:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     token_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> bool [B, T]
+    deepstack: Deepstack | None = None
 
 
 def move(obj: Any, device: torch.device | str) -> Any:
@@ -53,18 +69,33 @@ def capture_block_inputs(
     desc: str = "capture",
 ) -> list[Captured]:
     """Run the model on each batch until `first_block` and keep its inputs on `store_device`."""
+    # transformers' internals: only when capturing, not for the engine's types
+    from tamp.models.internals import deepstack_inputs, deepstack_step
+
     captured: list[Captured] = []
     slot: dict[str, Any] = {}
+    owner = next((m for m in model.modules()
+                  if isinstance(getattr(m, "layers", None), nn.ModuleList) and any(b is first_block for b in m.layers)),
+                 None)
+    step = deepstack_step(owner) if owner is not None else None
+
+    def on_owner(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        found = deepstack_inputs(kwargs)
+        if found is not None and step is not None and owner is not None:
+            slot["deepstack"] = Deepstack(move(found[0], store_device), move(found[1], store_device), owner.layers,
+                                          step)
 
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hidden = args[0] if args else kwargs.pop("hidden_states")
         kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
         if "use_cache" in kw:
             kw["use_cache"] = False
-        slot["value"] = Captured(move(hidden, store_device), move(tuple(args[1:]), store_device), move(kw, store_device))
+        slot["value"] = Captured(move(hidden, store_device), move(tuple(args[1:]), store_device), move(kw, store_device),
+                                 deepstack=slot.get("deepstack"))
         raise _StopForward
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    owner_handle = owner.register_forward_pre_hook(on_owner, with_kwargs=True) if step is not None else None
     try:
         with torch.inference_mode():
             for batch in tqdm(list(batches), desc=desc, leave=False):
@@ -82,12 +113,20 @@ def capture_block_inputs(
                 captured.append(item)
     finally:
         handle.remove()
+        if owner_handle is not None:
+            owner_handle.remove()
     return captured
 
 
 def run_block(block: nn.Module, item: Captured, device: torch.device) -> torch.Tensor:
-    """Run one block on one captured batch; returns the block's hidden-state output."""
+    """Run one block on one captured batch; returns the block's hidden-state output (with what the model adds
+    after this block, DeepStack's features)."""
     out = block(move(item.hidden, device), *move(item.args, device), **move(item.kwargs, device))
     if isinstance(out, (tuple, list)):
         out = out[0]
+    added = item.deepstack
+    if added is not None:
+        k = next((k for k, layer in enumerate(added.layers) if layer is block), len(added.features))
+        if k < len(added.features):
+            out = added.step(out, added.mask, added.features[k])
     return out

@@ -144,12 +144,17 @@ def _take(x: Tensor, index: Tensor, batch_dim: int, seq_dim: int) -> Tensor:
 def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
     """[B, T] group ids: each contiguous run of visual tokens is one group (an image); a run of video tokens is
     split into `frames[k]` equal frames (the k-th video run, batch rows in order), tokens left over (LLaVA-
-    OneVision's closing newline) forming a group of their own. -1 outside visual tokens."""
+    OneVision's closing newline) forming a group of their own; when the videos' frames arrive as runs of their
+    own (Qwen3-VL writes a timestamp before each), each such run is one frame. -1 outside visual tokens."""
     groups = torch.full(visual.shape, -1, dtype=torch.long)
     next_id, video_run = 0, 0
+    runs = [flag_runs(visual[b].tolist(), video[b].tolist()) for b in range(visual.shape[0])]
+    video_runs = sum(int(video[b, t]) for b, row in enumerate(runs) for t, _ in row)
+    if len(frames) < video_runs == sum(frames):
+        frames = [1] * video_runs
     for b in range(visual.shape[0]):
         is_video = video[b].tolist()
-        for t, end in flag_runs(visual[b].tolist(), is_video):
+        for t, end in runs[b]:
             length = end - t
             count = frames[video_run] if is_video[t] and video_run < len(frames) else 1
             video_run += int(is_video[t])
@@ -216,6 +221,9 @@ class SequenceEditor:
         self._grid_args = GridArgs(model)  # generate() hands the prefill no grid arguments: its encoders saw them
         self._handles = [adapter.runner(model).register_forward_pre_hook(self._on_model, with_kwargs=True),
                          self.norm.register_forward_pre_hook(self._on_norm)]
+        deepstack = internals.route_deepstack(model, stack.name, self._deepstack)  # Qwen3-VL's
+        if deepstack is not None:
+            self._handles.append(deepstack)
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.register_forward_pre_hook(
                 lambda mod, args, kwargs, i=i: self._on_layer(i, args, kwargs), with_kwargs=True))
@@ -463,6 +471,18 @@ class SequenceEditor:
         if isinstance(mask, Tensor) and mask.dim() == 4:
             out["attention_mask"] = _take(_take(mask, self.seq, 0, 2), self.seq, 0, 3)
         return out
+
+    def _deepstack(self, hidden: Tensor, mask: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """DeepStack adds vision features to the visual tokens after the first layers through a full-length mask
+        [B, T_full] and one feature row per visual token in sequence order: both cut to the tokens now in the
+        sequence, in its current order (kept, merged into or re-packed by a drop before or between those layers)."""
+        if not self.active or self.index is None or mask.shape[-1] != self.full_len \
+                or hidden.shape[1] != self.index.shape[1]:
+            return mask, features
+        index = self.index.to(mask.device)
+        rows = (mask.flatten().cumsum(0) - 1).view_as(mask)  # each visual token's feature row
+        kept = torch.gather(mask, 1, index)
+        return kept, features[torch.gather(rows, 1, index)[kept].to(features.device)]
 
     def _on_norm(self, module: nn.Module, args: tuple) -> tuple | None:
         if not self.active or self.full is None or args[0].shape[1] == 1 or args[0].shape[1] == self.full_len:

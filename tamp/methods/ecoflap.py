@@ -45,7 +45,7 @@ def _suffix_loss(ctx: Context, stack: Stack, start: int, item: Captured, labels:
     """
     hidden = item.hidden
     for layer in stack.layers[start:]:
-        hidden = run_block(layer, Captured(hidden, item.args, item.kwargs), ctx.device)
+        hidden = run_block(layer, replace(item, hidden=hidden), ctx.device)
     norm = final_norm(ctx.model, stack.name)
     logits = ctx.adapter.runner(ctx.model).get_output_embeddings()(norm(hidden)).float()
     return float(F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().to(logits.device),

@@ -151,6 +151,61 @@ def restore_forward(module: nn.Module) -> None:
     module.__dict__.pop("forward", None)
 
 
+# ---- Qwen3-VL's DeepStack ---------------------------------------------------------------------------------
+# The text model's step adding vision features to the visual tokens after each of its first layers, and the
+# forward arguments that carry them (a full-length visual mask [B, T], one feature tensor per such layer with one
+# row per True of the mask, in order).
+DEEPSTACK_METHOD = "_deepstack_process"
+DEEPSTACK_ARGS = ("visual_pos_masks", "deepstack_visual_embeds")
+DeepstackStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def deepstack_step(text_model: nn.Module) -> DeepstackStep | None:
+    """`step(hidden, mask, features) -> hidden`: the text model's own DeepStack addition, or None without one."""
+    step = getattr(text_model, DEEPSTACK_METHOD, None)
+    return step if callable(step) else None
+
+
+def deepstack_inputs(kwargs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """(visual mask, features per layer) from the text model's forward arguments; None when it got none."""
+    mask, features = (kwargs.get(name) for name in DEEPSTACK_ARGS)
+    if not isinstance(mask, torch.Tensor) or not features:
+        return None
+    return mask, list(features)
+
+
+class DeepstackRoute:
+    """A text model's DeepStack step routed through a function; `remove()` gives it its own back."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        self.owner = owner
+
+    def remove(self) -> None:
+        self.owner.__dict__.pop(DEEPSTACK_METHOD, None)
+
+
+def route_deepstack(model: nn.Module, layers_path: str,
+                    cut: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    ) -> DeepstackRoute | None:
+    """Where the text model holding the decoder layers adds DeepStack features, pass its mask and features through
+    `cut(hidden, mask, features) -> (mask, features)` first. None for a model without DeepStack; a config that
+    names DeepStack layers on a text model without that step is a moved internal."""
+    owner_path = layers_path.rsplit(".", 1)[0]
+    owner = model.get_submodule(owner_path)
+    original = deepstack_step(owner)
+    if original is None:
+        vision = getattr(getattr(model, "config", None), "vision_config", None)
+        if getattr(vision, "deepstack_visual_indexes", None):
+            raise moved(DEEPSTACK_METHOD, f"{type(owner).__name__} ({owner_path})")
+        return None
+
+    def process(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor, visual_embeds: torch.Tensor) -> Any:
+        return original(hidden_states, *cut(hidden_states, visual_pos_masks, visual_embeds))
+
+    owner.__dict__[DEEPSTACK_METHOD] = process
+    return DeepstackRoute(owner)
+
+
 # ---- LLaVA-NeXT / OneVision's anyres grid ----------------------------------------------------------------
 def anyres_unpadded_grid(image_size: tuple[int, int], grid_pinpoints: list, tile: int, side: int) -> tuple[int, int]:
     """(rows, cols) of an anyres image's high-resolution features after transformers unpads them: the tile grid

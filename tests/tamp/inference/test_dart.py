@@ -1,6 +1,7 @@
 """DART on every tiny family: the visual tokens kept before layer K are those of the release's loop run on what the
 release reads, taken here independently of our capture: layer K - 1's keys from the KV cache (after the rotary
-embedding, as LightCompress's port reads them), the states entering layer K through the model's own final norm."""
+embedding, as LightCompress's port reads them), the states entering layer K (a plain pre-hook's: DeepStack's
+features added after the earlier layers are part of them) through the model's own final norm."""
 
 from __future__ import annotations
 
@@ -45,11 +46,18 @@ def test_dart_keeps_what_the_release_keeps(loaded, family: str, implementation: 
     adapter = get_adapter(model)
     stack = adapter.language_stack(model)
     k, keep = 2, 0.5
+    entering: list[torch.Tensor] = []  # what layer K receives (with Qwen3-VL's DeepStack features added before it)
+    probe = stack.layers[k].register_forward_pre_hook(
+        lambda mod, args, kwargs: entering.append((args[0] if args else kwargs["hidden_states"]).clone()),
+        with_kwargs=True)
     with torch.no_grad():
-        out = model(**inputs, use_cache=True, output_hidden_states=True)
+        try:
+            out = model(**inputs, use_cache=True)
+        finally:
+            probe.remove()
         keys = out.past_key_values.layers[k - 1].keys[0]  # [KVH, T, d]
         l1 = keys.permute(1, 0, 2).reshape(keys.shape[1], -1).double().abs().sum(-1)
-        states = internals.final_norm(model, stack.name)(out.hidden_states[k])[0].double()
+        states = internals.final_norm(model, stack.name)(entering[0])[0].double()
         params = {"dart_k": k, "dart_keep": keep, "dart_image_pivots": pivots[0], "dart_text_pivots": pivots[1]}
         dropper = TokenTransform.build("dart", params).install(model)
         try:

@@ -32,7 +32,7 @@ def _video_inputs(model_path, frames: int = 4):
     return dict(proc(text=[prompt], videos=[video], return_tensors="pt"))
 
 
-VIDEO_FAMILIES = ("llava-onevision", "qwen2-vl", "qwen2.5-vl")
+VIDEO_FAMILIES = ("llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
 @pytest.mark.parametrize("family", VIDEO_FAMILIES)
