@@ -11,6 +11,7 @@ Images only: video requests are refused (see tamp/families/internvl3.py).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import lmms_eval.models.chat.internvl_hf as stock_internvl
@@ -18,6 +19,7 @@ from lmms_eval.models.chat.internvl_hf import InternVLHf
 from PIL import Image
 from tqdm import tqdm
 
+from harness.evaluate import KEY_ARG
 from harness.wrappers.common import TampWrapperMixin, _flatten, distributed, patched, pick_device
 from tamp.processors import load_processor
 
@@ -40,6 +42,11 @@ class TampInternVL3(TampWrapperMixin, InternVLHf):
     def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
                  verify_sparsity: bool = True, max_empty_fraction: float = 0.5, max_new_tokens: int = 1024,
                  **kwargs: Any) -> None:
+        stock = set(inspect.signature(InternVLHf.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(kwargs) - stock - {KEY_ARG})
+        if unknown:  # the stock __init__ would swallow them silently
+            raise ValueError(f"tamp_internvl3: unknown model_args {', '.join(unknown)}; it takes "
+                             f"{', '.join(sorted(stock | {'verify_sparsity', 'max_empty_fraction', 'max_new_tokens'}))}")
         self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
         dev = pick_device(device)
         self.default_max_new_tokens = int(max_new_tokens)
