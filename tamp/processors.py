@@ -45,6 +45,7 @@ from tamp.families.registry import family_of
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "InternVLVideoProcessorNumpy",
     "LlavaOnevisionVideoProcessorNumpy",
     "Qwen3VLVideoProcessorNumpy",
     "QwenVideoProcessorNumpy",
@@ -254,13 +255,22 @@ class LlavaOnevisionVideoProcessorNumpy(_NumpyVideoProcessor):
         return BatchFeature(data, tensor_type=kwargs.get("return_tensors"))
 
 
+class InternVLVideoProcessorNumpy(LlavaOnevisionVideoProcessorNumpy):
+    """``InternVLVideoProcessor`` for decoded frames, without torchvision: the same fixed-size resize, saved under
+    InternVL's name (InternVL3 takes no video here; the stock processor cannot be built without a video part)."""
+
+    stock_type = "InternVLVideoProcessor"
+    size = {"height": 448, "width": 448}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------------
 
 # the numpy stand-ins a family's VideoFallback names (tamp.families)
 _STAND_INS: dict[str, type[_NumpyVideoProcessor]] = {
-    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy, Qwen3VLVideoProcessorNumpy)
+    cls.__name__: cls for cls in (QwenVideoProcessorNumpy, LlavaOnevisionVideoProcessorNumpy, Qwen3VLVideoProcessorNumpy,
+                                  InternVLVideoProcessorNumpy)
 }
 _VIDEO_KEYS = {"size", "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
                "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize", "do_convert_rgb",

@@ -22,6 +22,7 @@ WRAPPER_CLASSES: dict[str, str] = {
     "tamp_qwen2_5_omni": "harness.wrappers.qwen2_5_omni.TampQwen2_5Omni",
     "tamp_smolvlm": "harness.wrappers.smolvlm.TampSmolVLM",
     "tamp_qwen3_vl": "harness.wrappers.qwen3_vl.TampQwen3VL",
+    "tamp_internvl3": "harness.wrappers.internvl3.TampInternVL3",
 }
 
 

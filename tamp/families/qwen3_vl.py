@@ -18,10 +18,10 @@ from tamp.families.defaults import (
 )
 
 FAMILY = Family(
-    name="qwen3-vl", model_type="qwen3_vl", model_class="Qwen3VLForConditionalGeneration", order=30,
+    name="qwen3-vl", model_type="qwen3_vl", model_class="Qwen3VLForConditionalGeneration", order=10,
     inputs=("image", "video"), registry_name="qwen3-vl-8b", hf_id="Qwen/Qwen3-VL-8B-Instruct",
     text_model_paths=VLM_TEXT_PATHS, vision_layer_paths=QWEN_VISION_PATHS,
     video_fallback=VideoFallback("Qwen3VLProcessor", "Qwen3VLVideoProcessorNumpy"),
-    tiny=TinyBuild("tamp.testing.tiny_qwen3_vl:build_qwen3_vl", tokenizer="qwen2-vl", order=30),
-    evaluation=Evaluation("tamp_qwen3_vl", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS), SMOKE_TASKS, order=30),
+    tiny=TinyBuild("tamp.testing.tiny_qwen3_vl:build_qwen3_vl", tokenizer="qwen2-vl", order=10),
+    evaluation=Evaluation("tamp_qwen3_vl", SHAREGPT4V, (*IMAGE_TASKS, *VIDEO_TASKS), SMOKE_TASKS, order=10),
 )

@@ -13,10 +13,10 @@ from tamp.families.base import Evaluation, Family, TinyBuild
 from tamp.families.defaults import IMAGE_TASKS, SHAREGPT4V, SMOKE_TASKS
 
 FAMILY = Family(
-    name="smolvlm", model_type="smolvlm", model_class="SmolVLMForConditionalGeneration", order=12,
+    name="smolvlm", model_type="smolvlm", model_class="SmolVLMForConditionalGeneration", order=13,
     inputs=("image",), registry_name="smolvlm-256m", hf_id="HuggingFaceTB/SmolVLM-256M-Instruct",
     text_model_paths=("model.text_model",), vision_layer_paths=("model.vision_model.encoder.layers",),
     processor_loader="tamp.models.smolvlm_processor:load_smolvlm_processor",
-    tiny=TinyBuild("tamp.testing.tiny_smolvlm:build_smolvlm", tokenizer="smolvlm", order=12),
-    evaluation=Evaluation("tamp_smolvlm", SHAREGPT4V, IMAGE_TASKS, SMOKE_TASKS, order=12),
+    tiny=TinyBuild("tamp.testing.tiny_smolvlm:build_smolvlm", tokenizer="smolvlm", order=13),
+    evaluation=Evaluation("tamp_smolvlm", SHAREGPT4V, IMAGE_TASKS, SMOKE_TASKS, order=13),
 )

@@ -9,6 +9,9 @@ model's own inputs say, and each visual token's window neighbours as sequence po
   transformers packs the features (`anyres_grid`: the tile grid, unpadded, OneVision's shrink past anyres_max_N);
   only when that does not account for the count (a config this does not know) are they guessed: the
   factorisation of the remaining count whose aspect (cols / rows) is closest to the image's.
+- InternVL (`downsample_ratio`, no grid argument): an image is its tiles in order (the crops row by row, then the
+  thumbnail; one tile when it is not cropped), each an s x s grid of pixel-shuffled tokens, s = (image_size /
+  patch_size) x downsample_ratio; the tiles are separate grids (a window stops at a tile's edge).
 - Anything else (LLaVA-1.5's single tile, LLaVA-OneVision's pooled video frames and its closing newline): a
   square when the count is one, else a single row.
 
@@ -107,12 +110,25 @@ def anyres_segments(count: int, base_side: int, height: int, width: int,
     return [*segments, (base, rows, cols)]
 
 
+def tile_side(config: Any) -> int | None:
+    """InternVL: the LM tokens along one side of a tile after pixel shuffle; None for a model without tiles."""
+    ratio, vision = getattr(config, "downsample_ratio", None), getattr(config, "vision_config", None)
+    if not isinstance(ratio, (int, float)) or vision is None:
+        return None
+    size, patch = vision.image_size, vision.patch_size
+    size, patch = (size[0] if isinstance(size, (list, tuple)) else size), \
+        (patch[0] if isinstance(patch, (list, tuple)) else patch)
+    side = int(int(size) // int(patch) * ratio)
+    return side if side > 0 else None
+
+
 def group_segments(config: Any, kwargs: dict[str, Any], video: Tensor, groups: Tensor) -> dict[int, list[Segment]]:
     """group id -> its grids, for every image / frame group of one prefill (tamp.inference.token_drop's groups)."""
     vision = getattr(config, "vision_config", None)
     image_thw, video_thw = kwargs.get("image_grid_thw"), kwargs.get("video_grid_thw")
     sizes = kwargs.get("image_sizes")
     merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
+    tile = tile_side(config)
     images = iter(image_thw.tolist()) if isinstance(image_thw, Tensor) else iter(())
     videos = iter(video_thw.tolist()) if isinstance(video_thw, Tensor) else iter(())
     image_sizes = iter(sizes.tolist()) if isinstance(sizes, Tensor) else iter(())
@@ -145,6 +161,8 @@ def group_segments(config: Any, kwargs: dict[str, Any], video: Tensor, groups: T
             height, width = next(image_sizes, (1, 1))
             side = int(vision.image_size) // int(vision.patch_size)
             grid = anyres_segments(count, side, int(height), int(width), anyres_grid(config, int(height), int(width)))
+        elif not is_video and tile is not None and count % (tile * tile) == 0:
+            grid = [(k * tile * tile, tile, tile) for k in range(count // (tile * tile))]
         out[g] = grid if grid is not None else _square_or_row(count)
     return out
 

@@ -3,11 +3,11 @@ VTC-Bench found beats many token methods).
 
 Each image and video frame is pooled on its own 2-D grid, as tamp.inference.visual_grid computes it from the
 model's own inputs (`group_segments`: LLaVA-1.5's 24 x 24, Qwen2-VL's grid after its 2 x 2 merge, LLaVA-NeXT /
-OneVision's base tile and unpadded high-resolution part): by default 2 x 2 windows (`pool_stride`, a side of n
-becomes ceil(n / 2); PyTorch's adaptive bins where n is odd). LLaVA-NeXT's high-resolution part is pooled
-without its newline column, and each pooled row keeps one newline (its first row's), so the LLM still sees rows
-closed by newlines; the base tile and the high-resolution part are pooled apart (two grids, as transformers
-packs them); LLaVA-OneVision's closing video newline is a group of one and stays.
+OneVision's base tile and unpadded high-resolution part, InternVL's tiles and thumbnail, each a grid of its own):
+by default 2 x 2 windows (`pool_stride`, a side of n becomes ceil(n / 2); PyTorch's adaptive bins where n is odd).
+LLaVA-NeXT's high-resolution part is pooled without its newline column, and each pooled row keeps one newline
+(its first row's), so the LLM still sees rows closed by newlines; the base tile and the high-resolution part are
+pooled apart (two grids, as transformers packs them); LLaVA-OneVision's closing video newline is a group of one and stays.
 
 Positions: a pooled token takes the position of its window's first (top-left) token. Every other token method
 here (FastV, DART, random) keeps its survivors at their original positions, so a table compares which states the
@@ -28,7 +28,7 @@ import torch
 
 from tamp.algorithms.token_pool import pool_grid, pooled_side
 from tamp.inference.sequence_edit import Drop, DropInput, Kept, SequenceEditor, TokenPlan
-from tamp.inference.visual_grid import Segment, group_segments
+from tamp.inference.visual_grid import Segment, group_segments, tile_side
 from tamp.methods.base import Param, TokenMethod
 
 
@@ -47,6 +47,11 @@ class GridView:
 
     def remove(self) -> None:
         self.editor = None
+
+    @property
+    def tiled(self) -> bool:
+        """InternVL: a group's grids are its tiles, none with a newline column."""
+        return self.editor is not None and tile_side(self.editor.model.config) is not None
 
     def segments(self) -> dict[int, list[Segment]]:
         editor = self.editor
@@ -69,8 +74,9 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
         for group in torch.unique(seen.groups[seen.visual & (seen.groups >= 0)]).tolist():
             members = torch.nonzero(seen.groups == group).flatten()
             for index, (offset, rows, cols) in enumerate(segments.get(group, [])):
-                # only anyres_segments gives a group a second grid: the high-resolution rows with their newline
-                newline = index >= 1 and cols > 1
+                # besides InternVL's tiles, only anyres_segments gives a group a second grid: the high-resolution
+                # rows with their newline
+                newline = index >= 1 and cols > 1 and not view.tiled
                 inner = cols - int(newline)
                 span = members[offset:offset + rows * cols]
                 offsets, pooled = pool_grid(seen.hidden[span], rows, inner, pooled_side(rows, stride, share),

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
 # which families take a Llama (Vicuna template, <s> bos) or a Qwen (ChatML, no bos) tokenizer
 LLAMA_LIKE = ("llava", "llava-next", "llama")
 QWEN_LIKE = ("qwen2-vl", "qwen2.5-vl", "qwen2", "qwen2-audio", "llava-onevision", "qwen2.5-omni")
+QWEN_LIKE += ("internvl3",)  # InternVL3's language model is Qwen2.5: ChatML, no bos
 MAX_LENGTH = 4096  # the tiny models' max_position_embeddings
 
 _CORPUS: tuple[str, ...] = (
@@ -79,6 +80,9 @@ SMOLVLM_MAX_TILES = 2
 _SMOLVLM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
                      "<image>", "<global-img>") + tuple(f"<row_{r}_col_{c}>" for r in range(1, SMOLVLM_MAX_TILES + 1)
                                                          for c in range(1, SMOLVLM_MAX_TILES + 1))
+# InternVL's processor reads these tokenizer attributes (its image token is the context token <IMG_CONTEXT>)
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}
 
 # Chat templates. Every tag strips surrounding whitespace, so layout here is free and
 # newlines are emitted explicitly; __IMAGE__ / __VIDEO__ become Jinja string literals.
@@ -245,6 +249,9 @@ def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
         specials, extra = _OMNI_SPECIALS, {"extra_special_tokens": dict(OMNI_TOKENS)}
         media = ("'<|vision_bos|><|IMAGE|><|vision_eos|>'", "'<|vision_bos|><|VIDEO|><|vision_eos|>'",
                  "'<|audio_bos|><|AUDIO|><|audio_eos|>'")
+    elif family == "internvl3":  # the template names the context token; the processor expands it per tile
+        specials, extra = _QWEN_SPECIALS + tuple(INTERNVL_TOKENS.values()), {"extra_special_tokens": dict(INTERNVL_TOKENS)}
+        media = (r"'<IMG_CONTEXT>\n'", r"'<video>\n'", "''")
     # As upstream Qwen: no bos token; eos is <|im_end|>, padding with <|endoftext|>.
     return PreTrainedTokenizerFast(
         tokenizer_object=_train_bpe(specials, prepend_bos=None, qwen_style=True),

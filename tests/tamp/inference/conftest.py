@@ -8,7 +8,7 @@ from PIL import Image
 
 from tamp.models.adapters import get_adapter
 
-FAMILIES = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "smolvlm", "qwen3-vl")
+FAMILIES = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "smolvlm", "qwen3-vl", "internvl3")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from tests.tamp.inference.conftest import FAMILIES, attn
 
 # the tiny image's grids per family: (rows, cols) of each, newline column included for the second
 GRIDS = {"llava": [(6, 6)], "qwen2-vl": [(2, 2)], "qwen2.5-vl": [(2, 2)], "qwen3-vl": [(2, 2)]}
+GRIDS["internvl3"] = [(4, 4)] * 5  # 2 x 2 tiles of 32 px, then the thumbnail: each 8 x 8 patches, pixel-shuffled
 
 
 def _pooled(states: torch.Tensor, start: int, rows: int, cols: int, newline: bool, out_rows: int, out_cols: int):
@@ -70,7 +71,7 @@ def test_pool_replaces_each_grid_by_its_window_means(loaded, family: str, share:
     for group, grid in segments.items():
         start = int(torch.nonzero(groups[0] == group)[0])
         for index, (offset, rows, cols) in enumerate(grid):
-            newline = index == 1
+            newline = index == 1 and family not in GRIDS  # LLaVA-NeXT / OneVision's high-resolution part
             inner = cols - int(newline)
             side = (lambda n: math.ceil(n / 2)) if share is None else \
                 (lambda n: max(1, min(n, round(n * math.sqrt(share)))))

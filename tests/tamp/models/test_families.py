@@ -22,16 +22,18 @@ from tamp.families.llava_next import FAMILY as LLAVA_NEXT
 
 BUILTIN = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen2-audio", "qwen2.5-omni", "llama",
            "qwen2", "smolvlm", "qwen3-vl")
+           "qwen2")
+BUILTIN += ("internvl3",)
 
 
 def test_builtin_families_and_their_listing_orders() -> None:
     assert tuple(registry.families()) == BUILTIN
     assert registry.tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2",
-                                        "qwen2-audio", "llava-onevision", "qwen2.5-omni", "smolvlm", "qwen3-vl")
+                                        "qwen2-audio", "llava-onevision", "qwen2.5-omni", "smolvlm", "qwen3-vl", "internvl3")
     assert registry.trained_families() == ("llava-next",)
     assert [f.name for f in registry.evaluated_families()] == ["llava-next", "llava", "llava-onevision", "qwen2-vl",
                                                                "qwen2.5-vl", "qwen2-audio", "qwen2.5-omni",
-                                                               "smolvlm", "qwen3-vl"]
+                                                               "smolvlm", "qwen3-vl", "internvl3"]
     assert all(Path(f.source).name == f"{f.name.replace('-', '_').replace('.', '_')}.py"
                for f in registry.families().values())
     with pytest.raises(TampError, match=r"^unknown family 'nope'; choose one of: llava, llava-next, llava-onevision"):
@@ -54,7 +56,7 @@ def test_video_fallbacks_name_a_stock_processor_and_a_stand_in() -> None:
     from tamp import processors
 
     fallbacks = {f.name: f.video_fallback for f in registry.families().values() if f.video_fallback}
-    assert sorted(fallbacks) == ["llava-onevision", "qwen2-vl", "qwen2.5-omni", "qwen2.5-vl", "qwen3-vl"]
+    assert sorted(fallbacks) == ["internvl3", "llava-onevision", "qwen2-vl", "qwen2.5-omni", "qwen2.5-vl", "qwen3-vl"]
     for fallback in fallbacks.values():
         assert hasattr(transformers, fallback.processor_class)
         assert fallback.video_processor in processors._STAND_INS

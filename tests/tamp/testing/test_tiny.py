@@ -24,6 +24,7 @@ from tamp.testing.tiny import build_tiny
 
 MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm")
 AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
+OWN_TESTS = ("internvl3",)  # multimodal families whose tiny build is tested in tests/tamp/models/test_family_*.py
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
@@ -92,7 +93,7 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 def test_families_constant() -> None:
     assert tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO,
-                               "smolvlm")
+                               "smolvlm", *OWN_TESTS)
 
 
 def test_unknown_family_raises(tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ def test_files_and_config(built: dict[str, Path], family: str) -> None:
     out = built[family]
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
-    assert ("processor_config.json" in names) == (family in MULTIMODAL + AUDIO_VIDEO)
+    assert ("processor_config.json" in names) == (family in MULTIMODAL + AUDIO_VIDEO + OWN_TESTS)
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
 
