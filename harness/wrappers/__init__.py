@@ -20,6 +20,7 @@ WRAPPER_CLASSES: dict[str, str] = {
     "tamp_qwen2_5_vl": "harness.wrappers.qwen_vl.TampQwen2_5VL",
     "tamp_qwen2_audio": "harness.wrappers.qwen2_audio.TampQwen2Audio",
     "tamp_qwen2_5_omni": "harness.wrappers.qwen2_5_omni.TampQwen2_5Omni",
+    "tamp_gemma3": "harness.wrappers.gemma3.TampGemma3",
 }
 
 

@@ -12,7 +12,7 @@ from tamp.models.adapters import get_adapter, prunable_linears
 from tamp.models.loading import load_model
 from tamp.recipe import resolve_parts, weight_config
 
-FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
+FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "gemma3")
 
 
 def _setup(tiny_model, family: str, nsamples: int = 3):

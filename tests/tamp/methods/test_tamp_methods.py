@@ -9,7 +9,7 @@ from tamp.pipeline import prune
 from tamp.recipe import recipe_for, weight_config
 from tests.helpers import generate_once, load_weights
 
-FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl")
+FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "gemma3")
 PRESETS = ("owl", "ecoflap", "das", "amia", "tamp")
 
 
