@@ -144,6 +144,9 @@ class TokenTransform:
             return (f"--method {self.method}: {self.method} removes visual tokens, but a {family} model takes "
                     f"{' and '.join(takes) + ' and text' if takes else 'text only'} (no image or video input), so it "
                     "would change nothing; choose a model with image or video input, or drop it from --method")
+        refused = dict(families()[family].refused_token_methods) if family in families() else {}
+        if self.method in refused:
+            return f"--method {self.method}: not on {family} models: {refused[self.method]}"
         chosen = self._method()
         if num_layers is None:
             return None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "qwen3-vl", "internvl3")
+MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl3", "smolvlm")
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:

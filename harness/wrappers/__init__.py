@@ -23,6 +23,7 @@ WRAPPER_CLASSES: dict[str, str] = {
     "tamp_smolvlm": "harness.wrappers.smolvlm.TampSmolVLM",
     "tamp_qwen3_vl": "harness.wrappers.qwen3_vl.TampQwen3VL",
     "tamp_internvl3": "harness.wrappers.internvl3.TampInternVL3",
+    "tamp_gemma3": "harness.wrappers.gemma3.TampGemma3",
 }
 
 

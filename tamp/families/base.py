@@ -89,6 +89,8 @@ class Family:
     processor_loader: str = ""
     tiny: TinyBuild | None = None
     evaluation: Evaluation | None = None  # None: lmms-eval cannot run it (the text-only LMs)
+    # token methods the family refuses at plan time: (method, why), the reason said in the one-line refusal
+    refused_token_methods: tuple[tuple[str, str], ...] = ()
     source: str = ""  # the file that defined it (filled in by the registry)
 
     @property

@@ -215,6 +215,8 @@ class SequenceEditor:
             raise ValueError(f"drop layers {bad} are outside 0..{len(self.layers) - 1}")
         self.visual_ids = [i for m in VISUAL for i in adapter.media_token_ids.get(m, [])]
         self.video_ids = list(adapter.media_token_ids.get("video", []))
+        # each layer's sliding window (Gemma 3's local layers), None for global attention
+        self.windows = [internals.attention_window(layer) for layer in self.layers]
         self.history: list[PrefillStats] = []
         self.installed: list[Installed] = []
         self._reset()
@@ -252,6 +254,8 @@ class SequenceEditor:
         self.seq: Tensor | None = None
         self.slot: Tensor | None = None
         self.slot_by_layer: dict[int, Tensor] = {}
+        self.seq_by_layer: dict[int, Tensor] = {}  # per layer: its tokens' mask columns (`seq`) in the prefill
+        self.pad: Tensor | None = None  # a decode step's 2-D padding mask over original positions, as given
         self.shift = 0  # a repack's shortening: decoding continues from the re-packed length
         self.masked: Tensor | None = None  # [B, T_cur] tokens a masking drop took out as keys
         self.masked_by_layer: dict[int, Tensor] = {}
@@ -295,6 +299,8 @@ class SequenceEditor:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[1] == 1:  # a decode step (or embeddings we cannot read): keep the prefill's state
             self.steps += 1
+            mask = kwargs.get("attention_mask")
+            self.pad = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
             return self._decode_positions(*(self._decode_mask(args, kwargs) or (args, kwargs)))
         self._reset()
         visual = torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)) if self.visual_ids \
@@ -358,6 +364,9 @@ class SequenceEditor:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         if i in self.kept_by_layer:  # decode: one new token; the mask's keys shrink to what this layer cached
+            own = self._windowed_decode_mask(i, hidden, kwargs) if any(self.windows) else None
+            if own is not None:
+                return args, {**kwargs, "attention_mask": own}
             mask = kwargs.get("attention_mask")
             if isinstance(mask, Tensor) and mask.dim() == 4:
                 # the mask's key columns are the first layer's cached tokens, then the new ones
@@ -380,6 +389,7 @@ class SequenceEditor:
         if i == 0:
             self.slot = torch.arange(self.index.shape[1], device=self.index.device).expand(self.index.shape[0], -1)
         self.slot_by_layer[i] = self.slot
+        self.seq_by_layer[i] = self.seq
         if self.index.shape[1] < self.full_len or self.seq is not self.index:
             kwargs = self._cut(kwargs)
         if self.masked is not None:
@@ -469,7 +479,10 @@ class SequenceEditor:
             out["position_ids"] = _take(pos, self.pos, pos.dim() - 2, pos.dim() - 1)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, Tensor) and mask.dim() == 4:
-            out["attention_mask"] = _take(_take(mask, self.seq, 0, 2), self.seq, 0, 3)
+            cut = _take(_take(mask, self.seq, 0, 2), self.seq, 0, 3)
+            if self.seq is not self.index and not torch.equal(self.seq, self.index):
+                cut = self._repacked_mask(mask, cut)
+            out["attention_mask"] = cut
         return out
 
     def _deepstack(self, hidden: Tensor, mask: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -483,6 +496,50 @@ class SequenceEditor:
         rows = (mask.flatten().cumsum(0) - 1).view_as(mask)  # each visual token's feature row
         kept = torch.gather(mask, 1, index)
         return kept, features[torch.gather(rows, 1, index)[kept].to(features.device)]
+    def _repacked_mask(self, mask: Tensor, cut: Tensor) -> Tensor:
+        """After a repack the mask is the new order's (causal, windows over the new positions), except that a key
+        later in that order stays visible where the full mask let its query see it at their original positions,
+        later there too: Gemma 3's image tokens keep attending to the rest of their image both ways (for a
+        causal model nothing changes: no later key was visible)."""
+        full = _take(_take(mask, self.index, 0, 2), self.index, 0, 3)
+        n = self.index.shape[1]
+        later = torch.ones(n, n, dtype=torch.bool, device=mask.device).triu(1)
+        ascending = self.index[:, None, :, None] < self.index[:, None, None, :]
+        blocked = torch.tensor(False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min,
+                               dtype=mask.dtype, device=mask.device)
+        return torch.where(later, torch.where(ascending, full, blocked), cut)
+
+    def _windowed_decode_mask(self, i: int, hidden: Tensor, kwargs: dict[str, Any]) -> Tensor | None:
+        """A decode step's mask for layer i of a model with sliding-window layers (Gemma 3), made from what that
+        layer cached (a sliding layer's cache holds only its last window - 1 keys, of the tokens it kept): causal,
+        the window counted in the mask's positions (the original ones, or a repack's new ones) as in the prefill,
+        padding and masked keys off. None when the cache does not say what it holds (the general path runs)."""
+        seq, queries = self.seq_by_layer[i], hidden.shape[1]
+        before = self.steps - 1  # tokens generated before this step, one per step
+        stored = internals.cached_length(kwargs.get("past_key_values"), i)
+        if stored is None or stored > seq.shape[1] + before:
+            return None
+        batch, device = seq.shape[0], seq.device
+        new = torch.arange(before + queries, device=device).expand(batch, -1)
+        coords = torch.cat([seq, self.full_len - self.shift + new], dim=1)
+        keep = torch.ones_like(coords, dtype=torch.bool)
+        masked = self.masked_by_layer.get(i)
+        if masked is not None:
+            keep[:, :masked.shape[1]] &= ~masked
+        if self.pad is not None and self.pad.shape[1] == self.full_len + before + queries:
+            keep &= _take(self.pad.bool(), torch.cat([self.kept_by_layer[i], self.full_len + new], dim=1), 0, 1)
+        visible = stored + queries  # the layer's cached keys are the last `stored` of its prompt and past steps
+        coords, keep = coords[:, -visible:], keep[:, -visible:]
+        query = coords[:, -queries:, None]
+        allowed = keep[:, None, :] & (coords[:, None, :] <= query)
+        if self.windows[i] is not None:
+            allowed &= coords[:, None, :] > query - self.windows[i]
+        allowed = allowed[:, None]
+        given = kwargs.get("attention_mask")
+        if isinstance(given, Tensor) and given.dtype == torch.bool:
+            return allowed
+        low = torch.finfo(hidden.dtype).min
+        return torch.zeros(allowed.shape, dtype=hidden.dtype, device=device).masked_fill(~allowed, low)
 
     def _on_norm(self, module: nn.Module, args: tuple) -> tuple | None:
         if not self.active or self.full is None or args[0].shape[1] == 1 or args[0].shape[1] == self.full_len:

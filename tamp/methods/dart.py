@@ -58,6 +58,12 @@ class FinalNormWeight:
     def __call__(self, editor: SequenceEditor) -> FinalNormWeight:
         weight = getattr(editor.norm, "weight", None)
         self.weight = weight.detach() if isinstance(weight, Tensor) else None
+        if self.weight is not None:  # the norm's own per-channel scale: w, or Gemma's 1 + w (up to a constant)
+            with torch.no_grad():
+                probe = torch.ones(1, self.weight.shape[-1], dtype=self.weight.dtype, device=self.weight.device)
+                scale = editor.norm(probe)[0].detach()
+            if not torch.allclose(scale, self.weight, rtol=1e-3, atol=0.0):
+                self.weight = scale
         return self
 
     def remove(self) -> None:

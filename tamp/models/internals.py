@@ -85,6 +85,23 @@ def attention_heads(block: nn.Module) -> tuple[int, int]:
     return int(heads), int(head_dim)
 
 
+def attention_window(block: nn.Module) -> int | None:
+    """The sliding window of a block's self-attention (Gemma 3's local layers: keys within `window` positions of the
+    query), None for global attention."""
+    window = getattr(self_attention(block), "sliding_window", None)
+    return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+
+
+def cached_length(cache: Any, layer: int) -> int | None:
+    """How many keys a KV cache holds for one layer before the next update (a sliding layer of transformers'
+    DynamicCache keeps only its last window - 1), None when the cache does not say."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, (list, tuple)) or not 0 <= layer < len(layers):
+        return None
+    keys = getattr(layers[layer], "keys", None)
+    return int(keys.shape[-2]) if isinstance(keys, torch.Tensor) and keys.dim() == 4 else None
+
+
 @dataclass(frozen=True)
 class Projections:
     """A self-attention's four linears."""

@@ -74,6 +74,10 @@ OMNI_TOKENS = {
     "audio_bos_token": "<|audio_bos|>",
     "audio_eos_token": "<|audio_eos|>",
 }
+# Gemma 3's names; its processor reads boi / eoi / image tokens and their ids as tokenizer attributes
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+_GEMMA3_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
+                    *GEMMA3_TOKENS.values())
 _OMNI_SPECIALS = _QWEN_SPECIALS + tuple(OMNI_TOKENS.values())
 # SmolVLM (SmolLM2's specials, Idefics3's image tokens): a tile's <row_r_col_c> up to the tiny build's 2 x 2 tiles
 SMOLVLM_MAX_TILES = 2
@@ -166,6 +170,24 @@ _SMOLVLM_TEMPLATE = r"""
 """
 
 
+# Gemma 3 style: "<bos><start_of_turn>user\ncontent<end_of_turn>\n<start_of_turn>model\n" (assistant -> model);
+# an image is its boi token, which the processor expands to "\n\n<boi><image_soft_token> x N<eoi>\n\n".
+_GEMMA_TEMPLATE = r"""
+{{- bos_token -}}
+{%- for message in messages -%}
+    {%- if message['role'] not in ['system', 'user', 'assistant'] -%}
+        {{- raise_exception('Unsupported role: ' + message['role']) -}}
+    {%- endif -%}
+    {{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' -}}
+    __CONTENT__
+    {{- '<end_of_turn>' + '\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<start_of_turn>model' + '\n' -}}
+{%- endif -%}
+"""
+
+
 def _chat_template(skeleton: str, image: str, video: str, audio: str = "''") -> str:
     """Fill a template skeleton; ``image``/``video``/``audio`` are Jinja literals for one media item."""
     # the audio branch only where a family takes audio, so the older families' templates stay byte-identical
@@ -234,6 +256,13 @@ def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
             padding_side="left",
             model_max_length=MAX_LENGTH,
             chat_template=_chat_template(_SMOLVLM_TEMPLATE, "'<image>'", "''"),
+        )
+    if family == "gemma3":
+        return PreTrainedTokenizerFast(
+            tokenizer_object=_train_bpe(_GEMMA3_SPECIALS, prepend_bos="<bos>", qwen_style=False),
+            bos_token="<bos>", eos_token="<end_of_turn>", unk_token="<unk>", pad_token="<pad>",
+            padding_side="left", model_max_length=MAX_LENGTH, extra_special_tokens=dict(GEMMA3_TOKENS),
+            chat_template=_chat_template(_GEMMA_TEMPLATE, "'<start_of_image>'", "''"),
         )
     specials, media, extra = _QWEN_SPECIALS, ("''", "''", "''"), {}
     if family in ("qwen2-vl", "qwen2.5-vl"):

@@ -8,7 +8,8 @@ from PIL import Image
 
 from tamp.models.adapters import get_adapter
 
-FAMILIES = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "smolvlm", "qwen3-vl", "internvl3")
+FAMILIES = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "internvl3", "gemma3", "smolvlm")
+YOPO_FAMILIES = tuple(f for f in FAMILIES if f != "gemma3")  # Gemma 3 refuses YOPO (docs/models.md)
 
 
 @pytest.fixture(scope="module")
@@ -42,4 +43,4 @@ def attn(model, implementation: str):
     return model
 
 
-__all__ = ["FAMILIES", "attn", "torch"]
+__all__ = ["FAMILIES", "YOPO_FAMILIES", "attn", "torch"]

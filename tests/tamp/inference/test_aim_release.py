@@ -220,6 +220,10 @@ def _release_prune_run(model, inputs: dict, visual: list[int], start: int, step:
         low = torch.finfo(hidden.dtype).min
         mask = torch.zeros(1, 1, length, length, dtype=hidden.dtype)
         mask = mask.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), low)
+        given = kwargs.get("attention_mask")  # the model's own where it is more than causal (Gemma 3's)
+        if isinstance(given, torch.Tensor) and given.dim() == 4 and tuple(given.shape[-2:]) == (length, length):
+            allowed = given[:1, :1] if given.dtype == torch.bool else given[:1, :1] == 0
+            mask = torch.zeros(1, 1, length, length, dtype=hidden.dtype).masked_fill(~allowed, low)
         mask[..., sorted(masked)] = low
         return args, {**kwargs, "attention_mask": mask}
 

@@ -16,7 +16,7 @@ from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import FAMILIES, attn
 
 # the tiny image's grids per family: (rows, cols) of each, newline column included for the second
-GRIDS = {"llava": [(6, 6)], "qwen2-vl": [(2, 2)], "qwen2.5-vl": [(2, 2)], "qwen3-vl": [(2, 2)]}
+GRIDS = {"llava": [(6, 6)], "qwen2-vl": [(2, 2)], "qwen2.5-vl": [(2, 2)], "qwen3-vl": [(2, 2)], "gemma3": [(4, 4)]}
 GRIDS["internvl3"] = [(4, 4)] * 5  # 2 x 2 tiles of 32 px, then the thumbnail: each 8 x 8 patches, pixel-shuffled
 
 

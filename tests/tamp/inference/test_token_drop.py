@@ -12,6 +12,7 @@ import torch
 
 from tamp.algorithms.token_keep import linear_schedule, scheduled_count
 from tamp.algorithms.token_merge import merge_target
+from tamp.errors import TampError
 from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentionPatches
 from tamp.inference.visual_mlp import VisualMlpSlice
 from tamp.models.adapters import get_adapter
@@ -163,6 +164,10 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
             hidden = args[0] if args else kwargs["hidden_states"]
             n = hidden.shape[1]
             mask = torch.full((n, n), float("-inf")).triu(1)
+            given = kwargs.get("attention_mask")  # the model's own, where it is more than causal: Gemma 3's
+            if isinstance(given, torch.Tensor) and given.dim() == 4 and tuple(given.shape[-2:]) == (n, n):
+                allowed = given[0, 0] if given.dtype == torch.bool else given[0, 0] == 0  # image blocks, windows
+                mask = torch.zeros(n, n).masked_fill(~allowed, float("-inf"))
             mask[:, :length][:, dropped] = float("-inf")
             if i in patch.window:  # YOPO's window: a visual query sees only its neighbours' visual keys
                 for row, near in zip(visual.tolist(), neighbours[0].tolist()):
@@ -187,12 +192,13 @@ def _masked_recompute(model, inputs: dict, media: list[int], dropper, steps: int
         handles += [layers[i].mlp.gate_proj.register_forward_hook(zero_channels(share)),
                     layers[i].mlp.up_proj.register_forward_hook(zero_channels(share))]
     ids, logits_per_step = inputs["input_ids"], []
-    extra = {n: v for n, v in inputs.items() if n not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    types = ("mm_token_type_ids", "token_type_ids")  # Qwen's, Gemma 3's: one per token, text for new ones
+    extra = {n: v for n, v in inputs.items() if n not in ("input_ids", "attention_mask", *types)}
     try:
         for _ in range(steps):
-            if "mm_token_type_ids" in inputs:
-                pad = torch.zeros(1, ids.shape[1] - length, dtype=inputs["mm_token_type_ids"].dtype)
-                extra["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], dim=1)
+            for name in (t for t in types if t in inputs):
+                pad = torch.zeros(1, ids.shape[1] - length, dtype=inputs[name].dtype)
+                extra[name] = torch.cat([inputs[name], pad], dim=1)
             logits = model(input_ids=ids, use_cache=False, **extra).logits[:, -1].float()
             logits[:, media] = float("-inf")
             logits_per_step.append(logits)
@@ -249,6 +255,10 @@ def check_cached_generation(model, inputs: dict, media: list[int], dropper, step
 def test_cached_generation_equals_masked_recompute(loaded, family: str, implementation: str, method: str) -> None:
     model, inputs, media = loaded(family)
     attn(model, implementation)
+    if (family, method) == ("gemma3", "yopo"):  # refused where it would run (docs/models.md)
+        with pytest.raises(TampError, match="^--method yopo: not on gemma3 models"):
+            install(model, method)
+        return
     dropper = check_cached_generation(model, inputs, media, install(model, method))
     last = dropper.kept_by_layer[max(dropper.kept_by_layer)][0]
     assert last.numel() < inputs["input_ids"].shape[1]  # something was really dropped

@@ -25,7 +25,8 @@ from tamp.methods import yopo
 from tamp.models import internals
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
-from tests.tamp.inference.conftest import FAMILIES, attn
+from tests.tamp.inference.conftest import YOPO_FAMILIES as FAMILIES
+from tests.tamp.inference.conftest import attn
 
 PRUNED = [[0], [1, 3], [], [0, 1, 2, 3]]  # per layer of the 4-layer tiny models: one layer keeps none
 CUT, WINDOW, FFN_KEEP = 2, 3, 0.5
@@ -57,6 +58,8 @@ def _oracle_attention(module, query, key, value, attention_mask, scaling=None, d
                                                      torch.finfo(scores.dtype).min)[None, None]
     else:
         mask = attention_mask[:, :, :, :keys].clone()
+        if mask.dtype == torch.bool:  # a boolean mask (Gemma 3's, with its image blocks and windows): True = seen
+            mask = torch.zeros(mask.shape, dtype=scores.dtype).masked_fill(~mask, torch.finfo(scores.dtype).min)
     if window is not None and length == keys:  # the prefill: visual-to-visual allowed inside the window only
         rows = torch.nonzero(vis).flatten()
         mask[:, :, rows[:, None], rows[None, :]] = torch.where(window, 0.0, torch.finfo(scores.dtype).min)

@@ -13,7 +13,8 @@ from tamp.inference.visual_attention import VisualAttentionPatch, VisualAttentio
 from tamp.methods import yopo
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
-from tests.tamp.inference.conftest import FAMILIES, attn
+from tests.tamp.inference.conftest import YOPO_FAMILIES as FAMILIES
+from tests.tamp.inference.conftest import attn
 from tests.tamp.inference.test_token_drop import _visual_positions, check_cached_generation, zero_heads
 
 IMPLS = ("sdpa", "eager")

@@ -21,19 +21,17 @@ from tamp.families.base import PLUGIN_ORDER, TinyBuild
 from tamp.families.llava_next import FAMILY as LLAVA_NEXT
 
 BUILTIN = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen2-audio", "qwen2.5-omni", "llama",
-           "qwen2", "smolvlm", "qwen3-vl")
-           "qwen2")
-BUILTIN += ("internvl3",)
+           "qwen2", "qwen3-vl", "internvl3", "gemma3", "smolvlm")
+NEW_VLMS = ("qwen3-vl", "internvl3", "gemma3", "smolvlm")  # issue 26's families, in their listing order
 
 
 def test_builtin_families_and_their_listing_orders() -> None:
     assert tuple(registry.families()) == BUILTIN
     assert registry.tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2",
-                                        "qwen2-audio", "llava-onevision", "qwen2.5-omni", "smolvlm", "qwen3-vl", "internvl3")
+                                        "qwen2-audio", "llava-onevision", "qwen2.5-omni", *NEW_VLMS)
     assert registry.trained_families() == ("llava-next",)
     assert [f.name for f in registry.evaluated_families()] == ["llava-next", "llava", "llava-onevision", "qwen2-vl",
-                                                               "qwen2.5-vl", "qwen2-audio", "qwen2.5-omni",
-                                                               "smolvlm", "qwen3-vl", "internvl3"]
+                                                               "qwen2.5-vl", "qwen2-audio", "qwen2.5-omni", *NEW_VLMS]
     assert all(Path(f.source).name == f"{f.name.replace('-', '_').replace('.', '_')}.py"
                for f in registry.families().values())
     with pytest.raises(TampError, match=r"^unknown family 'nope'; choose one of: llava, llava-next, llava-onevision"):

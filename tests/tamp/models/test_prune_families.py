@@ -11,7 +11,8 @@ from tamp.pipeline import prune
 from tamp.recipe import recipe_for, weight_config
 from tests.helpers import generate_once, load_weights
 
-FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm", "qwen3-vl", "internvl3")
+FAMILIES = ("llama", "qwen2", "llava", "llava-next", "qwen2-vl", "qwen2.5-vl",
+            "qwen3-vl", "internvl3", "gemma3", "smolvlm")
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 

@@ -24,7 +24,7 @@ from tamp.testing.tiny import build_tiny
 
 MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm")
 AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
-OWN_TESTS = ("internvl3",)  # multimodal families whose tiny build is tested in tests/tamp/models/test_family_*.py
+OWN_TESTS = ("qwen3-vl", "internvl3", "gemma3")  # multimodal families whose tiny build is tested in tests/tamp/models/test_family_*.py
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
@@ -93,7 +93,7 @@ def _decoder_layers(model) -> torch.nn.ModuleList:
 
 def test_families_constant() -> None:
     assert tiny_families() == ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llama", "qwen2", *AUDIO_VIDEO,
-                               "smolvlm", *OWN_TESTS)
+                               *OWN_TESTS, "smolvlm")
 
 
 def test_unknown_family_raises(tmp_path: Path) -> None:
