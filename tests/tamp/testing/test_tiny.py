@@ -24,7 +24,8 @@ from tamp.testing.tiny import build_tiny
 
 MULTIMODAL = ("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "smolvlm")
 AUDIO_VIDEO = ("qwen2-audio", "llava-onevision", "qwen2.5-omni")  # more in test_av_families.py
-OWN_TESTS = ("qwen3-vl", "internvl3", "gemma3")  # multimodal families whose tiny build is tested in tests/tamp/models/test_family_*.py
+# multimodal families whose tiny build is tested in tests/tamp/models/test_family_*.py
+OWN_TESTS = ("qwen3-vl", "internvl3", "gemma3")
 TEXT_ONLY = ("llama", "qwen2")
 QWEN_VL = ("qwen2-vl", "qwen2.5-vl")
 
