@@ -177,6 +177,13 @@ DEEPSTACK_ARGS = ("visual_pos_masks", "deepstack_visual_embeds")
 DeepstackStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def layer_kinds(text_model: nn.Module) -> list[str] | None:
+    """Each decoder block's attention kind ("full_attention", "sliding_attention" ...) from the text model's config
+    (`layer_types`): models that mix kinds (Gemma 3) hand each kind its own mask and rotary. None without a list."""
+    kinds = getattr(getattr(text_model, "config", None), "layer_types", None)
+    return [str(k) for k in kinds] if isinstance(kinds, (list, tuple)) and kinds else None
+
+
 def deepstack_step(text_model: nn.Module) -> DeepstackStep | None:
     """`step(hidden, mask, features) -> hidden`: the text model's own DeepStack addition, or None without one."""
     step = getattr(text_model, DEEPSTACK_METHOD, None)

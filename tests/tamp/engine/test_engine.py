@@ -23,11 +23,8 @@ def _setup(tiny_model, family: str, nsamples: int = 3):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_replaying_captured_inputs_reproduces_the_model(tiny_model, family, request):
+def test_replaying_captured_inputs_reproduces_the_model(tiny_model, family):
     """Block 0's captured arguments, replayed through every block, give what the model computes itself."""
-    if family == "gemma3":  # a known defect, kept visible: strict, so the fix must remove this mark
-        request.applymarker(pytest.mark.xfail(strict=True, reason="Gemma 3's global layers need their own mask and "
-                                              "rotary, not block 0's sliding-window ones (docs/models.md)"))
     loaded, adapter, batches = _setup(tiny_model, family)
     model = loaded.model
     stack = adapter.language_stack(model)
