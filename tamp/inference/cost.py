@@ -62,8 +62,6 @@ class CostMeter:
             return
         self._kind = "prefill" if ids.shape[1] > 1 else "decode"
         self._ids = ids
-        if self.vision is not None:
-            self.vision.take()  # what ran before this call is not its cost
         self._sync()
         self._start = time.perf_counter()
 
@@ -76,6 +74,8 @@ class CostMeter:
         if self._peak.samples:
             self._peak.sample()
         if self._kind == "decode":
+            if self.vision is not None:
+                self.vision.take()  # nothing of the vision side belongs to a decode step
             self.decode_steps += int(self._ids.shape[0])
             self.decode_s += elapsed
             return
@@ -92,6 +92,7 @@ class CostMeter:
         positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
         flops = self.shape.prefill(tokens, positions)  # per sample: token counts are per sample
         batch = int(ids.shape[0])
+        # the vision side since the last call: generate() runs the vision tower before the prefill's forward
         vision = self.vision.take() if self.vision is not None else None
         encoder, projector = (vision.dense["encoder"] / batch, vision.dense["projector"] / batch) if vision else (0., 0.)
         vision_nonzero = sum(vision.nonzero.values()) / batch if vision else 0.0

@@ -131,7 +131,8 @@ def test_leaderboard_interval_columns(runs: Path, tmp_path: Path) -> None:
     export(runs, out)
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert COLUMNS[-5:] == ["ci_low", "ci_high", "n_docs", "p_vs_dense", "seed"] and list(rows[0]) == COLUMNS
+    assert COLUMNS[-7:] == ["ci_low", "ci_high", "n_docs", "p_vs_dense", "seed", "prefill_tflops_encoder",
+                            "prefill_tflops_projector"] and list(rows[0]) == COLUMNS  # the vision side's cost last
     wanda = next(r for r in rows if r["method"] == "wanda" and r["sparsity"] == "0.5")
     low, high = bootstrap_interval(WANDA)
     assert float(wanda["ci_low"]) == pytest.approx(low, abs=1e-12) and float(wanda["ci_high"]) == pytest.approx(high)

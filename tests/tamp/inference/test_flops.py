@@ -217,3 +217,19 @@ def test_nonzero_vision_flops_follow_pruned_vision_weights(loaded) -> None:
     assert after.dense == before.dense
     assert after.nonzero["projector"] == before.nonzero["projector"]
     assert after.nonzero["encoder"] < before.nonzero["encoder"]
+
+
+def test_generate_charges_the_vision_side_to_its_prefill(loaded) -> None:
+    """generate() runs the vision tower before the prefill's own forward (transformers 5): the meter still charges
+    it to that prefill, as much as a plain forward does, and nothing to the decode steps."""
+    model, inputs, _ = loaded("llava-next")
+    meter = CostMeter(model)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        meter.remove()
+    forward, generated = meter.prefills
+    assert forward["encoder"] > 0 and generated["encoder"] == forward["encoder"]
+    assert generated["projector"] == forward["projector"]  # (its LM head runs for the last position only)
