@@ -15,12 +15,16 @@ import pandas as pd
 
 from harness.errors import HarnessError
 
-PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone: all of them, in this order
+PARTS = ("flops", "latency", "decode", "memory", "weights", "throughput")  # in the table's order
+# `--cost` alone (or `all`): the cost of the method itself; the throughput (questions per second, which depends on
+# the batch size a run chose) is named to be shown
+DEFAULT_PARTS = PARTS[:5]
 FLOP_UNITS = (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6), ("kFLOPs", 1e9))
 LATENCY = "Prefill ms"
 DECODE = "Decode tok/s"
+THROUGHPUT = "Questions/s"
 HEADERS = frozenset([*(f"Prefill {name}" for name, _ in FLOP_UNITS), LATENCY, DECODE, "Peak MiB", "Peak GiB",
-                     "Weights MiB", "Weights GiB"])
+                     "Weights MiB", "Weights GiB", THROUGHPUT])
 # how the CPU peak was measured when it is a lower bound (tamp/inference/peak_memory.py)
 LOWER_BOUND = "rss-lower-bound"
 
@@ -40,9 +44,10 @@ def memory_unit(largest_mb: float) -> tuple[str, float]:
 
 
 def parse_parts(text: str | None) -> tuple[str, ...]:
-    """`--cost` [PARTS]: none given (or `all`) -> every part; else the comma-separated ones, in the table's order."""
+    """`--cost` [PARTS]: none given (or `all`) -> DEFAULT_PARTS; else the comma-separated ones, in the table's
+    order."""
     if text is None or text.strip() == "all":
-        return PARTS
+        return DEFAULT_PARTS
     asked = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in asked if p not in PARTS]
     if unknown or not asked:
@@ -94,6 +99,7 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
         "decode": {label: float(_numbers(ours[label], "decode_tokens_per_s").mean()) for label in measured},
         "memory": {label: float(run_peaks(ours[label]).max()) for label in measured},
         "weights": {label: float(_numbers(ours[label], "weight_mb_stored").max()) for label in measured},
+        "throughput": {label: float(_numbers(ours[label], "questions_per_s").mean()) for label in measured},
     }
     columns: dict[str, list[float]] = {}
     notes: list[str] = []
@@ -141,6 +147,11 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
     if part == "decode":
         return DECODE, 1.0, "tokens generated per second while decoding (per process), mean over the row's tasks " \
                             "that generate"
+    if part == "throughput":
+        sizes = sorted({cost_text(b) for label in measured for b in _numbers(ours[label], "batch_size").dropna()})
+        at = f" (at batch size {_join(sizes)})" if sizes else ""
+        return THROUGHPUT, 1.0, ("evaluation questions answered per second of each task's evaluation (generation, "
+                                 f"data and scoring), mean over the row's tasks{at}")
     if part == "weights":
         unit, factor = memory_unit(largest)
         return (f"Weights {unit}", factor, "the weights as the row's artifact stores them (a quantized one packed, "
@@ -153,6 +164,8 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
 def _why_empty(part: str) -> str:
     if part == "weights":
         return "its artifact predates the weight bytes in pruning.json (prune it again to record them)"
+    if part == "throughput":
+        return "its records predate the throughput (run them again with --force to measure it)"
     if part == "decode":
         return "none of its tasks generates text (multiple-choice tasks are scored without decoding)"
     if part == "memory":

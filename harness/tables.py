@@ -15,7 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.benchmarks import benchmark, order, registered_tasks
-from harness.cost_columns import HEADERS, PARTS, cost_columns, cost_text
+from harness.cost_columns import DEFAULT_PARTS, HEADERS, cost_columns, cost_text
 from harness.records import BUDGET_MARK
 from harness.uncertainty import ALPHA, LEVEL, RESAMPLES, SEED, mean_of_means_interval
 from tamp.methods.registry import all_methods
@@ -162,7 +162,7 @@ def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, m
                  sparsity: float | None = None, pattern: str | None = None,
                  relative: bool = False, cost: bool | Sequence[str] = False) -> list[Table]:
     """The tables for every (model, sparsity, pattern, limit) of our records that match the filters; `cost`: True
-    for every cost column, or the parts to show (harness.cost_columns.PARTS)."""
+    for the default cost columns, or the parts to show (harness.cost_columns.PARTS)."""
     ours = _pick(ours, model, sparsity, pattern)
     pub = _pick(published, model, sparsity, pattern) if published is not None and len(published) else None
     tables = []
@@ -225,7 +225,7 @@ def _one_table(mine: pd.DataFrame, theirs: pd.DataFrame | None, model: str, spar
     notes = _notes(tasks, theirs, relative)
     notes += _uncertainty_notes(mine, tasks, labels, spread, relative)
     if cost:
-        columns, cost_notes = cost_columns(measured, list(frame.index), PARTS if cost is True else tuple(cost))
+        columns, cost_notes = cost_columns(measured, list(frame.index), DEFAULT_PARTS if cost is True else tuple(cost))
         for header, values in columns.items():
             frame[header] = values
         notes += cost_notes

@@ -86,7 +86,8 @@ class CostMeter:
         positions = int(logits.shape[1]) if isinstance(logits, torch.Tensor) else int(ids.shape[1])
         flops = self.shape.prefill(tokens, positions)  # per sample: token counts are per sample
         batch = int(ids.shape[0])
-        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring - skipped,
+        self.prefills.append({"seconds": elapsed / batch, "batch": batch, "batch_seconds": elapsed,
+                              "dense": flops["dense"] + scoring - skipped,
                               "nonzero": flops["nonzero"] + scoring - skipped_nonzero, "tokens": int(ids.shape[1]),
                               "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,
                               "visual_per_layer": visual_layers})
