@@ -1,0 +1,78 @@
+"""Section `batch`: evaluation throughput at batch size 1 and 8 in one run, with the same answers.
+
+The trained tiny LLaVA-NeXT (`tiny-trained-llava-next`, shipped with tamp) answers the first `limit` questions of
+its held-out task (tamp_heldout_vqa) through `harness run`, once per batch size and per method: dense, and FastV
+(a token method: each sample of a batch keeps its own number of visual tokens). Each phase's wall time is the
+task's evaluation time as its run record holds it; the batch-8 phase's ratio is to batch 1 of the same method,
+with target <= 0.5 (at least 2x the questions per second), and its details say whether the score and every
+answer equal batch 1's.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import Phase
+
+MODEL = "tiny-trained-llava-next"
+TASK = "tamp_heldout_vqa"
+SIZES = (1, 8)
+METHODS = (("dense", []), ("fastv", ["fastv_k=2", "fastv_keep=0.5"]))
+TARGET = 0.5  # batch 8's evaluation time over batch 1's: at least 2x the questions per second
+
+
+def _evaluate(method: str, overrides: list[str], batch: int, limit: int, device: torch.device,
+              root: Path) -> dict[str, Any]:
+    """One `harness run` (into `root`); its record and its answers in document order."""
+    from harness.records import headline, load_record, samples_path
+    from harness.run import RunOptions, plan_run, run
+
+    opts = RunOptions(model=MODEL, sparsity=0.0, method=method, tasks=[TASK], limit=limit, overrides=overrides,
+                      output=root / f"runs-b{batch}", artifacts=root / "artifacts", device=device.type,
+                      batch_size=batch, command=["bench", "batch"])
+    path = plan_run(opts).records[TASK]
+    run(opts)
+    record = load_record(path) or {}
+    rows = [json.loads(line) for line in samples_path(path).read_text().splitlines() if line.strip()]
+    answers = [json.dumps(r.get("filtered_resps", r.get("resps")), sort_keys=True)
+               for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
+    return {"record": record, "score": headline(record.get("metrics") or {}), "answers": answers}
+
+
+def run(device: torch.device, limit: int = 64) -> list[Phase]:
+    phases: list[Phase] = []
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        for method, overrides in METHODS:
+            base: dict[str, Any] | None = None
+            for batch in SIZES:
+                phase = Phase("batch", f"{MODEL} {method} {TASK}[:{limit}] batch {batch}")
+                try:
+                    got = _evaluate(method, overrides, batch, limit, device, Path(tmp))
+                except Exception as exc:  # recorded; the other phases still run
+                    phase.status, phase.reason = "error", f"{type(exc).__name__}: {exc}"
+                    phases.append(phase)
+                    continue
+                record = got["record"]
+                speed, cost = record.get("throughput") or {}, record.get("cost") or {}
+                phase.wall_s = speed.get("eval_s")
+                phase.times_s = [phase.wall_s] if phase.wall_s is not None else []
+                phase.details = {"batch_size": batch, "questions": speed.get("questions"),
+                                 "questions_per_s": speed.get("questions_per_s"), "score": list(got["score"]),
+                                 "prefill_s_per_batch": cost.get("prefill_s_per_batch"),
+                                 "decode_s_per_batch": cost.get("decode_s_per_batch")}
+                if base is None:
+                    base = got | {"wall_s": phase.wall_s}
+                else:
+                    phase.set_ratio(base["wall_s"], f"{method} batch 1", TARGET)
+                    phase.details["same_score"] = got["score"] == base["score"]
+                    phase.details["same_answers"] = got["answers"] == base["answers"]
+                    if not (phase.details["same_score"] and phase.details["same_answers"]):
+                        phase.met = False
+                        phase.reason = "answers differ from batch 1"
+                phases.append(phase)
+    return phases
