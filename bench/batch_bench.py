@@ -61,6 +61,12 @@ def run(device: torch.device, limit: int = 64) -> list[Phase]:
                 speed, cost = record.get("throughput") or {}, record.get("cost") or {}
                 phase.wall_s = speed.get("eval_s")
                 phase.times_s = [phase.wall_s] if phase.wall_s is not None else []
+                # the run's own peak as its record holds it (CUDA peak on a GPU, RSS high-water mark on the CPU)
+                peak = cost.get("peak_memory_mb")
+                if device.type == "cuda":
+                    phase.peak_gpu_mb = peak
+                else:
+                    phase.peak_cpu_rss_mb = peak
                 phase.details = {"batch_size": batch, "questions": speed.get("questions"),
                                  "questions_per_s": speed.get("questions_per_s"), "score": list(got["score"]),
                                  "prefill_s_per_batch": cost.get("prefill_s_per_batch"),
