@@ -170,10 +170,10 @@ def tokens_7b(dry: bool, limit_s: float, log: Any = print) -> dict[str, Any]:
 
 
 def batch_throughput(dry: bool, limit_s: float, log: Any = print) -> dict[str, Any]:
-    """A 7B-shaped random LLaVA-NeXT generating at batch 1 / 8 / 32 (bench/batch_bench.py)."""
-    from bench import batch_bench
+    """A 7B-shaped random LLaVA-NeXT generating at batch 1 / 8 / 32 (bench/gpu_batch.py)."""
+    from bench import gpu_batch
 
-    result = batch_bench.run(device_for(dry), batch_bench.DRY if dry else batch_bench.FULL, log=log)
+    result = gpu_batch.run(device_for(dry), gpu_batch.DRY if dry else gpu_batch.FULL, log=log)
     rows = result["batches"]
     ok = [r for r in rows if r["status"] == "ok"]
     headline = ", ".join(f"batch {r['batch']}: {r['questions_per_s']:.2f} q/s" for r in ok)

@@ -35,7 +35,7 @@ from bench.common import (  # noqa: E402
 )
 from tamp.devices import NoCudaDevice, choose_device  # noqa: E402
 
-SECTIONS = ("amia", "engine", "smollm2", "peers", "8b", "tokens")
+SECTIONS = ("amia", "engine", "smollm2", "peers", "8b", "tokens", "batch")
 DEFAULT_SECTIONS = {"cpu": ("amia", "engine", "smollm2", "peers", "tokens"), "8b": ("amia", "8b", "tokens")}
 SMOLLM2_METHODS = ("wanda", "sparsegpt", "amia", "tamp", "gptq-w4g64", "sparsegpt+gptq-w4g64")
 LIMITED_PRESETS = ("amia", "tamp")  # AMIA's per-sample statistics take ~15x a dense forward on 2 cores
@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, help="8b: tokens per sample (~97%% image)")
     p.add_argument("--method", default="tamp", help="8b: the tamp preset to run (default tamp)")
     p.add_argument("--no-offload", action="store_true", help="8b: keep the whole model on the device")
+    p.add_argument("--batch-limit", type=int, default=64,
+                   help="batch: held-out questions evaluated at each batch size (default 64)")
     return p.parse_args(argv)
 
 
@@ -175,6 +177,11 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
 
         log(f"[6/6] tokens: every token method's prefill time and FLOPs at three budgets ({args.size} shape)")
         add(token_bench.run(args.token_shape or args.size, device, repeats=args.token_repeats))
+    if "batch" in sections:
+        from bench import batch_bench
+
+        log(f"[7/7] batch: {batch_bench.MODEL}'s held-out questions at batch size 1 and 8 (questions per second)")
+        add(batch_bench.run(device, limit=args.batch_limit))
     return phases
 
 
@@ -369,6 +376,11 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
         from bench import token_bench
 
         out["tokens"] = {**asdict(token_bench.SHAPES[args.token_shape or args.size]), "repeats": args.token_repeats}
+    if "batch" in sections:
+        from bench import batch_bench
+
+        out["batch"] = {"model": batch_bench.MODEL, "task": batch_bench.TASK, "limit": args.batch_limit,
+                        "batch_sizes": list(batch_bench.SIZES), "methods": [m for m, _ in batch_bench.METHODS]}
     return out
 
 

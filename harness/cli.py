@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-evaluate tasks that already have a run record")
     r.add_argument("--max-empty-fraction", type=float, default=0.5,
                    help="fail when more than this fraction of a task's answers is empty (default 0.5)")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="questions per generate call (default: chosen from the model and device; 8 on a CPU)")
     t = sub.add_parser("table", help="the paper's table from run records: methods x benchmarks + average")
     _runs_arg(t)
     t.add_argument("--model", default=None, help="only this model (the name its records are filed under)")
@@ -50,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
     t.add_argument("--cost", nargs="?", const="all", default=None, metavar="PARTS",
                    help="add the measured cost: flops, latency, decode, memory, weights (comma-separated; these five "
-                   "when none named); also tokens (visual tokens kept), encoder, projector (the vision side's FLOPs)")
+                   "when none named); also tokens (visual tokens kept), encoder, projector (the vision side's FLOPs), "
+                   "throughput (questions per second)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)
@@ -104,6 +107,8 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="questions per generate call (default: chosen from the model and device)")
     p.add_argument("--force", action="store_true", help="re-evaluate tasks that already have a run record")
     p.add_argument("--published", type=Path, default=None, help="published numbers (default results/reference/published.csv)")
     c = p.add_argument_group("where the cells run (defaults: the grid file's `executor:` block)")
@@ -195,7 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                           tasks=_names(args.tasks, "tasks"), limit=args.limit, calib=args.calib, nsamples=args.nsamples,
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
                           artifacts=args.artifacts, gpus=args.gpus, device=args.device, dtype=args.dtype,
-                          force=args.force, max_empty_fraction=args.max_empty_fraction)
+                          force=args.force, max_empty_fraction=args.max_empty_fraction,
+                          batch_size=args.batch_size)
         from harness.executors.progress import cell_progress
 
         label = f"{args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity is not None else "")
@@ -288,7 +294,8 @@ def _grid(args: argparse.Namespace) -> int:
                                 gpus=args.gpus_per_cell, partition=args.partition, time=args.time,
                                 array_parallelism=args.array_parallelism)
     settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
-                        dtype=args.dtype, gpus=args.gpus, force=args.force, executor=executor)
+                        dtype=args.dtype, gpus=args.gpus, force=args.force, executor=executor,
+                        batch_size=args.batch_size)
     quiet_loguru()
     if args.dry_run:
         plan = dry_run(grid, settings)

@@ -21,10 +21,12 @@ from tamp.schema import from_text
 HEADLINE_COLUMNS = ["model", "method", "sparsity", "pattern", "limit", "task", "metric", "raw", "value", "percent",
                     "source", "run_id", "git_commit", "lmms_eval_version", "date", "n_samples", "prefill_tflops",
                     "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
-                    "peak_memory_how", "device", "weight_mb_stored"]
+                    "peak_memory_how", "device", "weight_mb_stored", "questions_per_s", "batch_size",
+                    "prefill_s_per_batch", "decode_s_per_batch"]
 # from the record's cost (tables' --cost columns, the TFLOPs plot)
 COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "decode_tokens_per_s", "peak_memory_mb",
-               "peak_memory_how", "device", "prefill_tflops_encoder", "prefill_tflops_projector"]
+               "peak_memory_how", "device", "questions_per_s", "batch_size", "prefill_s_per_batch",
+               "decode_s_per_batch", "prefill_tflops_encoder", "prefill_tflops_projector"]
 VISION_COST = ["prefill_tflops_encoder", "prefill_tflops_projector"]  # cost fields after the headline's (`--cost`)
 # how sure each number is (harness/uncertainty.py): the calibration seed, the 95% bootstrap interval (display units),
 # the documents it rests on, the paired p-value against the dense run and its test, or why there is no interval;

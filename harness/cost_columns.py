@@ -16,15 +16,18 @@ import pandas as pd
 from harness.errors import HarnessError
 
 PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone (or `all`): these, in this order
-# shown when named: visual tokens kept, and the vision encoder's and the projector's parts of the prefill FLOPs
-EXTRA_PARTS = ("tokens", "encoder", "projector")
-ORDER = ("tokens", "flops", "encoder", "projector", "latency", "decode", "memory", "weights")  # the table's order
+# shown when named: visual tokens kept, the vision encoder's and the projector's parts of the prefill FLOPs, and the
+# throughput (questions per second, which depends on the batch size a run chose)
+EXTRA_PARTS = ("tokens", "encoder", "projector", "throughput")
+ORDER = ("tokens", "flops", "encoder", "projector", "latency", "decode", "memory", "weights",
+         "throughput")  # the table's order
 FLOP_UNITS = (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6), ("kFLOPs", 1e9))
 LATENCY = "Prefill ms"
 DECODE = "Decode tok/s"
+THROUGHPUT = "Questions/s"
 TOKENS = "Visual tokens"
 HEADERS = frozenset([*(f"{part} {name}" for name, _ in FLOP_UNITS for part in ("Prefill", "Encoder", "Projector")),
-                     LATENCY, DECODE, "Peak MiB", "Peak GiB", "Weights MiB", "Weights GiB", TOKENS])
+                     LATENCY, DECODE, "Peak MiB", "Peak GiB", "Weights MiB", "Weights GiB", TOKENS, THROUGHPUT])
 # how the CPU peak was measured when it is a lower bound (tamp/inference/peak_memory.py)
 LOWER_BOUND = "rss-lower-bound"
 
@@ -102,6 +105,7 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
         "tokens": {label: float(_numbers(ours[label], "visual_tokens_kept").mean()) for label in measured},
         "encoder": {label: float(_numbers(ours[label], "prefill_tflops_encoder").mean()) for label in measured},
         "projector": {label: float(_numbers(ours[label], "prefill_tflops_projector").mean()) for label in measured},
+        "throughput": {label: float(_numbers(ours[label], "questions_per_s").mean()) for label in measured},
     }
     # the vision parts in the unit of the whole prefill's column, so the three read side by side
     flops_largest = max((v for v in values["flops"].values() if not math.isnan(v)), default=0.0)
@@ -160,6 +164,11 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
     if part == "decode":
         return DECODE, 1.0, "tokens generated per second while decoding (per process), mean over the row's tasks " \
                             "that generate"
+    if part == "throughput":
+        sizes = sorted({cost_text(b) for label in measured for b in _numbers(ours[label], "batch_size").dropna()})
+        at = f" (at batch size {_join(sizes)})" if sizes else ""
+        return THROUGHPUT, 1.0, ("evaluation questions answered per second of each task's evaluation (generation, "
+                                 f"data and scoring), mean over the row's tasks{at}")
     if part == "weights":
         unit, factor = memory_unit(largest)
         return (f"Weights {unit}", factor, "the weights as the row's artifact stores them (a quantized one packed, "
@@ -173,6 +182,8 @@ def _why_empty(part: str) -> str:
     if part in ("encoder", "projector"):
         return ("its records predate the vision side's count, or the model has no vision tower (run them again with "
                 "--force to count it)")
+    if part == "throughput":
+        return "its records predate the throughput (run them again with --force to measure it)"
     if part == "weights":
         return "its artifact predates the weight bytes in pruning.json (prune it again to record them)"
     if part == "decode":

@@ -298,6 +298,7 @@ class Settings:
     gpus: int = 1
     force: bool = False
     executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+    batch_size: int | None = None  # questions per generate call (None: chosen per cell from its model and device)
 
 
 def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
@@ -319,7 +320,7 @@ def run_options(grid: Grid, cell: Cell, settings: Settings) -> Any:
                       seqlen=grid.seqlen, seed=grid.seed if cell.seed is None else cell.seed, overrides=overrides,
                       output=settings.output,
                       artifacts=settings.artifacts, gpus=settings.gpus, device=settings.device, dtype=settings.dtype,
-                      force=settings.force)
+                      force=settings.force, batch_size=settings.batch_size)
 
 
 # ---------------------------------------------------------------- dry run

@@ -39,6 +39,12 @@ class RecordCost:
     processes: int | None = None
     tokens_per_layer: list[float] | None = None
     visual_tokens_per_layer: list[float] | None = None
+    # batched evaluation: questions per second of the task's evaluation, mean questions per generate call, one
+    # call's prefill (median) and decoding wall time
+    questions_per_s: float | None = None
+    batch_size: float | None = None
+    prefill_s_per_batch: float | None = None
+    decode_s_per_batch: float | None = None
 
 
 @dataclass(frozen=True)

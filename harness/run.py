@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArtifactRefused, EvaluationError, HarnessError, check_output, tamp_errors
-from harness.evaluate import evaluate_in_process, evaluate_with_accelerate, load_wrapper, model_args
+from harness.evaluate import (
+    default_batch_size,
+    evaluate_in_process,
+    evaluate_with_accelerate,
+    load_wrapper,
+    model_args,
+)
 from harness.model_specs import ModelSpec, expand_calib, input_problems, resolve_model
 from harness.records import (
     SCHEMA,
@@ -63,6 +69,7 @@ class RunOptions:
     dtype: str = "auto"
     force: bool = False
     max_empty_fraction: float = 0.5
+    batch_size: int | None = None  # questions per generate call; None: chosen from the model and device
     command: list[str] | None = None  # what the records name as their command (default: this process's argv)
 
 
@@ -136,6 +143,9 @@ def plan_run(opts: RunOptions) -> RunPlan:
         raise HarnessError(f"--limit must be at least 1, got {opts.limit}")
     if opts.gpus < 1:
         raise HarnessError(f"--gpus must be at least 1, got {opts.gpus}")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1, got {opts.batch_size}; leave it out to choose one from "
+                           "the model and device")
     if not 0.0 <= opts.max_empty_fraction <= 1.0:
         raise HarnessError(f"--max-empty-fraction must be in [0, 1], got {opts.max_empty_fraction}")
     if opts.gpus > 1:
@@ -258,6 +268,9 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
     if reused:
         prune_s = float(info.get("timings", {}).get("total_before_save", 0.0))
     args = model_args(artifact, p.key, opts.max_empty_fraction)
+    batch = opts.batch_size or _auto_batch(artifact, device)
+    print(f"batch size {batch}" + ("" if opts.batch_size else " (chosen from the model and device; --batch-size "
+                                                               "overrides)"), flush=True)
     tm = task_manager(p.spec.wrapper)
     lm, load_s = None, 0.0
     for task in p.pending:
@@ -266,15 +279,15 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
             if opts.gpus > 1:
 
                 result = evaluate_with_accelerate(opts.gpus, p.spec.wrapper, args, task, opts.limit,
-                                                  p.records[task].parent / f".{task}.lmms-eval")
+                                                  p.records[task].parent / f".{task}.lmms-eval", batch)
             else:
 
                 if lm is None:
-                    lm = load_wrapper(p.spec.wrapper, args, device)  # the wrapper resolves "auto"
+                    lm = load_wrapper(p.spec.wrapper, args, device, batch)  # the wrapper resolves "auto"
                     load_s = time.perf_counter() - start
                     start = time.perf_counter()
                 lm.take_cost()  # start this task's cost axis afresh
-                result = evaluate_in_process(lm, task, opts.limit, tm)
+                result = evaluate_in_process(lm, task, opts.limit, tm, batch)
         except ArtifactRefused as exc:  # damage the cache's file manifest could not see (or an uncached edit)
             raise HarnessError(f"{exc.reason}; delete {artifact} and run the same command again to prune it "
                                "afresh") from None
@@ -283,6 +296,9 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
         eval_s = time.perf_counter() - start
         cost = result.get("cost") if opts.gpus > 1 else lm.take_cost() if lm is not None else None
         samples = result.get("samples") or {}
+        speed = throughput(samples, eval_s, batch)
+        if cost is not None:  # the table's cost columns read the throughput beside the measured cost
+            cost = {**cost, "questions_per_s": speed["questions_per_s"]}
         types = {leaf: output_type(leaf, tm) for leaf in samples}
         empties = empty_answers(samples, types)
         if empties and empties["empty"] / empties["total"] > opts.max_empty_fraction:
@@ -309,6 +325,8 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
             "artifact": {"path": str(artifact), "reused": reused, "cache_inputs": p.key_inputs, "model_args": args},
             "pruning": info,
             "timings": {"prune_s": prune_s, "prune_reused": reused, "model_load_s": load_s, "eval_s": eval_s},
+            "batch_size": batch,
+            "throughput": speed,
             "cost": cost,
             "transform": p.recipe.token.to_dict() if p.recipe.token is not None else None,
             "versions": versions(),
@@ -321,6 +339,27 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
         write_json(p.records[task], record)
         metric, value = headline(metrics)
         print(f"done {task}: {metric} = {value} ({eval_s:.1f}s) -> {p.records[task]}", flush=True)
+
+
+def _auto_batch(artifact: Path, device: str) -> int:
+    """The batch size for this artifact on this run's device (harness.evaluate.default_batch_size)."""
+    import json
+
+    from tamp.devices import choose_device
+
+    try:
+        config = json.loads((artifact / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    with tamp_errors():
+        return default_batch_size(config, choose_device(device, per_process=True))
+
+
+def throughput(samples: dict[str, list[Any]], eval_s: float, batch: int) -> dict[str, Any]:
+    """Evaluation questions answered per second of the task's evaluation (data loading and scoring included)."""
+    questions = sum(len(rows) for rows in samples.values())
+    return {"questions": questions, "eval_s": eval_s, "batch_size": batch,
+            "questions_per_s": questions / eval_s if eval_s > 0 else None}
 
 
 def summary_row(record: dict[str, Any], task: str, ran: bool) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def build_tables(ours: pd.DataFrame, published: pd.DataFrame | None = None, *, m
                  sparsity: float | None = None, pattern: str | None = None,
                  relative: bool = False, cost: bool | Sequence[str] = False) -> list[Table]:
     """The tables for every (model, sparsity, pattern, limit) of our records that match the filters; `cost`: True
-    for every cost column, or the parts to show (harness.cost_columns.PARTS)."""
+    for the default cost columns, or the parts to show (harness.cost_columns.PARTS)."""
     ours = _pick(ours, model, sparsity, pattern)
     pub = _pick(published, model, sparsity, pattern) if published is not None and len(published) else None
     tables = []

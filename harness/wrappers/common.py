@@ -14,7 +14,11 @@ What it adds to the stock wrappers:
   cache keeps two configurations of one checkpoint path apart) is taken off before the stock wrapper sees it,
   kept as `tamp_key`, and refused when the artifact's own key file names another key;
 - the cost of what it evaluated (tamp.inference.cost) is measured; under `accelerate launch` each process
-  writes its share to `$TAMP_COST_DIR/rank<N>.json` after every call, for the harness to merge.
+  writes its share to `$TAMP_COST_DIR/rank<N>.json` after every call, for the harness to merge;
+- at batch_size > 1, a family that defines `_batch_inputs` generates a batch of image / text requests in one
+  left-padded `generate` call (`generate_batched`), token methods included (tamp.inference.sequence_edit re-lays a
+  batch whose samples keep different numbers of tokens); requests with other media go one at a time through
+  the stock loop. At batch size 1 the stock loop runs, unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from tqdm import tqdm
 
 from harness.cache import KEY_FILE
 from harness.errors import ArtifactRefused
-from harness.evaluate import COST_DIR_ENV, KEY_ARG
+from harness.evaluate import COST_DIR_ENV, KEY_ARG, batch_cost
 from tamp.artifact_check import SparsityCheck, SparsityMismatch, read_pruning_info, verify_sparsity
 from tamp.artifacts import PRUNING_JSON, TransformInvalid, write_json_atomic
 from tamp.devices import NoCudaDevice, choose_device
@@ -175,7 +179,11 @@ class TampWrapperMixin:
     def take_cost(self) -> dict[str, Any] | None:
         """The cost axis of what ran since the last call (one task), for the run record."""
         meter = getattr(self, "cost_meter", None)
-        return meter.take() if meter is not None else None
+        if meter is None:
+            return None
+        per_batch = batch_cost([meter.export()])
+        summary = meter.take()
+        return {**summary, **per_batch} if summary is not None else None
 
     def _share_cost(self) -> None:
         """Under the harness's data-parallel runs, write this process's measurements (cumulative, atomically)."""
@@ -204,7 +212,8 @@ class TampWrapperMixin:
 
         model.generate = recording_generate
         try:
-            results = super().generate_until(requests)  # type: ignore[misc]
+            results = self.generate_batched(requests) if self._batches() else \
+                super().generate_until(requests)  # type: ignore[misc]
         finally:
             model.__dict__.pop("generate", None)
         self.generation_errors.extend(errors)
@@ -216,6 +225,78 @@ class TampWrapperMixin:
             counts[0] += int(not isinstance(text, str) or not text.strip())
         self._fail_on_empty_answers(errors)
         return results
+
+    # ---- batched generation ----------------------------------------------------------------------
+    def _batches(self) -> bool:
+        """Generate in batches: batch_size > 1 and the family knows how to build a batch's inputs."""
+        return int(getattr(self, "batch_size_per_gpu", 1) or 1) > 1 and \
+            type(self)._batch_inputs is not TampWrapperMixin._batch_inputs
+
+    def _batch_inputs(self, contexts: list[str], visuals: list[list[Any]]) -> dict[str, Any]:
+        """The processor's left-padded inputs for a batch of prompts and their images (per family)."""
+        raise NotImplementedError
+
+    def _batch_generate_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`generate`'s arguments for a task's generation kwargs, as the family's stock loop passes them."""
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        return {"max_new_tokens": int(gen_kwargs.get("max_new_tokens", 1024)), "do_sample": temperature > 0,
+                "temperature": temperature if temperature > 0 else None,
+                "top_p": gen_kwargs.get("top_p") if temperature > 0 else None,
+                "num_beams": int(gen_kwargs.get("num_beams", 1) or 1)}
+
+    # whether the family's stock loop cuts an answer at the task's `until` strings (llava_hf's does not)
+    split_until = True
+
+    def generate_batched(self, requests: list[Any]) -> list[str]:
+        """lmms-eval's loop at batch_size > 1: requests sorted longest first and grouped by generation kwargs
+        (as the stock wrappers do), each batch one `generate` call; a batch with non-image media goes request by
+        request through the stock loop."""
+        from lmms_eval import utils
+
+        by_args = {id(r.args): r for r in requests}
+        order = utils.Collator([r.args for r in requests], lambda x: (-len(self.tokenizer.encode(x[0])), x[0]),
+                               grouping=True)
+        answers: list[str] = []
+        pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="Model Responding (batched)")
+        for chunk in order.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
+            visuals = [_flatten(doc_to_visual[0](self.task_dict[t][s][d])) if doc_to_visual[0] else []
+                       for d, t, s in zip(doc_ids, tasks, splits)]
+            if any(not isinstance(v, Image.Image) for vs in visuals for v in vs):
+                answers.extend(super().generate_until([by_args[id(a)]]) [0]  # type: ignore[misc]
+                               for a in chunk)
+                pbar.update(len(chunk))
+                continue
+            gen_kwargs = dict(all_kwargs[0])
+            until = gen_kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            try:
+                inputs = self._batch_inputs(list(contexts), visuals)
+                with torch.inference_mode():
+                    out = self.model.generate(**inputs, **self._batch_generate_kwargs(gen_kwargs),
+                                              use_cache=bool(getattr(self, "use_cache", True)),
+                                              pad_token_id=self._pad_id(), eos_token_id=self._eos_id())
+                texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            except Exception as exc:  # answered "", as the stock loops do; recorded, and the empties are counted
+                logger.error(f"{type(self).__name__}: batched generation failed: {type(exc).__name__}: {exc}")
+                self.generation_errors.append(f"{type(exc).__name__}: {exc}")
+                texts = [""] * len(chunk)
+            for context, text in zip(contexts, texts):
+                for stop in until if self.split_until else []:
+                    if stop and stop in text:
+                        text = text.split(stop, 1)[0]
+                answers.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            pbar.update(len(chunk))
+        pbar.close()
+        return order.get_original(answers)
+
+    def _pad_id(self) -> int:
+        """What finished answers are padded with (llava_hf's stock loop: its end-of-text token)."""
+        return self._eos_id()
+
+    def _eos_id(self) -> int:
+        return int(getattr(self, "eot_token_id", None) or self.tokenizer.eos_token_id)
 
     def _fail_on_empty_answers(self, errors: list[str]) -> None:
         for task, (empty, total) in self.answer_counts.items():

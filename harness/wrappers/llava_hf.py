@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import lmms_eval.models.simple.llava_hf as stock_llava_hf
-from lmms_eval.models.simple.llava_hf import VICUNA_CHAT_TEMPLATE, LlavaHf
+from lmms_eval.models.simple.llava_hf import DEFAULT_IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE, LlavaHf
 
 from harness.wrappers.common import TampWrapperMixin, distributed, patched, pick_device
 from tamp.processors import load_processor
@@ -39,6 +39,25 @@ class TampLlavaHf(TampWrapperMixin, LlavaHf):
         with patched(stock_llava_hf, "AutoProcessor", _ProcessorLoader):
             super().__init__(pretrained=pretrained, device=dev, device_map=device_map, **kwargs)
         self._tamp_after_load()
+
+    split_until = False  # the stock loop answers with the whole generation
+
+    def _batch_inputs(self, contexts: list[str], visuals: list[list[Any]]) -> dict[str, Any]:
+        """The stock loop's prompts (image tokens first unless the context places them, the chat template), for a
+        batch at once: left-padded by the processor's tokenizer (the stock wrapper sets left padding)."""
+        texts = []
+        for context, images in zip(contexts, visuals):
+            if DEFAULT_IMAGE_TOKEN not in context and images:
+                context = " ".join([DEFAULT_IMAGE_TOKEN] * len(images)) + "\n" + context
+            template = self.chat_template or self.tokenizer.chat_template or VICUNA_CHAT_TEMPLATE
+            texts.append(self.tokenizer.apply_chat_template([{"role": "user", "content": context}],
+                                                            chat_template=template, tokenize=False,
+                                                            add_generation_prompt=True))
+        images = [image for row in visuals for image in row]
+        proc = self._image_processor
+        proc.tokenizer.padding_side = "left"
+        inputs = proc(text=texts, return_tensors="pt", padding=True, **({"images": images} if images else {}))
+        return dict(inputs.to(self._device, self.model.dtype))
 
     def _mc_prompt(self, context: str, n_images: int) -> str:
         if n_images and "<image>" not in context:

@@ -40,8 +40,9 @@ class _Qwen2_5OmniCore(lmms):
         super().__init__()
         if kwargs:
             raise ValueError(f"tamp_qwen2_5_omni: unexpected model_args {sorted(kwargs)}")
-        if int(batch_size) != 1:
-            raise ValueError("tamp_qwen2_5_omni evaluates one request at a time (batch_size=1)")
+        if int(batch_size) < 1:
+            raise ValueError(f"tamp_qwen2_5_omni: batch_size must be at least 1, got {batch_size}")
+        self._batch_size = int(batch_size)
         from transformers import Qwen2_5OmniForConditionalGeneration
 
 
@@ -51,6 +52,7 @@ class _Qwen2_5OmniCore(lmms):
             pretrained, dtype="auto", device_map=device_map or device).eval()
         self._model.disable_talker()
         self.processor = load_processor(pretrained)
+        self.processor.tokenizer.padding_side = "left"  # a batch is left-padded, as generation needs
         self._tokenizer = self.processor.tokenizer
         self.system_prompt = system_prompt
         self.default_max_new_tokens = int(max_new_tokens)
@@ -72,7 +74,11 @@ class _Qwen2_5OmniCore(lmms):
 
     @property
     def batch_size(self) -> int:
-        return 1
+        return self._batch_size
+
+    @property
+    def batch_size_per_gpu(self) -> int:
+        return self._batch_size
 
     @property
     def rank(self) -> int:
@@ -132,31 +138,54 @@ class _Qwen2_5OmniCore(lmms):
 
     # ---- lmms-eval API -------------------------------------------------------------------------------
     def generate_until(self, requests: list[Any]) -> list[str]:
+        """Requests in order, `batch_size` at a time: one left-padded `generate` per batch of requests that share
+        their generation kwargs (media of every kind: the processor takes each kind's list in prompt order)."""
+        answers: list[str] = []
+        pbar = tqdm(total=len(requests), disable=self.rank != 0, desc="Model Responding")
+        start = 0
+        while start < len(requests):
+            first = dict(requests[start].args[1])
+            end = start + 1
+            while end < len(requests) and end - start < self.batch_size and dict(requests[end].args[1]) == first:
+                end += 1
+            answers.extend(self._answer([r.args for r in requests[start:end]]))
+            pbar.update(end - start)
+            start = end
+        pbar.close()
+        return answers
+
+    def _answer(self, batch: list[tuple]) -> list[str]:
+        """One `generate` for requests sharing their generation kwargs."""
+        gen_kwargs = dict(batch[0][1])
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        try:
+            prompts, media = [], {}
+            for context, _, doc_to_visual, doc_id, task, split in batch:
+                visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id])) if doc_to_visual else []
+                items, own = self._media(visuals)
+                prompts.append(self._prompt(items, context))
+                for key, value in own.items():  # each kind's list grows in prompt order; the rate is one value
+                    media[key] = media.get(key, []) + value if isinstance(value, list) else value
+            inputs = self.processor(text=prompts, return_tensors="pt", padding=True, **media)
+            inputs = {k: (v.to(self.device, self.model.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            temperature = float(gen_kwargs.get("temperature", 0) or 0)
+            with torch.inference_mode():
+                out = self.model.thinker.generate(
+                    **inputs, max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.default_max_new_tokens)),
+                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                    top_p=gen_kwargs.get("top_p") if temperature > 0 else None,
+                    num_beams=int(gen_kwargs.get("num_beams", 1) or 1),
+                    pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+            texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        except Exception as exc:  # recorded and answered "", as the stock wrappers do; the mixin counts empties
+            where = ", ".join(f"{task}/{doc_id}" for _, _, _, doc_id, task, _ in batch)
+            logger.error(f"tamp_qwen2_5_omni: generation failed for {where}: {type(exc).__name__}: {exc}")
+            self.generation_errors.append(f"{type(exc).__name__}: {exc}")
+            texts = [""] * len(batch)
         answers = []
-        for request in tqdm(requests, disable=self.rank != 0, desc="Model Responding"):
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            gen_kwargs = dict(gen_kwargs)
-            visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id])) if doc_to_visual else []
-            until = gen_kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            try:
-                items, media = self._media(visuals)
-                inputs = self.processor(text=[self._prompt(items, context)], return_tensors="pt", **media)
-                inputs = {k: (v.to(self.device, self.model.dtype) if v.is_floating_point() else v.to(self.device))
-                          for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-                temperature = float(gen_kwargs.get("temperature", 0) or 0)
-                with torch.inference_mode():
-                    out = self.model.thinker.generate(
-                        **inputs, max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.default_max_new_tokens)),
-                        do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                        top_p=gen_kwargs.get("top_p") if temperature > 0 else None,
-                        num_beams=int(gen_kwargs.get("num_beams", 1) or 1),
-                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-                text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            except Exception as exc:  # recorded and answered "", as the stock wrappers do; the mixin counts empties
-                logger.error(f"tamp_qwen2_5_omni: generation failed for {task}/{doc_id}: {type(exc).__name__}: {exc}")
-                self.generation_errors.append(f"{type(exc).__name__}: {exc}")
-                text = ""
+        for (context, *_), text in zip(batch, texts):
             for stop in until:
                 if stop and stop in text:
                     text = text.split(stop, 1)[0]

@@ -123,6 +123,8 @@ class _QwenVLMixin(TampWrapperMixin):
         dev = pick_device(device)
         with patched(self._stock_module, "AutoProcessor", _ProcessorLoader):
             super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
+        # the stock loop batches with padding=True: left padding, as generation needs (batch size 1 pads nothing)
+        self.processor.tokenizer.padding_side = "left"
         self._tamp_after_load()
 
     def _mc_prompt(self, context: str, n_images: int) -> str:

@@ -96,7 +96,8 @@ class CostMeter:
         vision = self.vision.take() if self.vision is not None else None
         encoder, projector = (vision.dense["encoder"] / batch, vision.dense["projector"] / batch) if vision else (0., 0.)
         vision_nonzero = sum(vision.nonzero.values()) / batch if vision else 0.0
-        self.prefills.append({"seconds": elapsed / batch, "dense": flops["dense"] + scoring - skipped + encoder + projector,
+        self.prefills.append({"seconds": elapsed / batch, "batch": batch, "batch_seconds": elapsed,
+                              "dense": flops["dense"] + scoring - skipped + encoder + projector,
                               "nonzero": flops["nonzero"] + scoring - skipped_nonzero + vision_nonzero,
                               "encoder": encoder, "projector": projector, "tokens": int(ids.shape[1]),
                               "visual_in": visual / batch, "visual_kept": visual_layers[-1], "tokens_per_layer": tokens,

@@ -29,7 +29,12 @@ The public API, all a token method needs (docs/methods.md, "Writing a token meth
 - Per-layer accounting: `history` holds a `PrefillStats` per prefill (tokens each layer ran on, visual tokens,
   the FLOPs the method's scoring cost and those its installs skipped); the cost meter reads it.
 
-Batches must drop the same number of tokens per sample (true for batch size 1, and for equal media). Nothing
+Batches: each sample keeps its own count. A chooser sees one sample's own tokens only (the batch's left padding
+taken off, so it sees what it would at batch size 1); when the samples keep different counts, or the prompt was
+padded, the kept tokens are laid out again right-aligned with left padding (as `generate` pads), and each layer
+from there gets its own mask (causal in each sample's order, padding slots hidden as keys, attending to
+themselves only), per-sample positions (a repack: each sample's own 0..n-1) and, in decoding, masks cut to what
+it cached. A batch with no padding whose samples keep equal counts takes the same path as batch size 1. Nothing
 here names a method; transformers' internals are reached through tamp.models.internals only.
 """
 
@@ -120,7 +125,7 @@ class TokenPlan:
 class PrefillStats:
     """One prefill: tokens each decoder layer ran on, visual tokens in and kept, FLOPs spent on scoring."""
 
-    tokens_per_layer: list[int] = field(default_factory=list)
+    tokens_per_layer: list[float] = field(default_factory=list)  # per sample (a padded batch: the mean)
     visual_in: int = 0
     visual_kept_per_layer: list[int] = field(default_factory=list)
     # per sample: what the method's choosing cost (its attention scores' `AttentionScore.flops`, `Kept.flops`)
@@ -134,9 +139,9 @@ class PrefillStats:
 def _take(x: Tensor, index: Tensor, batch_dim: int, seq_dim: int) -> Tensor:
     """x's entries at `index` [B, T'] along seq_dim, per sample along batch_dim (size B, or 1 if shared)."""
     if x.shape[batch_dim] == 1 and index.shape[0] > 1:
-        if not bool((index == index[:1]).all()):
-            raise RuntimeError("a batch-shared tensor cannot follow per-sample token drops")
-        return x.index_select(seq_dim, index[0])
+        if bool((index == index[:1]).all()):
+            return x.index_select(seq_dim, index[0])
+        return torch.cat([x.index_select(seq_dim, index[b]) for b in range(index.shape[0])], dim=batch_dim)
     parts = [x.narrow(batch_dim, b, 1).index_select(seq_dim, index[b]) for b in range(index.shape[0])]
     return torch.cat(parts, dim=batch_dim)
 
@@ -192,6 +197,18 @@ def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[in
                 frames.append(int(same.sum()))
         return frames
     return []
+
+
+def _choose(drop: Drop, x: DropInput, real: Tensor | None) -> Kept:
+    """The drop's choice for one sample; in a padded batch it sees the sample's own tokens (`real`: their slots)
+    only, as at batch size 1, and its positions are mapped back to slots."""
+    if real is None:
+        return drop.choose(x)
+    own = DropInput(x.layer, x.hidden[real], x.visual[real], x.groups[real],
+                    None if x.scores is None else x.scores[real], x.visual_at_entry,
+                    None if x.video is None else x.video[real])
+    k = drop.choose(own)
+    return Kept(real[k.positions], k.hidden, k.flops, k.repack)
 
 
 class SequenceEditor:
@@ -255,8 +272,12 @@ class SequenceEditor:
         self.slot: Tensor | None = None
         self.slot_by_layer: dict[int, Tensor] = {}
         self.seq_by_layer: dict[int, Tensor] = {}  # per layer: its tokens' mask columns (`seq`) in the prefill
-        self.pad: Tensor | None = None  # a decode step's 2-D padding mask over original positions, as given
-        self.shift = 0  # a repack's shortening: decoding continues from the re-packed length
+        self.decode_pad: Tensor | None = None  # a decode step's 2-D padding mask over original positions, as given
+        self.shift: int | Tensor = 0  # a repack's shortening: decoding continues from the re-packed length ([B, 1]
+        # per sample in a re-laid batch)
+        self.real: Tensor | None = None  # [B, T_full] the prompt's own tokens, when the batch was padded
+        self.pad: Tensor | None = None  # [B, T_cur] slots of a re-laid batch that hold no token (left padding)
+        self.pad_by_layer: dict[int, Tensor] = {}
         self.masked: Tensor | None = None  # [B, T_cur] tokens a masking drop took out as keys
         self.masked_by_layer: dict[int, Tensor] = {}
         self.steps = 0  # decode steps since the prefill
@@ -300,7 +321,7 @@ class SequenceEditor:
         if ids is None or ids.shape[1] == 1:  # a decode step (or embeddings we cannot read): keep the prefill's state
             self.steps += 1
             mask = kwargs.get("attention_mask")
-            self.pad = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+            self.decode_pad = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
             return self._decode_positions(*(self._decode_mask(args, kwargs) or (args, kwargs)))
         self._reset()
         visual = torch.isin(ids, torch.tensor(self.visual_ids, device=ids.device)) if self.visual_ids \
@@ -316,6 +337,9 @@ class SequenceEditor:
         self.mrope = (isinstance(pos, Tensor) and pos.dim() == 3) or any(
             k in kwargs for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids"))
         self.visual = visual
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape == ids.shape and not bool(mask.all()):
+            self.real = mask.bool()
         # the call's grid arguments, else those its media encoders were called with (generate)
         self.media_kwargs = {**self._grid_args.seen, **{k: kwargs[k] for k in GRID_ARGS if k in kwargs}}
         frames = video_frames({**kwargs, **self.media_kwargs}, video.cpu())
@@ -328,6 +352,10 @@ class SequenceEditor:
         cache: its 2-D padding mask is cut to the same tokens (and the new ones), so both line up."""
         mask = kwargs.get("attention_mask")
         first = self.kept_by_layer.get(0)
+        pad = self.pad_by_layer.get(0)
+        if self.active and pad is not None and isinstance(mask, Tensor) and mask.dim() == 2 \
+                and mask.shape[1] >= self.full_len:
+            return args, {**kwargs, "attention_mask": torch.cat([(~pad).to(mask.dtype), mask[:, self.full_len:]], 1)}
         if not self.active or first is None or first.shape[1] == self.full_len or not isinstance(mask, Tensor) \
                 or mask.dim() != 2 or mask.shape[1] < self.full_len:
             return None
@@ -337,7 +365,8 @@ class SequenceEditor:
     def _decode_positions(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         """After a repack the prompt was T' tokens long: a decode step's positions continue from T'."""
         pos, cache = kwargs.get("position_ids"), kwargs.get("cache_position")
-        if not self.active or not self.shift or not isinstance(pos, Tensor) and not isinstance(cache, Tensor):
+        unshifted = isinstance(self.shift, int) and not self.shift
+        if not self.active or unshifted or not isinstance(pos, Tensor) and not isinstance(cache, Tensor):
             return args, kwargs
         batch = self.index.shape[0] if self.index is not None else 1
         pos = cache[None].expand(batch, -1) if not isinstance(pos, Tensor) else pos
@@ -368,7 +397,9 @@ class SequenceEditor:
             if own is not None:
                 return args, {**kwargs, "attention_mask": own}
             mask = kwargs.get("attention_mask")
-            if isinstance(mask, Tensor) and mask.dim() == 4:
+            if i in self.pad_by_layer:
+                kwargs["attention_mask"] = self._decode_pad_mask(self.pad_by_layer[i], hidden)
+            elif isinstance(mask, Tensor) and mask.dim() == 4:
                 # the mask's key columns are the first layer's cached tokens, then the new ones
                 first, columns = self.kept_by_layer[0], self.slot_by_layer[i]
                 extra = torch.arange(first.shape[1], mask.shape[-1], device=mask.device).expand(columns.shape[0], -1)
@@ -382,7 +413,8 @@ class SequenceEditor:
         if i == 0:
             self.entry = [int(v) for v in self.visual.sum(dim=1).tolist()]
         stats = self.history[-1]
-        stats.tokens_per_layer.append(int(hidden.shape[1]))
+        pad = self._pad_now()
+        stats.tokens_per_layer.append(int(hidden.shape[1]) if pad is None else float((~pad).sum()) / pad.shape[0])
         live = self.visual if self.masked is None else self.visual & ~self.masked
         stats.visual_kept_per_layer.append(int(live.sum()) // max(1, self.visual.shape[0]))
         self.kept_by_layer[i] = self.index
@@ -390,7 +422,10 @@ class SequenceEditor:
             self.slot = torch.arange(self.index.shape[1], device=self.index.device).expand(self.index.shape[0], -1)
         self.slot_by_layer[i] = self.slot
         self.seq_by_layer[i] = self.seq
-        if self.index.shape[1] < self.full_len or self.seq is not self.index:
+        if self.pad is not None:  # a re-laid batch: positions cut, the mask made here
+            self.pad_by_layer[i] = self.pad
+            kwargs = {**self._cut(kwargs), "attention_mask": self._prefill_pad_mask(hidden)}
+        elif self.index.shape[1] < self.full_len or self.seq is not self.index:
             kwargs = self._cut(kwargs)
         if self.masked is not None:
             self.masked_by_layer[i] = self.masked
@@ -409,30 +444,32 @@ class SequenceEditor:
                 raise RuntimeError(f"no attention of layer {i - 1} was captured for the drop before layer {i}")
         video = torch.gather(self.video, 1, self.index)
         visual = self.visual if self.masked is None else self.visual & ~self.masked
-        kept = [drop.choose(DropInput(i, hidden[b], visual[b], self.groups[b],
-                                      None if scores is None else scores[b].float(),
-                                      self.entry[b] if self.entry else int(visual[b].sum()), video[b]))
+        pad = self._pad_now()
+        kept = [_choose(drop, DropInput(i, hidden[b], visual[b], self.groups[b],
+                                        None if scores is None else scores[b].float(),
+                                        self.entry[b] if self.entry else int(visual[b].sum()), video[b]),
+                        None if pad is None else torch.nonzero(~pad[b]).flatten())
                 for b in range(hidden.shape[0])]
-        if len({k.positions.numel() for k in kept}) != 1:
-            raise RuntimeError("token reduction keeps a different number of tokens per sample in this batch; "
-                               "evaluate with batch size 1")
-        keep = torch.stack([k.positions for k in kept])  # positions within the current sequence
         repack = any(k.repack for k in kept)
         if repack and i != 0:
             raise RuntimeError(f"only a drop before layer 0 may re-pack positions (the drop before layer {i} did)")
         self.history[-1].scoring_flops += sum(k.flops for k in kept) / len(kept)
         if drop.mask:  # nothing leaves: what was not kept is masked as a key from this layer on
-            out = torch.ones_like(self.visual).scatter_(1, keep, False)
+            out = torch.ones_like(self.visual)
+            for b, k in enumerate(kept):
+                out[b, k.positions] = False
             self.masked = out if self.masked is None else self.masked | out
             return hidden
         if self.masked is not None:  # a removing drop after masking ones: the masked tokens leave too
-            keep = torch.stack([k[~m[k]] for k, m in zip(keep, self.masked)])
-            kept = [Kept(k, None if old.hidden is None else old.hidden[~m[old.positions]])
-                    for k, m, old in zip(keep, self.masked, kept)]
+            kept = [Kept(k.positions[~m[k.positions]], None if k.hidden is None else k.hidden[~m[k.positions]])
+                    for k, m in zip(kept, self.masked)]
             self.masked = None
+        if pad is not None or len({k.positions.numel() for k in kept}) != 1:
+            return self._relayout(kept, hidden, repack)
+        keep = torch.stack([k.positions for k in kept])  # positions within the current sequence
         if self.full is None:
             self.full = hidden.new_zeros(hidden.shape[0], self.full_len, hidden.shape[2])
-        self.full.scatter_(1, self.index.unsqueeze(-1).expand(-1, -1, hidden.shape[2]), hidden)
+        self._scatter(self.full, hidden)
         self.index = torch.gather(self.index, 1, keep)
         self.slot = torch.gather(self.slot, 1, keep)
         if repack:  # the new sequence as the prompt: contiguous positions (mrope: the tokens' own), causal mask
@@ -448,6 +485,80 @@ class SequenceEditor:
         rows = [k.hidden if k.hidden is not None else hidden[b].index_select(0, k.positions)
                 for b, k in enumerate(kept)]
         return torch.stack(rows).to(hidden.dtype)
+
+    # ---- a re-laid batch: samples keep different counts, or the prompt was padded ----------------------------
+    def _pad_now(self) -> Tensor | None:
+        """[B, T_cur] bool: the slots holding no token of their sample (left padding); None when there are none."""
+        if self.pad is not None:
+            return self.pad
+        return None if self.real is None else ~torch.gather(self.real, 1, self.index)
+
+    def _scatter(self, full: Tensor, hidden: Tensor) -> Tensor:
+        """full [B, T_full, D] with the current tokens' states written at their original positions (padding
+        slots of a re-laid batch go to a spare column that is cut off)."""
+        if self.pad is None:
+            return full.scatter_(1, self.index.unsqueeze(-1).expand(-1, -1, hidden.shape[2]), hidden)
+        index = self.index.masked_fill(self.pad, self.full_len).unsqueeze(-1).expand(-1, -1, hidden.shape[2])
+        wide = torch.cat([full, full.new_zeros(full.shape[0], 1, full.shape[2])], dim=1).scatter_(1, index, hidden)
+        return full.copy_(wide[:, :self.full_len])
+
+    def _relayout(self, kept: list[Kept], hidden: Tensor, repack: bool) -> Tensor:
+        """Each sample's kept tokens (no padding among them) right-aligned in a sequence as long as the longest,
+        left-padded; the bookkeeping follows. A repack gives each sample its own positions 0..n-1 (the model's
+        position columns lead..lead+n-1 hold them: left padding shifts a sample's positions by its lead)."""
+        if self.full is None:
+            self.full = hidden.new_zeros(hidden.shape[0], self.full_len, hidden.shape[2])
+        self._scatter(self.full, hidden)
+        width = max(int(k.positions.numel()) for k in kept)
+        device = hidden.device
+        lead = torch.zeros(len(kept), dtype=torch.long, device=device) if self.real is None \
+            else self.real.long().argmax(dim=1)
+        fields: dict[str, list[Tensor]] = {n: [] for n in ("index", "slot", "pos", "seq", "visual", "groups", "rows")}
+        shift, pad = [], []
+        for b, k in enumerate(kept):
+            p, n = k.positions, int(k.positions.numel())
+            gap = width - n
+            zeros = torch.zeros(gap, dtype=torch.long, device=device)
+            index = self.index[b, p]
+            packed = torch.arange(n, device=device)
+            fields["index"].append(torch.cat([zeros, index]))
+            fields["slot"].append(torch.cat([zeros, self.slot[b, p]]))
+            if repack:
+                fields["pos"].append(torch.cat([zeros, index if self.mrope else packed + lead[b]]))
+                fields["seq"].append(torch.cat([zeros, packed]))
+                shift.append(0 if self.mrope else self.full_len - int(lead[b]) - n)
+            else:
+                fields["pos"].append(torch.cat([zeros, self.pos[b, p]]))
+                fields["seq"].append(torch.cat([zeros, self.seq[b, p]]))
+            fields["visual"].append(torch.cat([zeros.bool(), self.visual[b, p]]))
+            fields["groups"].append(torch.cat([zeros - 1, self.groups[b, p]]))
+            rows = k.hidden if k.hidden is not None else hidden[b].index_select(0, p)
+            fields["rows"].append(torch.cat([hidden.new_zeros(gap, hidden.shape[2]), rows.to(hidden.dtype)]))
+            pad.append(torch.arange(width, device=device) < gap)
+        self.index, self.slot, self.pos, self.seq, self.visual, self.groups, rows = (
+            torch.stack(fields[n]) for n in ("index", "slot", "pos", "seq", "visual", "groups", "rows"))
+        self.pad = torch.stack(pad)
+        if repack and not self.mrope:
+            self.shift = torch.tensor(shift, device=device)[:, None]
+        return rows
+
+    def _prefill_pad_mask(self, hidden: Tensor) -> Tensor:
+        """[B, 1, T, T] additive mask of a re-laid batch: causal in each sample's own order (`seq`), padding slots
+        hidden as keys and attending to themselves only (a row with no key would turn NaN)."""
+        order, pad = self.seq, self.pad
+        allowed = (order[:, None, :] <= order[:, :, None]) & ~pad[:, None, :]
+        allowed |= torch.eye(pad.shape[1], dtype=torch.bool, device=pad.device) & pad[:, :, None]
+        low = torch.finfo(hidden.dtype).min
+        return torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed, low)[:, None]
+
+    def _decode_pad_mask(self, pad: Tensor, hidden: Tensor) -> Tensor:
+        """[B, 1, q, T_l + steps] additive mask of a decode step in a layer that cached a re-laid batch: its
+        padding slots hidden, every generated token seen (causally among the step's own queries)."""
+        queries = hidden.shape[1]
+        new = torch.ones(queries, self.steps, dtype=torch.bool, device=pad.device).tril(self.steps - queries)
+        allowed = torch.cat([(~pad)[:, None, :].expand(-1, queries, -1), new.expand(pad.shape[0], -1, -1)], dim=2)
+        low = torch.finfo(hidden.dtype).min
+        return torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed, low)[:, None]
 
     @staticmethod
     def _mask_keys(kwargs: dict[str, Any], hidden: Tensor, masked: Tensor, keys: int) -> dict[str, Any]:
@@ -526,8 +637,8 @@ class SequenceEditor:
         masked = self.masked_by_layer.get(i)
         if masked is not None:
             keep[:, :masked.shape[1]] &= ~masked
-        if self.pad is not None and self.pad.shape[1] == self.full_len + before + queries:
-            keep &= _take(self.pad.bool(), torch.cat([self.kept_by_layer[i], self.full_len + new], dim=1), 0, 1)
+        if self.decode_pad is not None and self.decode_pad.shape[1] == self.full_len + before + queries:
+            keep &= _take(self.decode_pad.bool(), torch.cat([self.kept_by_layer[i], self.full_len + new], dim=1), 0, 1)
         visible = stored + queries  # the layer's cached keys are the last `stored` of its prompt and past steps
         coords, keep = coords[:, -visible:], keep[:, -visible:]
         query = coords[:, -queries:, None]
@@ -542,9 +653,7 @@ class SequenceEditor:
         return torch.zeros(allowed.shape, dtype=hidden.dtype, device=device).masked_fill(~allowed, low)
 
     def _on_norm(self, module: nn.Module, args: tuple) -> tuple | None:
-        if not self.active or self.full is None or args[0].shape[1] == 1 or args[0].shape[1] == self.full_len:
+        if not self.active or self.full is None or args[0].shape[1] == 1 or \
+                args[0].shape[1] == self.full_len and self.pad is None:
             return None
-        hidden = args[0]
-        full = self.full.clone()
-        full.scatter_(1, self.index.unsqueeze(-1).expand(-1, -1, hidden.shape[2]), hidden)
-        return (full, *args[1:])
+        return (self._scatter(self.full.clone(), args[0]), *args[1:])

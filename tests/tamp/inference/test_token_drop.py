@@ -262,25 +262,3 @@ def test_cached_generation_equals_masked_recompute(loaded, family: str, implemen
     dropper = check_cached_generation(model, inputs, media, install(model, method))
     last = dropper.kept_by_layer[max(dropper.kept_by_layer)][0]
     assert last.numel() < inputs["input_ids"].shape[1]  # something was really dropped
-
-
-def test_a_batch_must_drop_alike(loaded) -> None:
-    """Two samples with different numbers of visual tokens cannot be stacked after a drop: one clear error."""
-    from tamp.engine.attention import LAST_ROW
-    from tamp.inference.sequence_edit import Drop, Kept, SequenceEditor, TokenPlan
-
-    model, inputs, _ = loaded("llava")
-    attn(model, "sdpa")
-    batch = {k: torch.cat([v, v]) for k, v in inputs.items()}
-    calls = {"n": 0}
-
-    def uneven(seen) -> Kept:
-        calls["n"] += 1
-        return Kept(torch.arange(seen.hidden.shape[0])[:-calls["n"]])
-
-    dropper = SequenceEditor(model, get_adapter(model), TokenPlan({2: Drop(uneven, LAST_ROW)}))
-    try:
-        with pytest.raises(RuntimeError, match="evaluate with batch size 1"), torch.no_grad():
-            model(**batch)
-    finally:
-        dropper.remove()
