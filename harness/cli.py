@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="fail when more than this fraction of a task's answers is empty (default 0.5)")
     r.add_argument("--batch-size", type=int, default=None,
                    help="questions per generate call (default: chosen from the model and device; 8 on a CPU)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the plan (wrapper, calibration, tasks; cached? data present?) and run nothing")
     t = sub.add_parser("table", help="the paper's table from run records: methods x benchmarks + average")
     _runs_arg(t)
     t.add_argument("--model", default=None, help="only this model (the name its records are filed under)")
@@ -196,6 +199,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         quiet_loguru()
+        if args.dry_run:
+            return _run_plan(args)
         opts = RunOptions(model=args.model, sparsity=args.sparsity, method=args.method, pattern=args.pattern,
                           tasks=_names(args.tasks, "tasks"), limit=args.limit, calib=args.calib, nsamples=args.nsamples,
                           seqlen=args.seqlen, seed=args.seed, overrides=args.overrides, output=args.output,
@@ -280,7 +285,7 @@ def _grid(args: argparse.Namespace) -> int:
         _precheck(args.overrides)
     from harness.evaluate import quiet_loguru
     from harness.executors import check_available, executor_options
-    from harness.grid import Settings, dry_run, load_grid, run_grid, sweep_grid, write_reports
+    from harness.grid import Settings, load_grid, run_grid, sweep_grid, write_reports
 
     if args.command == "grid":
         grid = load_grid(args.file)
@@ -298,16 +303,7 @@ def _grid(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size)
     quiet_loguru()
     if args.dry_run:
-        plan = dry_run(grid, settings)
-        print(f"plan for {grid.name}: {len(plan.cells)} cells, {plan.evaluations} task evaluations, "
-              f"{plan.cached} already cached (nothing is run in a dry run)\n")
-        print(tabulate(plan.cells, headers="keys", tablefmt="github"))
-        print()
-        print(tabulate(plan.data, headers="keys", tablefmt="github"))
-        print("\nmissing before it can run:" if plan.missing else "\nall data present")
-        for line in plan.missing:
-            print(f"  - {line}")
-        print(f"outputs: {', '.join(str(p) for p in grid.outputs.values()) or '(none)'}")
+        _print_plan(grid, settings)
         print(f"executor: {executor.kind}")
         return 0
     check_available(executor)
@@ -324,6 +320,43 @@ def _grid(args: argparse.Namespace) -> int:
         for why, labels in by_reason.items():
             print(f"  - {', '.join(labels)}: {why}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _print_plan(grid: Any, settings: Any) -> None:
+    """A dry run's plan: the cells, the data each needs and whether it is present, what is missing."""
+    from harness.grid import dry_run
+
+    plan = dry_run(grid, settings)
+    print(f"plan for {grid.name}: {len(plan.cells)} cells, {plan.evaluations} task evaluations, "
+          f"{plan.cached} already cached (nothing is run in a dry run)\n")
+    print(tabulate(plan.cells, headers="keys", tablefmt="github"))
+    print()
+    print(tabulate(plan.data, headers="keys", tablefmt="github"))
+    print("\nmissing before it can run:" if plan.missing else "\nall data present")
+    for line in plan.missing:
+        print(f"  - {line}")
+    print(f"outputs: {', '.join(str(p) for p in grid.outputs.values()) or '(none)'}")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    """`harness run --dry-run`: the run's one cell planned as a grid's (the same resolution of model, recipe,
+    wrapper, calibration and tasks), loading no model and writing nothing."""
+    from harness.errors import tamp_errors
+    from harness.grid import Grid, Settings
+    from tamp.recipe import DENSE, compose
+
+    with tamp_errors():
+        weight, _, _ = compose(args.method)
+    if args.sparsity is None and weight != DENSE:
+        raise HarnessError("--sparsity is required (0 evaluates the dense model)")
+    grid = Grid(name=f"run: {args.model}", models=[args.model], methods=[args.method],
+                sparsities=[args.sparsity or 0.0], tasks=_names(args.tasks, "tasks"), pattern=args.pattern,
+                calib=args.calib, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                overrides=list(args.overrides))
+    settings = Settings(output=args.output, artifacts=args.artifacts, limit=args.limit, device=args.device,
+                        dtype=args.dtype, gpus=args.gpus, force=args.force, batch_size=args.batch_size)
+    _print_plan(grid, settings)
     return 0
 
 

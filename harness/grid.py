@@ -418,7 +418,7 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
         else:
             summary = "; ".join(f"{state}: {len(ts)}" + ("" if state == "cached" else f" ({', '.join(ts)})")
                                 for state, ts in states.items())
-        cell_rows.append({"model": spec.name, "method": with_budget(method, token_budget(recipe)),
+        cell_rows.append({"model": spec.name, "wrapper": spec.wrapper, "method": with_budget(method, token_budget(recipe)),
                           "sparsity": f"{cfg.sparsity:.2f}",
                           "pattern": cfg.pattern, **({"seed": str(cfg.seed)} if grid.seeds else {}),
                           "artifact": artifact, "results": summary})

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from tamp.algorithms.token_keep import flag_runs
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
+from tamp.errors import TampError
 from tamp.inference.visual_grid import GRID_ARGS, GridArgs
 from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
@@ -464,7 +465,13 @@ class SequenceEditor:
             kept = [Kept(k.positions[~m[k.positions]], None if k.hidden is None else k.hidden[~m[k.positions]])
                     for k, m in zip(kept, self.masked)]
             self.masked = None
-        if pad is not None or len({k.positions.numel() for k in kept}) != 1:
+        ragged = len({k.positions.numel() for k in kept}) != 1
+        if ragged and any(w is not None for w in self.windows):
+            raise TampError("a token method keeping a different number of tokens per sample is not supported yet on a "
+                            "model with sliding-window layers (Gemma 3): evaluate it with --batch-size 1")
+        # a padded batch is laid out again, except on sliding-window models: there the model's own masks (windows,
+        # image blocks, padding) are cut to the kept tokens, as for one sample
+        if ragged or pad is not None and not any(w is not None for w in self.windows):
             return self._relayout(kept, hidden, repack)
         keep = torch.stack([k.positions for k in kept])  # positions within the current sequence
         if self.full is None:

@@ -25,8 +25,10 @@ from torch import nn
 from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
 
-TOWER_NAMES = ("vision_tower", "visual")  # the vision tower's attribute on the multimodal model
-PROJECTOR_NAMES = ("multi_modal_projector", "merger")  # beside the tower (LLaVA) or inside it (Qwen)
+# the vision tower's attribute on the multimodal model (SmolVLM's: vision_model)
+TOWER_NAMES = ("vision_tower", "visual", "vision_model")
+# beside the tower (LLaVA, Gemma 3, InternVL; SmolVLM's connector) or inside it (Qwen)
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
 PARTS = ("encoder", "projector")
 
 
@@ -101,6 +103,25 @@ def _pooling_head_flops(module: nn.MultiheadAttention, args: tuple, kwargs: dict
     return dense, nonzero
 
 
+def _matmul_weights(module: nn.Module) -> list[tuple[int, int, int]]:
+    """A projector's own 2-D weight parameters that it multiplies by directly, not through an nn.Linear (Gemma 3's
+    `mm_input_projection_weight`): (columns, size, non-zero) each."""
+    if isinstance(module, (nn.Embedding, nn.Linear)):
+        return []
+    return [(int(w.shape[-1]), w.numel(), int((w != 0).sum())) for w in module.parameters(recurse=False) if w.dim() == 2]
+
+
+def _weights_flops(weights: list[tuple[int, int, int]], output: Any) -> tuple[float, float]:
+    """2 x rows x weights per such matmul, the rows read from the module's output (its last dim the weight's
+    columns)."""
+    out = output[0] if isinstance(output, (tuple, list)) else output
+    dense = nonzero = 0.0
+    for columns, size, nnz in weights:
+        rows = out.numel() // columns
+        dense, nonzero = dense + 2.0 * rows * size, nonzero + 2.0 * rows * nnz
+    return dense, nonzero
+
+
 class VisionMeter:
     """Counts the vision encoder's and projector's FLOPs from forward hooks (`take` returns them and starts
     afresh). Weights are read once, at install: the count is for the weights as evaluated."""
@@ -138,6 +159,8 @@ class VisionMeter:
             counts = (int((w_in[:e] != 0).sum()), int((w_in[e:] != 0).sum()), int((module.out_proj.weight != 0).sum()))
             hook = module.register_forward_hook(lambda m, a, k, o: add(part, *_pooling_head_flops(m, a, k, counts)),
                                                 with_kwargs=True)
+        elif part == "projector" and (weights := _matmul_weights(module)):
+            hook = module.register_forward_hook(lambda m, a, o: add(part, *_weights_flops(weights, o)))
         elif internals.is_vision_attention(module):
             hook = module.register_forward_hook(lambda m, a, k, o: add(part, _attention_flops(m, a, k)),
                                                 with_kwargs=True)

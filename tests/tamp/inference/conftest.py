@@ -47,6 +47,7 @@ __all__ = ["FAMILIES", "YOPO_FAMILIES", "attn", "torch"]
 
 
 # a batch with mixed image sizes and prompt lengths (left-padded, as generation pads): (width, height), question
+NESTED_IMAGES = ("gemma3", "smolvlm")
 BATCH_ITEMS = (((64, 64), "What is red?"), ((96, 48), "Describe the picture in detail please."),
                ((40, 80), "Hi"), ((56, 56), "Which colour is in the corner of this picture?"))
 
@@ -75,7 +76,9 @@ def loaded_batch(tiny_model):
                 image = Image.new("RGB", (w, h), (200, 30 + 20 * k, 30))
                 image.paste((20, 180, 40), (0, 0, w // 2, h // 2))
                 images.append(image)
-            batch = dict(proc(text=prompts, images=images, return_tensors="pt", padding=True))
+            # Gemma 3's and SmolVLM's processors take a batch's images as one list per sample
+            per_sample = [[i] for i in images] if family in NESTED_IMAGES else images
+            batch = dict(proc(text=prompts, images=per_sample, return_tensors="pt", padding=True))
             singles = [dict(proc(text=[p], images=[i], return_tensors="pt")) for p, i in zip(prompts, images)]
             media = [i for ids in get_adapter(model).media_token_ids.values() for i in ids]
             cache[(family, size)] = (model, batch, singles, media)
