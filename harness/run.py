@@ -290,6 +290,11 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
                 if lm is None:
                     lm = load_wrapper(p.spec.wrapper, args, device, batch)  # the wrapper resolves "auto"
                     load_s = time.perf_counter() - start
+                    served = int(getattr(lm, "batch_size", batch) or batch)
+                    if served != batch:  # a wrapper that answers one question at a time (SmolVLM's): say so, record it
+                        print(f"batch size {served}: {p.spec.wrapper} answers {served} question(s) per call",
+                              flush=True)
+                        batch = served
                     start = time.perf_counter()
                 lm.take_cost()  # start this task's cost axis afresh
                 result = evaluate_in_process(lm, task, opts.limit, tm, batch)

@@ -20,8 +20,7 @@ import numpy as np
 from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 from PIL import Image
 
-from harness.wrappers.common import TampWrapperMixin, patched, pick_device
-from harness.wrappers.qwen_vl import _open_image, _ProcessorLoader
+from harness.wrappers.qwen_vl import _open_image, _QwenVLMixin
 from tamp.processors import qwen_smart_resize
 
 FRAME_FACTOR = 2  # frames come in temporal patches of two
@@ -90,21 +89,7 @@ if getattr(stock_qwen3_vl, "process_vision_info", None) is None:
     stock_qwen3_vl.process_vision_info = vision_info_without_qwen_vl_utils
 
 
-class TampQwen3VL(TampWrapperMixin, Qwen3_VL):
+class TampQwen3VL(_QwenVLMixin, Qwen3_VL):
     """`pretrained` = an artifact directory (or any Qwen3-VL checkpoint, evaluated as dense)."""
 
-    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
-                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, **kwargs: Any) -> None:
-        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
-        dev = pick_device(device)
-        with patched(stock_qwen3_vl, "AutoProcessor", _ProcessorLoader):
-            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
-        self._tamp_after_load()
-
-    def _mc_prompt(self, context: str, n_images: int) -> str:
-        content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
-        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def _mc_processor(self) -> Any:
-        return self.processor
+    _stock_module = stock_qwen3_vl
