@@ -50,6 +50,9 @@ class TampInternVL3(TampWrapperMixin, InternVLHf):
         self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
         dev = pick_device(device)
         self.default_max_new_tokens = int(max_new_tokens)
+        # the stock model takes batch size 1 only, and the loop below answers one request at a time: a larger
+        # --batch-size is served as 1 (the harness reads `batch_size` back and records what was served)
+        kwargs["batch_size"] = 1
         with patched(stock_internvl, "AutoProcessor", _ProcessorLoader):
             super().__init__(pretrained=pretrained, device=dev, device_map=device_map or ("" if distributed() else dev),
                              **kwargs)
