@@ -60,7 +60,8 @@ SHAPES = {
 
 
 def build(shape: TokenShape, device: torch.device) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """The random model and one prompt: `text/2` tokens, the visual tokens, `text/2` tokens."""
+    """The random model and one prompt: `text/2` tokens, the visual tokens (a text token between images), `text/2`
+    tokens."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     image_token = 32000
@@ -78,8 +79,10 @@ def build(shape: TokenShape, device: torch.device) -> tuple[torch.nn.Module, dic
     model.set_attn_implementation("sdpa")
     images = shape.visual // 576
     half = shape.text // 2
-    ids = torch.cat([torch.randint(100, 30000, (half,)), torch.full((images * 576,), image_token),
-                     torch.randint(100, 30000, (half,))]).unsqueeze(0)
+    # one text token between images, as a chat prompt has ("<image>\n<image>"): each image its own visual run
+    visual = [t for k in range(images) for t in ([torch.full((576,), image_token)] +
+                                                 ([torch.randint(100, 30000, (1,))] if k < images - 1 else []))]
+    ids = torch.cat([torch.randint(100, 30000, (half,)), *visual, torch.randint(100, 30000, (half,))]).unsqueeze(0)
     pixels = torch.randn(images, 3, 336, 336, dtype=dtype)
     return model, {"input_ids": ids.to(device), "pixel_values": pixels.to(device)}
 

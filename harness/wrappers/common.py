@@ -253,6 +253,7 @@ class TampWrapperMixin:
         request through the stock loop."""
         from lmms_eval import utils
 
+        stock = super().generate_until  # type: ignore[misc]  # (zero-argument super() fails inside a generator)
         by_args = {id(r.args): r for r in requests}
         order = utils.Collator([r.args for r in requests], lambda x: (-len(self.tokenizer.encode(x[0])), x[0]),
                                grouping=True)
@@ -263,8 +264,14 @@ class TampWrapperMixin:
             visuals = [_flatten(doc_to_visual[0](self.task_dict[t][s][d])) if doc_to_visual[0] else []
                        for d, t, s in zip(doc_ids, tasks, splits)]
             if any(not isinstance(v, Image.Image) for vs in visuals for v in vs):
-                answers.extend(super().generate_until([by_args[id(a)]]) [0]  # type: ignore[misc]
-                               for a in chunk)
+                saved = getattr(self, "batch_size_per_gpu", None)  # the stock loops take such media one at a time
+                if saved is not None:
+                    self.batch_size_per_gpu = 1
+                try:
+                    answers.extend(stock([by_args[id(a)]])[0] for a in chunk)
+                finally:
+                    if saved is not None:
+                        self.batch_size_per_gpu = saved
                 pbar.update(len(chunk))
                 continue
             gen_kwargs = dict(all_kwargs[0])

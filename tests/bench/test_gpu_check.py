@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from bench import gpu_check, gpu_parts  # noqa: E402
+from bench import gpu_check, gpu_parts, token_bench  # noqa: E402
 
 
 def test_dry_run_writes_one_json_with_every_part_ok(tmp_path: Path) -> None:
@@ -51,9 +51,11 @@ def test_dry_run_writes_one_json_with_every_part_ok(tmp_path: Path) -> None:
     assert sorted({r["visual"] for r in rows}) == list(gpu_parts.DRY_VISUAL_COUNTS)
     for visual in gpu_parts.DRY_VISUAL_COUNTS:
         mine = [r for r in rows if r["visual"] == visual]
-        assert len(mine) == 8 and all(r["status"] == "ok" and r["prefill_s"] > 0 for r in mine)
-        assert mine[0]["case"] == "FastV keep 100%" and mine[0]["flop_ratio"] == 1.0
-        assert [r["flop_ratio"] for r in mine[:4]] == sorted((r["flop_ratio"] for r in mine[:4]), reverse=True)
+        assert len(mine) == len(token_bench.cases(visual)) and all(r["status"] == "ok" and r["prefill_s"] > 0
+                                                                    for r in mine)
+        assert mine[0]["case"] == f"dense, {visual} visual" and mine[0]["flop_ratio"] == 1.0
+        fastv = [r["flop_ratio"] for r in mine if r["case"].startswith("fastv @ ")]  # the budgets, largest first
+        assert len(fastv) == 3 and fastv == sorted(fastv, reverse=True) and fastv[0] < 1.0
 
     batches = parts["batch-throughput"]["summary"]["batches"]
     assert [b["batch"] for b in batches] == [1, 2, 4]

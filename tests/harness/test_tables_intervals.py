@@ -168,8 +168,8 @@ def test_sweep_dry_run_with_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[
                  "--artifacts", str(tmp_path / "art"), "--out-dir", str(tmp_path), "--csv", str(tmp_path / "b.csv")]) == 0
     out = capsys.readouterr().out
     wanda = [line for line in out.splitlines() if line.startswith("| ") and " wanda " in line]
-    assert len(wanda) == 3 and [line.split("|")[5].strip() for line in wanda] == ["0", "1", "2"]
-    assert len({line.split("|")[6].strip() for line in wanda}) == 3  # three artifact keys: three prunings
+    assert len(wanda) == 3 and [line.split("|")[6].strip() for line in wanda] == ["0", "1", "2"]
+    assert len({line.split("|")[7].strip() for line in wanda}) == 3  # three artifact keys: three prunings
     assert not (tmp_path / "runs").exists()
     capsys.readouterr()
     assert main(["sweep", "--model", MODEL, "--seeds", "0,zero", "--dry-run"]) == 2

@@ -60,7 +60,7 @@ def test_entry_point_lists_our_wrappers() -> None:
     (ep,) = [e for e in entry_points(group="lmms_eval.models") if e.name == "tamp"]
     ids = {m.model_id for m in ep.load()()}
     assert ids == {"tamp_llava_hf", "tamp_qwen2_vl", "tamp_qwen2_5_vl", "tamp_qwen2_audio", "tamp_qwen2_5_omni",
-                   "tamp_smolvlm"}
+                   "tamp_qwen3_vl", "tamp_internvl3", "tamp_gemma3", "tamp_smolvlm"}
 
 
 def test_accelerate_command() -> None:

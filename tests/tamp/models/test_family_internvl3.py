@@ -107,4 +107,4 @@ def test_harness_plans_the_real_checkpoint(tmp_path: Path, capsys: pytest.Captur
                  "--out-dir", str(tmp_path / "out"), "--output", str(tmp_path / "runs"),
                  "--artifacts", str(tmp_path / "art")]) == 0
     out = capsys.readouterr().out
-    assert "| internvl3-8b | tamp+aim |" in out and "OpenGVLab/InternVL3-8B-hf" in out
+    assert "| internvl3-8b | tamp_internvl3 | tamp+aim |" in out and "OpenGVLab/InternVL3-8B-hf" in out

@@ -128,7 +128,7 @@ def test_files_and_config(built: dict[str, Path], family: str) -> None:
     assert text.vocab_size >= len(tok)
     assert text.eos_token_id == tok.eos_token_id
     assert text.pad_token_id == tok.pad_token_id
-    if family in ("llava", "llava-next", "llama", "smolvlm"):
+    if family in ("llava", "llava-next", "llama", "smolvlm", "gemma3"):
         assert text.bos_token_id == tok.bos_token_id
     else:  # Qwen: no tokenizer bos, config bos is <|endoftext|>
         assert text.bos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
