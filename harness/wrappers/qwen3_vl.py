@@ -20,7 +20,7 @@ import numpy as np
 from lmms_eval.models.simple.qwen3_vl import Qwen3_VL
 from PIL import Image
 
-from harness.wrappers.qwen_vl import _open_image, _QwenVLMixin
+from harness.wrappers.qwen_vl import _open_image, _QwenVLMixin, media_items
 from tamp.processors import qwen_smart_resize
 
 FRAME_FACTOR = 2  # frames come in temporal patches of two
@@ -66,21 +66,16 @@ def vision_info_without_qwen_vl_utils(conversations: list[Any], return_video_kwa
     """`qwen_vl_utils.process_vision_info` as the stock Qwen3-VL wrapper calls it: (images, videos, video kwargs),
     each video a (frames, metadata) pair when `return_video_metadata`."""
     factor = image_patch_size * 2
-    if conversations and isinstance(conversations[0], dict):
-        conversations = [conversations]
     images, videos = [], []
-    for messages in conversations:
-        for message in messages:
-            content = message.get("content")
-            for item in content if isinstance(content, list) else []:
-                if "video" in item or item.get("type") == "video":
-                    frames, metadata = _video(item, factor)
-                    videos.append((frames, metadata) if return_video_metadata else frames)
-                elif "image" in item or "image_url" in item:
-                    image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
-                    h, w = qwen_smart_resize(image.height, image.width, factor, int(item.get("min_pixels", 64 * 64)),
-                                             int(item.get("max_pixels", factor * factor * 1280)))
-                    images.append(image.resize((w, h), Image.BICUBIC))
+    for kind, item in media_items(conversations):
+        if kind == "video":
+            frames, metadata = _video(item, factor)
+            videos.append((frames, metadata) if return_video_metadata else frames)
+        else:
+            image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
+            h, w = qwen_smart_resize(image.height, image.width, factor, int(item.get("min_pixels", 64 * 64)),
+                                     int(item.get("max_pixels", factor * factor * 1280)))
+            images.append(image.resize((w, h), Image.BICUBIC))
     out: tuple[Any, ...] = (images or None, videos or None)
     return (*out, {"do_sample_frames": False}) if return_video_kwargs else out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +70,32 @@ def _video_frames(item: dict[str, Any]) -> Any:
     return torch.from_numpy(resized).permute(0, 3, 1, 2).float()
 
 
-def vision_info_without_torchvision(conversations: list[Any], **_: Any) -> tuple[list[Image.Image] | None, list[Any] | None]:
-    """`qwen_vl_utils.process_vision_info` without torchvision: decode and resize every image and video entry."""
+def media_items(conversations: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("video" | "image", entry) for every media entry of one conversation or a list of them, in order: what
+    `qwen_vl_utils.process_vision_info` reads."""
     if conversations and isinstance(conversations[0], dict):
         conversations = [conversations]
-    images, videos = [], []
     for messages in conversations:
         for message in messages:
             content = message.get("content")
             for item in content if isinstance(content, list) else []:
                 if "video" in item or item.get("type") == "video":
-                    videos.append(_video_frames(item))
+                    yield "video", item
                 elif "image" in item or "image_url" in item:
-                    image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
-                    h, w = smart_resize(image.height, image.width, item.get("min_pixels", 56 * 56),
-                                        item.get("max_pixels", 28 * 28 * 1280))
-                    images.append(image.resize((w, h), Image.BICUBIC))
+                    yield "image", item
+
+
+def vision_info_without_torchvision(conversations: list[Any], **_: Any) -> tuple[list[Image.Image] | None, list[Any] | None]:
+    """`qwen_vl_utils.process_vision_info` without torchvision: decode and resize every image and video entry."""
+    images, videos = [], []
+    for kind, item in media_items(conversations):
+        if kind == "video":
+            videos.append(_video_frames(item))
+        else:
+            image = _open_image(item.get("image", item.get("image_url"))).convert("RGB")
+            h, w = smart_resize(image.height, image.width, item.get("min_pixels", 56 * 56),
+                                item.get("max_pixels", 28 * 28 * 1280))
+            images.append(image.resize((w, h), Image.BICUBIC))
     return (images or None), (videos or None)
 
 
