@@ -161,3 +161,33 @@ def override_attention(attn: nn.Module, fn: OverrideFn) -> Iterator[None]:
 def capture_last_row_attention(block: nn.Module, sink: list[torch.Tensor]) -> Any:
     """While active, every forward of `block` appends its [B, T] last-row attention to `sink`."""
     return capture_attention_score(block, sink, last_row_attention)
+
+
+def rows_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+                   scaling: float | None, rows: list[torch.Tensor]) -> torch.Tensor:
+    """[B, T] attention probabilities of a few query rows per sample (rows[b]: positions in the current sequence),
+    mean over heads and over those rows (fp32): an [R, T] block per head, never the [T, T] matrix (SparseVLM's
+    text raters). A sample with no rows scores zero."""
+    b_size, h, t, d = query.shape
+    out = query.new_zeros(b_size, key.shape[-2], dtype=torch.float32)
+    for b in range(b_size):
+        if rows[b].numel() == 0:
+            continue
+        q = query[b][:, rows[b]].float()
+        k = key[b].float().repeat_interleave(h // key.shape[1], dim=0)
+        logits = torch.matmul(q, k.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+        allowed = allowed_keys(attention_mask, b, t, k.shape[-2], query.device)[rows[b]]
+        probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        out[b] = torch.nan_to_num(probs, nan=0.0).mean(dim=(0, 1))
+    return out
+
+
+def rows_score(rows: Callable[[int], list[torch.Tensor]]) -> AttentionScore:
+    """An AttentionScore of the query rows rows(T) names per sample (T: the current length): 2 x R x T x H x d
+    FLOPs for the mean R rows."""
+
+    def flops(tokens: int, heads: int, head_dim: int) -> float:
+        chosen = rows(tokens)
+        return 2.0 * sum(r.numel() for r in chosen) / max(1, len(chosen)) * tokens * heads * head_dim
+
+    return AttentionScore(lambda q, k, mask, scaling: rows_attention(q, k, mask, scaling, rows(q.shape[2])), flops)
