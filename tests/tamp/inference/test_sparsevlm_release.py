@@ -180,3 +180,27 @@ def test_bad_layers_are_refused_in_one_line() -> None:
         TokenTransform.build("sparsevlm", {"sparsevlm_layers": "6,2"})
     with pytest.raises(TampError, match="comma-separated"):
         TokenTransform.build("sparsevlm", {"sparsevlm_layers": "two"})
+
+
+
+@pytest.mark.parametrize("family", ("llava", "qwen2-vl"))
+def test_a_batch_recycles_as_its_samples_do(loaded_batch, family: str) -> None:
+    """A left-padded batch of four (different image sizes and questions): each sample's raters, drops and cluster
+    means as alone, so its last-token logits are its own run's."""
+    model, batch, singles, _ = loaded_batch(family, 4)
+    attn(model, "sdpa")
+    params = {"sparsevlm_cluster_size": 2}
+    dropper = TokenTransform.build("sparsevlm", params).install(model)
+    try:
+        with torch.no_grad():
+            together = model(**batch).logits[:, -1]
+            alone = []
+            for inputs in singles:
+                alone.append((model(**inputs).logits[0, -1], list(dropper.history[-1].visual_kept_per_layer)))
+    finally:
+        dropper.remove()
+    for b, (logits, _) in enumerate(alone):
+        torch.testing.assert_close(together[b], logits, rtol=1e-4, atol=1e-4)
+    assert not bool(batch["attention_mask"].all())  # padded (Qwen2-VL: and different visual counts, re-laid)
+    if family == "qwen2-vl":
+        assert len({tuple(kept) for _, kept in alone}) > 1
