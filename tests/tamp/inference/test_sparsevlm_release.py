@@ -205,3 +205,15 @@ def test_a_batch_recycles_as_its_samples_do(loaded_batch, family: str) -> None:
     assert not bool(batch["attention_mask"].all())  # padded (Qwen2-VL: and different visual counts, re-laid)
     if family == "qwen2-vl":
         assert len({tuple(kept) for _, kept in alone}) > 1
+
+
+@pytest.mark.parametrize("family", ("llava", "qwen3-vl"))
+def test_the_recorded_prefill_covers_the_vision_side(loaded, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared whole-prefill check (test_flops): what the cost meter records with SparseVLM (vision encoder,
+    projector, the shortened decoder, the raters' and rows' scoring, the recycling) equals FlopCounterMode's count
+    of the whole model."""
+    from tests.tamp.inference import methods
+    from tests.tamp.inference.test_flops import test_recorded_prefill_flops_cover_the_vision_side
+
+    monkeypatch.setitem(methods.SETTINGS, "sparsevlm", {"sparsevlm_cluster_size": 2})
+    test_recorded_prefill_flops_cover_the_vision_side(loaded, family, "sparsevlm")
