@@ -158,7 +158,7 @@ PARAMS = (
           "128, 96, 64 too): it picks the kept share after each stage, between the release's rows interpolated",
           check=lambda v: f"sparsevlm_keep must be in (0, 1], got {v}" if not 0 < v <= 1 else None),
     Param("sparsevlm_layers", str, "", "layers whose attention ranks (a drop after each); empty: the release's 2, "
-          "6, 15 of 32 scaled to the depth", check=_layer_list),
+          "6, 15 of 32 scaled to the depth; fewer than 3 take the later stages' counts", check=_layer_list),
     Param("sparsevlm_recycle", bool, True, "recycle the best-scored dropped tokens as cluster means (the release; "
           "false: SparseVLM+'s plain drop)"),
     Param("sparsevlm_recycle_share", float, RECYCLE_SHARE, "share of the dropped tokens recycled (+1; the "
