@@ -217,3 +217,27 @@ def test_the_recorded_prefill_covers_the_vision_side(loaded, family: str, monkey
 
     monkeypatch.setitem(methods.SETTINGS, "sparsevlm", {"sparsevlm_cluster_size": 2})
     test_recorded_prefill_flops_cover_the_vision_side(loaded, family, "sparsevlm")
+
+
+def test_a_video_is_one_pool(tiny_model) -> None:
+    """A video's frames join the one pool of visual tokens: each stage keeps round(share x n) of the n that
+    entered, plus its clusters, and greedy decoding runs on the shortened cache."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tamp.inference.test_aim_release import _video_inputs
+
+    path = tiny_model("qwen2-vl")
+    model = attn(AutoModelForImageTextToText.from_pretrained(path).eval(), "sdpa")
+    inputs = _video_inputs(path)
+    dropper = TokenTransform.build("sparsevlm", {}).install(model)
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    finally:
+        dropper.remove()
+    stats = dropper.history[0]
+    n = stats.visual_in
+    counts = [stage_count(n, s, n) for s in stage_shares(192 / 576)]
+    assert stats.visual_kept_per_layer[0] == n and n > 8
+    assert all(counts[k] < stats.visual_kept_per_layer[k + 1] <= counts[k] + 3 for k in range(3))
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
