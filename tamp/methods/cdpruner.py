@@ -137,8 +137,6 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
                 members = torch.nonzero(groups == group).flatten()
                 crops.append((seen.hidden[members.to(seen.hidden.device)].float(), members))
         counts = [keep_count(x.shape[0], keep) for x, _ in crops]
-        if all(k >= x.shape[0] for k, (x, _) in zip(counts, crops)):  # every token kept: nothing to choose
-            return Kept(torch.arange(seen.hidden.shape[0], device=seen.hidden.device), repack=repack)
         text = instruction(seen, span)
         relevance = normalise(torch.cat([raw_relevance(x, text.to(x.device)) for x, _ in crops]))
         picks, flops, offset = [], 0.0, 0
