@@ -14,6 +14,9 @@ import math
 import pytest
 import torch
 
+from tamp.errors import TampError
+from tamp.inference.sequence_edit import DropInput
+from tamp.methods.cdpruner import instruction, plan
 from tamp.models.adapters import get_adapter
 from tamp.token_transform import TokenTransform
 from tests.tamp.algorithms.test_conditional_dpp import _greedy_by_determinant, _kernel_by_hand, _relevance_by_hand
@@ -163,3 +166,25 @@ def test_budget_is_the_share_per_crop() -> None:
 
     recipe = build_recipe("cdpruner", 0, overrides=["token_budget=0.222"])
     assert recipe.token is not None and recipe.token.params["cdpruner_keep"] == pytest.approx(0.222)
+
+
+def _seen(visual: list[bool]) -> DropInput:
+    flags = torch.tensor(visual)
+    groups = torch.where(flags, torch.zeros(len(visual), dtype=torch.long), torch.full((len(visual),), -1))
+    hidden = torch.randn(len(visual), 8, generator=torch.Generator().manual_seed(0))
+    return DropInput(layer=0, hidden=hidden, visual=flags, groups=groups, scores=None, visual_at_entry=int(flags.sum()))
+
+
+def test_the_instruction_span_and_a_prompt_without_text() -> None:
+    """`after` falls back to every text token when nothing follows the image; no text at all is refused in one
+    line."""
+    seen = _seen([False, False, True, True, True, True])
+    assert torch.equal(instruction(seen, "after"), seen.hidden[:2])
+    seen = _seen([False, True, True, False])
+    assert torch.equal(instruction(seen, "after"), seen.hidden[3:])
+    assert torch.equal(instruction(seen, "all"), seen.hidden[[0, 3]])
+    choose = plan({"cdpruner_keep": 0.5, "cdpruner_text": "after", "cdpruner_theta": -1.0,
+                   "cdpruner_positions": "release"}, 2).drops[0].choose
+    with pytest.raises(TampError, match="no text tokens") as caught:
+        choose(_seen([True] * 4))
+    assert "\n" not in str(caught.value)
