@@ -188,3 +188,33 @@ def test_the_instruction_span_and_a_prompt_without_text() -> None:
     with pytest.raises(TampError, match="no text tokens") as caught:
         choose(_seen([True] * 4))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("family", ("llava-onevision", "qwen2-vl"))
+def test_each_video_frame_is_a_crop(tiny_model, family: str) -> None:
+    """No released video path: each frame (the video's run cut into equal frames, OneVision's closing newline a
+    group of its own) picks round(n x keep) by the re-statement, relevance normalised over all of them."""
+    from transformers import AutoModelForImageTextToText
+
+    from tests.tamp.inference.test_aim_release import _video_inputs
+
+    path = tiny_model(family)
+    model = attn(AutoModelForImageTextToText.from_pretrained(path).eval(), "sdpa")
+    inputs = _video_inputs(path)
+    frames = int(inputs["video_grid_thw"][0, 0]) if "video_grid_thw" in inputs else \
+        int(inputs["pixel_values_videos"].shape[1])
+    video_id = get_adapter(model).media_token_ids["video"][0]
+    ids = inputs["input_ids"][0].tolist()
+    where = [i for i, t in enumerate(ids) if t == video_id]
+    per = len(where) // frames
+    groups = [where[k * per:(k + 1) * per] for k in range(frames)] + ([where[frames * per:]] if len(where) % per else [])
+    embeds = _embeddings(model, inputs)
+    texts = model.get_input_embeddings()(torch.tensor(ids[where[-1] + 1:])).double().tolist()
+    crops = [embeds[g].double().tolist() for g in groups]
+    kept = [i for i in range(len(ids)) if i not in set(where)]
+    for group, crop, rel in zip(groups, crops, _relevance_by_hand(crops, texts)):
+        chosen, gap = _greedy_by_determinant(_kernel_by_hand(crop, rel), int(round(len(crop) * KEEP)))
+        assert gap > 1e-4, "the tiny model's choice is too close to be stable across CPUs"
+        kept += [group[j] for j in chosen]
+    _, dropper = _run(model, inputs, {"cdpruner_keep": KEEP})
+    assert dropper.kept_by_layer[0][0].tolist() == sorted(kept)
