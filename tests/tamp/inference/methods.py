@@ -27,13 +27,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "random": {"random_keep": 0.5, "random_seed": 0},
     "dart": {"dart_k": 2, "dart_keep": 0.5, "dart_image_pivots": 1, "dart_text_pivots": 1},  # tiny Qwen: 4 visual
     "pool": {"pool_stride": 2},
+    "cdpruner": {"cdpruner_keep": 0.5, "cdpruner_positions": "original"},
 }
 METHODS = tuple(SETTINGS)
 # methods whose parameters alone keep every token (their machinery still runs), and those whose choice costs no
 # matmul (nothing to see in scoring_flops)
 KEEP_ALL: dict[str, dict[str, Any]] = {"random": {"random_keep": 1.0}, "dart": {"dart_keep": 1.0, "dart_image_pivots": 1,
                                                                                   "dart_text_pivots": 1},
-                                         "pool": {"pool_stride": 1}}
+                                         "pool": {"pool_stride": 1}, "cdpruner": {"cdpruner_keep": 1.0}}
 FREE_CHOICE = ("random", "pool")
 
 
