@@ -1,0 +1,116 @@
+"""The attention each patch receives at the vision encoder's feature layer (mean over heads and queries), for
+HoliTom, which picks each frame's dominant tokens by it: an install on the vision tower.
+
+HoliTom's release swaps in a SigLIP encoder that runs eager attention with `output_attentions=True` and reads the
+last layer's [frames, H, T, T] matrix, averaged over heads and then over queries. Here the same column means are
+formed from that layer's own query and key inside its attention call (tamp.engine.attention, so the layer itself
+still runs its own kernel): one frame and a few heads at a time, so only a [h, T, T] block exists at once, never
+the whole [frames, H, T, T]. Cost: 2 x T x T x head_dim per head per frame (the q k^T matmul).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from tamp.engine.attention import capture_attention_score
+from tamp.errors import TampError
+
+if TYPE_CHECKING:
+    from tamp.inference.sequence_edit import SequenceEditor
+
+CHUNK_BYTES = 1 << 26  # fp32 logits formed at once (64 MiB)
+
+
+def received_attention(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
+    """[B, H, T, d] query and key -> [B, T]: softmax(q k^T x scale) per head, averaged over heads, then over
+    queries (the release's `attn_weights.mean(dim=1).mean(dim=1)`), in fp32."""
+    batch, heads, tokens, d = query.shape
+    kvh = key.shape[1]
+    chunk = max(1, CHUNK_BYTES // (4 * tokens * tokens))
+    out = torch.zeros(batch, tokens, dtype=torch.float32, device=query.device)
+    for b in range(batch):
+        for h in range(0, heads, chunk):
+            q = query[b, h:h + chunk].float()
+            index = torch.arange(h, min(h + chunk, heads), device=key.device) // (heads // kvh)
+            logits = (q @ key[b].float().index_select(0, index).transpose(-1, -2)) * (
+                scaling if scaling is not None else d ** -0.5)
+            if mask is not None and mask.dim() == 4:
+                m = mask[b if mask.shape[0] > 1 else 0, 0, :tokens, :tokens]
+                logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
+            out[b] += torch.softmax(logits, dim=-1).mean(dim=1).sum(dim=0)
+    return out / heads
+
+
+@dataclass
+class ReceivedCall:
+    """One vision call: `rows` [items, T] the attention each patch received, `flops` of the q k^T per item."""
+
+    rows: Tensor
+    flops: float
+
+
+@dataclass
+class ReceivedCapture:
+    """Install (tamp.inference.sequence_edit.Install): appends a `ReceivedCall` per vision call to `calls`;
+    `check(config)` returns why the model cannot take the method, or None."""
+
+    method: str
+    check: Any = None
+    calls: list[ReceivedCall] = field(default_factory=list)
+    needs: tuple[str, ...] = ("vision attention",)  # what `tamp methods` lists
+    editor: SequenceEditor | None = None
+    _handles: list[Any] = field(default_factory=list)
+    _context: Any = None
+
+    def __call__(self, editor: SequenceEditor) -> ReceivedCapture:
+        problem = self.check(editor.model.config) if self.check is not None else None
+        if problem is not None:
+            raise TampError(problem)
+        stack = editor.adapter.vision_stack(editor.model)
+        if stack is None:
+            raise TampError(f"{self.method}: no vision tower found in this model")
+        index = int(editor.model.config.vision_feature_layer)
+        layer = list(stack.layers)[index if index < 0 else index - 1]
+        self.editor, self.calls = editor, []
+        self._handles = [layer.register_forward_pre_hook(lambda mod, args: self._start(mod)),
+                         layer.register_forward_hook(lambda mod, args, out: self._stop())]
+        return self
+
+    def _score(self, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
+        rows = received_attention(query, key, mask, scaling)
+        tokens, heads, d = query.shape[2], query.shape[1], query.shape[-1]
+        self.calls.append(ReceivedCall(rows, 2.0 * tokens * tokens * heads * d))
+        return rows
+
+    def _start(self, module: nn.Module) -> None:
+        self._context = capture_attention_score(module, [], self._score)
+        self._context.__enter__()
+
+    def _stop(self) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
+
+    def take(self) -> list[ReceivedCall]:
+        """The calls recorded since the last take (a prefill's vision calls), and forget them."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.editor = None
+
+
+def pooled(rows: Tensor, side: int) -> Tensor:
+    """[frames, side x side] -> [frames, ceil(side/2)^2]: bilinear, as LLaVA-OneVision pools a video frame's
+    features (and as the release pools the attention map with the same get_2dPool)."""
+    grid = rows.view(rows.shape[0], 1, side, side)
+    half = -(-side // 2)
+    return torch.nn.functional.interpolate(grid, size=[half, half], mode="bilinear").flatten(1)
+
