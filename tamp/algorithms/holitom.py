@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+VERSION = 1
+
 
 def adjacent_similarity(frames: Tensor) -> Tensor:
     """[F, N, D] -> [F - 1, N]: each token's cosine similarity with the same token of the next frame."""
