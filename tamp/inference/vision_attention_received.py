@@ -47,15 +47,17 @@ def received_attention(query: Tensor, key: Tensor, mask: Tensor | None, scaling:
 
 @dataclass
 class ReceivedCall:
-    """One vision call: `rows` [items, T] the attention each patch received, `flops` of the q k^T per item."""
+    """One vision call: `rows` the attention each patch received, one [items, T] block per attention call of the
+    layer (LLaVA-OneVision: one, [frames, T]; Qwen2-VL's tower attends frame by frame: one [1, T] per frame), and
+    `flops` of their q k^T."""
 
-    rows: Tensor
+    rows: list[Tensor]
     flops: float
-
 
 @dataclass
 class ReceivedCapture:
-    """Install (tamp.inference.sequence_edit.Install): appends a `ReceivedCall` per vision call to `calls`;
+    """Install (tamp.inference.sequence_edit.Install): appends a `ReceivedCall` per vision call to `calls` (the
+    feature layer `vision_feature_layer` selects, or the tower's last block where the config has none);
     `check(config)` returns why the model cannot take the method, or None."""
 
     method: str
@@ -73,7 +75,7 @@ class ReceivedCapture:
         stack = editor.adapter.vision_stack(editor.model)
         if stack is None:
             raise TampError(f"{self.method}: no vision tower found in this model")
-        index = int(editor.model.config.vision_feature_layer)
+        index = getattr(editor.model.config, "vision_feature_layer", -1)  # Qwen-VL: the tower's last block
         layer = list(stack.layers)[index if index < 0 else index - 1]
         self.editor, self.calls = editor, []
         self._handles = [layer.register_forward_pre_hook(lambda mod, args: self._start(mod)),
@@ -82,11 +84,13 @@ class ReceivedCapture:
 
     def _score(self, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
         rows = received_attention(query, key, mask, scaling)
-        tokens, heads, d = query.shape[2], query.shape[1], query.shape[-1]
-        self.calls.append(ReceivedCall(rows, 2.0 * tokens * tokens * heads * d))
+        batch, heads, tokens, d = query.shape
+        self.calls[-1].rows.append(rows)
+        self.calls[-1].flops += 2.0 * batch * tokens * tokens * heads * d
         return rows
 
     def _start(self, module: nn.Module) -> None:
+        self.calls.append(ReceivedCall([], 0.0))
         self._context = capture_attention_score(module, [], self._score)
         self._context.__enter__()
 

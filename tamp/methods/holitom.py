@@ -20,9 +20,11 @@ Here the same steps run on the states entering decoder layer 0 (LLaVA-OneVision'
 the vision attention formed from the feature layer's own query and key (tamp.inference.vision_attention_received,
 any kernel); the tensor math is tamp.algorithms.holitom. Images are left to the stock path outside the LLM, as
 the release leaves them (its outer step acts on video only), and the inner merge takes every visual token (the
-release's: the first image's or video's run). Runs on LLaVA-OneVision only: the release has no path for Qwen2-VL /
-2.5-VL / 3-VL / Omni (their towers attend per 14 px patch before a 2 x 2 merger, and a merged static token would
-need a 3-D mrope position the release never defines) nor for image-only families; those are refused with one line.
+release's: the first image's or video's run). Runs on LLaVA-OneVision and, beyond the release, Qwen2-VL: its
+tower attends frame by frame (a frame = a temporal patch of 2 input frames); a token's attention is the mean
+over the 2 x 2 patches its merger joins; every merged token keeps the 3-D mrope position of the token it stands
+at (a static cluster: its peak in the segment's first frame). Qwen2.5-VL (window-ordered patches), Qwen3-VL and
+Qwen2.5-Omni (frames as separate runs) and the image-only families are refused with one line.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from tamp.methods.base import Param, TokenMethod
 
 RELEASED_K = (18, 28)  # HOLITOM_k = 18 on Qwen2-7B's 28 layers (every script)
 INNER = ("merge", "off")
-FAMILIES = ("llava_onevision",)
+FAMILIES = ("llava_onevision", "qwen2_vl")
 
 
 def family_problem(config: Any) -> str | None:
@@ -49,9 +51,9 @@ def family_problem(config: Any) -> str | None:
     kind = getattr(config, "model_type", "?")
     if kind in FAMILIES:
         return None
-    return (f"holitom merges video frames the way its release does on LLaVA-OneVision (pooled SigLIP frames); this "
-            f"model ({kind}) is not supported (Qwen-VL towers merge patches 2 x 2 after attention and a merged token "
-            f"would need an mrope position the release never defines); use aim, divprune, random or pool here")
+    return (f"holitom merges video frames: it runs on LLaVA-OneVision (the release's model) and Qwen2-VL; this model "
+            f"({kind}) is not supported (images only, no per-frame grid, or, Qwen2.5-VL / Qwen3-VL / Omni, a "
+            f"tower whose frame attention we do not read yet); use aim, divprune, random or pool here")
 
 
 def inner_layer(params: dict[str, Any], num_layers: int) -> int:
@@ -72,13 +74,12 @@ def depth_problem(params: dict[str, Any], num_layers: int) -> str | None:
 
 
 class _Frames:
-    """Walks a prefill's video frames over its samples: the captured attention rows, frame by frame."""
+    """Walks a prefill's video frames over its samples: the attention each frame's patches received."""
 
     def __init__(self, capture: ReceivedCapture) -> None:
         self.capture = capture
         self._for: Any = None
-        self.rows: torch.Tensor | None = None
-        self.flops: list[float] = []
+        self.rows: list[torch.Tensor] = []
         self.cursor = 0
 
     def start(self) -> float:
@@ -89,20 +90,35 @@ class _Frames:
             return 0.0
         self._for, self.cursor = editor.history[-1], 0
         calls = self.capture.take()
-        # the last call is the video's (LLaVA-OneVision encodes images, then videos)
-        self.rows = calls[-1].rows if calls else None
-        return sum(c.flops * c.rows.shape[0] for c in calls)
+        # the last call is the videos' (images are encoded first); one row per frame
+        self.rows = [row for block in calls[-1].rows for row in block] if calls else []
+        return sum(c.flops for c in calls)
 
-    def next(self, count: int) -> torch.Tensor:
-        if self.rows is None or self.cursor + count > self.rows.shape[0]:
+    def next(self, count: int) -> list[torch.Tensor]:
+        if self.cursor + count > len(self.rows):
             raise RuntimeError("holitom: the vision encoder's attention of this video's frames was not captured")
         rows = self.rows[self.cursor:self.cursor + count]
         self.cursor += count
         return rows
 
 
+def frame_attention(config: Any, rows: list[torch.Tensor]) -> torch.Tensor:
+    """[frames, tokens per frame]: each LLM token's share of its frame's received attention. LLaVA-OneVision:
+    the patch map pooled as the frame is (bilinear, ceil(side / 2)); Qwen2-VL: the mean over the
+    spatial_merge_size^2 consecutive patches its merger joins into one token."""
+    if config.model_type == "llava_onevision":
+        side = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
+        stacked = torch.stack(rows).float()
+        if config.vision_feature_select_strategy == "default":
+            stacked = stacked[:, 1:]
+        return pooled(stacked, side)
+    merge = int(config.vision_config.spatial_merge_size) ** 2
+    return torch.stack([row.float().view(-1, merge).mean(dim=-1) for row in rows])
+
+
 def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
-    """Before layer 0: each video's tokens replaced by HoliTom's, in the release's order, re-packed."""
+    """Before layer 0: each video's tokens replaced by HoliTom's, in the release's order, re-packed (Qwen2-VL:
+    each token keeps its own 3-D position)."""
     frames = _Frames(capture)
     settings = dict(keep=float(params["holitom_keep"]), tau=float(params["holitom_tau"]),
                     beta=float(params["holitom_beta"]), contextual=float(params["holitom_d"]),
@@ -112,19 +128,16 @@ def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
         flops = frames.start()
         editor = capture.editor
         assert editor is not None
-        side = int(editor.model.config.vision_config.image_size) // int(editor.model.config.vision_config.patch_size)
+        config = editor.model.config
+        newline = int(config.model_type == "llava_onevision")  # its one newline after a video stays as it is
         video = seen.video if seen.video is not None else torch.zeros_like(seen.visual)
         order = torch.arange(seen.hidden.shape[0], device=seen.hidden.device)
         hidden = seen.hidden.clone()
         pieces, last = [], 0
         for start, end in flag_runs((seen.visual & video).tolist()):
-            tokens = torch.arange(start, end - 1, device=order.device)  # the closing newline stays as it is
-            groups = seen.groups[tokens]
-            count = int(torch.unique(groups).numel())
-            rows = frames.next(count)
-            if editor.model.config.vision_feature_select_strategy == "default":
-                rows = rows[:, 1:]
-            attention = pooled(rows.float(), side)
+            tokens = torch.arange(start, end - newline, device=order.device)
+            count = int(torch.unique(seen.groups[tokens]).numel())
+            attention = frame_attention(config, frames.next(count))
             per = tokens.numel() // count
             if per * count != tokens.numel() or attention.shape[1] != per:
                 raise RuntimeError(f"holitom: a video of {count} frames has {tokens.numel()} tokens, its attention "
@@ -134,7 +147,7 @@ def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
             kept = tokens[merged.sources]
             hidden[kept] = merged.states.to(hidden.dtype)
             pieces += [order[last:start], kept]
-            last = end - 1
+            last = end - newline
             flops += merged.flops
         positions = torch.cat([*pieces, order[last:]])
         return Kept(positions, hidden[positions], flops, repack=bool(pieces))
@@ -207,7 +220,7 @@ PARAMS = (
 METHOD = TokenMethod(
     name="holitom", label="HoliTom", order=33,
     summary="video: merge static tokens over temporal segments and keep each frame's most attended tokens before "
-            "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision)",
+            "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision, Qwen2-VL)",
     params=PARAMS, plan=plan, budget=budget, depth_problem=depth_problem,
     attention=("the attention each patch receives at the vision feature layer (mean over heads and queries), formed "
                "from that layer's own query and key a frame and a few heads at a time (tamp.inference.vision_"

@@ -50,7 +50,7 @@ def video(tiny_model):
 
 def _video_run(model, inputs: dict) -> tuple[int, int]:
     ids = inputs["input_ids"][0].tolist()
-    token = model.config.video_token_index
+    token = get_adapter(model).media_token_ids["video"][0]
     start = ids.index(token)
     return start, start + ids.count(token)
 
@@ -270,7 +270,7 @@ def test_images_pass_the_outer_step_as_in_the_release(loaded) -> None:
     assert stats.visual_kept_per_layer[0] == stats.visual_in > stats.visual_kept_per_layer[K]
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision"}))
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl"}))
 def test_other_families_are_refused(loaded, family: str) -> None:
     model, _, _ = loaded(family)
     with pytest.raises(TampError, match="^holitom merges video frames") as caught:
@@ -286,3 +286,169 @@ def test_budget_maps_the_share() -> None:
         assert recipe.token is not None
         assert recipe.token.params["holitom_keep"] == pytest.approx(share)
         assert recipe.token.params["holitom_tau"] == pytest.approx(tau)
+
+
+# --- Qwen2-VL (beyond the release): a frame is a temporal patch, a token's attention its 2 x 2 patches' mean ----
+@pytest.fixture(scope="module")
+def qwen_video(tiny_model):
+    """(model, inputs, media ids): 8 frames (4 temporal patches), the first four the same picture."""
+    from transformers import AutoModelForImageTextToText
+
+    from tamp.processors import load_processor
+
+    path = tiny_model("qwen2-vl")
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    proc = load_processor(path)
+    rng = np.random.default_rng(0)
+    still = rng.integers(0, 256, (1, 60, 80, 3), dtype=np.uint8)
+    frames = np.concatenate([still] * 4 + [rng.integers(0, 256, (4, 60, 80, 3), dtype=np.uint8)])
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]
+    prompt = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = dict(proc(text=[prompt], videos=[frames], return_tensors="pt"))
+    media = [i for ids in get_adapter(model).media_token_ids.values() for i in ids]
+    return model, inputs, media
+
+
+def _qwen_expected(model, inputs: dict, params: dict, monkeypatch) -> tuple[list[int], torch.Tensor]:
+    """(kept positions, states entering the LLM): the tower's last block run eager, its per-frame attention
+    matrices recorded as eager_attention_forward returns them, mean over heads then queries, each token the mean
+    of its 2 x 2 patches; the outer step re-stated on the frames' merged states."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
+
+    last = get_adapter(model).vision_stack(model).layers[-1].attn
+    seen: list[torch.Tensor] = []
+    eager = qwen.eager_attention_forward
+
+    def record(module, *args, **kwargs):
+        out, weights = eager(module, *args, **kwargs)
+        if module is last:
+            seen.append(weights[0].mean(dim=0).mean(dim=0))
+        return out, weights
+
+    monkeypatch.setattr(qwen, "eager_attention_forward", record)
+    saved = model.config._attn_implementation
+    attn(model, "eager")
+    try:
+        embeds = _embeddings(model, inputs)
+    finally:
+        attn(model, saved)
+        monkeypatch.undo()
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert len(seen) == t
+    attention = torch.stack([row.view(-1, 4).mean(dim=-1) for row in seen])
+    start, end = _video_run(model, inputs)
+    frames = embeds[start:end].view(t, -1, embeds.shape[-1])
+    sources, states = video_by_hand(frames, attention, params["holitom_keep"], params["holitom_tau"], 0.6, 0.0, 7,
+                                    1024)
+    n = inputs["input_ids"].shape[1]
+    kept = list(range(start)) + [start + s for s in sources] + list(range(end, n))
+    return kept, torch.cat([embeds[:start], torch.tensor(states), embeds[end:]])
+
+
+def _positions(model, inputs: dict) -> torch.Tensor:
+    """The 3-D mrope position ids the language model gets in a dense run."""
+    stack = get_adapter(model).language_stack(model)
+    language = model.get_submodule(stack.name.rsplit(".", 1)[0])
+    seen: list[torch.Tensor] = []
+    hook = language.register_forward_pre_hook(lambda m, a, k: seen.append(k["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("implementation", ("eager", "sdpa"))
+def test_qwen2_vl_outer_merge_equals_the_restatement(qwen_video, implementation: str, monkeypatch) -> None:
+    """The tokens kept, their states, and the logits at them: the language model run on the new sequence, each
+    token at its own 3-D position."""
+    model, inputs, _ = qwen_video
+    kept, want = _qwen_expected(model, inputs, OUTER, monkeypatch)
+    attn(model, implementation)
+    logits, states, dropper = _run(model, OUTER, inputs)
+    assert dropper.kept_by_layer[0][0].tolist() == kept and len(kept) < inputs["input_ids"].shape[1]
+    torch.testing.assert_close(states, want, rtol=0, atol=1e-5)
+    position = _positions(model, inputs)[..., kept]
+    language = model.get_submodule(get_adapter(model).language_stack(model).name.rsplit(".", 1)[0])
+    with torch.no_grad():
+        hidden = language(inputs_embeds=want[None], position_ids=position, use_cache=False).last_hidden_state
+        expected = model.get_output_embeddings()(hidden)[0]
+    torch.testing.assert_close(logits[dropper.kept_by_layer[0][0]], expected, rtol=0, atol=1e-4)
+
+
+def test_qwen2_vl_keeping_everything_leaves_the_logits(qwen_video) -> None:
+    model, inputs, _ = qwen_video
+    attn(model, "sdpa")
+    with torch.no_grad():
+        dense = model(**inputs).logits[0]
+    logits, _, dropper = _run(model, KEEP_ALL, inputs)
+    torch.testing.assert_close(logits, dense, rtol=0, atol=1e-5)
+    assert dropper.history[-1].scoring_flops > 0
+
+
+@pytest.mark.parametrize("params", (OUTER, FULL), ids=("outer", "full"))
+def test_qwen2_vl_flops_match_the_counter(qwen_video, params: dict) -> None:
+    model, inputs, _ = qwen_video
+    attn(model, "eager")
+    dense = _total(model, inputs)
+    dropper = TokenTransform.build("holitom", params).install(model)
+    try:
+        ours = _total(model, inputs)
+    finally:
+        dropper.remove()
+    shape = ModelShape.of(model, get_adapter(model))
+    n = inputs["input_ids"].shape[1]
+    stats = dropper.history[-1]
+    analytic = shape.prefill(stats.tokens_per_layer, n)["dense"] - shape.prefill([n] * len(stats.tokens_per_layer),
+                                                                                 n)["dense"]
+    assert ours - dense == pytest.approx(analytic + stats.scoring_flops, rel=1e-6)
+    assert stats.tokens_per_layer[0] < n
+
+
+def test_qwen2_vl_cached_generation_equals_a_recompute(qwen_video, monkeypatch) -> None:
+    """The outer step: cached greedy decoding equals running the new sequence (each token at its own 3-D position,
+    each generated token at the next text position, as in a dense run) without a cache, step by step."""
+    model, inputs, media = qwen_video
+    kept, seq = _qwen_expected(model, inputs, OUTER, monkeypatch)
+    attn(model, "sdpa")
+    position = _positions(model, inputs)
+    following = int(position.max()) + 1
+    position = position[..., kept]
+    dropper = TokenTransform.build("holitom", OUTER).install(model)
+    try:
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=media,
+                                   output_scores=True, return_dict_in_generate=True)
+    finally:
+        dropper.remove()
+    language = model.get_submodule(get_adapter(model).language_stack(model).name.rsplit(".", 1)[0])
+    steps = []
+    for step in range(3):
+        with torch.no_grad():
+            hidden = language(inputs_embeds=seq[None], position_ids=position, use_cache=False).last_hidden_state
+            last = model.get_output_embeddings()(hidden)[0, -1]
+        last[media] = -math.inf
+        steps.append(int(last.argmax()))
+        torch.testing.assert_close(generated.scores[step][0], last, rtol=0, atol=1e-4)
+        seq = torch.cat([seq, model.get_input_embeddings()(torch.tensor([steps[-1]]))])
+        position = torch.cat([position, torch.full((*position.shape[:-1], 1), following + step)], dim=-1)
+    assert generated.sequences[0, inputs["input_ids"].shape[1]:].tolist() == steps
+
+
+def test_qwen2_vl_cached_generation_runs_and_keeps_the_cut(qwen_video) -> None:
+    """Cached greedy decoding with the full method (outer step, inner merge) runs, its first step's logits equal
+    the prefill's last row, and the decode steps see only the kept tokens."""
+    model, inputs, media = qwen_video
+    attn(model, "sdpa")
+    logits, _, _ = _run(model, FULL, inputs)
+    dropper = TokenTransform.build("holitom", FULL).install(model)
+    try:
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=media,
+                                   output_scores=True, return_dict_in_generate=True)
+    finally:
+        dropper.remove()
+    first = logits[-1].clone()
+    first[media] = -math.inf
+    torch.testing.assert_close(generated.scores[0][0], first, rtol=0, atol=1e-4)
+    stats = dropper.history[0]
+    assert stats.visual_kept_per_layer[K] < stats.visual_kept_per_layer[0] < stats.visual_in
