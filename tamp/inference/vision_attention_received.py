@@ -53,6 +53,7 @@ class ReceivedCall:
 
     rows: list[Tensor]
     flops: float
+    grid: Tensor | None = None  # Qwen-VL: the call's grid_thw
 
 @dataclass
 class ReceivedCapture:
@@ -67,6 +68,7 @@ class ReceivedCapture:
     editor: SequenceEditor | None = None
     _handles: list[Any] = field(default_factory=list)
     _context: Any = None
+    _grid: Tensor | None = None
 
     def __call__(self, editor: SequenceEditor) -> ReceivedCapture:
         problem = self.check(editor.model.config) if self.check is not None else None
@@ -78,9 +80,15 @@ class ReceivedCapture:
         index = getattr(editor.model.config, "vision_feature_layer", -1)  # Qwen-VL: the tower's last block
         layer = list(stack.layers)[index if index < 0 else index - 1]
         self.editor, self.calls = editor, []
-        self._handles = [layer.register_forward_pre_hook(lambda mod, args: self._start(mod)),
+        tower = editor.model.get_submodule(stack.name.rsplit(".", 1)[0])
+        self._handles = [tower.register_forward_pre_hook(self._on_tower, with_kwargs=True),
+                         layer.register_forward_pre_hook(lambda mod, args: self._start(mod)),
                          layer.register_forward_hook(lambda mod, args, out: self._stop())]
         return self
+
+    def _on_tower(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        self._grid = grid if isinstance(grid, Tensor) else None
 
     def _score(self, query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | None) -> Tensor:
         rows = received_attention(query, key, mask, scaling)
@@ -90,7 +98,7 @@ class ReceivedCapture:
         return rows
 
     def _start(self, module: nn.Module) -> None:
-        self.calls.append(ReceivedCall([], 0.0))
+        self.calls.append(ReceivedCall([], 0.0, self._grid))
         self._context = capture_attention_score(module, [], self._score)
         self._context.__enter__()
 

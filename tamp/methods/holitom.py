@@ -20,11 +20,12 @@ Here the same steps run on the states entering decoder layer 0 (LLaVA-OneVision'
 the vision attention formed from the feature layer's own query and key (tamp.inference.vision_attention_received,
 any kernel); the tensor math is tamp.algorithms.holitom. Images are left to the stock path outside the LLM, as
 the release leaves them (its outer step acts on video only), and the inner merge takes every visual token (the
-release's: the first image's or video's run). Runs on LLaVA-OneVision and, beyond the release, Qwen2-VL: its
-tower attends frame by frame (a frame = a temporal patch of 2 input frames); a token's attention is the mean
-over the 2 x 2 patches its merger joins; every merged token keeps the 3-D mrope position of the token it stands
-at (a static cluster: its peak in the segment's first frame). Qwen2.5-VL (window-ordered patches), Qwen3-VL and
-Qwen2.5-Omni (frames as separate runs) and the image-only families are refused with one line.
+release's: the first image's or video's run). Runs on LLaVA-OneVision and, beyond the release, Qwen2-VL and
+Qwen2.5-VL: the tower's last block attends frame by frame (a frame = a temporal patch of 2 input frames); a
+token's attention is the mean over the 2 x 2 patches its merger joins (Qwen2.5-VL's put back from the window
+order); every merged token keeps the 3-D mrope position of the token it stands at (a static cluster: its peak in
+the segment's first frame). Qwen3-VL and Qwen2.5-Omni (frames as separate runs) and the image-only families are
+refused with one line.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from tamp.algorithms.token_keep import flag_runs
 from tamp.engine.attention import LAST_ROW
 from tamp.errors import TampError
 from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
-from tamp.inference.vision_attention_received import ReceivedCapture, pooled
+from tamp.inference.vision_attention_received import ReceivedCall, ReceivedCapture, pooled
 from tamp.methods.base import Param, TokenMethod
+from tamp.models import internals
 
 RELEASED_K = (18, 28)  # HOLITOM_k = 18 on Qwen2-7B's 28 layers (every script)
 INNER = ("merge", "off")
-FAMILIES = ("llava_onevision", "qwen2_vl")
+FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
 
 
 def family_problem(config: Any) -> str | None:
@@ -51,9 +53,9 @@ def family_problem(config: Any) -> str | None:
     kind = getattr(config, "model_type", "?")
     if kind in FAMILIES:
         return None
-    return (f"holitom merges video frames: it runs on LLaVA-OneVision (the release's model) and Qwen2-VL; this model "
-            f"({kind}) is not supported (images only, no per-frame grid, or, Qwen2.5-VL / Qwen3-VL / Omni, a "
-            f"tower whose frame attention we do not read yet); use aim, divprune, random or pool here")
+    return (f"holitom merges video frames: it runs on LLaVA-OneVision (the release's model), Qwen2-VL and Qwen2.5-VL; "
+            f"this model ({kind}) is not supported (images only, no per-frame grid, or, Qwen3-VL / Omni, frames as "
+            f"separate runs); use aim, divprune, random or pool here")
 
 
 def inner_layer(params: dict[str, Any], num_layers: int) -> int:
@@ -91,7 +93,7 @@ class _Frames:
         self._for, self.cursor = editor.history[-1], 0
         calls = self.capture.take()
         # the last call is the videos' (images are encoded first); one row per frame
-        self.rows = [row for block in calls[-1].rows for row in block] if calls else []
+        self.rows = frame_rows(editor.model.config, calls[-1]) if calls else []
         return sum(c.flops for c in calls)
 
     def next(self, count: int) -> list[torch.Tensor]:
@@ -102,18 +104,26 @@ class _Frames:
         return rows
 
 
-def frame_attention(config: Any, rows: list[torch.Tensor]) -> torch.Tensor:
-    """[frames, tokens per frame]: each LLM token's share of its frame's received attention. LLaVA-OneVision:
-    the patch map pooled as the frame is (bilinear, ceil(side / 2)); Qwen2-VL: the mean over the
-    spatial_merge_size^2 consecutive patches its merger joins into one token."""
+def frame_rows(config: Any, call: ReceivedCall) -> list[torch.Tensor]:
+    """Per frame of a vision call, each LLM token's share of the attention its frame's patches received.
+    LLaVA-OneVision: the patch map pooled as the frame is (bilinear, ceil(side / 2)); Qwen2-VL: the mean over the
+    spatial_merge_size^2 consecutive patches its merger joins into one token; Qwen2.5-VL: the same, after putting
+    the merge units back from the tower's window order."""
     if config.model_type == "llava_onevision":
         side = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
-        stacked = torch.stack(rows).float()
+        stacked = torch.cat(call.rows).float()
         if config.vision_feature_select_strategy == "default":
             stacked = stacked[:, 1:]
-        return pooled(stacked, side)
+        return list(pooled(stacked, side))
     merge = int(config.vision_config.spatial_merge_size) ** 2
-    return torch.stack([row.float().view(-1, merge).mean(dim=-1) for row in rows])
+    units = torch.cat([row.flatten() for block in call.rows for row in block]).float().view(-1, merge).mean(dim=-1)
+    if call.grid is None:
+        raise RuntimeError("holitom: the video's grid_thw was not seen by the vision tower")
+    if config.model_type == "qwen2_5_vl":
+        window = internals.vision_window_index(call.grid.cpu(), config.vision_config).to(units.device)
+        units = torch.empty_like(units).index_copy_(0, window, units)
+    sizes = [int(h * w) // merge for t, h, w in call.grid.tolist() for _ in range(int(t))]
+    return list(torch.split(units, sizes))
 
 
 def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
@@ -137,7 +147,7 @@ def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
         for start, end in flag_runs((seen.visual & video).tolist()):
             tokens = torch.arange(start, end - newline, device=order.device)
             count = int(torch.unique(seen.groups[tokens]).numel())
-            attention = frame_attention(config, frames.next(count))
+            attention = torch.stack(frames.next(count))
             per = tokens.numel() // count
             if per * count != tokens.numel() or attention.shape[1] != per:
                 raise RuntimeError(f"holitom: a video of {count} frames has {tokens.numel()} tokens, its attention "
@@ -220,7 +230,8 @@ PARAMS = (
 METHOD = TokenMethod(
     name="holitom", label="HoliTom", order=33,
     summary="video: merge static tokens over temporal segments and keep each frame's most attended tokens before "
-            "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision, Qwen2-VL)",
+            "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision, "
+            "Qwen2-VL / 2.5-VL)",
     params=PARAMS, plan=plan, budget=budget, depth_problem=depth_problem,
     attention=("the attention each patch receives at the vision feature layer (mean over heads and queries), formed "
                "from that layer's own query and key a frame and a few heads at a time (tamp.inference.vision_"

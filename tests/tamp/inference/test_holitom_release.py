@@ -270,7 +270,7 @@ def test_images_pass_the_outer_step_as_in_the_release(loaded) -> None:
     assert stats.visual_kept_per_layer[0] == stats.visual_in > stats.visual_kept_per_layer[K]
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl"}))
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl", "qwen2.5-vl"}))
 def test_other_families_are_refused(loaded, family: str) -> None:
     model, _, _ = loaded(family)
     with pytest.raises(TampError, match="^holitom merges video frames") as caught:
@@ -288,15 +288,19 @@ def test_budget_maps_the_share() -> None:
         assert recipe.token.params["holitom_tau"] == pytest.approx(tau)
 
 
-# --- Qwen2-VL (beyond the release): a frame is a temporal patch, a token's attention its 2 x 2 patches' mean ----
-@pytest.fixture(scope="module")
-def qwen_video(tiny_model):
+# --- Qwen2-VL / 2.5-VL (beyond the release): a frame is a temporal patch, a token's attention its 2 x 2 patches'
+# mean (Qwen2.5-VL's put back from the tower's window order) ------------------------------------------------------
+QWEN = ("qwen2-vl", "qwen2.5-vl")
+
+
+@pytest.fixture(scope="module", params=QWEN)
+def qwen_video(request, tiny_model):
     """(model, inputs, media ids): 8 frames (4 temporal patches), the first four the same picture."""
     from transformers import AutoModelForImageTextToText
 
     from tamp.processors import load_processor
 
-    path = tiny_model("qwen2-vl")
+    path = tiny_model(request.param)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     proc = load_processor(path)
     rng = np.random.default_rng(0)
@@ -313,8 +317,12 @@ def _qwen_expected(model, inputs: dict, params: dict, monkeypatch) -> tuple[list
     """(kept positions, states entering the LLM): the tower's last block run eager, its per-frame attention
     matrices recorded as eager_attention_forward returns them, mean over heads then queries, each token the mean
     of its 2 x 2 patches; the outer step re-stated on the frames' merged states."""
-    from transformers.models.qwen2_vl import modeling_qwen2_vl as qwen
+    import importlib
 
+    from transformers.vision_utils import get_vision_window_index
+
+    kind = model.config.model_type
+    qwen = importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
     last = get_adapter(model).vision_stack(model).layers[-1].attn
     seen: list[torch.Tensor] = []
     eager = qwen.eager_attention_forward
@@ -335,7 +343,16 @@ def _qwen_expected(model, inputs: dict, params: dict, monkeypatch) -> tuple[list
         monkeypatch.undo()
     t, h, w = inputs["video_grid_thw"][0].tolist()
     assert len(seen) == t
-    attention = torch.stack([row.view(-1, 4).mean(dim=-1) for row in seen])
+    units = torch.cat(seen).view(-1, 4).mean(dim=-1)
+    if kind == "qwen2_5_vl":  # the tower ran its merge units in window order: unit window[i] sat at i
+        vision = model.config.vision_config
+        window, _ = get_vision_window_index(inputs["video_grid_thw"], vision.spatial_merge_size, vision.window_size,
+                                            vision.patch_size)
+        restored = torch.zeros_like(units)
+        for i, unit in enumerate(window.tolist()):
+            restored[unit] = units[i]
+        units = restored
+    attention = units.view(t, -1)
     start, end = _video_run(model, inputs)
     frames = embeds[start:end].view(t, -1, embeds.shape[-1])
     sources, states = video_by_hand(frames, attention, params["holitom_keep"], params["holitom_tau"], 0.6, 0.0, 7,
@@ -360,7 +377,7 @@ def _positions(model, inputs: dict) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("implementation", ("eager", "sdpa"))
-def test_qwen2_vl_outer_merge_equals_the_restatement(qwen_video, implementation: str, monkeypatch) -> None:
+def test_qwen_outer_merge_equals_the_restatement(qwen_video, implementation: str, monkeypatch) -> None:
     """The tokens kept, their states, and the logits at them: the language model run on the new sequence, each
     token at its own 3-D position."""
     model, inputs, _ = qwen_video
@@ -377,7 +394,7 @@ def test_qwen2_vl_outer_merge_equals_the_restatement(qwen_video, implementation:
     torch.testing.assert_close(logits[dropper.kept_by_layer[0][0]], expected, rtol=0, atol=1e-4)
 
 
-def test_qwen2_vl_keeping_everything_leaves_the_logits(qwen_video) -> None:
+def test_qwen_keeping_everything_leaves_the_logits(qwen_video) -> None:
     model, inputs, _ = qwen_video
     attn(model, "sdpa")
     with torch.no_grad():
@@ -388,7 +405,7 @@ def test_qwen2_vl_keeping_everything_leaves_the_logits(qwen_video) -> None:
 
 
 @pytest.mark.parametrize("params", (OUTER, FULL), ids=("outer", "full"))
-def test_qwen2_vl_flops_match_the_counter(qwen_video, params: dict) -> None:
+def test_qwen_flops_match_the_counter(qwen_video, params: dict) -> None:
     model, inputs, _ = qwen_video
     attn(model, "eager")
     dense = _total(model, inputs)
@@ -406,7 +423,7 @@ def test_qwen2_vl_flops_match_the_counter(qwen_video, params: dict) -> None:
     assert stats.tokens_per_layer[0] < n
 
 
-def test_qwen2_vl_cached_generation_equals_a_recompute(qwen_video, monkeypatch) -> None:
+def test_qwen_cached_generation_equals_a_recompute(qwen_video, monkeypatch) -> None:
     """The outer step: cached greedy decoding equals running the new sequence (each token at its own 3-D position,
     each generated token at the next text position, as in a dense run) without a cache, step by step."""
     model, inputs, media = qwen_video
@@ -435,7 +452,7 @@ def test_qwen2_vl_cached_generation_equals_a_recompute(qwen_video, monkeypatch) 
     assert generated.sequences[0, inputs["input_ids"].shape[1]:].tolist() == steps
 
 
-def test_qwen2_vl_cached_generation_runs_and_keeps_the_cut(qwen_video) -> None:
+def test_qwen_cached_generation_runs_and_keeps_the_cut(qwen_video) -> None:
     """Cached greedy decoding with the full method (outer step, inner merge) runs, its first step's logits equal
     the prefill's last row, and the decode steps see only the kept tokens."""
     model, inputs, media = qwen_video
