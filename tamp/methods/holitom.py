@@ -20,12 +20,13 @@ Here the same steps run on the states entering decoder layer 0 (LLaVA-OneVision'
 the vision attention formed from the feature layer's own query and key (tamp.inference.vision_attention_received,
 any kernel); the tensor math is tamp.algorithms.holitom. Images are left to the stock path outside the LLM, as
 the release leaves them (its outer step acts on video only), and the inner merge takes every visual token (the
-release's: the first image's or video's run). Runs on LLaVA-OneVision and, beyond the release, Qwen2-VL and
-Qwen2.5-VL: the tower's last block attends frame by frame (a frame = a temporal patch of 2 input frames); a
-token's attention is the mean over the 2 x 2 patches its merger joins (Qwen2.5-VL's put back from the window
-order); every merged token keeps the 3-D mrope position of the token it stands at (a static cluster: its peak in
-the segment's first frame). Qwen3-VL and Qwen2.5-Omni (frames as separate runs) and the image-only families are
-refused with one line.
+release's: the first image's or video's run). Runs on LLaVA-OneVision and, beyond the release, Qwen2-VL,
+Qwen2.5-VL and Qwen3-VL: the tower's last block attends frame by frame (a frame = a temporal patch of 2 input
+frames); a token's attention is the mean over the 2 x 2 patches its merger joins (Qwen2.5-VL's put back from the
+window order); every merged token keeps the 3-D mrope position of the token it stands at (a static cluster: its peak in
+the segment's first frame). Qwen3-VL writes a timestamp before each frame: a video is as many runs as its grid
+has frames, and each frame's kept tokens take its run. Qwen2.5-Omni (frames interleaved with audio) and the
+image-only families are refused with one line.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from tamp.models import internals
 
 RELEASED_K = (18, 28)  # HOLITOM_k = 18 on Qwen2-7B's 28 layers (every script)
 INNER = ("merge", "off")
-FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+RUN_PER_FRAME = ("qwen3_vl",)  # a timestamp before each frame: a video is as many runs as frames
 
 
 def family_problem(config: Any) -> str | None:
@@ -53,9 +55,9 @@ def family_problem(config: Any) -> str | None:
     kind = getattr(config, "model_type", "?")
     if kind in FAMILIES:
         return None
-    return (f"holitom merges video frames: it runs on LLaVA-OneVision (the release's model), Qwen2-VL and Qwen2.5-VL; "
-            f"this model ({kind}) is not supported (images only, no per-frame grid, or, Qwen3-VL / Omni, frames as "
-            f"separate runs); use aim, divprune, random or pool here")
+    return (f"holitom merges video frames: it runs on LLaVA-OneVision (the release's model) and Qwen2-VL / 2.5-VL / "
+            f"3-VL; this model ({kind}) is not supported (images only, no per-frame grid, or Qwen2.5-Omni's frames "
+            f"interleaved with audio); use aim, divprune, random or pool here")
 
 
 def inner_layer(params: dict[str, Any], num_layers: int) -> int:
@@ -83,6 +85,7 @@ class _Frames:
         self._for: Any = None
         self.rows: list[torch.Tensor] = []
         self.cursor = 0
+        self.videos: list[int] = []  # frames of each video of the call, in order (from its grid)
 
     def start(self) -> float:
         """On a new prefill: take its vision calls; returns the FLOPs they cost (charged to its first sample)."""
@@ -94,7 +97,14 @@ class _Frames:
         calls = self.capture.take()
         # the last call is the videos' (images are encoded first); one row per frame
         self.rows = frame_rows(editor.model.config, calls[-1]) if calls else []
+        grid = calls[-1].grid if calls else None
+        self.videos = [] if grid is None else [int(t) for t in grid[:, 0].tolist()]
         return sum(c.flops for c in calls)
+
+    def frames_of_next_video(self) -> int:
+        if not self.videos:
+            raise RuntimeError("holitom: more videos in the prompt than the vision encoder saw")
+        return self.videos.pop(0)
 
     def next(self, count: int) -> list[torch.Tensor]:
         if self.cursor + count > len(self.rows):
@@ -126,6 +136,28 @@ def frame_rows(config: Any, call: ReceivedCall) -> list[torch.Tensor]:
     return list(torch.split(units, sizes))
 
 
+def video_frames(config: Any, seen: DropInput, frames: _Frames) -> list[list[tuple[int, int]]]:
+    """Each video of the sample as its frames' (start, end) in the sequence: a run of video tokens split into its
+    frame groups (LLaVA-OneVision's closing newline left out), or, Qwen3-VL, as many runs as the video has frames
+    (a timestamp before each)."""
+    video = seen.video if seen.video is not None else torch.zeros_like(seen.visual)
+    runs = flag_runs((seen.visual & video).tolist())
+    if config.model_type in RUN_PER_FRAME:
+        out = []
+        while runs:
+            count = frames.frames_of_next_video()
+            out.append(runs[:count])
+            runs = runs[count:]
+        return out
+    newline = int(config.model_type == "llava_onevision")
+    out = []
+    for start, end in runs:
+        count = int(torch.unique(seen.groups[start:end - newline]).numel())
+        per = (end - newline - start) // count
+        out.append([(start + f * per, start + (f + 1) * per) for f in range(count)])
+    return out
+
+
 def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
     """Before layer 0: each video's tokens replaced by HoliTom's, in the release's order, re-packed (Qwen2-VL:
     each token keeps its own 3-D position)."""
@@ -138,26 +170,24 @@ def outer_drop(params: dict[str, Any], capture: ReceivedCapture) -> Drop:
         flops = frames.start()
         editor = capture.editor
         assert editor is not None
-        config = editor.model.config
-        newline = int(config.model_type == "llava_onevision")  # its one newline after a video stays as it is
-        video = seen.video if seen.video is not None else torch.zeros_like(seen.visual)
         order = torch.arange(seen.hidden.shape[0], device=seen.hidden.device)
         hidden = seen.hidden.clone()
         pieces, last = [], 0
-        for start, end in flag_runs((seen.visual & video).tolist()):
-            tokens = torch.arange(start, end - newline, device=order.device)
-            count = int(torch.unique(seen.groups[tokens]).numel())
+        for spans in video_frames(editor.model.config, seen, frames):
+            tokens = torch.cat([order[a:b] for a, b in spans])
+            count, per = len(spans), spans[0][1] - spans[0][0]
             attention = torch.stack(frames.next(count))
-            per = tokens.numel() // count
-            if per * count != tokens.numel() or attention.shape[1] != per:
+            if any(b - a != per for a, b in spans) or attention.shape[1] != per:
                 raise RuntimeError(f"holitom: a video of {count} frames has {tokens.numel()} tokens, its attention "
                                    f"map {attention.shape[1]} per frame")
             merged = merge_video(seen.hidden[tokens].view(count, per, -1), attention.to(seen.hidden.device),
                                  **settings)
             kept = tokens[merged.sources]
             hidden[kept] = merged.states.to(hidden.dtype)
-            pieces += [order[last:start], kept]
-            last = end - newline
+            frame_of = merged.sources // per  # ascending: the release's order is frame by frame
+            for f, (a, b) in enumerate(spans):  # each frame's tokens take its place (text between frames stays)
+                pieces += [order[last:a], kept[frame_of == f]]
+                last = b
             flops += merged.flops
         positions = torch.cat([*pieces, order[last:]])
         return Kept(positions, hidden[positions], flops, repack=bool(pieces))
@@ -231,7 +261,7 @@ METHOD = TokenMethod(
     name="holitom", label="HoliTom", order=33,
     summary="video: merge static tokens over temporal segments and keep each frame's most attended tokens before "
             "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision, "
-            "Qwen2-VL / 2.5-VL)",
+            "Qwen2-VL / 2.5-VL / 3-VL)",
     params=PARAMS, plan=plan, budget=budget, depth_problem=depth_problem,
     attention=("the attention each patch receives at the vision feature layer (mean over heads and queries), formed "
                "from that layer's own query and key a frame and a few heads at a time (tamp.inference.vision_"

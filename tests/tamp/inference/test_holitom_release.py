@@ -270,7 +270,7 @@ def test_images_pass_the_outer_step_as_in_the_release(loaded) -> None:
     assert stats.visual_kept_per_layer[0] == stats.visual_in > stats.visual_kept_per_layer[K]
 
 
-@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl", "qwen2.5-vl"}))
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"}))
 def test_other_families_are_refused(loaded, family: str) -> None:
     model, _, _ = loaded(family)
     with pytest.raises(TampError, match="^holitom merges video frames") as caught:
@@ -290,17 +290,29 @@ def test_budget_maps_the_share() -> None:
 
 # --- Qwen2-VL / 2.5-VL (beyond the release): a frame is a temporal patch, a token's attention its 2 x 2 patches'
 # mean (Qwen2.5-VL's put back from the tower's window order) ------------------------------------------------------
-QWEN = ("qwen2-vl", "qwen2.5-vl")
+QWEN = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+NO_DEEPSTACK = ("qwen2-vl", "qwen2.5-vl")  # a plain language-model call is the reference (Qwen3-VL adds DeepStack)
 
 
-@pytest.fixture(scope="module", params=QWEN)
-def qwen_video(request, tiny_model):
+@pytest.fixture(scope="module")
+def qwen_videos(tiny_model):
+    cache: dict[str, tuple] = {}
+
+    def get(family: str) -> tuple:
+        if family not in cache:
+            cache[family] = _qwen_video(tiny_model, family)
+        return cache[family]
+
+    return get
+
+
+def _qwen_video(tiny_model, family: str):
     """(model, inputs, media ids): 8 frames (4 temporal patches), the first four the same picture."""
     from transformers import AutoModelForImageTextToText
 
     from tamp.processors import load_processor
 
-    path = tiny_model(request.param)
+    path = tiny_model(family)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     proc = load_processor(path)
     rng = np.random.default_rng(0)
@@ -353,13 +365,25 @@ def _qwen_expected(model, inputs: dict, params: dict, monkeypatch) -> tuple[list
             restored[unit] = units[i]
         units = restored
     attention = units.view(t, -1)
-    start, end = _video_run(model, inputs)
-    frames = embeds[start:end].view(t, -1, embeds.shape[-1])
+    ids = inputs["input_ids"][0].tolist()
+    token = get_adapter(model).media_token_ids["video"][0]
+    where = [p for p, i in enumerate(ids) if i == token]  # Qwen3-VL: a timestamp between frames
+    per = len(where) // t
+    frames = embeds[where].view(t, per, embeds.shape[-1])
     sources, states = video_by_hand(frames, attention, params["holitom_keep"], params["holitom_tau"], 0.6, 0.0, 7,
                                     1024)
-    n = inputs["input_ids"].shape[1]
-    kept = list(range(start)) + [start + s for s in sources] + list(range(end, n))
-    return kept, torch.cat([embeds[:start], torch.tensor(states), embeds[end:]])
+    kept, rows = [], []
+    for p in range(len(ids)):  # the video's tokens leave; at each frame's first slot, its kept tokens in order
+        if ids[p] != token:
+            kept.append(p)
+            rows.append(embeds[p])
+        elif where.index(p) % per == 0:
+            f = where.index(p) // per
+            for s, state in zip(sources, states):
+                if s // per == f:
+                    kept.append(where[s])
+                    rows.append(torch.tensor(state))
+    return kept, torch.stack(rows)
 
 
 def _positions(model, inputs: dict) -> torch.Tensor:
@@ -377,15 +401,18 @@ def _positions(model, inputs: dict) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("implementation", ("eager", "sdpa"))
-def test_qwen_outer_merge_equals_the_restatement(qwen_video, implementation: str, monkeypatch) -> None:
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_outer_merge_equals_the_restatement(qwen_videos, family: str, implementation: str, monkeypatch) -> None:
     """The tokens kept, their states, and the logits at them: the language model run on the new sequence, each
     token at its own 3-D position."""
-    model, inputs, _ = qwen_video
+    model, inputs, _ = qwen_videos(family)
     kept, want = _qwen_expected(model, inputs, OUTER, monkeypatch)
     attn(model, implementation)
     logits, states, dropper = _run(model, OUTER, inputs)
     assert dropper.kept_by_layer[0][0].tolist() == kept and len(kept) < inputs["input_ids"].shape[1]
     torch.testing.assert_close(states, want, rtol=0, atol=1e-5)
+    if family not in NO_DEEPSTACK:
+        return  # the states and positions above are all: a plain language-model call lacks DeepStack's features
     position = _positions(model, inputs)[..., kept]
     language = model.get_submodule(get_adapter(model).language_stack(model).name.rsplit(".", 1)[0])
     with torch.no_grad():
@@ -394,8 +421,9 @@ def test_qwen_outer_merge_equals_the_restatement(qwen_video, implementation: str
     torch.testing.assert_close(logits[dropper.kept_by_layer[0][0]], expected, rtol=0, atol=1e-4)
 
 
-def test_qwen_keeping_everything_leaves_the_logits(qwen_video) -> None:
-    model, inputs, _ = qwen_video
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_keeping_everything_leaves_the_logits(qwen_videos, family: str) -> None:
+    model, inputs, _ = qwen_videos(family)
     attn(model, "sdpa")
     with torch.no_grad():
         dense = model(**inputs).logits[0]
@@ -404,9 +432,12 @@ def test_qwen_keeping_everything_leaves_the_logits(qwen_video) -> None:
     assert dropper.history[-1].scoring_flops > 0
 
 
-@pytest.mark.parametrize("params", (OUTER, FULL), ids=("outer", "full"))
-def test_qwen_flops_match_the_counter(qwen_video, params: dict) -> None:
-    model, inputs, _ = qwen_video
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_flops_match_the_counter(qwen_videos, family: str) -> None:
+    """The full method (outer step and inner merge) on each family; the outer step alone is covered on
+    LLaVA-OneVision above."""
+    model, inputs, _ = qwen_videos(family)
+    params = FULL
     attn(model, "eager")
     dense = _total(model, inputs)
     dropper = TokenTransform.build("holitom", params).install(model)
@@ -423,10 +454,11 @@ def test_qwen_flops_match_the_counter(qwen_video, params: dict) -> None:
     assert stats.tokens_per_layer[0] < n
 
 
-def test_qwen_cached_generation_equals_a_recompute(qwen_video, monkeypatch) -> None:
+@pytest.mark.parametrize("family", NO_DEEPSTACK)
+def test_qwen_cached_generation_equals_a_recompute(qwen_videos, family: str, monkeypatch) -> None:
     """The outer step: cached greedy decoding equals running the new sequence (each token at its own 3-D position,
     each generated token at the next text position, as in a dense run) without a cache, step by step."""
-    model, inputs, media = qwen_video
+    model, inputs, media = qwen_videos(family)
     kept, seq = _qwen_expected(model, inputs, OUTER, monkeypatch)
     attn(model, "sdpa")
     position = _positions(model, inputs)
@@ -452,10 +484,11 @@ def test_qwen_cached_generation_equals_a_recompute(qwen_video, monkeypatch) -> N
     assert generated.sequences[0, inputs["input_ids"].shape[1]:].tolist() == steps
 
 
-def test_qwen_cached_generation_runs_and_keeps_the_cut(qwen_video) -> None:
+@pytest.mark.parametrize("family", QWEN)
+def test_qwen_cached_generation_runs_and_keeps_the_cut(qwen_videos, family: str) -> None:
     """Cached greedy decoding with the full method (outer step, inner merge) runs, its first step's logits equal
     the prefill's last row, and the decode steps see only the kept tokens."""
-    model, inputs, media = qwen_video
+    model, inputs, media = qwen_videos(family)
     attn(model, "sdpa")
     logits, _, _ = _run(model, FULL, inputs)
     dropper = TokenTransform.build("holitom", FULL).install(model)
