@@ -201,8 +201,9 @@ def inner_drop(ratio: float) -> Drop:
     def choose(seen: DropInput) -> Kept:
         assert seen.scores is not None
         visual = torch.nonzero(seen.visual).flatten()
-        kept, states, flops = attended_merge(seen.hidden[visual], seen.scores[visual],
-                                             round(visual.numel() * (1 - ratio)))
+        # at least one stays (the release's merge fails on none: its similarity maximum over no kept token)
+        keep = max(round(visual.numel() * (1 - ratio)), min(1, visual.numel()))
+        kept, states, flops = attended_merge(seen.hidden[visual], seen.scores[visual], keep)
         hidden = seen.hidden.clone()
         hidden[visual[kept]] = states
         positions = torch.sort(torch.cat([torch.nonzero(~seen.visual).flatten(), visual[kept]])).values

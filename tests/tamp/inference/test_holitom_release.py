@@ -502,3 +502,12 @@ def test_qwen_cached_generation_runs_and_keeps_the_cut(qwen_videos, family: str)
     torch.testing.assert_close(generated.scores[0][0], first, rtol=0, atol=1e-4)
     stats = dropper.history[0]
     assert stats.visual_kept_per_layer[K] < stats.visual_kept_per_layer[0] < stats.visual_in
+
+
+def test_the_inner_merge_keeps_one_token_at_least(video) -> None:
+    """round(n x (1 - r)) = 0 (here r = 1) would leave no kept token to merge into (the release's merge fails):
+    one stays, and every other visual token is averaged into it."""
+    model, inputs, _ = video
+    attn(model, "sdpa")
+    _, _, dropper = _run(model, {**FULL, "holitom_r": 1.0}, inputs)
+    assert dropper.history[-1].visual_kept_per_layer[K] == 1
