@@ -299,3 +299,16 @@ def is_vision_attention(module: nn.Module) -> bool:
 def vision_attention_width(module: nn.Module) -> int:
     """heads x head_dim of a vision self-attention (`is_vision_attention`)."""
     return int(module.num_heads) * int(module.head_dim)
+
+
+# ---- Qwen2.5-VL's window order ---------------------------------------------------------------------------
+def vision_window_index(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:
+    """Qwen2.5-VL's tower runs its merge units (spatial_merge_size^2 patches each) in window order: the unit in
+    original order at each position of that order (transformers' get_vision_window_index)."""
+    from transformers import vision_utils
+
+    if not hasattr(vision_utils, "get_vision_window_index"):
+        raise moved("get_vision_window_index", "transformers.vision_utils")
+    index, _ = vision_utils.get_vision_window_index(grid_thw, int(vision_config.spatial_merge_size),
+                                                    int(vision_config.window_size), int(vision_config.patch_size))
+    return index
