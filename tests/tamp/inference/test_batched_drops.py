@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from tamp.models.adapters import get_adapter
+from tamp.token_transform import TokenTransform
 from tests.tamp.inference.conftest import BATCH_ITEMS, FAMILIES, YOPO_FAMILIES, attn
-from tests.tamp.inference.methods import METHODS, install
+from tests.tamp.inference.methods import METHODS
+from tests.tamp.inference.methods import install as install_method
+from tests.tamp.inference.test_cls_methods_release import CLS_FAMILIES
+from tests.tamp.inference.test_cls_methods_release import SETTINGS as CLS_SETTINGS
 from tests.tamp.inference.test_token_drop import _masked_recompute
 
 STEPS = 3
@@ -45,8 +49,17 @@ class _OneSample:
             self.first_states = first[b] if pad is None else first[b][~pad[b]]
 
 
-# every family x every token method the family takes (Gemma 3 refuses YOPO, docs/models.md)
-CASES = [(f, m) for f in FAMILIES for m in METHODS if m != "yopo" or f in YOPO_FAMILIES]
+# every family x every token method the family takes (Gemma 3 refuses YOPO, docs/models.md; VisionZip and VisPruner
+# need a CLIP tower's [CLS])
+CASES = [(f, m) for f in FAMILIES for m in METHODS if m != "yopo" or f in YOPO_FAMILIES] + \
+    [(f, m) for f in CLS_FAMILIES for m in CLS_SETTINGS]
+
+
+def install(model, method: str):
+    """A fresh install of the method with the inference tests' settings."""
+    if method in CLS_SETTINGS:
+        return TokenTransform.build(method, CLS_SETTINGS[method]).install(model)
+    return install_method(model, method)
 
 
 @pytest.mark.parametrize(("family", "method"), CASES)
