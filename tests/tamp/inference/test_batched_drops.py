@@ -110,11 +110,12 @@ def test_batch_of_eight_answers_as_batch_of_one(loaded_batch, family: str, metho
 def test_uneven_drops_in_an_unpadded_batch(loaded_batch, family: str) -> None:
     """Two equal prompts (no padding) whose chooser keeps a different number of tokens each: the batch is re-laid
     with left padding, and each sample's logits equal its own run with the same drop (Gemma 3: its windows and
-    image blocks kept in the re-laid layout)."""
+    image blocks kept in the re-laid layout), in the prefill and in cached decoding (the padding slot of the sample
+    that kept fewer stays hidden, though its index is a real token's)."""
     from tamp.engine.attention import LAST_ROW
     from tamp.inference.sequence_edit import Drop, Kept, SequenceEditor, TokenPlan
 
-    model, _, singles, _ = loaded_batch(family, 2)
+    model, _, singles, media = loaded_batch(family, 2)
     attn(model, "sdpa")
     inputs = singles[0]
     batch = {k: torch.cat([v, v]) for k, v in inputs.items()}
@@ -132,8 +133,16 @@ def test_uneven_drops_in_an_unpadded_batch(loaded_batch, family: str) -> None:
             first = model(**inputs).logits
             cut["n"] = 1
             second = model(**inputs).logits
+            decoded = []
+            for start, run in ((0, batch), (0, inputs), (1, inputs)):
+                cut["n"] = start
+                decoded.append(_generate(model, run, media).scores)
     finally:
         dropper.remove()
     assert dropper.pad_by_layer == {}  # the last single run kept one count: no re-laid layout left behind
     torch.testing.assert_close(both[0, -1], first[0, -1], rtol=TOL, atol=TOL)
     torch.testing.assert_close(both[1, -1], second[0, -1], rtol=TOL, atol=TOL)
+    for b, own in ((0, decoded[1]), (1, decoded[2])):
+        for got, want in zip(decoded[0], own):
+            finite = torch.isfinite(want[0])
+            torch.testing.assert_close(got[b][finite], want[0][finite], rtol=TOL, atol=TOL)
