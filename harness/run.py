@@ -268,13 +268,8 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
     if reused:
         prune_s = float(info.get("timings", {}).get("total_before_save", 0.0))
     args = model_args(artifact, p.key, opts.max_empty_fraction)
-    windowed = p.recipe.token is not None and _sliding_window(artifact)
-    if windowed and opts.batch_size is not None and opts.batch_size > 1:
-        raise HarnessError(f"--batch-size {opts.batch_size}: a token method in a batch is not supported yet on a model "
-                           "with sliding-window layers (Gemma 3); use --batch-size 1")
-    batch = opts.batch_size or (1 if windowed else _auto_batch(artifact, device))
-    print(f"batch size {batch}" + ("" if opts.batch_size else " (a token method on a sliding-window model: one at a "
-                                   "time)" if windowed else " (chosen from the model and device; --batch-size "
+    batch = opts.batch_size or _auto_batch(artifact, device)
+    print(f"batch size {batch}" + ("" if opts.batch_size else " (chosen from the model and device; --batch-size "
                                    "overrides)"), flush=True)
     tm = task_manager(p.spec.wrapper)
     lm, load_s = None, 0.0
@@ -349,19 +344,6 @@ def _prune_and_evaluate(opts: RunOptions, p: RunPlan) -> None:
         write_json(p.records[task], record)
         metric, value = headline(metrics)
         print(f"done {task}: {metric} = {value} ({eval_s:.1f}s) -> {p.records[task]}", flush=True)
-
-
-def _sliding_window(artifact: Path) -> bool:
-    """Whether the artifact's language model has sliding-window layers (config.json's layer_types), whose masks a
-    re-laid batch does not rebuild yet (tamp/inference/sequence_edit.py)."""
-    import json
-
-    try:
-        config = json.loads((artifact / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    text = config.get("text_config") or config
-    return "sliding_attention" in (text.get("layer_types") or ())
 
 
 def _auto_batch(artifact: Path, device: str) -> int:

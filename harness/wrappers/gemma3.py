@@ -3,7 +3,10 @@
 The stock wrapper builds its processor with Qwen's pixel bounds (`min_pixels` / `max_pixels`), which Gemma 3's
 processor has no use for: the processor is built by `tamp.processors.load_processor` without them. Images go in
 as the stock wrapper sends them (one view each; pan-and-scan stays as the checkpoint's processor config says).
-Multiple-choice tasks are scored by the mixin's `loglikelihood`, which the stock wrapper lacks.
+Multiple-choice tasks are scored by the mixin's `loglikelihood`, which the stock wrapper lacks. Batches go through
+the stock loop (the processor on a batch of conversations, padded to a multiple of 8), with left padding set here;
+a token method's samples may keep different numbers of tokens (tamp.inference.sequence_edit re-lays the batch with
+each sample's windows and image blocks).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class TampGemma3(TampWrapperMixin, Gemma3):
         dev = pick_device(device)
         with patched(stock_gemma3, "AutoProcessor", _ProcessorLoader):
             super().__init__(pretrained=pretrained, device=dev, device_map=device_map or dev, **kwargs)
+        self.processor.tokenizer.padding_side = "left"  # the stock loop generates a padded batch
         self._tamp_after_load()
 
     def _mc_prompt(self, context: str, n_images: int) -> str:

@@ -6,7 +6,10 @@ bfloat16), with the processor built by `tamp.processors.load_processor` (the sto
 its video part). Our wrappers are simple models, so the request loop is written here for simple requests
 (context, generation arguments, `doc_to_visual`): each image item goes into the chat template, where the
 processor expands it into `<img>`, 256 context tokens per tile (up to `max_patches` crops and a thumbnail), `</img>`.
-Images only: video requests are refused (see tamp/families/internvl3.py).
+At --batch-size N > 1 a batch of requests is one left-padded `generate` call (TampWrapperMixin.generate_batched:
+the processor takes the batch's prompts and its images as one flat list, each image split into its own number of
+tiles); at 1 the loop below answers one request at a time. Images only: video requests are refused (see
+tamp/families/internvl3.py).
 """
 
 from __future__ import annotations
@@ -34,29 +37,12 @@ class _ProcessorLoader:
         return load_processor(path, revision=None if revision == "main" else revision)
 
 
-class TampInternVL3(TampWrapperMixin, InternVLHf):
-    """`pretrained` = an artifact directory (or any InternVL `-hf` checkpoint, evaluated as dense)."""
+class InternVLSimple(InternVLHf):
+    """The stock chat wrapper's loading, with a loop for simple requests (one per `generate` call) and the prompts;
+    a class of its own so that TampWrapperMixin.generate_until, first in TampInternVL3's bases, reaches it."""
 
     is_simple = True
-
-    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
-                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, max_new_tokens: int = 1024,
-                 **kwargs: Any) -> None:
-        stock = set(inspect.signature(InternVLHf.__init__).parameters) - {"self", "kwargs"}
-        unknown = sorted(set(kwargs) - stock - {KEY_ARG})
-        if unknown:  # the stock __init__ would swallow them silently
-            raise ValueError(f"tamp_internvl3: unknown model_args {', '.join(unknown)}; it takes "
-                             f"{', '.join(sorted(stock | {'verify_sparsity', 'max_empty_fraction', 'max_new_tokens'}))}")
-        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
-        dev = pick_device(device)
-        self.default_max_new_tokens = int(max_new_tokens)
-        # the stock model takes batch size 1 only, and the loop below answers one request at a time: a larger
-        # --batch-size is served as 1 (the harness reads `batch_size` back and records what was served)
-        kwargs["batch_size"] = 1
-        with patched(stock_internvl, "AutoProcessor", _ProcessorLoader):
-            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or ("" if distributed() else dev),
-                             **kwargs)
-        self._tamp_after_load()
+    default_max_new_tokens: int
 
     # ---- prompts --------------------------------------------------------------------------------------
     def _prompt(self, context: str, n_images: int) -> str:
@@ -73,16 +59,10 @@ class TampInternVL3(TampWrapperMixin, InternVLHf):
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _mc_prompt(self, context: str, n_images: int) -> str:
-        return self._prompt(context, n_images)
-
-    def _mc_processor(self) -> Any:
-        return self.processor
-
     # ---- lmms-eval: simple requests -------------------------------------------------------------------
     def generate_until(self, requests: list[Any]) -> list[str]:
-        """Reached through TampWrapperMixin.generate_until (which counts empty answers); greedy unless the task
-        asks for a temperature, cut at the task's `until` strings."""
+        """Reached through TampWrapperMixin.generate_until (which counts empty answers) at batch size 1; greedy
+        unless the task asks for a temperature, cut at the task's `until` strings."""
         out: list[str] = []
         for req in tqdm(requests, disable=self.rank != 0, desc="Model Responding"):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
@@ -117,3 +97,51 @@ class TampInternVL3(TampWrapperMixin, InternVLHf):
             if stop:
                 answer = answer.split(stop)[0]
         return answer
+
+
+class TampInternVL3(TampWrapperMixin, InternVLSimple):
+    """`pretrained` = an artifact directory (or any InternVL `-hf` checkpoint, evaluated as dense)."""
+
+    def __init__(self, pretrained: str, device: str | None = None, device_map: str | None = None,
+                 verify_sparsity: bool = True, max_empty_fraction: float = 0.5, max_new_tokens: int = 1024,
+                 **kwargs: Any) -> None:
+        stock = set(inspect.signature(InternVLHf.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(kwargs) - stock - {KEY_ARG})
+        if unknown:  # the stock __init__ would swallow them silently
+            raise ValueError(f"tamp_internvl3: unknown model_args {', '.join(unknown)}; it takes "
+                             f"{', '.join(sorted(stock | {'verify_sparsity', 'max_empty_fraction', 'max_new_tokens'}))}")
+        self._tamp_before_load(pretrained, verify_sparsity, max_empty_fraction)
+        dev = pick_device(device)
+        self.default_max_new_tokens = int(max_new_tokens)
+        batch = int(kwargs.pop("batch_size", 1) or 1)
+        if batch < 1:
+            raise ValueError(f"tamp_internvl3: batch_size must be at least 1, got {batch}")
+        with patched(stock_internvl, "AutoProcessor", _ProcessorLoader):  # the stock __init__ asserts batch size 1
+            super().__init__(pretrained=pretrained, device=dev, device_map=device_map or ("" if distributed() else dev),
+                             batch_size=1, **kwargs)
+        self.batch_size_per_gpu = batch  # served by generate_batched (the stock loop, which asserts 1, never runs)
+        self._tamp_after_load()
+
+    def _batch_inputs(self, contexts: list[str], visuals: list[list[Any]]) -> dict[str, Any]:
+        """The loop's prompts for a batch at once, left-padded; the images as one flat list in prompt order (the
+        processor splits each into its own tiles and counts its context tokens)."""
+        images = [[v.convert("RGB") for v in row] for row in visuals]
+        texts = [self._prompt(c, len(row)) for c, row in zip(contexts, images)]
+        flat = [image for row in images for image in row]
+        kwargs: dict[str, Any] = {"min_patches": self.min_patches, "max_patches": self.max_patches} if flat else {}
+        self.processor.tokenizer.padding_side = "left"
+        inputs = self.processor(text=texts, images=flat or None, return_tensors="pt", padding=True, **kwargs)
+        return dict(inputs.to(self.device, self.model.dtype))
+
+    def _batch_generate_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """As the one-request loop: its default answer length."""
+        return super()._batch_generate_kwargs({"max_new_tokens": self.default_max_new_tokens, **gen_kwargs})
+
+    def _pad_id(self) -> int:
+        return int(self.pad_token_id)
+
+    def _mc_prompt(self, context: str, n_images: int) -> str:
+        return self._prompt(context, n_images)
+
+    def _mc_processor(self) -> Any:
+        return self.processor

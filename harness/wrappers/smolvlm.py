@@ -2,11 +2,12 @@
 
 lmms-eval 0.7.3 has no simple SmolVLM wrapper; its `idefics2` one imports torchvision at module level and loads
 Idefics2 only, so this one is written on lmms-eval's `lmms` base and our `TampWrapperMixin`. It serves image and text
-requests one at a time (token methods edit one sequence per call): the prompt is SmolVLM's chat template with an image
-item per picture (unless the task's context places `<image>` itself), the processor (`tamp.processors.load_processor`:
-works without num2words and torchvision) splits each image into tiles plus the global image, and generation is greedy
-unless the task asks for sampling. Video requests are refused in one line (SmolVLM's video prompts need num2words and
-torchvision).
+requests: the prompt is SmolVLM's chat template with an image item per picture (unless the task's context places
+`<image>` itself), the processor (`tamp.processors.load_processor`: works without num2words and torchvision) splits
+each image into tiles plus the global image, and generation is greedy unless the task asks for sampling. At
+--batch-size N > 1 a batch is one left-padded `generate` call (TampWrapperMixin.generate_batched: the processor takes
+the prompts and one list of images per prompt, each image split into its own number of tiles); at 1, one request per
+call. Video requests are refused in one line (SmolVLM's video prompts need num2words and torchvision).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _images(visuals: Any) -> list[Image.Image]:
 
 
 class SmolVLMSimple(lmms):
-    """A plain SmolVLM model in lmms-eval: greedy generation over image + text prompts, batch size 1."""
+    """A plain SmolVLM model in lmms-eval: greedy generation over image + text prompts, one request per call (the
+    batched loop is TampWrapperMixin's)."""
 
     def __init__(self, pretrained: str = "HuggingFaceTB/SmolVLM-256M-Instruct", revision: str | None = None,
                  device: str | None = None, dtype: str = "auto", batch_size: int = 1,
@@ -53,8 +55,7 @@ class SmolVLMSimple(lmms):
             raise ValueError(f"tamp_smolvlm: unknown model arguments {sorted(kwargs)}")
         if int(batch_size) < 1:
             raise ValueError(f"tamp_smolvlm: batch_size must be at least 1, got {batch_size}")
-        # it answers one request at a time: a larger batch size is served as 1 (`batch_size` says so, and the
-        # harness records what was served)
+        self.batch_size_per_gpu = int(batch_size)  # served by TampWrapperMixin.generate_batched when above 1
         from accelerate import Accelerator
         from transformers import SmolVLMForConditionalGeneration
 
@@ -86,7 +87,7 @@ class SmolVLMSimple(lmms):
 
     @property
     def batch_size(self) -> int:
-        return 1
+        return self.batch_size_per_gpu
 
     @property
     def rank(self) -> int:
@@ -126,10 +127,7 @@ class SmolVLMSimple(lmms):
             until = gen.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             temperature = float(gen.pop("temperature", 0) or 0)
-            settings: dict[str, Any] = {"max_new_tokens": int(gen.pop("max_new_tokens", self.max_new_tokens)),
-                                        "do_sample": temperature > 0}
-            if temperature > 0:
-                settings.update(temperature=temperature, top_p=float(gen.pop("top_p", None) or 1.0))
+            settings = self._settings(temperature, gen)
             inputs = self._inputs(self._prompt(context, len(images)), images)
             ids = self.model.generate(**inputs, **settings, pad_token_id=self.tokenizer.pad_token_id)
             text = self.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -138,6 +136,14 @@ class SmolVLMSimple(lmms):
             out.append(text.strip())
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return out
+
+    def _settings(self, temperature: float, gen: dict[str, Any]) -> dict[str, Any]:
+        """`generate`'s sampling arguments for a task's generation kwargs (greedy unless it asks for a temperature)."""
+        settings: dict[str, Any] = {"max_new_tokens": int(gen.get("max_new_tokens", self.max_new_tokens)),
+                                    "do_sample": temperature > 0}
+        if temperature > 0:
+            settings.update(temperature=temperature, top_p=float(gen.get("top_p", None) or 1.0))
+        return settings
 
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         raise NotImplementedError("SmolVLMSimple: loglikelihood comes with tamp_smolvlm")
@@ -155,6 +161,32 @@ class TampSmolVLM(TampWrapperMixin, SmolVLMSimple):
         kwargs.pop("device_map", None)  # one device per process: the model is moved there whole
         super().__init__(pretrained=pretrained, device=pick_device(device), **kwargs)
         self._tamp_after_load()
+
+    # ---- batches (TampWrapperMixin.generate_batched) --------------------------------------------------
+    def _batch_inputs(self, contexts: list[str], visuals: list[list[Any]]) -> dict[str, Any]:
+        """The one-request prompts for a batch at once, left-padded; one list of images per prompt."""
+        images = [_images(row) for row in visuals]
+        texts = [self._prompt(c, len(row)) for c, row in zip(contexts, images)]
+        self.processor.tokenizer.padding_side = "left"
+        kwargs = {"images": images} if any(images) else {}
+        batch = self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
+        dtype = self.model.dtype
+        return {k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def _batch_generate_kwargs(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self._settings(float(gen_kwargs.get("temperature", 0) or 0), gen_kwargs)
+
+    def _pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def _eos_id(self) -> Any:
+        """What the one-request loop ends at: the generation config's end of sequence (an id or a list of them)."""
+        return self.model.generation_config.eos_token_id
+
+    def generate_batched(self, requests: list[Any]) -> list[str]:
+        """The mixin's batched loop, answers stripped as the one-request loop strips them."""
+        return [a.strip() for a in super().generate_batched(requests)]
 
     def _mc_prompt(self, context: str, n_images: int) -> str:
         return self._prompt(context, n_images)

@@ -49,7 +49,6 @@ from torch import Tensor, nn
 
 from tamp.algorithms.token_keep import flag_runs
 from tamp.engine.attention import AttentionScore, attention_dims, capture_attention_score
-from tamp.errors import TampError
 from tamp.inference.visual_grid import GRID_ARGS, GridArgs
 from tamp.models import internals
 from tamp.models.adapters import ModelAdapter
@@ -425,7 +424,10 @@ class SequenceEditor:
         self.seq_by_layer[i] = self.seq
         if self.pad is not None:  # a re-laid batch: positions cut, the mask made here
             self.pad_by_layer[i] = self.pad
-            kwargs = {**self._cut(kwargs), "attention_mask": self._prefill_pad_mask(hidden)}
+            kwargs = self._cut(kwargs)
+            cut = kwargs.get("attention_mask")
+            windowed = any(w is not None for w in self.windows) and isinstance(cut, Tensor) and cut.dim() == 4
+            kwargs["attention_mask"] = self._padded(cut) if windowed else self._prefill_pad_mask(hidden)
         elif self.index.shape[1] < self.full_len or self.seq is not self.index:
             kwargs = self._cut(kwargs)
         if self.masked is not None:
@@ -466,12 +468,9 @@ class SequenceEditor:
                     for k, m in zip(kept, self.masked)]
             self.masked = None
         ragged = len({k.positions.numel() for k in kept}) != 1
-        if ragged and any(w is not None for w in self.windows):
-            raise TampError("a token method keeping a different number of tokens per sample is not supported yet on a "
-                            "model with sliding-window layers (Gemma 3): evaluate it with --batch-size 1")
-        # a padded batch is laid out again, except on sliding-window models: there the model's own masks (windows,
-        # image blocks, padding) are cut to the kept tokens, as for one sample
-        if ragged or pad is not None and not any(w is not None for w in self.windows):
+        # a padded batch is laid out again, except on sliding-window models while the samples keep equal counts:
+        # there the model's own masks (windows, image blocks, padding) are cut to the kept tokens, as for one sample
+        if ragged or self.pad is not None or pad is not None and not any(w is not None for w in self.windows):
             return self._relayout(kept, hidden, repack)
         keep = torch.stack([k.positions for k in kept])  # positions within the current sequence
         if self.full is None:
@@ -532,7 +531,7 @@ class SequenceEditor:
             fields["slot"].append(torch.cat([zeros, self.slot[b, p]]))
             if repack:
                 fields["pos"].append(torch.cat([zeros, index if self.mrope else packed + lead[b]]))
-                fields["seq"].append(torch.cat([zeros, packed]))
+                fields["seq"].append(torch.cat([zeros, packed + lead[b]]))  # the model mask's columns (Gemma 3)
                 shift.append(0 if self.mrope else self.full_len - int(lead[b]) - n)
             else:
                 fields["pos"].append(torch.cat([zeros, self.pos[b, p]]))
@@ -557,6 +556,18 @@ class SequenceEditor:
         allowed |= torch.eye(pad.shape[1], dtype=torch.bool, device=pad.device) & pad[:, :, None]
         low = torch.finfo(hidden.dtype).min
         return torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed, low)[:, None]
+
+    def _padded(self, mask: Tensor) -> Tensor:
+        """A sliding-window model's own 4-D mask cut to a re-laid batch (its windows and image blocks as at batch size
+        1: each sample's columns are its own original or re-packed ones), with the padding slots hidden as keys and
+        attending to themselves only."""
+        pad, eye = self.pad, torch.eye(self.pad.shape[1], dtype=torch.bool, device=self.pad.device)
+        hide = (pad[:, None, None, :] | pad[:, None, :, None]) & ~eye
+        own = eye & pad[:, None, :, None]
+        if mask.dtype == torch.bool:
+            return (mask & ~hide) | own
+        low = torch.finfo(mask.dtype).min
+        return mask.masked_fill(hide, low).masked_fill(own, 0.0)
 
     def _decode_pad_mask(self, pad: Tensor, hidden: Tensor) -> Tensor:
         """[B, 1, q, T_l + steps] additive mask of a decode step in a layer that cached a re-laid batch: its
@@ -646,6 +657,8 @@ class SequenceEditor:
             keep[:, :masked.shape[1]] &= ~masked
         if self.decode_pad is not None and self.decode_pad.shape[1] == self.full_len + before + queries:
             keep &= _take(self.decode_pad.bool(), torch.cat([self.kept_by_layer[i], self.full_len + new], dim=1), 0, 1)
+        if i in self.pad_by_layer:  # a re-laid batch's padding slots
+            keep[:, :seq.shape[1]] &= ~self.pad_by_layer[i]
         visible = stored + queries  # the layer's cached keys are the last `stored` of its prompt and past steps
         coords, keep = coords[:, -visible:], keep[:, -visible:]
         query = coords[:, -queries:, None]
