@@ -36,7 +36,8 @@ CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv
          ("pdrop", SETTINGS["pdrop"]), ("pdrop", {"pdrop_rank": "own", "pdrop_lambda": 0.25}),
          ("random", SETTINGS["random"]), ("dart", SETTINGS["dart"]),
          ("dart", {"dart_k": 1, "dart_keep": 0.25, "dart_image_pivots": 2, "dart_text_pivots": 1}),
-         ("pool", SETTINGS["pool"]), ("pool", {"pool_keep": 0.222}))
+         ("pool", SETTINGS["pool"]), ("pool", {"pool_keep": 0.222}),
+         ("dart", {"token_budget": 0.222}), ("pool", {"token_budget": 0.222}), ("pdrop", {"token_budget": 0.333}))
 
 
 def _applies(family: str, method: str | None) -> bool:
