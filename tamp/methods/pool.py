@@ -71,6 +71,9 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     stride, keep = int(params["pool_stride"]), params["pool_keep"]
     share = None if keep is None else float(keep)
     exact = share is not None and str(params["pool_count"]) == "budget"
+    if share is None and str(params["pool_count"]) == "budget":
+        raise ValueError("pool_count=budget counts a share of each image's visual tokens, but pool_keep is unset; "
+                         "set pool_keep=SHARE (or token_budget=SHARE)")
     view = GridView()
 
     def sides(rows: int, inner: int, newline: bool, target: int) -> tuple[int, int]:

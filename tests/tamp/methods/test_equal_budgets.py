@@ -104,3 +104,11 @@ def test_36_visual_tokens_at_each_budget(tiny_36, method: str) -> None:
     for share in SHARES:
         got = retained(model, inputs, method, share)
         assert abs(got - max(share * visual, floor)) <= 0.5, (method, share, got, floor)
+
+
+def test_pool_budget_count_without_a_share_is_refused(llava_576) -> None:
+    from tamp.errors import TampError
+
+    model, _ = llava_576
+    with pytest.raises(TampError, match="pool_keep is unset"):
+        TokenTransform.build("pool", {"pool_count": "budget"}).install(model)
