@@ -66,3 +66,30 @@ def budget_schedule(share: float) -> tuple[float, float]:
     if share >= EARLIEST_STAGE:
         return EARLIEST_STAGE, _solve_lambda(EARLIEST_STAGE, share, 0.0, RELEASE_LAMBDA)
     return share, 0.0
+
+
+def layer_counts(n: int, drops: dict[int, int], depth: int, lam: float) -> list[int]:
+    """Visual tokens each of `depth` layers runs on when drop k = drops[layer] before `layer` keeps
+    stage_count(n, lam, k) of the n that entered (n before the first drop)."""
+    counts, current = [], n
+    for layer in range(depth):
+        if layer in drops:
+            current = min(current, stage_count(n, lam, drops[layer]))
+        counts.append(current)
+    return counts
+
+
+def fit_lambda(n: int, drops: dict[int, int], depth: int, share: float) -> float:
+    """The lambda whose integer schedule at this depth (`layer_counts`) averages nearest share x n visual tokens
+    over the layers (the smaller on a tie): the rounding of stage layers and counts at a small depth corrected
+    for, rather than the continuous `average_share`. The average rises with lambda, so bisect for where it reaches
+    the target, then take the nearer of the two sides."""
+    target = share * n
+    total = lambda lam: sum(layer_counts(n, drops, depth, lam))  # noqa: E731
+    low, high = 0.0, 1.0
+    if total(low) >= target * depth:
+        return low
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) < target * depth else (low, mid)
+    return low if target * depth - total(low) <= total(high) - target * depth else high

@@ -31,8 +31,17 @@ def per_pivot(n_visual: int, keep: float, pivots: int) -> int:
     return keep_count(n_visual, keep) // max(1, pivots)
 
 
+def spread(total: int, pivots: int) -> list[int]:
+    """Picks per pivot (in visiting order) adding up to `total`: total // pivots each, one more for the first
+    total % pivots, so a budget is met to the token rather than to a multiple of the pivot count."""
+    if pivots <= 0:
+        return []
+    each, extra = divmod(max(0, total), pivots)
+    return [each + int(i < extra) for i in range(pivots)]
+
+
 def dart_keep(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor, image_pivots: int, text_pivots: int,
-              keep: float) -> tuple[Tensor, float]:
+              keep: float, exact: bool = False) -> tuple[Tensor, float]:
     """Ascending visual positions kept of one sample, and the FLOPs of the similarity matmuls.
 
     key_norms [T]: each token's pivot score (the release: L1 norm of the previous layer's keys); states [T, D]:
@@ -41,12 +50,17 @@ def dart_keep(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor, i
     visual and `text_pivots` text tokens are pivots; in the release's order each pivot keeps the
     `per_pivot(...)` visual tokens least cosine-similar to it among those not kept yet (ties: the earlier
     position); the image pivots and every pick are kept, the text pivots are no visual token. keep >= 1 keeps
-    every visual token (the release's floor division would drop up to 7)."""
+    every visual token (the release's floor division would drop up to 7). `exact` (the common token budget):
+    round(n x keep) visual tokens in all, the image pivots counted in (at most that many of them) and the rest
+    `spread` over the pivots, instead of the release's floor(round(n x keep) / pivots) each on top of them."""
     positions = torch.arange(states.shape[0], device=states.device)
     vis = positions[visual]
-    images = top_by(key_norms, vis, min(image_pivots, vis.numel()))
+    target = keep_count(int(vis.numel()), keep)
+    images = top_by(key_norms, vis, min(image_pivots, vis.numel(), target if exact else image_pivots))
     texts = top_by(key_norms, positions[text], min(text_pivots, int(text.sum())))
+    order = release_pivot_order(images, texts)
     each = per_pivot(int(vis.numel()), keep, image_pivots + text_pivots)
+    picks = spread(target - len(images), len(order)) if exact else [each] * len(order)
     unit = states.double()
     unit = unit / unit.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     left = torch.ones(states.shape[0], dtype=torch.bool, device=states.device)
@@ -54,10 +68,10 @@ def dart_keep(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor, i
     left[images] = False
     kept = set(images)
     flops = 0.0
-    for pivot in release_pivot_order(images, texts):
+    for pivot, each in zip(order, picks):
         candidates = positions[left]
         if candidates.numel() == 0 or each == 0:
-            break
+            break  # `spread` gives the later pivots no more than the earlier
         similarity = (unit[candidates] @ unit[pivot].unsqueeze(1)).squeeze(1)  # a matmul the cost meter sees
         flops += 2.0 * candidates.numel() * states.shape[1]
         chosen = candidates[torch.argsort(similarity, stable=True)[:each]]

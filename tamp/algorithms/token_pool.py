@@ -4,6 +4,7 @@ pooled token placed at its bin's first (top-left) token, a newline column kept o
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,23 @@ def pooled_side(side: int, stride: int, keep: float | None) -> int:
     if keep is None:
         return max(1, math.ceil(side / stride))
     return max(1, min(side, round(side * math.sqrt(keep))))
+
+
+MAX_STRETCH = 2  # a budget grid's aspect may differ from its grid's by at most this factor
+
+
+def budget_grid(rows: int, cols: int, target: int, newline: bool = False) -> tuple[int, int]:
+    """(out_rows, out_cols) whose pooled count (out_rows x out_cols, plus one newline per pooled row with
+    `newline`) is nearest `target`, among the grids whose aspect is within MAX_STRETCH of rows x cols; ties: the
+    aspect nearest the grid's, then fewer rows. Square sides alone (round(n x sqrt(share))) step too coarsely on
+    small grids: a 4 x 4 grid has only 1, 4, 9 or 16."""
+    def stretch(r: int, c: int) -> Fraction:
+        a, b = r * cols, c * rows
+        return Fraction(max(a, b), min(a, b))
+
+    shapes = [(r, c) for r in range(1, rows + 1) for c in range(1, cols + 1)]
+    fitting = [s for s in shapes if stretch(*s) <= MAX_STRETCH] or shapes
+    return min(fitting, key=lambda s: (abs(s[0] * s[1] + s[0] * int(newline) - target), stretch(*s), s[0]))
 
 
 def bins(side: int, out: int) -> list[tuple[int, int]]:

@@ -21,9 +21,11 @@ Differences (docs/fidelity.md): the visual tokens of a prompt are one pool, as t
 last visual token; similarities in fp64, ties to the earlier token; counts capped where the release would fail
 (fewer tokens than pivots or picks); keep = 1 keeps everything.
 
-Budget: `token_budget=SHARE` sets `dart_keep` = SHARE, the release's max_num_trunction = round(576 x SHARE)
-(0.333 / 0.222 / 0.111 -> 192 / 128 / 64 -> t = 24 / 16 / 8), so the image keeps its 4 pivots on top (196 / 132 /
-68), as the paper's runs at those budgets do.
+Budget: `token_budget=SHARE` sets `dart_keep` = SHARE and `dart_count` = budget: round(n x SHARE) visual tokens
+in all, the image pivots counted in and the picks spread over the pivots (the first ones one more), so every
+method keeps the same count (192 / 128 / 64 of 576; 12 / 8 / 4 of the tiny model's 36, where the release's rule
+gives 12 / 12 / 4). `dart_count` = release is the paper's accounting: max_num_trunction = round(576 x SHARE), t =
+24 / 16 / 8 per pivot, the image's 4 pivots on top (196 / 132 / 68).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def key_l1(query: Tensor, key: Tensor, mask: Tensor | None, scaling: float | Non
     return key.float().abs().sum(dim=(1, 3))
 
 
+COUNTS = ("release", "budget")
 KEY_L1 = AttentionScore(key_l1, lambda tokens, heads, head_dim: 0.0)  # no matmul
 
 
@@ -72,6 +75,7 @@ class FinalNormWeight:
 
 def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     keep, images, texts = float(params["dart_keep"]), int(params["dart_image_pivots"]), int(params["dart_text_pivots"])
+    exact = str(params["dart_count"]) == "budget"
     if images + texts == 0:
         raise ValueError("dart_image_pivots and dart_text_pivots are both 0: DART needs at least one pivot")
     norm = FinalNormWeight()
@@ -82,7 +86,7 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
         positions = torch.arange(seen.visual.shape[0], device=seen.visual.device)
         last = int(positions[seen.visual].max()) if bool(seen.visual.any()) else -1
         text = ~seen.visual & (positions > last)
-        kept, flops = dart_keep(seen.scores, states, seen.visual, text, images, texts, keep)
+        kept, flops = dart_keep(seen.scores, states, seen.visual, text, images, texts, keep, exact)
         ordered = torch.sort(torch.cat([positions[~seen.visual], kept])).values
         return Kept(ordered, flops=flops)
 
@@ -103,12 +107,15 @@ PARAMS = (
           check=_count("dart_image_pivots")),
     Param("dart_text_pivots", int, 4, "pivots among the tokens after the image (largest key L1 norm)",
           check=_count("dart_text_pivots")),
+    Param("dart_count", str, "release", "release: each pivot picks round(n x dart_keep) // pivots, the image pivots "
+          "on top; budget: round(n x dart_keep) visual tokens in all, pivots included (the common token budget's)",
+          choices=COUNTS),
 )
 
 METHOD = TokenMethod(
     name="dart", label="DART", order=32,
     summary="keep the visual tokens least similar to a few pivot tokens, after layer K (duplicates dropped)",
-    params=PARAMS, plan=plan, budget=lambda share: {"dart_keep": share},
+    params=PARAMS, plan=plan, budget=lambda share: {"dart_keep": share, "dart_count": "budget"},
     attention=("no attention weights: the L1 norm of layer K - 1's keys (KEY_L1), read from its key tensor inside "
                "its attention call, under any kernel"),
 )

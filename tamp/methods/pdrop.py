@@ -16,12 +16,19 @@ Depth: the drops come before layers k x `pdrop_stage` x depth (k = 1..`pdrop_dro
 16, 24; of the tiny models' 4 layers: 1, 2, 3). Token budget: the paper compares at a layer-averaged 192 / 128
 / 64 tokens; the budget sets (`pdrop_stage`, `pdrop_lambda`) with that average (tamp.algorithms.pyramid_schedule
 .budget_schedule: the release's layers with a larger lambda above its own 0.469, its lambda with earlier stages
-down to 0.211, a smaller lambda below). Every visual token of the prompt (all images and video) is one pool; the
-release ranks the first image only.
+down to 0.211, a smaller lambda below) and `pdrop_average` = the share: at the model's depth, with the stage
+layers that rounding gives, lambda is refitted to the integer schedule (tamp.algorithms.pyramid_schedule
+.fit_lambda) so that the visual tokens per layer, averaged over every layer, come nearest SHARE x n (576 over 32
+layers: 191.8 / 128.1 / 63.6 for 192 / 128 / 64). Layer 0 always runs on all n (a drop is ranked by the layer
+before it), so on the tiny models' 4 layers no schedule averages below n / 4: 0.333 -> 12 of 36 (36, 6, 3, 3),
+0.222 and 0.111 -> 9 (every visual token dropped after layer 0). Every visual token of the prompt (all images
+and video) is one pool; the release ranks the first image only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from tamp.algorithms.pyramid_schedule import (
@@ -29,6 +36,7 @@ from tamp.algorithms.pyramid_schedule import (
     RELEASE_LAMBDA,
     RELEASE_STAGE,
     budget_schedule,
+    fit_lambda,
     stage_count,
     stage_layers,
 )
@@ -40,12 +48,14 @@ from tamp.methods.base import Param, TokenMethod
 RANKS = ("previous", "own")
 
 
-def stage_drop(lam: float, k: int) -> Drop:
-    """After the k-th stage: the top int(n_entry x lambda^k) visual tokens by last-row attention, and all text."""
+def stage_drop(lam: float | Callable[[int], float], k: int) -> Drop:
+    """After the k-th stage: the top int(n_entry x lambda^k) visual tokens by last-row attention, and all text
+    (lambda given, or fitted to the n_entry visual tokens that entered the LLM)."""
 
     def choose(seen: DropInput) -> Kept:
         assert seen.scores is not None
-        count = min(stage_count(seen.visual_at_entry, lam, k), int(seen.visual.sum()))
+        n = seen.visual_at_entry
+        count = min(stage_count(n, lam(n) if callable(lam) else lam, k), int(seen.visual.sum()))
         return Kept(top_visual(seen.scores, seen.visual, count))
 
     return Drop(choose, LAST_ROW)
@@ -54,7 +64,11 @@ def stage_drop(lam: float, k: int) -> Drop:
 def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     lam, shift = float(params["pdrop_lambda"]), int(str(params["pdrop_rank"]) == "own")
     layers = stage_layers(float(params["pdrop_stage"]), int(params["pdrop_drops"]), num_layers)
-    drops = {layer + shift: stage_drop(lam, k) for layer, k in layers.items() if layer + shift < num_layers}
+    at = {layer + shift: k for layer, k in layers.items() if layer + shift < num_layers}
+    average = params["pdrop_average"]
+    fitted = lam if average is None else lru_cache(maxsize=8)(
+        lambda n: fit_lambda(n, at, num_layers, float(average)))
+    drops = {layer: stage_drop(fitted, k) for layer, k in at.items()}
     if not drops:  # a plan that drops nothing would evaluate the dense model under PDrop's name
         raise ValueError(f"pdrop_stage {params['pdrop_stage']} puts every drop past this model's {num_layers} decoder "
                          f"layers (pdrop_rank={params['pdrop_rank']}); set pdrop_stage to at most "
@@ -64,7 +78,7 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
 
 def budget(share: float) -> dict[str, Any]:
     stage, lam = budget_schedule(share)
-    return {"pdrop_stage": stage, "pdrop_lambda": lam}
+    return {"pdrop_stage": stage, "pdrop_lambda": lam, "pdrop_average": share}
 
 
 PARAMS = (
@@ -78,6 +92,10 @@ PARAMS = (
     Param("pdrop_rank", str, "previous", "previous: ranked by the attention of the layer before the drop; own: by "
           "the stage layer's own attention over the undropped tokens (the release's scores), dropping one layer "
           "later", choices=RANKS),
+    Param("pdrop_average", float, None, "share of the visual tokens kept on average over the layers (the common "
+          "token budget's): lambda refitted at the model's depth to the integer schedule (unset: pdrop_lambda)",
+          check=lambda v: f"pdrop_average must be in (0, 1] (or unset), got {v}" if v is not None and not 0 < v <= 1
+          else None),
 )
 
 METHOD = TokenMethod(

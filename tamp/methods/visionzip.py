@@ -16,7 +16,11 @@ attention kernel, no [T, T] matrix); the chosen and merged feature-layer states 
 model's dtype) are projected by the model's projector and take the first slots of the image's run, re-packed as
 the release. Token budget: `visionzip_keep` = the share of each crop's patches retained (64 / 576 = 0.111), of
 which `visionzip_contextual` (10 / 64, the README's ratio at every budget) are contextual. A share keeping every
-patch leaves the image untouched. Families without a [CLS] token (LLaVA-OneVision's SigLIP, Qwen2-VL / 2.5-VL:
+patch leaves the image untouched. The budget (`token_budget=SHARE`) sets `visionzip_keep` = SHARE and
+`visionzip_count` = image: each image keeps round(SHARE x its visual tokens in the prompt) (LLaVA-NeXT's newlines
+counted, as every other method counts them, though VisionZip drops them), spread over its crops (the first ones
+one more): 12 / 8 / 4 of the tiny LLaVA-NeXT's 36 where the per-crop share of 16 patches gives 10 / 8 / 4; one
+crop of 576 (LLaVA-1.5): 192 / 128 / 64 either way. Families without a [CLS] token (LLaVA-OneVision's SigLIP, Qwen2-VL / 2.5-VL:
 the release has no path for them) are refused; so is video (the release's LLaVA path is image only).
 """
 
@@ -35,22 +39,35 @@ from tamp.inference.vision_attention_capture import ClsAttention, ClsCapture, Im
 from tamp.methods.base import Param, TokenMethod
 
 CONTEXTUAL = 10 / 64  # the README's 10 of 64 (20 of 128, 30 of 192)
+COUNTS = ("crop", "image")
 
 
 def split(patches: int, keep: float, contextual: float) -> tuple[int, int]:
     """(dominant patches besides [CLS], contextual tokens) a crop of `patches` keeps: round(patches x keep) tokens
     in all, round(that x contextual) of them contextual, [CLS] among the dominant ones."""
-    total = keep_count(patches, keep)
+    return split_total(keep_count(patches, keep), contextual)
+
+
+def crop_totals(tokens: int, crops: int, keep: float) -> list[int]:
+    """Tokens each crop keeps when the image keeps round(tokens x keep) in all (`visionzip_count` = image): an even
+    split, the first crops one more."""
+    each, extra = divmod(keep_count(tokens, keep), max(1, crops))
+    return [each + int(i < extra) for i in range(crops)]
+
+
+def split_total(total: int, contextual: float) -> tuple[int, int]:
+    """`split` of a crop's token count: (dominant patches besides [CLS], contextual tokens)."""
     merged = int(round(total * contextual))
     return max(0, total - merged - 1), merged
 
 
-def image_features(last: ClsAttention, run: ImageRun, dominant: int, contextual: int) -> tuple[torch.Tensor, float]:
-    """One image's feature-layer states in the release's order, before the projector, and the FLOPs choosing cost."""
+def image_features(last: ClsAttention, run: ImageRun, splits: list[tuple[int, int]]) -> tuple[torch.Tensor, float]:
+    """One image's feature-layer states in the release's order, before the projector, and the FLOPs choosing cost;
+    splits: each crop's (dominant, contextual)."""
     patches = last.hidden.shape[1] - 1
     picks = []
     flops = 0.0
-    for crop in run.crops:
+    for crop, (dominant, contextual) in zip(run.crops, splits):
         chosen, merged = visionzip_select(last.rows[crop, :, 1:].sum(dim=0), last.keys[crop], last.hidden[crop],
                                           dominant, contextual)
         picks.append((chosen, merged))
@@ -72,6 +89,7 @@ def image_features(last: ClsAttention, run: ImageRun, dominant: int, contextual:
 
 def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     keep, share = float(params["visionzip_keep"]), float(params["visionzip_contextual"])
+    per_image = str(params["visionzip_count"]) == "image"
     capture = ClsCapture("visionzip")
     runs = ImageRuns(capture)
 
@@ -83,15 +101,16 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
         if keep_count(patches, keep) >= patches:  # every patch kept: the image as it is (its [CLS] rows were run)
             return Kept(torch.arange(seen.hidden.shape[0], device=seen.hidden.device),
                         flops=sum(len(run.crops) for run in image_runs) * last.flops)
-        dominant, contextual = split(patches, keep, share)
         proj = projector(capture.editor.model)
         weight = next(proj.parameters())
         kept, hidden, flops = ~seen.visual.clone(), seen.hidden.clone(), 0.0
         for run in image_runs:
-            features, cost = image_features(last, run, dominant, contextual)
+            splits = ([split_total(t, share) for t in crop_totals(run.end - run.start, len(run.crops), keep)]
+                      if per_image else [split(patches, keep, share)] * len(run.crops))
+            features, cost = image_features(last, run, splits)
             if features.shape[0] > run.end - run.start:
-                raise TampError(f"visionzip: an image keeps {features.shape[0]} tokens (its crops x "
-                                f"{dominant + 1 + contextual}) but has {run.end - run.start} slots; lower visionzip_keep")
+                raise TampError(f"visionzip: an image keeps {features.shape[0]} tokens (its {len(run.crops)} crops) "
+                                f"but has {run.end - run.start} slots; lower visionzip_keep")
             with torch.no_grad():
                 states = proj(features.to(weight.device, weight.dtype)).to(hidden.dtype)
             hidden[run.start:run.start + states.shape[0]] = states
@@ -115,13 +134,15 @@ PARAMS = (
           "included) plus contextual (the README's 54 + 10 = 64 of 576)", check=_share("visionzip_keep", True)),
     Param("visionzip_contextual", float, CONTEXTUAL, "share of the retained tokens that are contextual (merged) "
           "tokens (the README's 10 of 64, 20 of 128, 30 of 192)", check=_share("visionzip_contextual", False)),
+    Param("visionzip_count", str, "crop", "crop: visionzip_keep of each crop's patches (the release); image: of each "
+          "image's visual tokens in the prompt, spread over its crops (the common token budget's)", choices=COUNTS),
 )
 
 METHOD = TokenMethod(
     name="visionzip", label="VisionZip", order=27,
     summary="keep each crop's dominant tokens by the vision encoder's [CLS] attention, merge the rest into a few "
             "contextual tokens, before the LLM (CLIP families)",
-    params=PARAMS, plan=plan, budget=lambda share: {"visionzip_keep": share},
+    params=PARAMS, plan=plan, budget=lambda share: {"visionzip_keep": share, "visionzip_count": "image"},
     attention=("the vision encoder's [CLS] row at its feature layer (each head), formed from that layer's own query "
                "and key inside its attention call (tamp.inference.vision_attention_capture; the release asks for "
                "every layer's full matrix with output_attentions): one row per crop, O(T), under any kernel"),

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tamp.algorithms.pyramid_schedule import average_share, budget_schedule, stage_count, stage_layers
+from tamp.algorithms.pyramid_schedule import (
+    average_share,
+    budget_schedule,
+    fit_lambda,
+    layer_counts,
+    stage_count,
+    stage_layers,
+)
 
 
 def test_the_release_at_its_depth() -> None:
@@ -52,3 +59,35 @@ def test_budget_keeps_the_release_shape_and_rises() -> None:
     assert all(b >= a - 1e-3 for a, b in zip(averages, averages[1:]))
     with pytest.raises(ValueError, match="share"):
         budget_schedule(0)
+
+
+def _scanned(n: int, drops: dict[int, int], depth: int, share: float) -> float:
+    """The nearest layer average any lambda on a fine grid reaches, counted layer by layer."""
+    best = None
+    for i in range(20001):
+        lam, tokens, total = i / 20000, n, 0
+        for layer in range(depth):
+            if layer in drops:
+                tokens = min(tokens, stage_count(n, lam, drops[layer]))
+            total += tokens
+        miss = abs(total / depth - share * n)
+        best = miss if best is None else min(best, miss)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize(("n", "depth"), [(576, 32), (36, 4), (2880, 28), (36, 32)])
+@pytest.mark.parametrize("share", [0.333, 0.222, 0.111])
+def test_fit_lambda_is_the_nearest_integer_schedule(n: int, depth: int, share: float) -> None:
+    drops = stage_layers(budget_schedule(share)[0], 3, depth)
+    lam = fit_lambda(n, drops, depth, share)
+    counts = layer_counts(n, drops, depth, lam)
+    assert abs(sum(counts) / depth - share * n) <= _scanned(n, drops, depth, share) + 1e-9
+    assert counts == sorted(counts, reverse=True) and counts[0] == n
+
+
+def test_layer_counts_and_the_shallow_floor() -> None:
+    assert layer_counts(576, {8: 1, 16: 2, 24: 3}, 32, 0.5) == [576] * 8 + [288] * 8 + [144] * 8 + [72] * 8
+    assert layer_counts(36, {1: 2, 2: 3}, 4, 0.5) == [36, 9, 4, 4]
+    # 4 layers: layer 0 runs on all 36, so 0.222 cannot average below 9: every visual token goes after it
+    assert layer_counts(36, {1: 3}, 4, fit_lambda(36, {1: 3}, 4, 0.222)) == [36, 0, 0, 0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tamp.algorithms.token_dedup import dart_keep, per_pivot, release_pivot_order
+from tamp.algorithms.token_dedup import dart_keep, per_pivot, release_pivot_order, spread
 
 
 def release(l1: torch.Tensor, states: torch.Tensor, start: int, length: int, image_pivots: int, text_pivots: int,
@@ -68,3 +68,45 @@ def test_keep_all_and_caps() -> None:
     kept, _ = dart_keep(l1, states, visual, text, 20, 9, 0.9)  # more pivots than tokens: capped, no error
     assert kept.tolist() == list(range(2, 15))
     assert dart_keep(l1, states, visual, text, 4, 4, 0.0)[0].numel() == 4  # no picks: the image pivots only
+
+
+def budgeted(l1: torch.Tensor, states: torch.Tensor, start: int, length: int, image_pivots: int, text_pivots: int,
+             total: int) -> list[int]:
+    """The release's loop with the common budget's count (`exact`): at most `total` image pivots, the picks
+    dealt out one at a time round the pivots in visiting order until the image holds `total` tokens."""
+    image_l1, query_l1 = l1[start:start + length], l1[start + length:]
+    image_indices = (image_l1.topk(min(image_pivots, total)).indices + start).tolist()
+    query_indices = (query_l1.topk(text_pivots).indices + start + length).tolist()
+    order = list(set(image_indices + query_indices))
+    picks = [0] * len(order)
+    for i in range(max(0, total - len(image_indices))):
+        picks[i % len(order)] += 1
+    kept, valid = set(image_indices), [t for t in range(start, start + length) if t not in image_indices]
+    for item, count in zip(order, picks):
+        ranked = sorted(valid, key=lambda t: (float(F.cosine_similarity(states[item], states[t], dim=0)), t))
+        kept.update(ranked[:count])
+        valid = [t for t in valid if t not in ranked[:count]]
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("keep", [0.111, 0.222, 0.333, 0.01])
+def test_budget_count_is_exact(seed: int, keep: float) -> None:
+    g = torch.Generator().manual_seed(100 + seed)
+    start, length, after = 3, int(torch.randint(20, 120, (1,), generator=g)), 6
+    total = start + length + after
+    states = torch.randn(total, 16, generator=g, dtype=torch.float64)
+    l1 = torch.rand(total, generator=g, dtype=torch.float64)
+    visual = torch.zeros(total, dtype=torch.bool)
+    visual[start:start + length] = True
+    text = torch.zeros(total, dtype=torch.bool)
+    text[start + length:] = True
+    got, _ = dart_keep(l1, states, visual, text, 4, 4, keep, exact=True)
+    count = round(length * keep)
+    assert got.numel() == count
+    assert got.tolist() == budgeted(l1, states, start, length, 4, 4, count)
+
+
+def test_spread() -> None:
+    assert spread(188, 8) == [24] * 4 + [23] * 4 and spread(4, 8) == [1] * 4 + [0] * 4
+    assert spread(0, 8) == [0] * 8 and spread(-3, 2) == [0, 0] and spread(5, 0) == []

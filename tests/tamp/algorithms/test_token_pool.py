@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tamp.algorithms.token_pool import pool_grid, pooled_side
+from tamp.algorithms.token_pool import budget_grid, pool_grid, pooled_side
 
 
 def _loop(states: torch.Tensor, rows: int, cols: int, out_rows: int, out_cols: int, newline: bool):
@@ -51,3 +51,27 @@ def test_sides() -> None:
     assert pooled_side(3, 2, 0.01) == 1
     with pytest.raises(ValueError, match="grid has"):
         pool_grid(torch.zeros(5, 2), 2, 2, 1, 1)
+
+
+def _budget_shape(rows: int, cols: int, target: int, newline: bool) -> tuple[int, int]:
+    """Every pooled shape tried, the aspect held within 2x of the grid's (ratios compared as integer products)."""
+    best = None
+    for r in range(1, rows + 1):
+        for c in range(1, cols + 1):
+            if r * cols > 2 * c * rows or c * rows > 2 * r * cols:
+                continue
+            miss = abs(r * c + (r if newline else 0) - target)
+            stretch = max(r * cols, c * rows) / min(r * cols, c * rows)
+            if best is None or (miss, stretch, r) < best[0]:
+                best = ((miss, stretch, r), (r, c))
+    assert best is not None
+    return best[1]
+
+
+@pytest.mark.parametrize(("rows", "cols", "newline"), [(24, 24, False), (4, 4, False), (4, 4, True), (7, 12, True),
+                                                       (16, 9, False)])
+def test_budget_grid_is_the_nearest_count(rows: int, cols: int, newline: bool) -> None:
+    tokens = rows * (cols + int(newline))
+    for target in range(1, tokens + 1, 1 if tokens < 100 else 7):
+        assert budget_grid(rows, cols, target, newline) == _budget_shape(rows, cols, target, newline), target
+    assert [budget_grid(24, 24, t) for t in (192, 128, 64)] == [(12, 16), (8, 16), (8, 8)]

@@ -215,16 +215,18 @@ def _total(model, inputs: dict) -> float:
     return float(counter.get_total_flops())
 
 
+@pytest.mark.parametrize("budget", (None, 0.222))
 @pytest.mark.parametrize("method", ("visionzip", "vispruner"))
 @pytest.mark.parametrize("family", CLS_FAMILIES)
-def test_flops_match_the_counter(loaded, family: str, method: str) -> None:
+def test_flops_match_the_counter(loaded, family: str, method: str, budget: float | None) -> None:
     """Everything FlopCounterMode sees (vision tower, projector, LLM) with the method, less the dense run, equals
     the analytic LLM difference plus what the method declared: the [CLS] row, its similarities, VisionZip's
-    projection of the tokens it made."""
+    projection of the tokens it made (at the release's per-crop count and at the common budget's per image)."""
     model, inputs, _ = loaded(family)
     attn(model, "eager")
     dense = _total(model, inputs)
-    dropper = TokenTransform.build(method, SETTINGS[method]).install(model)
+    dropper = TokenTransform.build(method, SETTINGS[method] if budget is None else {"token_budget": budget}
+                                   ).install(model)
     try:
         ours = _total(model, inputs)
     finally:

@@ -38,7 +38,8 @@ CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv
          ("dart", {"dart_k": 1, "dart_keep": 0.25, "dart_image_pivots": 2, "dart_text_pivots": 1}),
          ("pool", SETTINGS["pool"]), ("pool", {"pool_keep": 0.222}),
          ("sparsevlm", {}), ("sparsevlm", {"sparsevlm_keep": 0.222, "sparsevlm_cluster_size": 2}),
-         ("cdpruner", SETTINGS["cdpruner"]), ("cdpruner", {"cdpruner_keep": 0.25, "cdpruner_text": "all"}))
+         ("cdpruner", SETTINGS["cdpruner"]), ("cdpruner", {"cdpruner_keep": 0.25, "cdpruner_text": "all"}),
+         ("dart", {"token_budget": 0.222}), ("pool", {"token_budget": 0.222}), ("pdrop", {"token_budget": 0.333}))
 
 
 def _applies(family: str, method: str | None) -> bool:
