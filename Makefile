@@ -122,7 +122,7 @@ TOKEN_SWEEP_OUT ?= out/token-sweep
 TOKEN_SWEEP_LIMIT ?= $(DEMO_LIMIT)
 TOKEN_SWEEP_TASKS ?= tamp_heldout_vqa
 TOKEN_BUDGETS ?= 0.333,0.222,0.111
-TOKEN_METHODS ?= $(shell $(VENV)/bin/tamp methods --json | $(PY) -c \
+TOKEN_METHODS ?= $(shell $(VENV)/bin/tamp methods --json --for $(TOKEN_SWEEP_MODEL) | $(PY) -c \
 	"import json, sys; print(','.join(m['name'] for m in json.load(sys.stdin) if m['kind'] == 'token'))")
 .PHONY: token-sweep token-sweep-results
 token-sweep:

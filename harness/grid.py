@@ -26,11 +26,12 @@ from harness.executors.cells import CellJob, shipped_env
 from harness.leaderboard import export
 from harness.model_specs import expand_calib, resolve_model
 from harness.records import load_record, record_path, with_budget
-from harness.run import RunOptions, finished, missing_data, run_recipe, token_budget
+from harness.run import RunOptions, finished, missing_data, run_recipe, token_budget, token_problem
 from harness.tables import build_tables, render
 from harness.tasks_catalog import LOCAL_BUILDERS, dataset_paths, in_local_cache, task_manager, validate_tasks
 from tamp.atomic_write import write_text_atomic
 from tamp.config import check_sparsity
+from tamp.errors import join_problems
 from tamp.methods.base import TOKEN_BUDGET
 from tamp.methods.registry import get
 from tamp.models.loading import hf_cache_problem
@@ -382,6 +383,9 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
         recipe = run_recipe(opts, spec)
         cfg, method = recipe.weight, recipe.name
         data[("model weights", spec.source)] = _model_status(spec)
+        refused = token_problem(spec, recipe)
+        if refused is not None:
+            data[("method", f"{method} on {spec.name}")] = f"REFUSED: {refused}"
         calib_status, calib_ok = _calibration_status(recipe)
         if recipe.needs_calibration:
             data[("calibration", str(cfg.calib))] = calib_status
@@ -423,8 +427,8 @@ def dry_run(grid: Grid, settings: Settings) -> DryRun:
                           "pattern": cfg.pattern, **({"seed": str(cfg.seed)} if grid.seeds else {}),
                           "artifact": artifact, "results": summary})
     data_rows = [{"what": what, "name": name, "status": status} for (what, name), status in data.items()]
-    missing = [f"{r['what']} {r['name']}: {r['status'][len('MISSING: '):]}" for r in data_rows
-               if r["status"].startswith("MISSING")]
+    missing = [f"{r['what']} {r['name']}: {r['status'].split(': ', 1)[1]}" for r in data_rows
+               if r["status"].startswith(("MISSING", "REFUSED"))]
     return DryRun(cell_rows, data_rows, missing, evaluations, cached)
 
 
@@ -438,10 +442,15 @@ def validate(grid: Grid, settings: Settings) -> None:
     check_output(settings.artifacts, "--artifacts", directory=True)
     for what, path in grid.outputs.items():
         check_output(path, f"the grid's {what} output", directory=False)
+    refused = []
     for cell in cells(grid):
         spec = resolve_model(cell.model)
-        run_recipe(run_options(grid, cell, settings), spec)
+        problem = token_problem(spec, run_recipe(run_options(grid, cell, settings), spec))
+        if problem is not None and problem not in refused:
+            refused.append(problem)
         validate_tasks(list(grid.tasks or spec.tasks), task_manager(spec.wrapper))
+    if refused:  # a method the model cannot run fails before anything runs, not as a failed cell at the end
+        raise HarnessError(join_problems(refused))
 
 
 MISSING_DATA = "not run: its data is missing (listed above)"

@@ -171,9 +171,8 @@ def plan_run(opts: RunOptions) -> RunPlan:
     tm = task_manager(spec.wrapper)
     validate_tasks(tasks, tm)
     wrong_input = input_problems(spec, tasks)
-    if recipe.token is not None:  # the token method against the model, from its config: nothing loaded yet
-        with tamp_errors():
-            wrong_input.append(recipe.token.model_problem(spec.family, model_depth(spec)))
+    if recipe.token is not None:
+        wrong_input.append(token_problem(spec, recipe))
         wrong_input = [p for p in wrong_input if p]
     if wrong_input:
         raise HarnessError(join_problems(wrong_input))
@@ -199,6 +198,15 @@ def plan_run(opts: RunOptions) -> RunPlan:
 def token_budget(recipe: Recipe) -> float | None:
     """The common token budget the run's token method was set from (`--set token_budget`), or None."""
     return recipe.token.budget if recipe.token is not None else None
+
+
+def token_problem(spec: ModelSpec, recipe: Recipe) -> str | None:
+    """Why the recipe's token method cannot run on the model (its family, depth, or config: no [CLS] token, no
+    video grid), from the config on disk, nothing loaded; None when it can, or when there is no token method."""
+    if recipe.token is None:
+        return None
+    with tamp_errors():
+        return recipe.token.model_problem(spec.family, model_depth(spec), disk_config(spec.source))
 
 
 def model_depth(spec: ModelSpec) -> int | None:

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("methods", help="list every registered method (plugins included): parameters, defaults, source")
     m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.add_argument("--for", dest="model", metavar="MODEL",
+                   help="only the methods that run on this model (its config.json on disk: a folder, a tiny or shipped "
+                        "build, or the HF cache); token methods its family, depth or encoder rules out are left out")
     return p
 
 
@@ -136,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "methods":
         from tamp.methods.listing import render
 
-        print(render(as_json=args.json))
+        print(render(as_json=args.json, model=args.model))
         return 0
     raise AssertionError(args.command)
 

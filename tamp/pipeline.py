@@ -80,7 +80,7 @@ def _token_problem(model_name: str, recipe: Recipe, revision: str | None) -> str
     family = family_of(config) if config is not None else None
     if config is None or family is None:
         return None
-    return recipe.token.model_problem(family.name, depth(config))
+    return recipe.token.model_problem(family.name, depth(config), config)
 
 
 def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offload: bool = False,
@@ -105,7 +105,8 @@ def prune(model_name: str, recipe: Recipe, out: Path, device: str = "cpu", offlo
     timings["load"] = time.perf_counter() - start
     adapter = get_adapter(loaded.model)
     if transform is not None:  # a model whose config was not on disk before loading: checked now, before calibrating
-        problem = transform.model_problem(adapter.family, len(adapter.language_stack(loaded.model).layers))
+        problem = transform.model_problem(adapter.family, len(adapter.language_stack(loaded.model).layers),
+                                         loaded.model.config)
         if problem is not None:
             raise TampError(problem)
     if transform is not None and not transform.wants_fit():

@@ -28,6 +28,21 @@ from tamp.schema import SchemaError, check
 SECTION = TRANSFORM  # pruning.json's key for it (its schema: tamp.artifacts.TransformSection)
 
 
+def as_config(config: Any) -> Any:
+    """A transformers config from a config.json dict read off disk (defaults filled in, nested vision / text
+    configs built, as loading would), the config itself when it is one; None when transformers does not know its
+    model type (the loaded model is checked again at install)."""
+    if not isinstance(config, dict):
+        return config
+    from transformers import AutoConfig
+
+    data = dict(config)
+    try:
+        return AutoConfig.for_model(str(data.pop("model_type", "")), **data)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _method_schema(method: TokenMethod) -> type:
     """The section's params and fitted as the method declares them, as a schema (tamp.schema): each parameter may
     be absent (its default fills it), of its Param's type when present (null only where the default is); fitted
@@ -127,14 +142,14 @@ class TokenTransform:
         chosen = self._method()
         if not self.wants_fit():
             return self
-        problem = self.model_problem(get_adapter(model).family)  # before the fit's passes, not after
+        problem = self.model_problem(get_adapter(model).family, config=model.config)  # before the fit's passes
         if problem is not None:
             raise TampError(problem)
         assert chosen.fit is not None
         return TokenTransform(self.method, self.params,
                               chosen.fit(self.params, model, get_adapter(model), batches, device), self.budget)
 
-    def model_problem(self, family: str, num_layers: int | None = None) -> str | None:
+    def model_problem(self, family: str, num_layers: int | None = None, config: Any = None) -> str | None:
         """Why a model of `family` with `num_layers` decoder layers (None: not known yet) cannot run this transform,
         or None. The composition rules against the model, in one place, asked at plan time (`harness run`, from the
         config) and again at install (from the loaded model): a token method chooses among visual tokens, so a
@@ -148,6 +163,11 @@ class TokenTransform:
         if self.method in refused:
             return f"--method {self.method}: not on {family} models: {refused[self.method]}"
         chosen = self._method()
+        built = as_config(config) if config is not None and chosen.config_problem is not None else None
+        if built is not None:
+            problem = chosen.config_problem(built)
+            if problem is not None:
+                return f"--method {self.method}: {problem}"
         if num_layers is None:
             return None
         asked = chosen.depth_problem(dict(self.params), num_layers) if chosen.depth_problem is not None else None
@@ -173,7 +193,7 @@ class TokenTransform:
         chosen = self._method()
         adapter = get_adapter(model)
         layers = list(adapter.language_stack(model).layers)
-        problem = self.model_problem(adapter.family)
+        problem = self.model_problem(adapter.family, config=model.config)
         if problem is not None:
             raise TampError(problem)
         params = {**self.params, **self.fitted}

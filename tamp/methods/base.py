@@ -100,6 +100,9 @@ class TokenMethod(Method):
     fitted_schema: type | None = None
     # which attention weights it reads and how it gets them under sdpa / flash attention ("": none), for `tamp methods`
     attention: str = ""
+    # why a model with this config (a transformers config) cannot run it (no [CLS] token, no video grid), or None:
+    # asked from the config on disk at plan time, so a run, a sweep or a dry run refuses it before loading
+    config_problem: Callable[[Any], str | None] | None = None
     kind: ClassVar[str] = "token"
 
     def wants_fit(self, params: dict) -> bool:

@@ -259,6 +259,7 @@ PARAMS = (
 )
 
 METHOD = TokenMethod(
+    config_problem=family_problem,
     name="holitom", label="HoliTom", order=33,
     summary="video: merge static tokens over temporal segments and keep each frame's most attended tokens before "
             "the LLM, then merge the least attended visual tokens into similar ones at one layer (LLaVA-OneVision, "

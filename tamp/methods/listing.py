@@ -11,6 +11,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from tamp.errors import TampError
 from tamp.methods.base import QuantMethod, TokenMethod, WeightMethod
 from tamp.methods.registry import all_methods, compose_parts
 
@@ -18,10 +19,29 @@ from tamp.methods.registry import all_methods, compose_parts
 PLAN_DEPTH = 32
 
 
-def describe() -> list[dict[str, Any]]:
-    """One plain dict per method, in table order."""
+def runs_on(method: TokenMethod, model: str) -> bool:
+    """Whether the token method, at its defaults, runs on `model` (from its config.json on disk: family, depth and
+    the method's own config rule), as `harness run` decides before loading."""
+    from tamp.families.registry import depth, family_of
+    from tamp.models.sources import disk_config
+    from tamp.token_transform import TokenTransform
+
+    config = disk_config(model)
+    if config is None:
+        raise TampError(f"tamp methods --for {model}: no config.json of that model on disk (a local folder, a tiny "
+                        "or shipped build, or the Hugging Face cache); build or download it first")
+    family = family_of(config)
+    if family is None:
+        raise TampError(f"tamp methods --for {model}: its config.json is of no registered family")
+    return TokenTransform.build(method.name, {}).model_problem(family.name, depth(config), config) is None
+
+
+def describe(model: str | None = None) -> list[dict[str, Any]]:
+    """One plain dict per method, in table order; with `model`, the token methods that cannot run on it left out."""
     rows = []
     for method in all_methods().values():
+        if model is not None and isinstance(method, TokenMethod) and not runs_on(method, model):
+            continue
         row: dict[str, Any] = {"name": method.name, "kind": method.kind, "label": method.label,
                                "order": method.order, "summary": method.summary, "source": method.source}
         if isinstance(method, WeightMethod):
@@ -59,8 +79,8 @@ def token_needs(method: TokenMethod) -> list[str]:
     return needs
 
 
-def render(as_json: bool = False) -> str:
-    rows = describe()
+def render(as_json: bool = False, model: str | None = None) -> str:
+    rows = describe(model)
     if as_json:
         return json.dumps(rows, indent=2)
     table = [[r["name"], r["kind"], " + ".join(r[k] for k in ("allocation", "token_selection", "scoring"))

@@ -27,6 +27,7 @@ the release has no path for them) are refused; so is video (the release's LLaVA 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,7 +36,15 @@ from tamp.algorithms.cls_select import visionzip_flops, visionzip_select
 from tamp.algorithms.token_keep import keep_count
 from tamp.errors import TampError
 from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
-from tamp.inference.vision_attention_capture import ClsAttention, ClsCapture, ImageRun, ImageRuns, linear_flops, projector
+from tamp.inference.vision_attention_capture import (
+    ClsAttention,
+    ClsCapture,
+    ImageRun,
+    ImageRuns,
+    cls_problem,
+    linear_flops,
+    projector,
+)
 from tamp.methods.base import Param, TokenMethod
 
 CONTEXTUAL = 10 / 64  # the README's 10 of 64 (20 of 128, 30 of 192)
@@ -139,6 +148,7 @@ PARAMS = (
 )
 
 METHOD = TokenMethod(
+    config_problem=partial(cls_problem, method="visionzip"),
     name="visionzip", label="VisionZip", order=27,
     summary="keep each crop's dominant tokens by the vision encoder's [CLS] attention, merge the rest into a few "
             "contextual tokens, before the LLM (CLIP families)",

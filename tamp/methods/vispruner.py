@@ -24,6 +24,7 @@ release (re-packed) or original (each kept token at its own position). Families 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ import torch
 from tamp.algorithms.cls_select import vispruner_flops, vispruner_keep
 from tamp.algorithms.token_keep import keep_count
 from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
-from tamp.inference.vision_attention_capture import ClsCapture, ImageRuns
+from tamp.inference.vision_attention_capture import ClsCapture, ImageRuns, cls_problem
 from tamp.methods.base import Param, TokenMethod
 
 POSITIONS = ("release", "original")
@@ -100,6 +101,7 @@ PARAMS = (
 )
 
 METHOD = TokenMethod(
+    config_problem=partial(cls_problem, method="vispruner"),
     name="vispruner", label="VisPruner", order=28,
     summary="keep each crop's important tokens by the vision encoder's [CLS] attention plus diverse ones "
             "(similar tokens removed), before the LLM (CLIP families)",
