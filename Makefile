@@ -109,7 +109,8 @@ sweep:
 		$(if $(TASKS),--tasks $(TASKS)) $(GRID_FLAGS)
 
 # Weight pruning, token reduction and both on one table and one accuracy-vs-TFLOPs plot:
-# The field's standard token table: every registered token method (`tamp methods`, plugins included) at the three
+# The field's standard token table: every registered token method that runs on the model (`tamp methods --for`,
+# plugins included) at the three
 # shares of visual tokens kept (192 / 128 / 64 of 576: TOKEN_BUDGETS; a method whose settings fix no token count,
 # AIM's or YOPO's schedule, runs once at its own defaults), beside dense, on TOKEN_SWEEP_MODEL (default the trained
 # tiny LLaVA-NeXT) and the first TOKEN_SWEEP_LIMIT held-out picture questions. Under TOKEN_SWEEP_OUT (git-ignored):
