@@ -1,11 +1,12 @@
 """Section `batch`: evaluation throughput at batch size 1 and 8 in one run, with the same answers.
 
 The trained tiny LLaVA-NeXT (`tiny-trained-llava-next`, shipped with tamp) answers the first `limit` questions of
-its held-out task (tamp_heldout_vqa) through `harness run`, once per batch size and per method: dense, and FastV
-(a token method: each sample of a batch keeps its own number of visual tokens). Each phase's wall time is the
-task's evaluation time as its run record holds it; the batch-8 phase's ratio is to batch 1 of the same method,
-with target <= 0.5 (at least 2x the questions per second), and its details say whether the score and every
-answer equal batch 1's.
+its held-out task (tamp_heldout_vqa) through `harness run`, once per batch size and per method: dense, and every
+registered token method (`tamp methods`, kind token; each sample of a batch keeps its own number of visual tokens)
+at the common budget BUDGET (`token_budget`), or at its own defaults when it maps no budget (AIM, YOPO). Each
+phase's wall time is the task's evaluation time as its run record holds it; the batch-8 phase's ratio is to batch 1
+of the same method, with target <= 0.5 (at least 2x the questions per second), and its details say whether the
+score and every answer equal batch 1's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.common import Phase
 MODEL = "tiny-trained-llava-next"
 TASK = "tamp_heldout_vqa"
 SIZES = (1, 8)
-METHODS = (("dense", []), ("fastv", ["fastv_k=2", "fastv_keep=0.5"]))
+BUDGET = 0.222  # share of the visual tokens each budgeted token method keeps (128 of LLaVA-1.5's 576)
 TARGET = 0.5  # batch 8's evaluation time over batch 1's: at least 2x the questions per second
 
 
@@ -44,13 +45,33 @@ def _evaluate(method: str, overrides: list[str], batch: int, limit: int, device:
     return {"record": record, "score": headline(record.get("metrics") or {}), "answers": answers}
 
 
-def run(device: torch.device, limit: int = 64) -> list[Phase]:
+def cases(methods: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(method, `--set` overrides): dense, then each token method at BUDGET, or at its defaults when it maps no
+    budget; `methods` picks some of them by name (in this order)."""
+    from tamp.methods.base import TokenMethod
+    from tamp.methods.registry import all_methods
+
+    out: list[tuple[str, list[str]]] = [("dense", [])]
+    for name, method in all_methods().items():
+        if isinstance(method, TokenMethod):
+            out.append((name, [f"token_budget={BUDGET}"] if method.budget is not None else []))
+    if methods is None:
+        return out
+    unknown = sorted(set(methods) - {name for name, _ in out})
+    if unknown:
+        raise ValueError(f"batch: unknown method(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(name for name, _ in out)}")
+    return [case for case in out if case[0] in methods]
+
+
+def run(device: torch.device, limit: int = 64, methods: list[str] | None = None) -> list[Phase]:
     phases: list[Phase] = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        for method, overrides in METHODS:
+        for method, overrides in cases(methods):
             base: dict[str, Any] | None = None
             for batch in SIZES:
-                phase = Phase("batch", f"{MODEL} {method} {TASK}[:{limit}] batch {batch}")
+                phase = Phase("batch", f"{MODEL} {method}{''.join(' ' + o for o in overrides)} {TASK}[:{limit}] "
+                                       f"batch {batch}")
                 try:
                     got = _evaluate(method, overrides, batch, limit, device, Path(tmp))
                 except Exception as exc:  # recorded; the other phases still run
@@ -67,7 +88,8 @@ def run(device: torch.device, limit: int = 64) -> list[Phase]:
                     phase.peak_gpu_mb = peak
                 else:
                     phase.peak_cpu_rss_mb = peak
-                phase.details = {"batch_size": batch, "questions": speed.get("questions"),
+                phase.details = {"method": method, "overrides": overrides, "batch_size": batch,
+                                 "questions": speed.get("questions"),
                                  "questions_per_s": speed.get("questions_per_s"), "score": list(got["score"]),
                                  "prefill_s_per_batch": cost.get("prefill_s_per_batch"),
                                  "decode_s_per_batch": cost.get("decode_s_per_batch")}
