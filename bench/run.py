@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-offload", action="store_true", help="8b: keep the whole model on the device")
     p.add_argument("--batch-limit", type=int, default=64,
                    help="batch: held-out questions evaluated at each batch size (default 64)")
+    p.add_argument("--batch-repeats", type=int, default=2,
+                   help="batch: runs of each batch size, alternating (each phase keeps its fastest; default 2)")
+    p.add_argument("--batch-methods", help="batch: comma-separated methods (default: dense and every token method)")
     return p.parse_args(argv)
 
 
@@ -181,7 +184,8 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: tuple
         from bench import batch_bench
 
         log(f"[7/7] batch: {batch_bench.MODEL}'s held-out questions at batch size 1 and 8 (questions per second)")
-        add(batch_bench.run(device, limit=args.batch_limit))
+        add(batch_bench.run(device, limit=args.batch_limit, repeats=args.batch_repeats,
+                            methods=args.batch_methods.split(",") if args.batch_methods else None))
     return phases
 
 
@@ -301,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
+    if "batch" in sections and args.batch_methods:
+        from bench import batch_bench
+
+        try:
+            batch_bench.cases(args.batch_methods.split(","))
+        except ValueError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
     scaled = args.dry or any(v is not None for v in (args.layers, args.samples, args.tokens))
     if "8b" in sections and device.type != "cuda" and not scaled:
         print(CPU_8B_MESSAGE, file=sys.stderr)
@@ -380,7 +392,10 @@ def sizes(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]
         from bench import batch_bench
 
         out["batch"] = {"model": batch_bench.MODEL, "task": batch_bench.TASK, "limit": args.batch_limit,
-                        "batch_sizes": list(batch_bench.SIZES), "methods": [m for m, _ in batch_bench.METHODS]}
+                        "repeats": args.batch_repeats,
+                        "batch_sizes": list(batch_bench.SIZES), "budget": batch_bench.BUDGET,
+                        "methods": {m: o for m, o in batch_bench.cases(
+                            args.batch_methods.split(",") if args.batch_methods else None)}}
     return out
 
 

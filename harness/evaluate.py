@@ -26,10 +26,13 @@ def model_args(artifact: Path, key: str, max_empty_fraction: float) -> str:
     return f"pretrained={artifact},{KEY_ARG}={key},max_empty_fraction={max_empty_fraction}"
 
 
-def default_batch_size(config: dict[str, Any], device: str, free_bytes: int | None = None) -> int:
+def default_batch_size(config: dict[str, Any], device: str, free_bytes: int | None = None,
+                       weight_bytes: int = 0) -> int:
     """The batch size `harness run` uses when --batch-size is not given: CPU_BATCH on a CPU; on a GPU, as many
     samples as fit in half the memory the weights leave free, each charged a KV cache of 4,096 tokens plus as much
-    again for activations (bf16), between 1 and MAX_BATCH. `config` is the checkpoint's config.json."""
+    again for activations (bf16), between 1 and MAX_BATCH. `config` is the checkpoint's config.json; `free_bytes`
+    the device's free memory now (asked of the device when None) and `weight_bytes` what its weights will take
+    there: the choice is made before the model is loaded, so the weights still have to come out of what is free."""
     if not str(device).startswith("cuda"):
         return CPU_BATCH
     text = config.get("text_config") or config.get("thinker_config", {}).get("text_config") or config
@@ -41,7 +44,15 @@ def default_batch_size(config: dict[str, Any], device: str, free_bytes: int | No
         import torch
 
         free_bytes = int(torch.cuda.mem_get_info(torch.device(device))[0])
-    return max(1, min(MAX_BATCH, int(free_bytes * 0.5) // max(per_sample, 1)))
+    left = max(0, free_bytes - weight_bytes)
+    return max(1, min(MAX_BATCH, int(left * 0.5) // max(per_sample, 1)))
+
+
+def weight_bytes(checkpoint: Path) -> int:
+    """Bytes of a checkpoint's weight files (safetensors, else PyTorch .bin): what loading puts on the device at the
+    dtype it was saved in (our artifacts are loaded at their saved dtype)."""
+    files = sorted(checkpoint.glob("*.safetensors")) or sorted(checkpoint.glob("*.bin"))
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 def quiet_loguru() -> None:

@@ -23,6 +23,7 @@ from harness.evaluate import (
     evaluate_with_accelerate,
     load_wrapper,
     model_args,
+    weight_bytes,
 )
 from harness.model_specs import ModelSpec, expand_calib, input_problems, resolve_model
 from harness.records import (
@@ -365,7 +366,7 @@ def _auto_batch(artifact: Path, device: str) -> int:
     except (OSError, ValueError):
         config = {}
     with tamp_errors():
-        return default_batch_size(config, choose_device(device, per_process=True))
+        return default_batch_size(config, choose_device(device, per_process=True), weight_bytes=weight_bytes(artifact))
 
 
 def throughput(samples: dict[str, list[Any]], eval_s: float, batch: int) -> dict[str, Any]:

@@ -137,13 +137,18 @@ class PrefillStats:
 
 
 def _take(x: Tensor, index: Tensor, batch_dim: int, seq_dim: int) -> Tensor:
-    """x's entries at `index` [B, T'] along seq_dim, per sample along batch_dim (size B, or 1 if shared)."""
-    if x.shape[batch_dim] == 1 and index.shape[0] > 1:
-        if bool((index == index[:1]).all()):
-            return x.index_select(seq_dim, index[0])
-        return torch.cat([x.index_select(seq_dim, index[b]) for b in range(index.shape[0])], dim=batch_dim)
-    parts = [x.narrow(batch_dim, b, 1).index_select(seq_dim, index[b]) for b in range(index.shape[0])]
-    return torch.cat(parts, dim=batch_dim)
+    """x's entries at `index` [B, T'] along seq_dim, per sample along batch_dim (size B, or 1 if shared). One
+    gather for the whole batch, not one select per sample: it runs for every layer of every decode step."""
+    batch = index.shape[0]
+    if x.shape[batch_dim] == 1 and batch > 1 and bool((index == index[:1]).all()):
+        return x.index_select(seq_dim, index[0])
+    size = list(x.shape)
+    size[batch_dim] = batch
+    source = x.expand(size) if x.shape[batch_dim] == 1 else x.narrow(batch_dim, 0, batch)
+    shape = [1] * x.dim()
+    shape[batch_dim], shape[seq_dim] = batch, index.shape[1]
+    size[seq_dim] = index.shape[1]
+    return source.gather(seq_dim, index.reshape(shape).expand(size))
 
 
 def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
@@ -151,7 +156,7 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
     split into `frames[k]` equal frames (the k-th video run, batch rows in order), tokens left over (LLaVA-
     OneVision's closing newline) forming a group of their own; when the videos' frames arrive as runs of their
     own (Qwen3-VL writes a timestamp before each), each such run is one frame. -1 outside visual tokens."""
-    groups = torch.full(visual.shape, -1, dtype=torch.long)
+    groups = [[-1] * visual.shape[1] for _ in range(visual.shape[0])]  # filled in Python: one tensor at the end
     next_id, video_run = 0, 0
     runs = [flag_runs(visual[b].tolist(), video[b].tolist()) for b in range(visual.shape[0])]
     video_runs = sum(int(video[b, t]) for b, row in enumerate(runs) for t, _ in row)
@@ -164,10 +169,9 @@ def visual_groups(visual: Tensor, video: Tensor, frames: list[int]) -> Tensor:
             count = frames[video_run] if is_video[t] and video_run < len(frames) else 1
             video_run += int(is_video[t])
             per = length // count if 0 < count <= length else length
-            for k in range(length):
-                groups[b, t + k] = next_id + min(k // per, count)
+            groups[b][t:end] = [next_id + min(k // per, count) for k in range(length)]
             next_id += count + 1
-    return groups.to(visual.device)
+    return torch.tensor(groups, dtype=torch.long).reshape(visual.shape).to(visual.device)
 
 
 def video_frames(kwargs: dict[str, Any], video: Tensor | None = None) -> list[int]:
@@ -278,6 +282,9 @@ class SequenceEditor:
         self.real: Tensor | None = None  # [B, T_full] the prompt's own tokens, when the batch was padded
         self.pad: Tensor | None = None  # [B, T_cur] slots of a re-laid batch that hold no token (left padding)
         self.pad_by_layer: dict[int, Tensor] = {}
+        # the re-laid batch's masks, made once per layout (prefill) or per layout and step (decoding); keyed by the
+        # ids of tensors the editor holds until the next prefill
+        self._masks: dict[tuple, Tensor] = {}
         self.masked: Tensor | None = None  # [B, T_cur] tokens a masking drop took out as keys
         self.masked_by_layer: dict[int, Tensor] = {}
         self.steps = 0  # decode steps since the prefill
@@ -320,6 +327,7 @@ class SequenceEditor:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[1] == 1:  # a decode step (or embeddings we cannot read): keep the prefill's state
             self.steps += 1
+            self._masks.clear()
             mask = kwargs.get("attention_mask")
             self.decode_pad = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
             return self._decode_positions(*(self._decode_mask(args, kwargs) or (args, kwargs)))
@@ -399,8 +407,9 @@ class SequenceEditor:
             mask = kwargs.get("attention_mask")
             if i in self.pad_by_layer:
                 kwargs["attention_mask"] = self._decode_pad_mask(self.pad_by_layer[i], hidden)
-            elif isinstance(mask, Tensor) and mask.dim() == 4:
-                # the mask's key columns are the first layer's cached tokens, then the new ones
+            elif isinstance(mask, Tensor) and mask.dim() == 4 and self.slot_by_layer[i] is not self.slot_by_layer[0]:
+                # the mask's key columns are the first layer's cached tokens, then the new ones (a layer that
+                # cached what the first one did takes the mask as it is)
                 first, columns = self.kept_by_layer[0], self.slot_by_layer[i]
                 extra = torch.arange(first.shape[1], mask.shape[-1], device=mask.device).expand(columns.shape[0], -1)
                 kwargs["attention_mask"] = _take(mask, torch.cat([columns, extra], dim=1), 0, 3)
@@ -550,7 +559,14 @@ class SequenceEditor:
 
     def _prefill_pad_mask(self, hidden: Tensor) -> Tensor:
         """[B, 1, T, T] additive mask of a re-laid batch: causal in each sample's own order (`seq`), padding slots
-        hidden as keys and attending to themselves only (a row with no key would turn NaN)."""
+        hidden as keys and attending to themselves only (a row with no key would turn NaN). Made once for the
+        layers between two drops (they share `seq` and `pad`)."""
+        key = (id(self.seq), id(self.pad), hidden.dtype)
+        if key not in self._masks:
+            self._masks[key] = self._make_prefill_pad_mask(hidden)
+        return self._masks[key]
+
+    def _make_prefill_pad_mask(self, hidden: Tensor) -> Tensor:
         order, pad = self.seq, self.pad
         allowed = (order[:, None, :] <= order[:, :, None]) & ~pad[:, None, :]
         allowed |= torch.eye(pad.shape[1], dtype=torch.bool, device=pad.device) & pad[:, :, None]
@@ -571,7 +587,15 @@ class SequenceEditor:
 
     def _decode_pad_mask(self, pad: Tensor, hidden: Tensor) -> Tensor:
         """[B, 1, q, T_l + steps] additive mask of a decode step in a layer that cached a re-laid batch: its
-        padding slots hidden, every generated token seen (causally among the step's own queries)."""
+        padding slots hidden, every generated token seen (causally among the step's own queries). Made once per
+        step for the layers that share a layout (every layer after the same drop)."""
+        queries = hidden.shape[1]
+        key = (id(pad), self.steps, queries, hidden.dtype)
+        if key not in self._masks:
+            self._masks[key] = self._make_decode_pad_mask(pad, hidden)
+        return self._masks[key]
+
+    def _make_decode_pad_mask(self, pad: Tensor, hidden: Tensor) -> Tensor:
         queries = hidden.shape[1]
         new = torch.ones(queries, self.steps, dtype=torch.bool, device=pad.device).tril(self.steps - queries)
         allowed = torch.cat([(~pad)[:, None, :].expand(-1, queries, -1), new.expand(pad.shape[0], -1, -1)], dim=2)

@@ -16,7 +16,7 @@ from tests.bench.test_bench_smoke import _check_schema, _only_json  # noqa: E402
 def test_batch_section(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     assert bench_run.main(["--size", "cpu", "--device", "cpu", "--sections", "batch", "--batch-limit", "8",
-                           "--out", str(out)]) == 0
+                           "--batch-methods", "dense,fastv", "--batch-repeats", "1", "--out", str(out)]) == 0
     record = _only_json(out)
     _check_schema(record, "cpu")
     phases = record["phases"]

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.evaluate import CPU_BATCH, MAX_BATCH, accelerate_command, batch_cost, default_batch_size
+from harness.evaluate import (
+    CPU_BATCH,
+    MAX_BATCH,
+    accelerate_command,
+    batch_cost,
+    default_batch_size,
+    weight_bytes,
+)
 from harness.run import throughput
 from tests.harness.test_cost_columns import cost, put, record, table
 
@@ -29,6 +36,39 @@ def test_the_automatic_batch_size() -> None:
     assert default_batch_size(LLAMA3_8B, "cuda:0", free_bytes=40 * 2**30) == 20
     assert default_batch_size(LLAMA3_8B, "cuda:0", free_bytes=200 * 2**30) == MAX_BATCH
     assert default_batch_size(LLAMA3_8B, "cuda", free_bytes=2**20) == 1
+
+
+def test_the_weights_come_out_of_the_free_memory(tmp_path: Path) -> None:
+    # chosen before loading: 56 GiB free less 16 GiB of bf16 weights leaves 40 GiB -> 20 (as above); a device the
+    # weights fill answers 1
+    assert default_batch_size(LLAMA3_8B, "cuda:0", free_bytes=56 * 2**30, weight_bytes=16 * 2**30) == 20
+    assert default_batch_size(LLAMA3_8B, "cuda:0", free_bytes=8 * 2**30, weight_bytes=16 * 2**30) == 1
+    assert default_batch_size(LLAMA3_8B, "cpu", free_bytes=0, weight_bytes=16 * 2**30) == CPU_BATCH
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"0" * 300)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"0" * 200)
+    (tmp_path / "config.json").write_text("{}")
+    assert weight_bytes(tmp_path) == 500
+
+
+def test_the_automatic_choice_asks_the_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import json
+
+    import torch
+
+    import harness.run as run_module
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_8B))
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1024)
+    asked: list[torch.device] = []
+
+    def free(device: torch.device) -> tuple[int, int]:  # a fake 80 GB card with 24 GiB + the weights free
+        asked.append(device)
+        return 24 * 2**30 + 1024, 80 * 2**30
+
+    monkeypatch.setattr("tamp.devices.choose_device", lambda name, per_process=False: "cuda:0")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", free)
+    assert run_module._auto_batch(tmp_path, "cuda") == 12  # half of 24 GiB at 1 GiB a sample
+    assert asked == [torch.device("cuda:0")]
 
 
 def test_the_batch_reaches_lmms_eval() -> None:
