@@ -184,7 +184,7 @@ def test_the_instruction_span_and_a_prompt_without_text() -> None:
     assert torch.equal(instruction(seen, "after"), seen.hidden[3:])
     assert torch.equal(instruction(seen, "all"), seen.hidden[[0, 3]])
     choose = plan({"cdpruner_keep": 0.5, "cdpruner_text": "after", "cdpruner_theta": -1.0,
-                   "cdpruner_positions": "release"}, 2).drops[0].choose
+                   "cdpruner_positions": "release", "cdpruner_count": "crop"}, 2).drops[0].choose
     with pytest.raises(TampError, match="no text tokens") as caught:
         choose(_seen([True] * 4))
     assert "\n" not in str(caught.value)
