@@ -117,3 +117,56 @@ def recycle(dropped: Tensor, scores: Tensor, share: float = RECYCLE_SHARE,
     centers, assign = density_peaks(x, clusters)
     merged = merge_clusters(x.float(), assign, clusters).to(dropped.dtype)
     return merged, chosen[centers], 2.0 * count * count * dropped.shape[1]
+
+
+def stage_visuals(n: int, shares: tuple[float, ...], recycle_share: float | None = RECYCLE_SHARE,
+                  per_cluster: int = TOKENS_PER_CLUSTER) -> list[int]:
+    """Visual tokens after each stage when `n` entered the LLM: `stage_count` kept, plus (`recycle_share` not
+    None) the cluster means `recycle` adds from the dropped ones. The counts depend on n alone, not on the scores,
+    so a budget can be fitted before the prefill runs."""
+    now, out = n, []
+    for share in shares:
+        if now == 0:
+            out.append(0)
+            continue
+        kept = stage_count(n, share, now)
+        gone = now - kept
+        if recycle_share is not None and gone > 0:
+            kept += int(min(gone, int(gone * recycle_share) + 1) / per_cluster) + 1
+        out.append(kept)
+        now = kept
+    return out
+
+
+def layer_total(n: int, layers: tuple[int, ...], depth: int, visuals: list[int]) -> int:
+    """Visual tokens summed over the `depth` layers: n up to and including the first ranking layer, then each
+    stage's count from the layer after its ranking layer."""
+    total, now, start = 0, n, 0
+    for layer, count in zip(layers, visuals):
+        total += now * (layer + 1 - start)
+        now, start = count, layer + 1
+    return total + now * (depth - start)
+
+
+def fit_scale(n: int, shares: tuple[float, ...], layers: tuple[int, ...], depth: int, average: float,
+              recycle_share: float | None = RECYCLE_SHARE, per_cluster: int = TOKENS_PER_CLUSTER) -> float:
+    """The factor f on every stage's share (each capped at 1) whose integer schedule at this depth, recycled cluster
+    means counted, averages nearest `average` x n visual tokens over the layers (the smaller f on a tie). The
+    average never falls as f rises (one more kept token drops one fewer, so recycles as many clusters or one
+    fewer): bisect for where it reaches the target, then take the nearer side."""
+    target = average * n * depth
+    high = 1 / min(shares) if min(shares) > 0 else 1.0
+
+    def total(f: float) -> int:
+        return layer_total(n, layers, depth, stage_visuals(n, tuple(min(1.0, f * s) for s in shares),
+                                                            recycle_share, per_cluster))
+
+    low = 0.0
+    if total(low) >= target:
+        return low
+    if total(high) <= target:
+        return high
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) < target else (low, mid)
+    return low if target - total(low) <= total(high) - target else high

@@ -19,7 +19,12 @@ the chat template's closing tokens come with it), or every text token (`all`). L
 projector's own output (the CropFeatures install), so the padded patches take part as in the release. Families
 without a released path (OneVision, Qwen2-VL / 2.5-VL / 3-VL, InternVL3, Gemma 3, SmolVLM): each image, tile run or
 video frame (`DropInput.groups`) is one crop, its features the visual tokens entering the LLM. Token budget:
-`cdpruner_keep` = the share of each crop's tokens kept (64 / 128 / 192 of 576 = 0.111 / 0.222 / 0.333).
+`cdpruner_keep` = the share of each crop's tokens kept (64 / 128 / 192 of 576 = 0.111 / 0.222 / 0.333). The
+budget (`token_budget=SHARE`) also sets `cdpruner_count` = image (as VisPruner's `vispruner_count`): on LLaVA-NeXT
+each image keeps round(SHARE x its visual tokens in the prompt), the newlines the release keeps counted in, the rest
+picked among the patches the prompt holds (the unpadded tiles), split over the crops in proportion to them, at
+least one each: 12 / 8 / 6 of the tiny LLaVA-NeXT's 36 (the release's per-crop count gives 14 / 12 / 8); one crop
+of 576 (LLaVA-1.5) and the other families (one crop per image, tile run or frame, no newlines): the same either way.
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from tamp.errors import TampError
 from tamp.inference.sequence_edit import Drop, DropInput, Kept, TokenPlan
 from tamp.inference.vision_attention_capture import crop_sources, projector
 from tamp.methods.base import Param, TokenMethod
+from tamp.methods.vispruner import crop_counts
 
 if TYPE_CHECKING:
     from tamp.inference.sequence_edit import SequenceEditor
 
 POSITIONS = ("release", "original")
 TEXTS = ("after", "all")
+COUNTS = ("crop", "image")
 CROP_FAMILIES = ("llava_next",)  # the released path with crops: each picks from its full projected grid
 
 
@@ -120,6 +127,7 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     theta = float(params["cdpruner_theta"])
     weight = theta if theta >= 0 else None
     repack = str(params["cdpruner_positions"]) == "release"
+    per_image = str(params["cdpruner_count"]) == "image"
     capture = CropFeatures()
 
     def choose(seen: DropInput) -> Kept:
@@ -127,23 +135,40 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
         # crops: (features [n, D], the sequence positions it decides, or a run's source map)
         crops: list[tuple[Tensor, Tensor]] = []
         layouts: list[tuple[int, Tensor, int, int]] = []  # (run start, sources, first crop, crops)
+        counts: list[int] = []
+        # image count: each crop picks among its patches the prompt holds (None: all of them)
+        among: list[Tensor | None] = []
         if capture.active():
             for start, features, sources in capture.crops(seen.visual):
                 layouts.append((start, sources, len(crops), features.shape[0]))
                 crops += [(features[c], torch.empty(0, dtype=torch.long)) for c in range(features.shape[0])]
+                patches, n_crops = features.shape[1], features.shape[0]
+                if per_image:
+                    held = sources[sources >= 0].cpu()
+                    where = [torch.sort(held[held // patches == c] % patches).values for c in range(n_crops)]
+                    total = max(keep_count(sources.numel(), keep) - int((sources < 0).sum()), n_crops)
+                    counts += crop_counts([int(w.numel()) for w in where], total)
+                    among += where
+                else:
+                    counts += [keep_count(patches, keep)] * n_crops
+                    among += [None] * n_crops
         else:
             groups = seen.groups.cpu()
             for group in torch.unique(groups[groups >= 0]).tolist():
                 members = torch.nonzero(groups == group).flatten()
                 crops.append((seen.hidden[members.to(seen.hidden.device)].float(), members))
-        counts = [keep_count(x.shape[0], keep) for x, _ in crops]
+                counts.append(keep_count(members.numel(), keep))
+                among.append(None)
         text = instruction(seen, span)
         relevance = normalise(torch.cat([raw_relevance(x, text.to(x.device)) for x, _ in crops]))
         picks, flops, offset = [], 0.0, 0
-        for (x, _), count in zip(crops, counts):
+        for (x, _), count, where in zip(crops, counts, among):
             rel = relevance[offset:offset + x.shape[0]]
             offset += x.shape[0]
-            picks.append(greedy_map(conditional_kernel(x, rel, weight), count).cpu())
+            if where is not None:  # the release's min-max over every crop's patches, then the held ones only
+                x, rel = x[where.to(x.device)], rel[where.to(rel.device)]
+            chosen = greedy_map(conditional_kernel(x, rel, weight), count).cpu()
+            picks.append(chosen if where is None else where[chosen])
             flops += choice_flops(x.shape[0], x.shape[1], text.shape[0], count)
         if layouts:
             for start, sources, first, n_crops in layouts:
@@ -175,13 +200,16 @@ PARAMS = (
           "question that follows the image), all = every text token", choices=TEXTS),
     Param("cdpruner_positions", str, "release", "release: the kept tokens re-packed at positions 0..T'-1 (the "
           "released code); original: each keeps its own position", choices=POSITIONS),
+    Param("cdpruner_count", str, "crop", "crop: cdpruner_keep of each crop's tokens (the release); image: of each "
+          "image's visual tokens in the prompt, LLaVA-NeXT's newlines counted in (the common token budget's)",
+          choices=COUNTS),
 )
 
 METHOD = TokenMethod(
     name="cdpruner", label="CDPruner", order=29,
     summary="keep each crop's visual tokens picked by a DPP conditioned on the instruction (projected-feature "
             "similarity x relevance to the question), before the LLM",
-    params=PARAMS, plan=plan, budget=lambda share: {"cdpruner_keep": share},
+    params=PARAMS, plan=plan, budget=lambda share: {"cdpruner_keep": share, "cdpruner_count": "image"},
     attention=("none: no attention weights; the kernel comes from the projected visual features' cosine similarity "
                "and their cosine to the instruction's input embeddings (one n x n and one n x m matmul per crop)"),
 )

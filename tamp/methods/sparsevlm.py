@@ -23,12 +23,18 @@ between its table's rows). Differences (docs/fidelity.md): kept tokens keep thei
 them 0..n-1 after each drop) and a cluster's mean sits at its center token's position (the release puts the
 clusters after the kept image tokens); every visual token of the prompt is one pool and the raters come from the
 tokens after the last visual token (the release handles one image); the DPC-KNN tie-breaking noise is left out.
-Applies to every image family: it needs only the attention of the language model.
+Applies to every image family: it needs only the attention of the language model. Token budget: the
+budget (`token_budget=SHARE`) sets `sparsevlm_keep` = SHARE and `sparsevlm_average` = SHARE: the release's stage
+shares for SHARE are scaled by one factor (tamp.algorithms.rater_recycle.fit_scale) so that the visual tokens per
+layer, averaged over every layer with the recycled cluster means counted, come nearest SHARE x n at the model's
+depth (the release's RETAIN_TOKN=192 counts average 206.5 of 576 over 32 layers). Layer 0 runs on all n and each
+stage recycles at least one cluster, so on the tiny models' 4 layers no budget averages below 10 of 36.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -37,6 +43,7 @@ from torch import Tensor
 from tamp.algorithms.rater_recycle import (
     RECYCLE_SHARE,
     TOKENS_PER_CLUSTER,
+    fit_scale,
     rater_flops,
     recycle,
     scaled_layers,
@@ -91,6 +98,16 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
     shares = stage_shares(float(params["sparsevlm_keep"]))[-len(layers):]  # fewer stages: the later counts
     recycling = bool(params["sparsevlm_recycle"])
     share, per_cluster = float(params["sparsevlm_recycle_share"]), int(params["sparsevlm_cluster_size"])
+    average = params["sparsevlm_average"]
+
+    @lru_cache(maxsize=8)
+    def shares_for(n: int) -> tuple[float, ...]:
+        """The stage shares for n visual tokens entering: the release's, or scaled to the layer average."""
+        if average is None:
+            return shares
+        f = fit_scale(n, shares, layers, num_layers, float(average), share if recycling else None, per_cluster)
+        return tuple(min(1.0, f * s) for s in shares)
+
     raters = Raters()
 
     def pick_raters(seen: DropInput) -> Kept:
@@ -110,7 +127,7 @@ def plan(params: dict[str, Any], num_layers: int) -> TokenPlan:
             where = torch.nonzero(seen.visual).flatten()
             if where.numel() == 0:
                 return Kept(torch.arange(seen.visual.shape[0], device=seen.visual.device))
-            count = stage_count(seen.visual_at_entry, shares[k], where.numel())
+            count = stage_count(seen.visual_at_entry, shares_for(seen.visual_at_entry)[k], where.numel())
             dropped = seen.visual.clone()
             dropped[where[top_first(seen.scores[where], count)]] = False
             gone = torch.nonzero(dropped).flatten()
@@ -167,13 +184,19 @@ PARAMS = (
     Param("sparsevlm_cluster_size", int, TOKENS_PER_CLUSTER, "recycled tokens per cluster (clusters: int(n / "
           "this) + 1; the release's 10)", check=lambda v: f"sparsevlm_cluster_size must be at least 1, got {v}"
           if v < 1 else None),
+    Param("sparsevlm_average", float, None, "share of the visual tokens kept on average over the layers, recycled "
+          "cluster means counted (the common token budget's): the stage shares scaled by one factor fitted at the "
+          "model's depth (unset: the release's shares)",
+          check=lambda v: f"sparsevlm_average must be in (0, 1] (or unset), got {v}" if v is not None and not 0 < v <= 1
+          else None),
 )
 
 METHOD = TokenMethod(
     name="sparsevlm", label="SparseVLM", order=26,
     summary="drop the visual tokens the text raters attend to least, after layers 2, 6, 15, recycling some as "
             "cluster means",
-    params=PARAMS, plan=plan, depth_problem=depth_problem, budget=lambda share: {"sparsevlm_keep": share},
+    params=PARAMS, plan=plan, depth_problem=depth_problem,
+    budget=lambda share: {"sparsevlm_keep": share, "sparsevlm_average": share},
     attention=("the raters' rows (text tokens after the image picked from the input embeddings) of each ranking "
                "layer's attention, mean over heads then raters, from that layer's own query and key inside its "
                "attention call (tamp.engine.attention.rows_score): R rows, O(R x T), never the full matrix, under "

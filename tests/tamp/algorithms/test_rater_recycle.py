@@ -11,11 +11,14 @@ import torch
 from tamp.algorithms.rater_recycle import (
     RELEASE_COUNTS,
     density_peaks,
+    fit_scale,
+    layer_total,
     recycle,
     scaled_layers,
     select_raters,
     stage_count,
     stage_shares,
+    stage_visuals,
 )
 
 
@@ -116,3 +119,58 @@ def test_recycle_matches_the_loop(m: int, per_cluster: int, seed: int) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     count = int(m * 0.3) + 1
     assert merged.shape[0] == int(count / per_cluster) + 1 and flops == 2.0 * count * count * 12
+
+
+def slow_schedule(n: int, shares: tuple[float, ...], layers: tuple[int, ...], depth: int, seed: int,
+                  recycling: bool = True) -> list[int]:
+    """Visual tokens each of `depth` layers runs on, by running the stages: keep stage_count of them, recycle the
+    dropped ones through the loop re-statement on random states, count what stays."""
+    g = torch.Generator().manual_seed(seed)
+    now, per_layer, stage = n, [], 0
+    for layer in range(depth):
+        per_layer.append(now)
+        if stage < len(layers) and layer == layers[stage]:
+            kept = stage_count(n, shares[stage], now)
+            gone = now - kept
+            if recycling and gone:
+                dropped = torch.randn(gone, 6, generator=g)
+                centers, _ = slow_recycle(dropped.tolist(), torch.rand(gone, generator=g).tolist())
+                kept += len(centers)
+            now, stage = kept, stage + 1
+    return per_layer
+
+
+@pytest.mark.parametrize(("n", "share", "layers", "depth"), [(576, 192 / 576, (2, 6, 15), 32),
+                                                             (576, 64 / 576, (2, 6, 15), 32), (36, 0.333, (0, 1, 2), 4),
+                                                             (36, 0.01, (0, 1, 2), 4), (100, 0.2, (2, 5), 8)])
+def test_stage_visuals_count_what_the_stages_keep(n: int, share: float, layers: tuple[int, ...], depth: int) -> None:
+    shares = stage_shares(share)[-len(layers):]
+    for recycling in (True, False):
+        want = slow_schedule(n, shares, layers, depth, 0, recycling)
+        got = stage_visuals(n, shares, 0.3 if recycling else None)
+        assert layer_total(n, layers, depth, got) == sum(want)
+        assert got == [want[layer + 1] for layer in layers]
+
+
+def test_the_release_schedule_averages_above_its_count() -> None:
+    """RETAIN_TOKN=192 on LLaVA-1.5 (576 tokens, 32 layers): 3 layers of 576, then 300 + 9, 200 + 4, 110 + 3
+    recycled cluster means for 4, 9 and 16 layers: 206.5 per layer, not 192."""
+    visuals = stage_visuals(576, stage_shares(192 / 576))
+    assert visuals == [309, 204, 113]
+    assert layer_total(576, (2, 6, 15), 32, visuals) == 206.5 * 32
+
+
+@pytest.mark.parametrize(("n", "layers", "depth"), [(576, (2, 6, 15), 32), (36, (0, 1, 2), 4), (300, (2, 5, 13), 28)])
+def test_fit_scale_is_the_nearest_on_a_grid(n: int, layers: tuple[int, ...], depth: int) -> None:
+    """The fitted factor's layer total is as near share x n x depth as the best of 4,001 factors tried one by one
+    (the smaller total on a tie)."""
+    for share in (0.333, 0.222, 0.111, 0.05):
+        shares = stage_shares(share)
+        target = share * n * depth
+
+        def total(f: float, shares: tuple[float, ...] = shares) -> int:
+            return layer_total(n, layers, depth, stage_visuals(n, tuple(min(1.0, f * s) for s in shares)))
+
+        got = total(fit_scale(n, shares, layers, depth, share))
+        best = min((abs(total(k / 1000) - target), total(k / 1000)) for k in range(4001))
+        assert (abs(got - target), got) <= best, (n, share, got, best)

@@ -166,6 +166,66 @@ def test_budget_is_the_share_per_crop() -> None:
 
     recipe = build_recipe("cdpruner", 0, overrides=["token_budget=0.222"])
     assert recipe.token is not None and recipe.token.params["cdpruner_keep"] == pytest.approx(0.222)
+    assert recipe.token.params["cdpruner_count"] == "image"
+
+
+def _image_count_restated(model, inputs: dict, keep: float) -> tuple[list[int], int, int]:
+    """`cdpruner_count=image` on LLaVA-NeXT, written out: the image keeps round(keep x its tokens), its newlines
+    among them; the rest are split over the crops in proportion to the patches each has in the prompt (a running
+    total, rounded), and each crop's DPP picks among those patches only, the relevance min-max normalised over
+    every crop's full grid as the release's call does. Returns (kept positions, visual tokens kept, the
+    least it can keep: the newlines and a patch per crop)."""
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    ids = inputs["input_ids"][0].tolist()
+    visual = [t == model.config.image_token_id for t in ids]
+    start, last = visual.index(True), max(i for i, v in enumerate(visual) if v)
+    texts = model.get_input_embeddings()(torch.tensor(ids[last + 1:])).double().tolist()
+    features, high, wide = _next_crops(model, inputs)
+    crops = [c.double().tolist() for c in features]
+    relevance = _relevance_by_hand(crops, texts)
+    patches, side = len(crops[0]), math.isqrt(len(crops[0]))
+    index = torch.arange(high * wide * patches).view(high, wide, side, side).permute(0, 2, 1, 3)
+    index = unpad_image(index.reshape(1, high * side, wide * side), inputs["image_sizes"][0].tolist())[0]
+    newlines = index.shape[0]
+    held = [list(range(patches))] + [sorted(int(i) % patches for i in index.flatten() if int(i) // patches == c)
+                                     for c in range(high * wide)]
+    total = max(int(round(keep * (last + 1 - start))) - newlines, len(crops))
+    counts, taken, seen = [], 0, 0
+    for h in held:
+        seen += len(h)
+        counts.append(min(len(h), max(0, int(round(total * seen / sum(map(len, held)))) - taken)))
+        taken += counts[-1]
+    chosen = []
+    for crop, rel, h, count in zip(crops, relevance, held, counts):
+        picks, gap = _greedy_by_determinant(_kernel_by_hand([crop[i] for i in h], [rel[i] for i in h]), count)
+        assert gap > 1e-4, "the tiny model's choice is too close to be stable across CPUs"
+        chosen.append({h[i] for i in picks})
+    kept = [i for i, v in enumerate(visual) if not v] + [start + j for j in sorted(chosen[0])]
+    at = start + patches
+    for row in index.tolist():
+        for i in row:
+            if i % patches in chosen[1 + i // patches]:
+                kept.append(at)
+            at += 1
+        kept.append(at)  # the row's newline
+        at += 1
+    assert at == last + 1
+    return sorted(kept), newlines + total, newlines + len(crops)
+
+
+@pytest.mark.parametrize("keep", (0.333, 0.111))
+def test_the_image_count_keeps_the_share_of_the_image(loaded, keep: float) -> None:
+    """LLaVA-NeXT, `cdpruner_count=image` (the token budget's): round(keep x the image's tokens) in all, newlines
+    counted, each crop's picks among its patches in the prompt."""
+    model, inputs, _ = loaded("llava-next")
+    attn(model, "sdpa")
+    expected, count, least = _image_count_restated(model, inputs, keep)
+    _, dropper = _run(model, inputs, {"cdpruner_keep": keep, "cdpruner_count": "image"})
+    assert dropper.kept_by_layer[0][0].tolist() == expected
+    visual = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert dropper.history[-1].visual_kept_per_layer[0] == count
+    assert count == max(round(keep * visual), least), (visual, count, least)
 
 
 def _seen(visual: list[bool]) -> DropInput:
@@ -184,7 +244,7 @@ def test_the_instruction_span_and_a_prompt_without_text() -> None:
     assert torch.equal(instruction(seen, "after"), seen.hidden[3:])
     assert torch.equal(instruction(seen, "all"), seen.hidden[[0, 3]])
     choose = plan({"cdpruner_keep": 0.5, "cdpruner_text": "after", "cdpruner_theta": -1.0,
-                   "cdpruner_positions": "release"}, 2).drops[0].choose
+                   "cdpruner_positions": "release", "cdpruner_count": "crop"}, 2).drops[0].choose
     with pytest.raises(TampError, match="no text tokens") as caught:
         choose(_seen([True] * 4))
     assert "\n" not in str(caught.value)

@@ -39,7 +39,8 @@ CASES = (("fastv", {"fastv_keep": 1.0}), ("fastv", {"fastv_keep": 0.5}), ("fastv
          ("pool", SETTINGS["pool"]), ("pool", {"pool_keep": 0.222}),
          ("sparsevlm", {}), ("sparsevlm", {"sparsevlm_keep": 0.222, "sparsevlm_cluster_size": 2}),
          ("cdpruner", SETTINGS["cdpruner"]), ("cdpruner", {"cdpruner_keep": 0.25, "cdpruner_text": "all"}),
-         ("dart", {"token_budget": 0.222}), ("pool", {"token_budget": 0.222}), ("pdrop", {"token_budget": 0.333}))
+         ("dart", {"token_budget": 0.222}), ("pool", {"token_budget": 0.222}), ("pdrop", {"token_budget": 0.333}),
+         ("sparsevlm", {"token_budget": 0.222}), ("cdpruner", {"token_budget": 0.222}))
 
 
 def _applies(family: str, method: str | None) -> bool:
