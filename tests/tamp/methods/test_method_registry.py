@@ -21,7 +21,8 @@ from tamp.params import RUN_PARAMS
 from tamp.recipe import build_recipe, parse_overrides, weight_config
 
 BUILTIN = ("dense", "magnitude", "sparsegpt", "wanda", "owl", "ecoflap", "das", "amia", "tamp")  # weight methods
-TOKEN = ("fastv", "aim", "yopo", "divprune", "pdrop", "sparsevlm", "visionzip", "vispruner", "cdpruner", "random", "pool", "dart", "holitom")
+TOKEN = ("fastv", "aim", "yopo", "divprune", "pdrop", "sparsevlm", "visionzip", "vispruner", "cdpruner", "random", "pool",
+         "dart", "holitom")
 QUANT = ("rtn", "gptq")  # quantizers
 METHODS_DIR = Path(registry.__file__).parent
 
