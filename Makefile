@@ -132,7 +132,7 @@ token-sweep:
 		--out-dir $(TOKEN_SWEEP_OUT) --csv $(TOKEN_SWEEP_OUT)/leaderboard.csv --output $(TOKEN_SWEEP_OUT)/runs \
 		--artifacts $(TOKEN_SWEEP_OUT)/artifacts $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run)
 	$(if $(filter 1 yes true,$(DRY_RUN)),,$(VENV)/bin/harness table --runs $(TOKEN_SWEEP_OUT)/runs \
-		--model $(TOKEN_SWEEP_MODEL) --cost tokens,flops,encoder,projector,latency \
+		--model $(TOKEN_SWEEP_MODEL) --cost tokens,layers,flops,encoder,projector,latency \
 		--out $(TOKEN_SWEEP_OUT)/token-sweep.md > /dev/null)
 	$(if $(filter 1 yes true,$(DRY_RUN)),,$(VENV)/bin/harness plot --runs $(TOKEN_SWEEP_OUT)/runs \
 		--model $(TOKEN_SWEEP_MODEL) --x tokens --out $(TOKEN_SWEEP_OUT)/token-sweep_tokens.png)

@@ -28,6 +28,8 @@ COST_FIELDS = ["prefill_tflops", "prefill_latency_s", "visual_tokens_kept", "dec
                "peak_memory_how", "device", "questions_per_s", "batch_size", "prefill_s_per_batch",
                "decode_s_per_batch", "prefill_tflops_encoder", "prefill_tflops_projector"]
 VISION_COST = ["prefill_tflops_encoder", "prefill_tflops_projector"]  # cost fields after the headline's (`--cost`)
+# the visual tokens each decoder layer ran on, averaged over the layers (a staged method's PDrop / SparseVLM budget)
+LAYER_TOKENS = "visual_tokens_layer_mean"
 # how sure each number is (harness/uncertainty.py): the calibration seed, the 95% bootstrap interval (display units),
 # the documents it rests on, the paired p-value against the dense run and its test, or why there is no interval;
 # `scores` holds the per-document scores ({doc id: score}) for the averages' intervals
@@ -84,6 +86,16 @@ def iter_records(runs: Path) -> list[tuple[str, dict[str, Any]]]:
                   "again with --force, or delete it", file=sys.stderr)
         out.append((rel.with_suffix("").as_posix(), record))
     return out
+
+
+def _layer_mean(per_layer: object) -> float | None:
+    """The mean of a record's visual tokens per decoder layer (None when it holds no such list)."""
+    if not isinstance(per_layer, list) or not per_layer:
+        return None
+    try:
+        return sum(float(v) for v in per_layer) / len(per_layer)
+    except (TypeError, ValueError):
+        return None
 
 
 def _limit(value: Any) -> int:
@@ -167,15 +179,16 @@ def headline_frame(runs: Path) -> pd.DataFrame:
             "n_samples": (n.get(rec["task"]) or {}).get("effective") if isinstance(n, dict) else None,
             **{c: (rec.get("cost") or {}).get(c) for c in COST_FIELDS},
             "weight_mb_stored": _stored_mb(rec),
+            LAYER_TOKENS: _layer_mean((rec.get("cost") or {}).get("visual_tokens_per_layer")),
             "model_build": record_build(rec), "seed": record_seed(rec), "ci_low": low, "ci_high": high,
             "n_docs": len(scores) if scores is not None else None, "p_vs_dense": None, "paired_test": None,
             "no_interval": why or None, "scores": scores,
         })
     pair_with_dense(rows)
-    df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS, *VISION_COST])
+    df = pd.DataFrame(rows, columns=[*HEADLINE_COLUMNS, *UNCERTAINTY_COLUMNS, *VISION_COST, LAYER_TOKENS])
     for column in ("raw", "value", "percent", "sparsity", "prefill_tflops", "prefill_latency_s", "visual_tokens_kept",
                    "decode_tokens_per_s", "peak_memory_mb", "weight_mb_stored", "ci_low", "ci_high", "p_vs_dense",
-                   *VISION_COST):
+                   *VISION_COST, LAYER_TOKENS):
         df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     df["limit"] = df["limit"].astype(int)
     df["n_docs"] = df["n_docs"].astype("Int64")

@@ -18,16 +18,17 @@ from harness.errors import HarnessError
 PARTS = ("flops", "latency", "decode", "memory", "weights")  # `--cost` alone (or `all`): these, in this order
 # shown when named: visual tokens kept, the vision encoder's and the projector's parts of the prefill FLOPs, and the
 # throughput (questions per second, which depends on the batch size a run chose)
-EXTRA_PARTS = ("tokens", "encoder", "projector", "throughput")
-ORDER = ("tokens", "flops", "encoder", "projector", "latency", "decode", "memory", "weights",
+EXTRA_PARTS = ("tokens", "layers", "encoder", "projector", "throughput")
+ORDER = ("tokens", "layers", "flops", "encoder", "projector", "latency", "decode", "memory", "weights",
          "throughput")  # the table's order
 FLOP_UNITS = (("TFLOPs", 1.0), ("GFLOPs", 1e3), ("MFLOPs", 1e6), ("kFLOPs", 1e9))
 LATENCY = "Prefill ms"
 DECODE = "Decode tok/s"
 THROUGHPUT = "Questions/s"
 TOKENS = "Visual tokens"
+LAYER_TOKENS = "Visual tokens / layer"
 HEADERS = frozenset([*(f"{part} {name}" for name, _ in FLOP_UNITS for part in ("Prefill", "Encoder", "Projector")),
-                     LATENCY, DECODE, "Peak MiB", "Peak GiB", "Weights MiB", "Weights GiB", TOKENS, THROUGHPUT])
+                     LATENCY, DECODE, "Peak MiB", "Peak GiB", "Weights MiB", "Weights GiB", TOKENS, LAYER_TOKENS, THROUGHPUT])
 # how the CPU peak was measured when it is a lower bound (tamp/inference/peak_memory.py)
 LOWER_BOUND = "rss-lower-bound"
 
@@ -103,6 +104,7 @@ def cost_columns(ours: dict[str, pd.DataFrame], labels: Sequence[str],
         "memory": {label: float(run_peaks(ours[label]).max()) for label in measured},
         "weights": {label: float(_numbers(ours[label], "weight_mb_stored").max()) for label in measured},
         "tokens": {label: float(_numbers(ours[label], "visual_tokens_kept").mean()) for label in measured},
+        "layers": {label: float(_numbers(ours[label], "visual_tokens_layer_mean").mean()) for label in measured},
         "encoder": {label: float(_numbers(ours[label], "prefill_tflops_encoder").mean()) for label in measured},
         "projector": {label: float(_numbers(ours[label], "prefill_tflops_projector").mean()) for label in measured},
         "throughput": {label: float(_numbers(ours[label], "questions_per_s").mean()) for label in measured},
@@ -157,6 +159,9 @@ def _describe(part: str, largest: float, ours: dict[str, pd.DataFrame],
     if part == "tokens":
         return TOKENS, 1.0, "visual tokens per sample left after the token method's last drop (all of them for a " \
                             "method that drops none), mean over the row's tasks"
+    if part == "layers":
+        return LAYER_TOKENS, 1.0, "visual tokens per sample each decoder layer ran on, mean over the layers (how a " \
+                                  "staged method's budget is counted: PDrop, SparseVLM), mean over the row's tasks"
     if part == "latency":
         devices = sorted({d for label in measured for d in _text(ours[label], "device") if d})
         on = f" (measured on {_join(devices)})" if devices else ""
@@ -182,6 +187,8 @@ def _why_empty(part: str) -> str:
     if part in ("encoder", "projector"):
         return ("its records predate the vision side's count, or the model has no vision tower (run them again with "
                 "--force to count it)")
+    if part == "layers":
+        return "its records hold no visual tokens per layer (they predate the token methods' cost)"
     if part == "throughput":
         return "its records predate the throughput (run them again with --force to measure it)"
     if part == "weights":

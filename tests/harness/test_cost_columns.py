@@ -140,6 +140,22 @@ def test_the_vision_side_and_the_tokens_when_named(tmp_path: Path, capsys: pytes
     assert "Visual tokens" not in headers and "Encoder MFLOPs" not in headers
 
 
+def test_the_visual_tokens_per_layer_when_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cost tokens,layers`: beside the tokens left after the last drop, the mean over the decoder layers of the
+    visual tokens each ran on (a staged method's budget); a record with no per-layer list has it empty, with why."""
+    runs = tmp_path / "runs"
+    staged = {**cost(0.0001, 0.01, None, 900.0), "visual_tokens_kept": 4.0, "visual_tokens_per_layer": [36, 12, 8, 4]}
+    put(runs, record("pdrop", 0.0, "pope", 0.7, staged))
+    old = cost(0.0001, 0.01, None, 900.0)
+    del old["visual_tokens_per_layer"]
+    put(runs, record("fastv", 0.0, "pope", 0.6, old))
+    headers, rows, out = table(runs, capsys, "--cost", "layers,tokens")
+    assert headers[-2:] == ["Visual tokens", "Visual tokens / layer"]
+    assert rows["PDrop"][-2:] == ["4.00", "15.0"]  # (36 + 12 + 8 + 4) / 4
+    assert rows["FastV"][-2:] == ["16.0", "–"]
+    assert "Visual tokens / layer: – for FastV: its records hold no visual tokens per layer" in out
+
+
 def test_a_wrong_cost_part_is_one_line(tiny_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert main(["table", "--runs", str(tiny_runs), "--cost", "speed"]) == 2
