@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--relative", action="store_true", help="show each score as %% of the dense model's")
     t.add_argument("--cost", nargs="?", const="all", default=None, metavar="PARTS",
                    help="add the measured cost: flops, latency, decode, memory, weights (comma-separated; these five "
-                   "when none named); also tokens (visual tokens kept), layers (per decoder layer, mean), encoder, projector (the vision side's FLOPs), "
-                   "throughput (questions per second)")
+                   "when none named); also tokens (visual tokens kept), layers (visual tokens per decoder layer, "
+                   "mean), encoder, projector (the vision side's FLOPs), throughput (questions per second)")
     t.add_argument("--out", type=Path, default=None, help="also write the table(s) to this file")
     pl = sub.add_parser("plot", help="sparsity-performance curves from run records, or per-layer allocations")
     _runs_arg(pl)
