@@ -12,8 +12,10 @@ from typing import Any
 from tabulate import tabulate
 
 from tamp.errors import TampError
+from tamp.families.registry import depth, family_of
 from tamp.methods.base import QuantMethod, TokenMethod, WeightMethod
 from tamp.methods.registry import all_methods, compose_parts
+from tamp.models.sources import disk_config
 
 # the depth a token method's plan is read at for its needs: the paper's 8B models' 32 decoder layers
 PLAN_DEPTH = 32
@@ -22,8 +24,6 @@ PLAN_DEPTH = 32
 def runs_on(method: TokenMethod, model: str) -> bool:
     """Whether the token method, at its defaults, runs on `model` (from its config.json on disk: family, depth and
     the method's own config rule), as `harness run` decides before loading."""
-    from tamp.families.registry import depth, family_of
-    from tamp.models.sources import disk_config
     from tamp.token_transform import TokenTransform
 
     config = disk_config(model)
