@@ -46,14 +46,16 @@ def _evaluate(method: str, overrides: list[str], batch: int, limit: int, device:
 
 
 def cases(methods: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    """(method, `--set` overrides): dense, then each token method at BUDGET, or at its defaults when it maps no
-    budget; `methods` picks some of them by name (in this order)."""
+    """(method, `--set` overrides): dense, then each token method that runs on MODEL (`tamp methods --for`: not
+    HoliTom, which takes video) at BUDGET, or at its defaults when it maps no budget; `methods` picks some of them by
+    name (in this order)."""
     from tamp.methods.base import TokenMethod
+    from tamp.methods.listing import runs_on
     from tamp.methods.registry import all_methods
 
     out: list[tuple[str, list[str]]] = [("dense", [])]
     for name, method in all_methods().items():
-        if isinstance(method, TokenMethod):
+        if isinstance(method, TokenMethod) and runs_on(method, MODEL):
             out.append((name, [f"token_budget={BUDGET}"] if method.budget is not None else []))
     if methods is None:
         return out

@@ -167,8 +167,14 @@ def run(size: str, device: torch.device, repeats: int = 11, shape: TokenShape | 
     flops_shape = ModelShape.of(model, adapter)
     vision = VisionMeter.install(model, adapter)
     all_cases: list[Case] = []
+    refused: list[Phase] = []
+    layers = len(adapter.language_stack(model).layers)
     for name, method, params in cases(shape.visual, methods):
         built = TokenTransform.build(method, dict(params)) if method is not None else None
+        problem = built.model_problem(adapter.family, layers, model.config) if built is not None else None
+        if problem is not None:  # a method for other models (HoliTom: video only): named, not timed
+            refused.append(Phase("tokens", name, status="skipped", reason=problem, details={"method": method}))
+            continue
         case = Case(Phase("tokens", name), method, params, built, [])
         dropper = built.install(model) if built is not None else None
         try:
@@ -222,4 +228,4 @@ def run(size: str, device: torch.device, repeats: int = 11, shape: TokenShape | 
             finally:
                 if dropper is not None:
                     dropper.remove()
-    return [case.phase for case in all_cases]
+    return [case.phase for case in all_cases] + refused

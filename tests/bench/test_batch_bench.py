@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # bench/ is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
@@ -25,3 +27,17 @@ def test_batch_section(tmp_path: Path) -> None:
     for p in phases[1::2]:  # the answers do not depend on the batch size (the speed on a shared CPU may)
         assert p["details"]["same_score"] and p["details"]["same_answers"]
         assert p["ratio_to"].endswith("batch 1")
+
+
+def test_cases_are_the_methods_that_run_on_the_model() -> None:
+    """By default every token method that runs on the trained tiny LLaVA-NeXT (not HoliTom, which takes video);
+    a method named that does not exist is refused in one line."""
+    from bench import batch_bench
+    from tamp.methods.base import TokenMethod
+    from tamp.methods.registry import all_methods
+
+    names = [name for name, _ in batch_bench.cases()]
+    token = [n for n, m in all_methods().items() if isinstance(m, TokenMethod)]
+    assert names[0] == "dense" and "holitom" not in names and set(names[1:]) == set(token) - {"holitom"}
+    with pytest.raises(ValueError, match="unknown method"):
+        batch_bench.cases(["no-such-method"])

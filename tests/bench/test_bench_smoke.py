@@ -184,3 +184,17 @@ def test_tokens_section_smoke() -> None:
         layers - skipped + yopo.details["vision_tflops"] * 1e12, rel=1e-9)
     ops = token_bench.top_ops(model, inputs, n=3)
     assert len(ops) == 3 and all(op["self_ms"] > 0 and 0 < op["share"] <= 1 for op in ops)
+
+
+def test_tokens_section_names_a_method_for_other_models() -> None:
+    """A token method the bench's LLaVA-1.5 shape cannot run (HoliTom takes video) is listed as skipped with the
+    one-line reason, not timed and not a crash of the whole section."""
+    from bench import token_bench
+
+    shape = token_bench.TokenShape(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=4, visual=576, text=16,
+                                   dtype="float32")
+    phases = token_bench.run("cpu", torch.device("cpu"), repeats=1, shape=shape, methods=["holitom"],
+                             profile_misses=False)
+    assert phases[0].status == "ok" and phases[0].details["method"] == "dense"
+    assert [p.status for p in phases[1:]] == ["skipped"] * len(token_bench.BUDGETS)
+    assert all("holitom merges video frames" in p.reason for p in phases[1:])
