@@ -51,8 +51,10 @@ def test_dry_run_writes_one_json_with_every_part_ok(tmp_path: Path) -> None:
     assert sorted({r["visual"] for r in rows}) == list(gpu_parts.DRY_VISUAL_COUNTS)
     for visual in gpu_parts.DRY_VISUAL_COUNTS:
         mine = [r for r in rows if r["visual"] == visual]
-        assert len(mine) == len(token_bench.cases(visual)) and all(r["status"] == "ok" and r["prefill_s"] > 0
-                                                                    for r in mine)
+        assert len(mine) == len(token_bench.cases(visual))
+        # every case timed, but a method for other models (HoliTom takes video), named as skipped
+        assert all(r["status"] == "ok" and r["prefill_s"] > 0 for r in mine if not r["case"].startswith("holitom"))
+        assert all(r["status"] == "skipped" for r in mine if r["case"].startswith("holitom"))
         assert mine[0]["case"] == f"dense, {visual} visual" and mine[0]["flop_ratio"] == 1.0
         fastv = [r["flop_ratio"] for r in mine if r["case"].startswith("fastv @ ")]  # the budgets, largest first
         assert len(fastv) == 3 and fastv == sorted(fastv, reverse=True) and fastv[0] < 1.0
