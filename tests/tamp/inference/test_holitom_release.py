@@ -270,10 +270,11 @@ def test_images_pass_the_outer_step_as_in_the_release(loaded) -> None:
     assert stats.visual_kept_per_layer[0] == stats.visual_in > stats.visual_kept_per_layer[K]
 
 
+# refused at install, before any hook, through the method's config_problem (the same line `harness run` gives at plan time)
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-onevision", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"}))
 def test_other_families_are_refused(loaded, family: str) -> None:
     model, _, _ = loaded(family)
-    with pytest.raises(TampError, match="^holitom merges video frames") as caught:
+    with pytest.raises(TampError, match="^--method holitom: holitom merges video frames") as caught:
         TokenTransform.build("holitom", OUTER).install(model)
     assert "\n" not in str(caught.value)
 
